@@ -1,0 +1,118 @@
+"""A one-node Apache Cassandra 5.0 on 127.0.0.1 with a small heap: the local CQL store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from devstack import procs, tools
+
+# What Cassandra's own jvm17-server.options opens up for Java 17.
+JVM17_OPTIONS = """
+-Djdk.attach.allowAttachSelf=true
+--add-exports java.base/jdk.internal.misc=ALL-UNNAMED
+--add-exports java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED
+--add-exports java.rmi/sun.rmi.registry=ALL-UNNAMED
+--add-exports java.rmi/sun.rmi.server=ALL-UNNAMED
+--add-exports java.sql/java.sql=ALL-UNNAMED
+--add-exports java.base/java.lang.ref=ALL-UNNAMED
+--add-exports jdk.unsupported/sun.misc=ALL-UNNAMED
+--add-exports jdk.compiler/com.sun.tools.javac.file=ALL-UNNAMED
+--add-exports jdk.attach/sun.tools.attach=ALL-UNNAMED
+--add-opens java.base/java.lang.module=ALL-UNNAMED
+--add-opens java.base/jdk.internal.loader=ALL-UNNAMED
+--add-opens java.base/jdk.internal.ref=ALL-UNNAMED
+--add-opens java.base/jdk.internal.reflect=ALL-UNNAMED
+--add-opens java.base/jdk.internal.math=ALL-UNNAMED
+--add-opens java.base/jdk.internal.module=ALL-UNNAMED
+--add-opens java.base/jdk.internal.util.jar=ALL-UNNAMED
+--add-opens jdk.management/com.sun.management.internal=ALL-UNNAMED
+--add-opens java.base/sun.nio.ch=ALL-UNNAMED
+--add-opens java.base/java.io=ALL-UNNAMED
+--add-opens java.base/java.lang.reflect=ALL-UNNAMED
+--add-opens jdk.compiler/com.sun.tools.javac=ALL-UNNAMED
+--add-opens java.base/java.lang=ALL-UNNAMED
+--add-opens java.base/java.util=ALL-UNNAMED
+-Dio.netty.tryReflectionSetAccessible=true
+""".split()
+
+LOGBACK = """<configuration>
+  <appender name="OUT" class="ch.qos.logback.core.ConsoleAppender">
+    <encoder><pattern>%d{ISO8601} %-5level [%thread] %logger{20} %msg%n</pattern></encoder>
+  </appender>
+  <root level="INFO"><appender-ref ref="OUT"/></root>
+</configuration>
+"""
+
+
+class CqlNode:
+    def __init__(self, home: Path, log: Path, *, native_port: int, storage_port: int, jmx_port: int,
+                 heap_mb: int = 1024) -> None:
+        self.home, self.log = home, log
+        self.native_port, self.storage_port, self.jmx_port = native_port, storage_port, jmx_port
+        self.heap_mb = heap_mb
+        self.pid_file = home / "pid"
+
+    def pid(self) -> int | None:
+        pid = procs.read_pid(self.pid_file)
+        return pid if procs.alive(pid) else None
+
+    def _write_config(self) -> Path:
+        conf = self.home / "conf"
+        conf.mkdir(parents=True, exist_ok=True)
+        d = self.home / "data"
+        yaml_text = f"""cluster_name: runtrack-local
+num_tokens: 16
+partitioner: org.apache.cassandra.dht.Murmur3Partitioner
+endpoint_snitch: SimpleSnitch
+data_file_directories: [{d}/data]
+commitlog_directory: {d}/commitlog
+saved_caches_directory: {d}/saved_caches
+hints_directory: {d}/hints
+cdc_raw_directory: {d}/cdc_raw
+commitlog_sync: periodic
+commitlog_sync_period: 10000ms
+seed_provider:
+  - class_name: org.apache.cassandra.locator.SimpleSeedProvider
+    parameters:
+      - seeds: "127.0.0.1:{self.storage_port}"
+listen_address: 127.0.0.1
+rpc_address: 127.0.0.1
+storage_port: {self.storage_port}
+ssl_storage_port: {self.storage_port + 1}
+native_transport_port: {self.native_port}
+start_native_transport: true
+auto_snapshot: false
+concurrent_compactors: 1
+"""
+        (conf / "cassandra.yaml").write_text(yaml_text)
+        (conf / "logback.xml").write_text(LOGBACK)
+        return conf
+
+    def start(self) -> int:
+        pid = self.pid()
+        if pid:
+            return pid
+        lib = tools.cassandra_lib()
+        conf = self._write_config()
+        classpath = os.pathsep.join([str(conf), *sorted(str(p) for p in lib.glob("*.jar"))])
+        argv = [
+            "java", f"-Xms{self.heap_mb // 2}m", f"-Xmx{self.heap_mb}m", "-XX:+UseG1GC",
+            "-XX:+ExitOnOutOfMemoryError", "-Xss512k", *JVM17_OPTIONS,
+            f"-Dcassandra.config=file://{conf}/cassandra.yaml",
+            f"-Dlogback.configurationFile={conf}/logback.xml",
+            f"-Dcassandra.storagedir={self.home / 'data'}",
+            f"-Dcassandra.jmx.local.port={self.jmx_port}",
+            "-Dcassandra-foreground=yes",
+            "-Dcassandra.skip_wait_for_gossip_to_settle=0",
+            "-Dcassandra.ring_delay_ms=100",
+            "-cp", classpath, "org.apache.cassandra.service.CassandraDaemon",
+        ]
+        return procs.start(argv, log=self.log, pid_file=self.pid_file)
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        procs.wait_until(f"CQL node on 127.0.0.1:{self.native_port}", lambda: procs.port_open(self.native_port),
+                         timeout, log=self.log, pid=self.pid())
+
+    def stop(self) -> None:
+        procs.stop(self.pid(), timeout=30)

@@ -1,0 +1,195 @@
+"""One typed description of Envoy in front of RunTrack: listener, routes, clusters.
+
+`render(layout)` turns it into Envoy's v3 bootstrap; `scripts/gen-envoy` writes the render of the
+default layout to envoy/envoy.yaml. Replica addresses are not in it: they live in file-based EDS
+documents (`eds_document`) that `scripts/dev` rewrites as replicas come and go.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from runtrack.v1 import summary_pb2, tracking_pb2
+
+TRACKING = tracking_pb2.DESCRIPTOR.services_by_name["TrackingService"]
+SUMMARY = summary_pb2.DESCRIPTOR.services_by_name["SummaryService"]
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+TRANSCODER = "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+# Unary calls are safe to repeat (StopRun is idempotent by contract): retry them on another replica.
+RETRY_ON = "unavailable,reset,connect-failure,refused-stream"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A pool of replicas of one service, health-checked with grpc.health.v1."""
+
+    name: str
+    health_service: str
+    # Streams last a whole run: balance on open requests, not on arrivals.
+    lb_policy: str = "LEAST_REQUEST"
+
+
+@dataclass(frozen=True)
+class Route:
+    """Requests whose path starts with `prefix` go to `cluster`."""
+
+    prefix: str
+    cluster: str
+    # 0 disables the per-request timeout (a client stream lasts a whole run).
+    timeout_s: int = 15
+    # Bounds a long stream when timeout_s is 0.
+    max_stream_s: int | None = None
+    retries: int = 0
+
+
+@dataclass(frozen=True)
+class Layout:
+    listen_port: int = 8080
+    admin_port: int = 9901
+    # Paths are relative to Envoy's working directory, the repository root.
+    descriptor_set: str = "generated/runtrack_descriptor.pb"
+    eds_dir: str = ".dev/run/eds"
+    # A phone that sends nothing for this long has its stream reset.
+    stream_idle_timeout_s: int = 600
+    max_concurrent_streams: int = 10_000
+    clusters: tuple[Cluster, ...] = (
+        Cluster("tracking", TRACKING.full_name),
+        Cluster("summary", SUMMARY.full_name),
+    )
+    routes: tuple[Route, ...] = field(
+        default_factory=lambda: (
+            Route(f"/{TRACKING.full_name}/RecordTrack", "tracking", timeout_s=0, max_stream_s=6 * 3600),
+            Route(f"/{TRACKING.full_name}/", "tracking", retries=2),
+            Route(f"/{SUMMARY.full_name}/", "summary", retries=2),
+            Route("/grpc.reflection.", "tracking", retries=2),
+        )
+    )
+
+
+def _addr(port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+
+
+def _route(r: Route) -> dict[str, Any]:
+    action: dict[str, Any] = {"cluster": r.cluster, "timeout": f"{r.timeout_s}s"}
+    if r.max_stream_s is not None:
+        action["max_stream_duration"] = {"max_stream_duration": f"{r.max_stream_s}s"}
+    if r.retries:
+        action["retry_policy"] = {
+            "retry_on": RETRY_ON,
+            "num_retries": r.retries,
+            "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
+            "host_selection_retry_max_attempts": 3,
+        }
+    return {"match": {"prefix": r.prefix}, "route": action}
+
+
+def _cluster(c: Cluster, layout: Layout) -> dict[str, Any]:
+    return {
+        "name": c.name,
+        "type": "EDS",
+        "eds_cluster_config": {
+            "service_name": c.name,
+            "eds_config": {
+                "resource_api_version": "V3",
+                "path_config_source": {
+                    "path": f"{layout.eds_dir}/{c.name}.yaml",
+                    "watched_directory": {"path": layout.eds_dir},
+                },
+            },
+        },
+        "connect_timeout": "1s",
+        "lb_policy": c.lb_policy,
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": HTTP_OPTIONS,
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        "max_concurrent_streams": layout.max_concurrent_streams,
+                        # Python gRPC servers answer pings more frequent than their limit with GOAWAY.
+                        "connection_keepalive": {"interval": "300s", "timeout": "20s"},
+                    }
+                },
+            }
+        },
+        "health_checks": [{
+            "timeout": "1s",
+            "interval": "1s",
+            "no_traffic_interval": "1s",
+            "unhealthy_threshold": 2,
+            "healthy_threshold": 1,
+            "grpc_health_check": {"service_name": c.health_service},
+        }],
+        # Never send traffic to a replica that failed its health check, even when most did.
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
+        "circuit_breakers": {"thresholds": [{
+            "priority": "DEFAULT",
+            "max_connections": 100_000,
+            "max_pending_requests": 100_000,
+            "max_requests": 100_000,
+            "max_retries": 1_000,
+        }]},
+    }
+
+
+def render(layout: Layout = Layout()) -> dict[str, Any]:
+    transcoder = {
+        "@type": TRANSCODER,
+        "proto_descriptor": layout.descriptor_set,
+        "services": [TRACKING.full_name, SUMMARY.full_name],
+        "convert_grpc_status": True,
+        "print_options": {"always_print_primitive_fields": True},
+        "request_validation_options": {"reject_unknown_method": True, "reject_unknown_query_parameters": True},
+    }
+    hcm = {
+        "@type": HCM,
+        "stat_prefix": "public",
+        "codec_type": "AUTO",
+        "stream_idle_timeout": f"{layout.stream_idle_timeout_s}s",
+        "http2_protocol_options": {"max_concurrent_streams": layout.max_concurrent_streams},
+        "route_config": {
+            "name": "runtrack",
+            "virtual_hosts": [{"name": "runtrack", "domains": ["*"], "routes": [_route(r) for r in layout.routes]}],
+        },
+        "http_filters": [
+            {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder},
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
+        ],
+    }
+    return {
+        "node": {"id": "runtrack-envoy", "cluster": "runtrack"},
+        "admin": {"address": _addr(layout.admin_port)},
+        "static_resources": {
+            "listeners": [{
+                "name": "public",
+                "address": _addr(layout.listen_port),
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
+            }],
+            "clusters": [_cluster(c, layout) for c in layout.clusters],
+        },
+    }
+
+
+def eds_document(cluster: str, ports: list[int]) -> dict[str, Any]:
+    """The file-based EDS answer listing the replicas of `cluster` on loopback."""
+    return {
+        "version_info": ",".join(map(str, ports)) or "empty",
+        "resources": [{
+            "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+            "cluster_name": cluster,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _addr(p)}} for p in ports]}],
+        }],
+    }
+
+
+HEADER = "# Generated by scripts/gen-envoy from devstack/envoy_config.py; do not edit by hand.\n"
+
+
+def to_yaml(doc: dict[str, Any]) -> str:
+    return HEADER + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=120)

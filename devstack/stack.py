@@ -1,0 +1,282 @@
+"""A whole RunTrack stack on this machine: CQL node, PostgreSQL, replicas and Envoy.
+
+Two stacks can run side by side: `dev` (scripts/dev, the contract's ports) and `test`
+(scripts/test, its own ports and state), so the tests never touch a developer's stack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+
+from devstack import procs, tools
+from devstack.cql_node import CqlNode
+from devstack.envoy_config import Layout, eds_document, render, to_yaml
+from devstack.paths import ROOT
+from devstack.pg_node import PgNode
+
+SERVICES = ("tracking", "summary")
+MODULES = {"tracking": "tracking_service", "summary": "summary_service"}
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    return int(env.get(name) or default)
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    name: str
+    state: Path
+    logs: Path
+    envoy_port: int
+    envoy_admin_port: int
+    cql_port: int
+    cql_storage_port: int
+    cql_jmx_port: int
+    pg_port: int
+    base_ports: dict[str, int]
+    replicas: dict[str, int] = field(default_factory=lambda: {"tracking": 2, "summary": 2})
+    # An existing cluster / database instead of the local nodes.
+    scylla_hosts: str | None = None
+    database_url: str | None = None
+    keyspace: str = "runtrack"
+
+    @property
+    def eds_dir(self) -> Path:
+        return self.state / "run" / "eds"
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(listen_port=self.envoy_port, admin_port=self.envoy_admin_port,
+                      eds_dir=str(self.eds_dir.relative_to(ROOT)))
+
+
+def dev_spec(env: Mapping[str, str] = os.environ) -> StackSpec:
+    state = ROOT / ".dev"
+    return StackSpec(
+        name="dev", state=state, logs=state / "logs",
+        envoy_port=_env_int(env, "ENVOY_PORT", 8080), envoy_admin_port=_env_int(env, "ENVOY_ADMIN_PORT", 9901),
+        cql_port=_env_int(env, "SCYLLA_PORT", 9042), cql_storage_port=7000, cql_jmx_port=7199,
+        pg_port=_env_int(env, "PG_PORT", 5432),
+        base_ports={"tracking": 50110, "summary": 50210},
+        scylla_hosts=env.get("SCYLLA_HOSTS") or None, database_url=env.get("DATABASE_URL") or None,
+    )
+
+
+def test_spec(env: Mapping[str, str] = os.environ) -> StackSpec:
+    state = ROOT / ".dev" / "test"
+    return StackSpec(
+        name="test", state=state, logs=ROOT / ".dev" / "logs" / "test",
+        envoy_port=18080, envoy_admin_port=19901,
+        cql_port=_env_int(env, "SCYLLA_PORT", 19042) if env.get("SCYLLA_HOSTS") else 19042,
+        cql_storage_port=17000, cql_jmx_port=17199, pg_port=15432,
+        base_ports={"tracking": 51110, "summary": 51210},
+        scylla_hosts=env.get("SCYLLA_HOSTS") or None, database_url=env.get("DATABASE_URL") or None,
+        keyspace="runtrack_test" if env.get("SCYLLA_HOSTS") else "runtrack",
+    )
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Stack:
+    def __init__(self, spec: StackSpec) -> None:
+        self.spec = spec
+        s = spec
+        self.cql = CqlNode(s.state / "cassandra", s.logs / "cassandra.log", native_port=s.cql_port,
+                           storage_port=s.cql_storage_port, jmx_port=s.cql_jmx_port)
+        self.pg = PgNode(s.state / "postgres", s.logs / "postgres.log", port=s.pg_port,
+                         database="runtrack_test" if (s.database_url and s.name == "test") else "runtrack")
+        self.run_dir = s.state / "run"
+        self.envoy_pid_file = self.run_dir / "envoy.pid"
+        self.replicas_file = self.run_dir / "replicas.json"
+
+    # ---- addresses -------------------------------------------------------------------------
+    @property
+    def scylla_hosts(self) -> str:
+        return self.spec.scylla_hosts or "127.0.0.1"
+
+    @property
+    def scylla_port(self) -> int:
+        return self.spec.cql_port
+
+    @property
+    def database_url(self) -> str:
+        return self.spec.database_url or self.pg.url
+
+    @property
+    def envoy_address(self) -> str:
+        return f"127.0.0.1:{self.spec.envoy_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.spec.envoy_admin_port}"
+
+    def replica_env(self) -> dict[str, str]:
+        return dict(
+            os.environ,
+            SCYLLA_HOSTS=self.scylla_hosts,
+            SCYLLA_PORT=str(self.scylla_port),
+            SCYLLA_KEYSPACE=self.spec.keyspace,
+            DATABASE_URL=self.database_url,
+            PYTHONUNBUFFERED="1",
+        )
+
+    # ---- replicas ----------------------------------------------------------------------------
+    def replica_ports(self) -> dict[str, list[int]]:
+        try:
+            data = json.loads(self.replicas_file.read_text())
+            return {svc: [int(p) for p in data.get(svc, [])] for svc in SERVICES}
+        except (OSError, ValueError):
+            return {svc: [] for svc in SERVICES}
+
+    def _save_replica_ports(self, ports: dict[str, list[int]]) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.replicas_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(ports))
+        tmp.replace(self.replicas_file)
+
+    def _pid_file(self, svc: str, port: int) -> Path:
+        return self.run_dir / f"{svc}-{port}.pid"
+
+    def replica_pid(self, svc: str, port: int) -> int | None:
+        pid = procs.read_pid(self._pid_file(svc, port))
+        return pid if procs.alive(pid) else None
+
+    def start_replica(self, svc: str, port: int) -> int:
+        pid = self.replica_pid(svc, port)
+        if pid:
+            return pid
+        return procs.start(
+            [sys.executable, "-m", MODULES[svc], "--port", str(port)],
+            log=self.spec.logs / f"{svc}-{port}.log", pid_file=self._pid_file(svc, port),
+            env=self.replica_env(), cwd=ROOT,
+        )
+
+    def write_eds(self, ports: dict[str, list[int]]) -> None:
+        """Atomically replaces each cluster's EDS file (Envoy watches the directory for renames)."""
+        self.spec.eds_dir.mkdir(parents=True, exist_ok=True)
+        for svc in SERVICES:
+            target = self.spec.eds_dir / f"{svc}.yaml"
+            tmp = self.spec.eds_dir / f".{svc}.yaml.tmp"
+            tmp.write_text(to_yaml(eds_document(svc, ports[svc])))
+            tmp.replace(target)
+
+    # ---- Envoy ---------------------------------------------------------------------------------
+    def envoy_pid(self) -> int | None:
+        pid = procs.read_pid(self.envoy_pid_file)
+        return pid if procs.alive(pid) else None
+
+    def start_envoy(self) -> None:
+        if self.envoy_pid():
+            return
+        config = self.run_dir / "envoy.yaml"
+        config.write_text(to_yaml(render(self.spec.layout)))
+        # Envoy ends when the process that started it exits: a shell that waits on it stays its
+        # parent, so Envoy outlives `scripts/dev up`.
+        pid = procs.start(
+            ["sh", "-c", '"$@"; exit $?', "envoy", str(tools.envoy()), "-c", str(config), "--log-level", "warn", "--drain-time-s", "5",
+             "--base-id", str(self.spec.envoy_admin_port)],
+            log=self.spec.logs / "envoy.log", pid_file=self.envoy_pid_file, cwd=ROOT,
+        )
+        procs.wait_until("Envoy", lambda: self._admin_get("/ready") == "LIVE", 30, log=self.spec.logs / "envoy.log", pid=pid)
+
+    def _admin_get(self, path: str) -> str | None:
+        try:
+            with urllib.request.urlopen(self.admin_url + path, timeout=2) as resp:
+                return resp.read().decode().strip()
+        except OSError:
+            return None
+
+    def host_health(self) -> dict[str, dict[int, str]]:
+        """What Envoy thinks of each replica: {"tracking": {port: "healthy" | flags}}."""
+        text = self._admin_get("/clusters") or ""
+        out: dict[str, dict[int, str]] = {svc: {} for svc in SERVICES}
+        for line in text.splitlines():
+            parts = line.split("::")
+            if len(parts) >= 4 and parts[0] in out and parts[2] == "health_flags":
+                port = int(parts[1].rsplit(":", 1)[1])
+                out[parts[0]][port] = parts[3]
+        return out
+
+    def all_healthy(self, ports: dict[str, list[int]]) -> bool:
+        health = self.host_health()
+        return all(set(health[svc]) == set(ports[svc]) and all(health[svc][p] == "healthy" for p in ports[svc])
+                   for svc in SERVICES)
+
+    def wait_healthy(self, ports: dict[str, list[int]], timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.all_healthy(ports):
+                return
+            for svc in SERVICES:
+                for port in ports[svc]:
+                    if not self.replica_pid(svc, port):
+                        log = self.spec.logs / f"{svc}-{port}.log"
+                        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:]) if log.exists() else ""
+                        raise RuntimeError(f"{svc} replica on port {port} exited\n{tail}")
+            time.sleep(0.25)
+        raise RuntimeError(f"Envoy did not see every replica healthy within {timeout:.0f}s: {self.host_health()}")
+
+    # ---- the commands --------------------------------------------------------------------------
+    def up(self) -> None:
+        s = self.spec
+        s.logs.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tools.envoy()
+        tools.grpcurl()
+        if s.scylla_hosts is None:
+            if not self.cql.pid():
+                say(f"starting CQL node (Apache Cassandra {tools.CASSANDRA_VERSION}) on 127.0.0.1:{s.cql_port}")
+                self.cql.start()
+            self.cql.wait_ready()
+        if s.database_url is None:
+            if not self.pg.pid():
+                say(f"starting PostgreSQL on 127.0.0.1:{s.pg_port}")
+            self.pg.start()
+        ports = self.replica_ports()
+        for svc in SERVICES:
+            if not ports[svc]:
+                ports[svc] = [s.base_ports[svc] + i for i in range(s.replicas[svc])]
+        self._save_replica_ports(ports)
+        self.write_eds(ports)
+        for svc in SERVICES:
+            for port in ports[svc]:
+                self.start_replica(svc, port)
+        self.start_envoy()
+        self.wait_healthy(ports)
+
+    def down(self) -> None:
+        procs.stop(self.envoy_pid(), timeout=10)
+        ports = self.replica_ports()
+        for svc in SERVICES:
+            for port in ports[svc]:
+                procs.stop(self.replica_pid(svc, port), timeout=20)
+        self.pg.stop()
+        self.cql.stop()
+
+    def status(self) -> list[tuple[str, str, str]]:
+        rows: list[tuple[str, str, str]] = []
+        s = self.spec
+        if s.scylla_hosts is None:
+            rows.append(("cql-node", f"127.0.0.1:{s.cql_port}", "running" if self.cql.pid() else "stopped"))
+        else:
+            rows.append(("cql-store", f"{s.scylla_hosts} port {s.cql_port}", "external"))
+        if s.database_url is None:
+            rows.append(("postgresql", f"127.0.0.1:{s.pg_port}", "running" if self.pg.pid() else "stopped"))
+        else:
+            rows.append(("postgresql", "DATABASE_URL", "external"))
+        health = self.host_health() if self.envoy_pid() else {svc: {} for svc in SERVICES}
+        for svc, ports in self.replica_ports().items():
+            for port in ports:
+                state = "running" if self.replica_pid(svc, port) else "stopped"
+                rows.append((f"{svc} replica", f"127.0.0.1:{port}", f"{state}, envoy: {health[svc].get(port, '-')}"))
+        rows.append(("envoy", f"{self.envoy_address} (admin {self.admin_url})", "running" if self.envoy_pid() else "stopped"))
+        return rows

@@ -1,0 +1,87 @@
+"""Settings, read once from the environment and passed explicitly."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"setting {name}={raw!r} must be a whole number") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"setting {name}={raw!r} must be a number") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a replica needs to know; built once in main() by `from_env`."""
+
+    bind_host: str = "127.0.0.1"
+    # CQL store (ScyllaDB in production).
+    scylla_hosts: tuple[str, ...] = ("127.0.0.1",)
+    scylla_port: int = 9042
+    keyspace: str = "runtrack"
+    # A CQL replication map: SimpleStrategy RF 1 locally, NetworkTopologyStrategy in production.
+    replication: str = "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+    cql_connect_timeout_s: float = 5.0
+    cql_request_timeout_s: float = 5.0
+    # Writes in flight: per RecordTrack stream and per replica (backpressure bounds).
+    stream_inflight_writes: int = 8
+    replica_inflight_writes: int = 256
+    # Points per unlogged single-partition batch.
+    write_batch_points: int = 100
+    # PostgreSQL.
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/runtrack"
+    pg_pool_min: int = 2
+    pg_pool_max: int = 8
+    pg_statement_timeout_ms: int = 2000
+    pg_connect_timeout_s: float = 3.0
+    # gRPC server.
+    max_message_bytes: int = 1024 * 1024
+    # How often the database behind a replica is probed for the health status.
+    health_probe_interval_s: float = 1.0
+    # On SIGTERM: report NOT_SERVING, wait this long for Envoy to notice, then stop.
+    drain_delay_s: float = 2.0
+    shutdown_grace_s: float = 10.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        d = cls()
+        hosts = tuple(h.strip() for h in env.get("SCYLLA_HOSTS", "").split(",") if h.strip())
+        return cls(
+            bind_host=env.get("RUNTRACK_BIND_HOST", d.bind_host),
+            scylla_hosts=hosts or d.scylla_hosts,
+            scylla_port=_int(env, "SCYLLA_PORT", d.scylla_port),
+            keyspace=env.get("SCYLLA_KEYSPACE", d.keyspace),
+            replication=env.get("SCYLLA_REPLICATION", d.replication),
+            cql_connect_timeout_s=_float(env, "SCYLLA_CONNECT_TIMEOUT_S", d.cql_connect_timeout_s),
+            cql_request_timeout_s=_float(env, "SCYLLA_REQUEST_TIMEOUT_S", d.cql_request_timeout_s),
+            stream_inflight_writes=_int(env, "TRACK_STREAM_INFLIGHT_WRITES", d.stream_inflight_writes),
+            replica_inflight_writes=_int(env, "TRACK_REPLICA_INFLIGHT_WRITES", d.replica_inflight_writes),
+            write_batch_points=_int(env, "TRACK_WRITE_BATCH_POINTS", d.write_batch_points),
+            database_url=env.get("DATABASE_URL", d.database_url),
+            pg_pool_min=_int(env, "PG_POOL_MIN", d.pg_pool_min),
+            pg_pool_max=_int(env, "PG_POOL_MAX", d.pg_pool_max),
+            pg_statement_timeout_ms=_int(env, "PG_STATEMENT_TIMEOUT_MS", d.pg_statement_timeout_ms),
+            pg_connect_timeout_s=_float(env, "PG_CONNECT_TIMEOUT_S", d.pg_connect_timeout_s),
+            max_message_bytes=_int(env, "GRPC_MAX_MESSAGE_BYTES", d.max_message_bytes),
+            health_probe_interval_s=_float(env, "HEALTH_PROBE_INTERVAL_S", d.health_probe_interval_s),
+            drain_delay_s=_float(env, "DRAIN_DELAY_S", d.drain_delay_s),
+            shutdown_grace_s=_float(env, "SHUTDOWN_GRACE_S", d.shutdown_grace_s),
+        )

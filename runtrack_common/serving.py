@@ -1,0 +1,148 @@
+"""The gRPC server shell both services share: health, reflection, probing, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Awaitable, Callable, Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from runtrack.v1 import summary_pb2, tracking_pb2
+from runtrack_common.config import Settings
+
+log = logging.getLogger("runtrack.serving")
+
+# The whole public API, as Envoy shows it: reflection on every replica describes both services,
+# so `grpcurl list` through Envoy sees everything whichever replica answers.
+API_SERVICE_NAMES = (
+    tracking_pb2.DESCRIPTOR.services_by_name["TrackingService"].full_name,
+    summary_pb2.DESCRIPTOR.services_by_name["SummaryService"].full_name,
+)
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Backend(Protocol):
+    """The database a replica depends on."""
+
+    async def ensure_ready(self) -> None:
+        """Connects if needed and proves the database answers; raises when it does not."""
+
+    async def close(self) -> None: ...
+
+
+class Replica:
+    """One replica process: a grpc.aio server whose health follows its database."""
+
+    def __init__(
+        self,
+        *,
+        service_name: str,
+        settings: Settings,
+        port: int,
+        backend: Backend,
+        register: Callable[[grpc.aio.Server], None],
+        on_drain: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.service_name = service_name
+        self.settings = settings
+        self.port = port
+        self.backend = backend
+        self.register = register
+        self.on_drain = on_drain
+        self.health = health.aio.HealthServicer()
+        self.serving: bool | None = None
+        self._last_error = ""
+        self.draining = False
+        self._stop = asyncio.Event()
+
+    async def _set_health(self, serving: bool) -> None:
+        if self.draining:
+            return
+        status = SERVING if serving else NOT_SERVING
+        for name in ("", self.service_name):
+            await self.health.set(name, status)
+        if serving != self.serving:
+            log.info("health service=%s status=%s", self.service_name, "SERVING" if serving else "NOT_SERVING")
+        self.serving = serving
+
+    async def _probe_forever(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self.backend.ensure_ready(), timeout=max(2.0, self.settings.health_probe_interval_s * 3))
+                self._last_error = ""
+                await self._set_health(True)
+            except Exception as err:  # any failure means: not able to serve now
+                if repr(err) != self._last_error:
+                    log.warning("database unreachable service=%s error=%r", self.service_name, err)
+                    self._last_error = repr(err)
+                await self._set_health(False)
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=self.settings.health_probe_interval_s)
+            except asyncio.TimeoutError:
+                pass
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        s = self.settings
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", s.max_message_bytes),
+                ("grpc.max_send_message_length", 16 * 1024 * 1024),
+                # Envoy keeps upstream connections alive with pings; allow them every 60 s.
+                ("grpc.http2.min_ping_interval_without_data_ms", 60_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ]
+        )
+        self.register(server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names = (*API_SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
+        address = f"{s.bind_host}:{self.port}"
+        server.add_insecure_port(address)
+        await self._set_health(False)
+        await server.start()
+        log.info("listening service=%s address=%s", self.service_name, address)
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        probe = asyncio.create_task(self._probe_forever())
+        await self._stop.wait()
+
+        log.info("stopping service=%s: NOT_SERVING, draining for %.1fs", self.service_name, s.drain_delay_s)
+        self.draining = True
+        await self.health.enter_graceful_shutdown()
+        await asyncio.sleep(s.drain_delay_s)
+        if self.on_drain is not None:
+            await self.on_drain()
+        await server.stop(s.shutdown_grace_s)
+        probe.cancel()
+        await self.backend.close()
+        log.info("stopped service=%s", self.service_name)
+
+
+def main(prog: str, service_name: str, build: Callable[[Settings], tuple[Backend, Callable[[grpc.aio.Server], None]]]) -> None:
+    """The entry point of a replica process: `python -m <prog> --port N`."""
+    import argparse
+
+    from runtrack_common import logs
+
+    parser = argparse.ArgumentParser(prog=prog, description=f"Run one {prog} replica.")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    logs.setup(f"{prog}:{args.port}")
+
+    async def serve() -> None:
+        # Built inside the loop: the stores create asyncio primitives.
+        settings = Settings.from_env()
+        backend, register = build(settings)
+        await Replica(service_name=service_name, settings=settings, port=args.port, backend=backend, register=register).run()
+
+    asyncio.run(serve())

@@ -1,0 +1,18 @@
+"""Runs one summary_service replica: python -m summary_service --port N."""
+
+from runtrack.v1 import summary_pb2, summary_pb2_grpc
+from runtrack_common import serving
+from runtrack_common.config import Settings
+from summary_service.pg_store import PgRunStore
+from summary_service.servicer import SummaryServicer
+
+SERVICE_NAME = summary_pb2.DESCRIPTOR.services_by_name["SummaryService"].full_name
+
+
+def build(settings: Settings):
+    store = PgRunStore(settings)
+    return store, lambda server: summary_pb2_grpc.add_SummaryServiceServicer_to_server(SummaryServicer(store), server)
+
+
+if __name__ == "__main__":
+    serving.main("summary_service", SERVICE_NAME, build)

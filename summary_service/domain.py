@@ -1,0 +1,135 @@
+"""The pure rules of a run's overview and of the dashboard's reads. Times are in microseconds."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import uuid
+import zoneinfo
+from dataclasses import dataclass
+
+from runtrack_common.errors import InvalidArgument
+
+DEFAULT_LIST_PAGE = 20
+MAX_LIST_PAGE = 100
+DEFAULT_WEEKS = 12
+MAX_WEEKS = 104
+MAX_POLYLINE_CHARS = 200_000
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """What the phone computed at STOP RUN, kept to the microsecond."""
+
+    start_us: int
+    end_us: int
+    distance_m: float
+    moving_time_us: int
+    elevation_gain_m: float
+    point_count: int
+    avg_heart_rate_bpm: float | None
+    polyline: str
+
+    @property
+    def elapsed_us(self) -> int:
+        return self.end_us - self.start_us
+
+    @property
+    def avg_pace_s_per_km(self) -> float:
+        if self.distance_m <= 0:
+            return 0.0
+        return (self.moving_time_us / 1e6) / (self.distance_m / 1000.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    run_id: uuid.UUID
+    user_id: str
+    overview: Overview
+    stopped_at_us: int
+
+    @property
+    def track_url(self) -> str:
+        return f"/v1/runs/{self.run_id}/track"
+
+
+@dataclass(frozen=True, slots=True)
+class WeekTotals:
+    week_start: dt.date
+    run_count: int
+    distance_m: float
+    moving_time_us: int
+    elevation_gain_m: float
+
+
+@dataclass(frozen=True, slots=True)
+class UserTotals:
+    weeks: list[WeekTotals]
+    total_runs: int
+    total_distance_m: float
+
+
+def parse_run_id(value: str) -> uuid.UUID:
+    if not value:
+        raise InvalidArgument("run_id", "is required")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidArgument("run_id", f"must be a UUID, got {value[:64]!r}") from None
+
+
+def require_user_id(value: str) -> str:
+    if not value:
+        raise InvalidArgument("user_id", "is required")
+    if len(value) > 200:
+        raise InvalidArgument("user_id", "at most 200 characters")
+    return value
+
+
+def _finite_non_negative(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise InvalidArgument(f"overview.{name}", "must be a finite number >= 0")
+
+
+def validate_overview(o: Overview) -> None:
+    """Raises InvalidArgument naming the field and the rule the overview breaks."""
+    if o.end_us < o.start_us:
+        raise InvalidArgument("overview.end_time", "must not be before overview.start_time")
+    _finite_non_negative("distance_m", o.distance_m)
+    if o.moving_time_us < 0:
+        raise InvalidArgument("overview.moving_time", "must not be negative")
+    if o.moving_time_us > o.elapsed_us:
+        raise InvalidArgument("overview.moving_time", "must not be longer than end_time - start_time")
+    _finite_non_negative("elevation_gain_m", o.elevation_gain_m)
+    if o.avg_heart_rate_bpm is not None:
+        _finite_non_negative("avg_heart_rate_bpm", o.avg_heart_rate_bpm)
+    if len(o.polyline) > MAX_POLYLINE_CHARS:
+        raise InvalidArgument("overview.polyline", f"at most {MAX_POLYLINE_CHARS} characters")
+
+
+def list_page_size(requested: int) -> int:
+    return DEFAULT_LIST_PAGE if requested == 0 else min(requested, MAX_LIST_PAGE)
+
+
+def stats_weeks(requested: int) -> int:
+    return DEFAULT_WEEKS if requested == 0 else min(requested, MAX_WEEKS)
+
+
+def time_zone(name: str) -> str:
+    """The IANA zone to bucket weeks in; InvalidArgument for a name the tz database lacks."""
+    if not name:
+        return "UTC"
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise InvalidArgument("time_zone", f"must be an IANA time zone name such as Europe/Paris, got {name[:64]!r}") from None
+    return name
+
+
+def us_to_datetime(us: int) -> dt.datetime:
+    return EPOCH + dt.timedelta(microseconds=us)
+
+
+def datetime_to_us(value: dt.datetime) -> int:
+    return (value - EPOCH) // dt.timedelta(microseconds=1)

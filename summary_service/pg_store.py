@@ -1,0 +1,198 @@
+"""The RunStore on PostgreSQL through psycopg 3 and psycopg_pool."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from runtrack_common import queries
+from runtrack_common.config import Settings
+from runtrack_common.errors import InvalidArgument, Unavailable
+from summary_service.domain import (
+    Overview,
+    Run,
+    UserTotals,
+    WeekTotals,
+    datetime_to_us,
+    us_to_datetime,
+)
+
+log = logging.getLogger("summary.pg")
+HERE = Path(__file__).parent
+MIGRATIONS = HERE / "migrations"
+# Any stable number: serialises migrations across replicas starting together.
+MIGRATION_LOCK = 0x52554E54
+
+
+def _row_to_run(row: dict[str, Any]) -> Run:
+    return Run(
+        run_id=row["run_id"],
+        user_id=row["user_id"],
+        overview=Overview(
+            start_us=datetime_to_us(row["start_time"]),
+            end_us=datetime_to_us(row["end_time"]),
+            distance_m=row["distance_m"],
+            moving_time_us=row["moving_time_us"],
+            elevation_gain_m=row["elevation_gain_m"],
+            point_count=row["point_count"],
+            avg_heart_rate_bpm=row["avg_heart_rate_bpm"],
+            polyline=row["polyline"],
+        ),
+        stopped_at_us=datetime_to_us(row["stopped_at"]),
+    )
+
+
+async def apply_migrations(conn: psycopg.AsyncConnection) -> list[str]:
+    """Applies the numbered migrations not yet applied, each once, under an advisory lock."""
+    applied: list[str] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        cur = await conn.execute("SELECT version FROM schema_migrations")
+        done = {r["version"] for r in await cur.fetchall()}
+        for path in sorted(MIGRATIONS.glob("*.sql")):
+            if path.stem in done:
+                continue
+            await conn.execute(path.read_text())
+            await conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (path.stem,))
+            applied.append(path.stem)
+    return applied
+
+
+class PgRunStore:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.q = queries.load(HERE / "queries.sql")
+        self.pool: AsyncConnectionPool | None = None
+        self._migrated = False
+        self._lock = asyncio.Lock()
+
+    def _new_pool(self) -> AsyncConnectionPool:
+        s = self.settings
+        return AsyncConnectionPool(
+            s.database_url,
+            min_size=s.pg_pool_min,
+            max_size=s.pg_pool_max,
+            open=False,
+            timeout=s.pg_connect_timeout_s,
+            check=AsyncConnectionPool.check_connection,
+            reconnect_timeout=0,  # keep trying to reconnect forever, in the background
+            kwargs={
+                "autocommit": True,
+                "row_factory": dict_row,
+                "connect_timeout": max(1, int(s.pg_connect_timeout_s)),
+                "options": f"-c statement_timeout={s.pg_statement_timeout_ms}",
+            },
+            name="runs",
+        )
+
+    async def ensure_ready(self) -> None:
+        async with self._lock:
+            if self.pool is None:
+                self.pool = self._new_pool()
+                await self.pool.open(wait=False)
+            if not self._migrated:
+                async with self._conn() as conn:
+                    applied = await apply_migrations(conn)
+                self._migrated = True
+                log.info("schema ready migrations_applied=%s", ",".join(applied) or "none")
+        async with self._conn() as conn:
+            await conn.execute(self.q["ping"])
+
+    def _conn(self):
+        if self.pool is None:
+            raise Unavailable("PostgreSQL unavailable: not connected yet")
+        return _Connection(self.pool)
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
+
+    async def insert_run(self, run_id: uuid.UUID, user_id: str, overview: Overview) -> tuple[Run, bool]:
+        params = {
+            "run_id": run_id,
+            "user_id": user_id,
+            "start_time": us_to_datetime(overview.start_us),
+            "end_time": us_to_datetime(overview.end_us),
+            "distance_m": overview.distance_m,
+            "moving_time_us": overview.moving_time_us,
+            "elevation_gain_m": overview.elevation_gain_m,
+            "point_count": overview.point_count,
+            "avg_heart_rate_bpm": overview.avg_heart_rate_bpm,
+            "polyline": overview.polyline,
+        }
+        async with self._conn() as conn:
+            cur = await conn.execute(self.q["insert_run"], params)
+            row = await cur.fetchone()
+            if row is not None:
+                return _row_to_run(row), True
+            # Someone stored it first (a retry, or a racing twin): committed, so visible now.
+            cur = await conn.execute(self.q["get_run"], {"run_id": run_id})
+            row = await cur.fetchone()
+        if row is None:
+            raise Unavailable(f"run {run_id} vanished while being stored; retry")
+        return _row_to_run(row), False
+
+    async def get_run(self, run_id: uuid.UUID) -> Run | None:
+        async with self._conn() as conn:
+            cur = await conn.execute(self.q["get_run"], {"run_id": run_id})
+            row = await cur.fetchone()
+        return None if row is None else _row_to_run(row)
+
+    async def list_runs(self, user_id: str, after: tuple[int, uuid.UUID] | None, limit: int) -> list[Run]:
+        async with self._conn() as conn:
+            if after is None:
+                cur = await conn.execute(self.q["list_runs_first"], {"user_id": user_id, "limit": limit})
+            else:
+                cur = await conn.execute(
+                    self.q["list_runs_after"],
+                    {"user_id": user_id, "start_time": us_to_datetime(after[0]), "run_id": after[1], "limit": limit},
+                )
+            rows = await cur.fetchall()
+        return [_row_to_run(r) for r in rows]
+
+    async def user_stats(self, user_id: str, time_zone: str, weeks: int) -> UserTotals:
+        async with self._conn() as conn:
+            try:
+                cur = await conn.execute(self.q["user_stats"], {"user_id": user_id, "tz": time_zone, "weeks": weeks})
+            except psycopg.errors.InvalidParameterValue:
+                raise InvalidArgument("time_zone", f"must be an IANA time zone name, got {time_zone!r}") from None
+            rows = await cur.fetchall()
+        return UserTotals(
+            weeks=[
+                WeekTotals(r["week_start"], r["run_count"], r["distance_m"], r["moving_time_us"], r["elevation_gain_m"])
+                for r in rows
+            ],
+            total_runs=rows[0]["total_runs"] if rows else 0,
+            total_distance_m=rows[0]["total_distance_m"] if rows else 0.0,
+        )
+
+
+class _Connection:
+    """A pooled connection whose connection-level failures surface as Unavailable."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._cm = pool.connection()
+
+    async def __aenter__(self) -> psycopg.AsyncConnection:
+        try:
+            return await self._cm.__aenter__()
+        except (PoolTimeout, psycopg.OperationalError) as err:
+            raise Unavailable(f"PostgreSQL unavailable: {type(err).__name__}") from err
+
+    async def __aexit__(self, exc_type, exc, tb) -> bool:
+        await self._cm.__aexit__(exc_type, exc, tb)
+        if isinstance(exc, psycopg.OperationalError):
+            raise Unavailable(f"PostgreSQL unavailable: {type(exc).__name__}") from exc
+        return False

@@ -1,0 +1,113 @@
+"""SummaryService over gRPC: converts proto <-> domain and maps errors to status codes."""
+
+from __future__ import annotations
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from runtrack.v1 import summary_pb2, summary_pb2_grpc
+from runtrack_common.errors import InvalidArgument, maps_errors
+from summary_service import runs
+from summary_service.domain import Overview, Run, parse_run_id, require_user_id
+from summary_service.store import RunStore
+
+
+def _ts_to_us(ts: Timestamp) -> int:
+    return ts.seconds * 1_000_000 + ts.nanos // 1000
+
+
+def _us_to_ts(us: int) -> Timestamp:
+    return Timestamp(seconds=us // 1_000_000, nanos=(us % 1_000_000) * 1000)
+
+
+def _duration_to_us(d: Duration) -> int:
+    return d.seconds * 1_000_000 + int(d.nanos / 1000)
+
+
+def _us_to_duration(us: int) -> Duration:
+    seconds, rest = divmod(us, 1_000_000)
+    return Duration(seconds=seconds, nanos=rest * 1000)
+
+
+def overview_from_proto(o: summary_pb2.RunOverview) -> Overview:
+    for field in ("start_time", "end_time"):
+        if not o.HasField(field):
+            raise InvalidArgument(f"overview.{field}", "is required")
+    return Overview(
+        start_us=_ts_to_us(o.start_time),
+        end_us=_ts_to_us(o.end_time),
+        distance_m=o.distance_m,
+        moving_time_us=_duration_to_us(o.moving_time),
+        elevation_gain_m=o.elevation_gain_m,
+        point_count=o.point_count,
+        avg_heart_rate_bpm=o.avg_heart_rate_bpm if o.HasField("avg_heart_rate_bpm") else None,
+        polyline=o.polyline,
+    )
+
+
+def run_to_proto(run: Run) -> summary_pb2.Run:
+    o = run.overview
+    overview = summary_pb2.RunOverview(
+        start_time=_us_to_ts(o.start_us),
+        end_time=_us_to_ts(o.end_us),
+        distance_m=o.distance_m,
+        moving_time=_us_to_duration(o.moving_time_us),
+        elevation_gain_m=o.elevation_gain_m,
+        point_count=o.point_count,
+        polyline=o.polyline,
+    )
+    if o.avg_heart_rate_bpm is not None:
+        overview.avg_heart_rate_bpm = o.avg_heart_rate_bpm
+    return summary_pb2.Run(
+        run_id=str(run.run_id),
+        user_id=run.user_id,
+        overview=overview,
+        elapsed_time=_us_to_duration(o.elapsed_us),
+        avg_pace_s_per_km=o.avg_pace_s_per_km,
+        stopped_at=_us_to_ts(run.stopped_at_us),
+        track_url=run.track_url,
+    )
+
+
+class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+
+    @maps_errors
+    async def StopRun(self, request, context) -> summary_pb2.Run:
+        run_id = parse_run_id(request.run_id)
+        user_id = require_user_id(request.user_id)
+        if not request.HasField("overview"):
+            raise InvalidArgument("overview", "is required")
+        run = await runs.stop_run(self.store, run_id, user_id, overview_from_proto(request.overview))
+        return run_to_proto(run)
+
+    @maps_errors
+    async def GetRun(self, request, context) -> summary_pb2.Run:
+        return run_to_proto(await runs.get_run(self.store, parse_run_id(request.run_id)))
+
+    @maps_errors
+    async def ListRuns(self, request, context) -> summary_pb2.ListRunsResponse:
+        user_id = require_user_id(request.user_id)
+        page, token = await runs.list_runs(self.store, user_id, request.page_size, request.page_token)
+        return summary_pb2.ListRunsResponse(runs=[run_to_proto(r) for r in page], next_page_token=token)
+
+    @maps_errors
+    async def GetUserStats(self, request, context) -> summary_pb2.UserStats:
+        user_id = require_user_id(request.user_id)
+        totals = await runs.user_stats(self.store, user_id, request.time_zone, request.weeks)
+        return summary_pb2.UserStats(
+            user_id=user_id,
+            weeks=[
+                summary_pb2.WeekStats(
+                    week_start=w.week_start.isoformat(),
+                    run_count=w.run_count,
+                    distance_m=w.distance_m,
+                    moving_time=_us_to_duration(w.moving_time_us),
+                    elevation_gain_m=w.elevation_gain_m,
+                )
+                for w in totals.weeks
+            ],
+            total_runs=totals.total_runs,
+            total_distance_m=totals.total_distance_m,
+        )

@@ -1,0 +1,25 @@
+"""The port the use cases talk to: where the dashboard's runs are kept."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Protocol
+
+from summary_service.domain import Overview, Run, UserTotals
+
+
+class RunStore(Protocol):
+    async def ensure_ready(self) -> None:
+        """Connects if needed, applies migrations, proves the store answers; raises Unavailable."""
+
+    async def close(self) -> None: ...
+
+    async def insert_run(self, run_id: uuid.UUID, user_id: str, overview: Overview) -> tuple[Run, bool]:
+        """Stores the run unless it exists; returns the stored run and whether this call stored it."""
+
+    async def get_run(self, run_id: uuid.UUID) -> Run | None: ...
+
+    async def list_runs(self, user_id: str, after: tuple[int, uuid.UUID] | None, limit: int) -> list[Run]:
+        """Newest first (start time, then run_id, descending), strictly after `after`."""
+
+    async def user_stats(self, user_id: str, time_zone: str, weeks: int) -> UserTotals: ...

@@ -1,0 +1,19 @@
+"""Runs one tracking_service replica: python -m tracking_service --port N."""
+
+from runtrack.v1 import tracking_pb2, tracking_pb2_grpc
+from runtrack_common import serving
+from runtrack_common.config import Settings
+from tracking_service.cql_store import CqlTrackStore
+from tracking_service.servicer import TrackingServicer
+
+SERVICE_NAME = tracking_pb2.DESCRIPTOR.services_by_name["TrackingService"].full_name
+
+
+def build(settings: Settings):
+    store = CqlTrackStore(settings)
+    servicer = TrackingServicer(store, settings)
+    return store, lambda server: tracking_pb2_grpc.add_TrackingServiceServicer_to_server(servicer, server)
+
+
+if __name__ == "__main__":
+    serving.main("tracking_service", SERVICE_NAME, build)

@@ -1,0 +1,178 @@
+"""The TrackStore on ScyllaDB (or Cassandra) through scylla-driver, bridged into asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+from cassandra import ConsistencyLevel, DriverException
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
+from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
+from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStatement
+
+from runtrack_common import queries
+from runtrack_common.config import Settings
+from runtrack_common.errors import Unavailable
+from tracking_service.domain import Cursor, Point, cursor_from_seqs
+
+log = logging.getLogger("tracking.cql")
+HERE = Path(__file__).parent
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _opt(value: Any) -> Any:
+    # Absent optional fields stay unset: writing None would write a tombstone.
+    return UNSET_VALUE if value is None else value
+
+
+async def _execute(session: Session, statement: Any, params: Any = None, *, all_pages: bool = False) -> list:
+    """Runs a statement on the driver's threads and awaits it on the event loop."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[list] = loop.create_future()
+    rows: list = []
+
+    def settle(result: Any, exc: BaseException | None) -> None:
+        if done.done():
+            return
+        if exc is not None:
+            done.set_exception(exc)
+        else:
+            done.set_result(result)
+
+    response = session.execute_async(statement, params)
+
+    def on_page(page: list | None) -> None:
+        if page:  # writes answer with no rows
+            rows.extend(page)
+        if all_pages and response.has_more_pages:
+            response.start_fetching_next_page()
+        else:
+            loop.call_soon_threadsafe(settle, rows, None)
+
+    def on_error(exc: BaseException) -> None:
+        loop.call_soon_threadsafe(settle, None, exc)
+
+    response.add_callbacks(on_page, on_error)
+    try:
+        return await done
+    except (DriverException, NoHostAvailable, OSError) as err:
+        raise Unavailable(f"CQL store unavailable: {type(err).__name__}") from err
+
+
+class CqlTrackStore:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cluster: Cluster | None = None
+        self.session: Session | None = None
+        self.q: dict[str, PreparedStatement] = {}
+        self._connecting = asyncio.Lock()
+
+    def _connect_blocking(self) -> None:
+        s = self.settings
+        profile = ExecutionProfile(
+            load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
+            consistency_level=ConsistencyLevel.LOCAL_QUORUM,
+            serial_consistency_level=ConsistencyLevel.LOCAL_SERIAL,
+            request_timeout=s.cql_request_timeout_s,
+        )
+        cluster = Cluster(
+            contact_points=list(s.scylla_hosts),
+            port=s.scylla_port,
+            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+            connect_timeout=s.cql_connect_timeout_s,
+            control_connection_timeout=s.cql_connect_timeout_s,
+            reconnection_policy=ExponentialReconnectionPolicy(0.5, 4.0),
+            idle_heartbeat_interval=5,
+        )
+        try:
+            session = cluster.connect()
+            for name, cql in queries.load(HERE / "schema.cql").items():
+                session.execute(cql.format(keyspace=s.keyspace, replication=s.replication), timeout=60)
+            session.set_keyspace(s.keyspace)
+            prepared = {name: session.prepare(cql) for name, cql in queries.load(HERE / "queries.cql").items()}
+        except Exception:
+            cluster.shutdown()
+            raise
+        self.cluster, self.session, self.q = cluster, session, prepared
+        log.info("connected hosts=%s keyspace=%s", ",".join(s.scylla_hosts), s.keyspace)
+
+    async def ensure_ready(self) -> None:
+        if self.session is None:
+            async with self._connecting:
+                if self.session is None:
+                    try:
+                        await asyncio.to_thread(self._connect_blocking)
+                    except Exception as err:
+                        raise Unavailable(f"CQL store unavailable: {err}") from err
+        await _execute(self.session, self.q["ping"])
+
+    def _ready(self) -> Session:
+        if self.session is None:
+            raise Unavailable("CQL store unavailable: not connected yet")
+        return self.session
+
+    async def close(self) -> None:
+        if self.cluster is not None:
+            await asyncio.to_thread(self.cluster.shutdown)
+            self.cluster = self.session = None
+
+    async def claim_run(self, run_id: uuid.UUID, user_id: str) -> str:
+        now = dt.datetime.now(dt.timezone.utc)
+        rows = await _execute(self._ready(), self.q["claim_run"], (run_id, user_id, now))
+        row = rows[0]
+        return user_id if row.applied else row.user_id
+
+    async def run_owner(self, run_id: uuid.UUID) -> str | None:
+        rows = await _execute(self._ready(), self.q["run_owner"], (run_id,))
+        return rows[0].user_id if rows else None
+
+    async def write_points(self, run_id: uuid.UUID, points: Sequence[Point]) -> None:
+        session = self._ready()
+        insert = self.q["insert_point"]
+        if len(points) == 1:
+            statement: Any = insert.bind(self._values(run_id, points[0]))
+        else:
+            # One partition: an unlogged batch is a single mutation, applied atomically.
+            statement = BatchStatement(batch_type=BatchType.UNLOGGED)
+            for p in points:
+                statement.add(insert, self._values(run_id, p))
+        await _execute(session, statement)
+
+    @staticmethod
+    def _values(run_id: uuid.UUID, p: Point) -> tuple:
+        recorded_at = EPOCH + dt.timedelta(milliseconds=p.time_ms)
+        return (
+            run_id, p.seq, recorded_at, p.latitude, p.longitude, _opt(p.altitude_m),
+            _opt(p.horizontal_accuracy_m), _opt(p.speed_mps), _opt(p.heart_rate_bpm), _opt(p.cadence_spm),
+        )
+
+    async def cursor(self, run_id: uuid.UUID) -> Cursor:
+        rows = await _execute(self._ready(), self.q["seqs"], (run_id,), all_pages=True)
+        return cursor_from_seqs(r.seq for r in rows)
+
+    async def points_after(self, run_id: uuid.UUID, after_seq: int, limit: int) -> list[Point]:
+        rows = await _execute(self._ready(), self.q["points_after"], (run_id, after_seq, limit), all_pages=True)
+        return [
+            Point(
+                seq=r.seq,
+                time_ms=_to_ms(r.recorded_at),
+                latitude=r.latitude,
+                longitude=r.longitude,
+                altitude_m=r.altitude_m,
+                horizontal_accuracy_m=r.horizontal_accuracy_m,
+                speed_mps=r.speed_mps,
+                heart_rate_bpm=r.heart_rate_bpm,
+                cadence_spm=r.cadence_spm,
+            )
+            for r in rows
+        ]
+
+
+def _to_ms(value: dt.datetime) -> int:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return (value - EPOCH) // dt.timedelta(milliseconds=1)

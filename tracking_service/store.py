@@ -1,0 +1,28 @@
+"""The port the use cases talk to: where a run's points and its owner are kept."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Protocol, Sequence
+
+from tracking_service.domain import Cursor, Point
+
+
+class TrackStore(Protocol):
+    async def ensure_ready(self) -> None:
+        """Connects if needed and proves the store answers; raises Unavailable when it does not."""
+
+    async def close(self) -> None: ...
+
+    async def claim_run(self, run_id: uuid.UUID, user_id: str) -> str:
+        """Records `user_id` as the owner unless the run has one; returns the owner."""
+
+    async def run_owner(self, run_id: uuid.UUID) -> str | None: ...
+
+    async def write_points(self, run_id: uuid.UUID, points: Sequence[Point]) -> None:
+        """Returns once every point is durable; raises Unavailable when it cannot be."""
+
+    async def cursor(self, run_id: uuid.UUID) -> Cursor: ...
+
+    async def points_after(self, run_id: uuid.UUID, after_seq: int, limit: int) -> list[Point]:
+        """Up to `limit` points with seq > after_seq, oldest first."""
