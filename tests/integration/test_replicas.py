@@ -1,0 +1,85 @@
+"""Health, reflection and load balancing: what Envoy and grpcurl rely on."""
+
+import asyncio
+import json
+import subprocess
+import uuid
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from devstack import tools
+from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
+
+SERVICE = {"tracking": "runtrack.v1.TrackingService", "summary": "runtrack.v1.SummaryService"}
+
+
+async def test_every_replica_serves_health_for_overall_and_its_own_service(stack):
+    for svc, ports in stack.replica_ports().items():
+        assert len(ports) == 2
+        for port in ports:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                health = health_pb2_grpc.HealthStub(ch)
+                for name in ("", SERVICE[svc]):
+                    reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
+                    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _grpcurl(stack, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(tools.grpcurl()), "-plaintext", *args], capture_output=True, text=True, timeout=30)
+
+
+def test_grpcurl_lists_every_service_through_envoy(stack):
+    out = _grpcurl(stack, stack.envoy_address, "list")
+    assert out.returncode == 0, out.stderr
+    assert {"runtrack.v1.TrackingService", "runtrack.v1.SummaryService"} <= set(out.stdout.split())
+
+
+def test_grpcurl_calls_a_method_through_envoy_by_reflection(stack):
+    rid = str(uuid.uuid4())
+    out = _grpcurl(stack, "-d", json.dumps({"run_id": rid}), stack.envoy_address, "runtrack.v1.SummaryService/GetRun")
+    assert out.returncode != 0
+    assert "NotFound" in out.stderr and rid in out.stderr
+    out = _grpcurl(stack, stack.envoy_address, "describe", "runtrack.v1.TrackPoint")
+    assert out.returncode == 0 and "heart_rate_bpm" in out.stdout
+
+
+def _served(stack) -> dict[str, dict[int, int]]:
+    """rq_total per replica, from Envoy's admin /clusters."""
+    with __import__("urllib.request").request.urlopen(stack.admin_url + "/clusters", timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[str, dict[int, int]] = {"tracking": {}, "summary": {}}
+    for line in text.splitlines():
+        parts = line.split("::")
+        if len(parts) == 4 and parts[0] in out and parts[2] == "rq_total":
+            out[parts[0]][int(parts[1].rsplit(":", 1)[1])] = int(parts[3])
+    return out
+
+
+async def test_envoy_spreads_calls_over_both_replicas_of_each_service(stack, channel):
+    # Right after start Envoy may route to one replica for a few seconds; keep calling (bounded)
+    # until every replica of both services has answered something through Envoy.
+    before = _served(stack)
+    tracking = tracking_pb2_grpc.TrackingServiceStub(channel)
+    summary = summary_pb2_grpc.SummaryServiceStub(channel)
+
+    async def call(coro):
+        try:
+            await coro
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.NOT_FOUND
+
+    def idle_replicas():
+        after = _served(stack)
+        return [(svc, p) for svc, ports in stack.replica_ports().items() for p in ports
+                if after[svc].get(p, 0) <= before[svc].get(p, 0)]
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while idle_replicas() and loop.time() < deadline:
+        await asyncio.gather(*(
+            [call(tracking.GetTrackCursor(tracking_pb2.GetTrackCursorRequest(run_id=str(uuid.uuid4())))) for _ in range(10)]
+            + [call(summary.GetRun(summary_pb2.GetRunRequest(run_id=str(uuid.uuid4())))) for _ in range(10)]
+        ))
+        await asyncio.sleep(0.2)
+    assert not idle_replicas(), f"replicas that served nothing through Envoy: {idle_replicas()}"
