@@ -60,15 +60,21 @@ def grpcurl() -> Path:
     """grpcurl built from its Go module, once per machine."""
     bin_dir = cache_dir() / "bin"
     exe = bin_dir / "grpcurl"
-    if exe.exists():
-        return exe
+    if not exe.exists():
+        _go_install_grpcurl(bin_dir)
+    link = VENV_BIN / "grpcurl"  # so that .venv/bin/grpcurl is at hand, as the README says
+    if not os.path.lexists(link):
+        link.symlink_to(exe)
+    return exe
+
+
+def _go_install_grpcurl(bin_dir: Path) -> None:
     if shutil.which("go") is None:
         raise SystemExit("grpcurl is installed with Go: put `go` on PATH")
     say(f"setup: installing grpcurl {GRPCURL_VERSION} through the Go module proxy (once per machine)")
     env = dict(os.environ, GOBIN=str(bin_dir))
     subprocess.run(["go", "install", f"github.com/fullstorydev/grpcurl/cmd/grpcurl@{GRPCURL_VERSION}"],
                    check=True, env=env, stdout=sys.stderr)
-    return exe
 
 
 def envoy() -> Path:

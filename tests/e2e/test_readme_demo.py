@@ -1,0 +1,32 @@
+"""The README's demo, run verbatim against the test stack (only Envoy's address differs)."""
+
+import json
+import re
+import subprocess
+
+from devstack.paths import ROOT
+
+
+def _demo_script() -> str:
+    readme = (ROOT / "README.md").read_text()
+    demo = readme.split("## Demo", 1)[1]
+    return re.search(r"```bash\n(.*?)```", demo, re.S).group(1)
+
+
+def test_the_readme_demo_streams_a_run_and_reads_it_back_as_json(stack):
+    script = _demo_script().replace("127.0.0.1:8080", stack.envoy_address)
+    out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    # grpcurl prints the RecordTrack response (multi-line JSON), then one JSON document per curl.
+    decoder, text, docs = json.JSONDecoder(), out.stdout.strip(), []
+    while text:
+        doc, end = decoder.raw_decode(text)
+        docs.append(doc)
+        text = text[end:].strip()
+    recorded, stopped, listed, track, stats = docs
+    # grpcurl prints proto field names; Envoy's JSON uses lowerCamelCase.
+    assert recorded["points_stored"] == 3 and recorded["contiguous_seq"] == 3
+    assert stopped["trackUrl"] == f"/v1/runs/{recorded['run_id']}/track"
+    assert stopped in listed["runs"]
+    assert [p["seq"] for p in track["points"]] == [1, 2, 3]
+    assert len(stats["weeks"]) == 4 and stats["totalRuns"] >= 1
