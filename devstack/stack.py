@@ -46,6 +46,8 @@ class StackSpec:
     scylla_hosts: str | None = None
     database_url: str | None = None
     keyspace: str = "runtrack"
+    # Settings the replicas get on top of the environment (see runtrack_common/config.py).
+    replica_settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def eds_dir(self) -> Path:
@@ -79,6 +81,8 @@ def test_spec(env: Mapping[str, str] = os.environ) -> StackSpec:
         base_ports={"tracking": 51110, "summary": 51210},
         scylla_hosts=env.get("SCYLLA_HOSTS") or None, database_url=env.get("DATABASE_URL") or None,
         keyspace="runtrack_test" if env.get("SCYLLA_HOSTS") else "runtrack",
+        # Short limits so that the tests can watch them act.
+        replica_settings={"TRACK_STREAM_IDLE_TIMEOUT_S": "4", "DRAIN_DELAY_S": "1.5"},
     )
 
 
@@ -127,6 +131,7 @@ class Stack:
             SCYLLA_KEYSPACE=self.spec.keyspace,
             DATABASE_URL=self.database_url,
             PYTHONUNBUFFERED="1",
+            **self.spec.replica_settings,
         )
 
     # ---- replicas ----------------------------------------------------------------------------

@@ -43,8 +43,12 @@ class Settings:
     # Writes in flight: per RecordTrack stream and per replica (backpressure bounds).
     stream_inflight_writes: int = 8
     replica_inflight_writes: int = 256
-    # Points per unlogged single-partition batch.
+    # Points per unlogged single-partition batch, and how long a partial batch may wait.
     write_batch_points: int = 100
+    write_linger_ms: int = 100
+    # A RecordTrack stream that sends nothing for this long is ended (DEADLINE_EXCEEDED).
+    stream_idle_timeout_s: float = 300.0
+    max_concurrent_rpcs: int = 20_000
     # PostgreSQL.
     database_url: str = "postgresql://postgres@127.0.0.1:5432/runtrack"
     pg_pool_min: int = 2
@@ -75,6 +79,9 @@ class Settings:
             stream_inflight_writes=_int(env, "TRACK_STREAM_INFLIGHT_WRITES", d.stream_inflight_writes),
             replica_inflight_writes=_int(env, "TRACK_REPLICA_INFLIGHT_WRITES", d.replica_inflight_writes),
             write_batch_points=_int(env, "TRACK_WRITE_BATCH_POINTS", d.write_batch_points),
+            write_linger_ms=_int(env, "TRACK_WRITE_LINGER_MS", d.write_linger_ms),
+            stream_idle_timeout_s=_float(env, "TRACK_STREAM_IDLE_TIMEOUT_S", d.stream_idle_timeout_s),
+            max_concurrent_rpcs=_int(env, "GRPC_MAX_CONCURRENT_RPCS", d.max_concurrent_rpcs),
             database_url=env.get("DATABASE_URL", d.database_url),
             pg_pool_min=_int(env, "PG_POOL_MIN", d.pg_pool_min),
             pg_pool_max=_int(env, "PG_POOL_MAX", d.pg_pool_max),

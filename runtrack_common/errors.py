@@ -36,6 +36,10 @@ class AlreadyExists(ServiceError):
     code = grpc.StatusCode.ALREADY_EXISTS
 
 
+class DeadlineExceeded(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class Unavailable(ServiceError):
     """The database behind the replica cannot be reached; the caller may retry."""
 

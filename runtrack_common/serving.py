@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from dataclasses import dataclass
 from typing import Awaitable, Callable, Protocol
 
 import grpc
@@ -98,7 +99,8 @@ class Replica:
                 # Envoy keeps upstream connections alive with pings; allow them every 60 s.
                 ("grpc.http2.min_ping_interval_without_data_ms", 60_000),
                 ("grpc.keepalive_permit_without_calls", 1),
-            ]
+            ],
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
         )
         self.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -128,7 +130,16 @@ class Replica:
         log.info("stopped service=%s", self.service_name)
 
 
-def main(prog: str, service_name: str, build: Callable[[Settings], tuple[Backend, Callable[[grpc.aio.Server], None]]]) -> None:
+@dataclass
+class Parts:
+    """What a service plugs into the shell: its database, its servicer, its drain step."""
+
+    backend: Backend
+    register: Callable[[grpc.aio.Server], None]
+    on_drain: Callable[[], Awaitable[None]] | None = None
+
+
+def main(prog: str, service_name: str, build: Callable[[Settings], Parts]) -> None:
     """The entry point of a replica process: `python -m <prog> --port N`."""
     import argparse
 
@@ -142,7 +153,8 @@ def main(prog: str, service_name: str, build: Callable[[Settings], tuple[Backend
     async def serve() -> None:
         # Built inside the loop: the stores create asyncio primitives.
         settings = Settings.from_env()
-        backend, register = build(settings)
-        await Replica(service_name=service_name, settings=settings, port=args.port, backend=backend, register=register).run()
+        parts = build(settings)
+        await Replica(service_name=service_name, settings=settings, port=args.port, backend=parts.backend,
+                      register=parts.register, on_drain=parts.on_drain).run()
 
     asyncio.run(serve())

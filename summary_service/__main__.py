@@ -11,7 +11,10 @@ SERVICE_NAME = summary_pb2.DESCRIPTOR.services_by_name["SummaryService"].full_na
 
 def build(settings: Settings):
     store = PgRunStore(settings)
-    return store, lambda server: summary_pb2_grpc.add_SummaryServiceServicer_to_server(SummaryServicer(store), server)
+    return serving.Parts(
+        backend=store,
+        register=lambda server: summary_pb2_grpc.add_SummaryServiceServicer_to_server(SummaryServicer(store), server),
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,11 @@ SERVICE_NAME = tracking_pb2.DESCRIPTOR.services_by_name["TrackingService"].full_
 def build(settings: Settings):
     store = CqlTrackStore(settings)
     servicer = TrackingServicer(store, settings)
-    return store, lambda server: tracking_pb2_grpc.add_TrackingServiceServicer_to_server(servicer, server)
+    return serving.Parts(
+        backend=store,
+        register=lambda server: tracking_pb2_grpc.add_TrackingServiceServicer_to_server(servicer, server),
+        on_drain=servicer.drain,
+    )
 
 
 if __name__ == "__main__":

@@ -33,10 +33,11 @@ def _now_ms() -> int:
 class IngestStream:
     """One RecordTrack stream bound to one run.
 
-    Accepted points are written in batches of at most `batch_points`, at most `max_inflight`
-    batches at once for this stream and `replica_slots` across the replica. `add` waits for a
-    free slot, so a slow store stops the stream from being read: gRPC flow control then pushes
-    back on the phone and memory stays bounded.
+    Accepted points wait in a buffer until it holds `batch_points` or the oldest has waited
+    `linger_s`, then go to the store as one batch; at most `max_inflight` batches are written at
+    once for this stream and `replica_slots` across the replica. `add` waits for a free slot, so
+    a slow store stops the stream from being read: gRPC flow control then pushes back on the
+    phone, and memory stays bounded (one partial buffer plus the batches in flight).
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class IngestStream:
         max_inflight: int,
         batch_points: int,
         replica_slots: asyncio.Semaphore,
+        linger_s: float = 0.1,
         clock_ms: Callable[[], int] = _now_ms,
     ) -> None:
         self.store = store
@@ -54,7 +56,10 @@ class IngestStream:
         self._stream_slots = asyncio.Semaphore(max_inflight)
         self._replica_slots = replica_slots
         self._batch_points = batch_points
+        self._linger_s = linger_s
         self._clock_ms = clock_ms
+        self._buffer: list[Point] = []
+        self._timer: asyncio.TimerHandle | None = None
         self._inflight: set[asyncio.Task] = set()
         self._failure: BaseException | None = None
 
@@ -77,8 +82,25 @@ class IngestStream:
             if len(r.rejections) < MAX_REJECTIONS_LISTED:
                 r.rejections.append(Rejection(p.seq, reason))
         r.points_received += len(points)
-        for start in range(0, len(accepted), self._batch_points):
-            await self._submit(accepted[start : start + self._batch_points])
+        self._buffer.extend(accepted)
+        while len(self._buffer) >= self._batch_points:
+            batch, self._buffer = self._buffer[: self._batch_points], self._buffer[self._batch_points :]
+            await self._submit(batch)
+        if self._buffer and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._linger_s, self._flush_buffer)
+
+    def _flush_buffer(self) -> None:
+        """Sends what the buffer holds as one batch (when the linger time is up, or at the end)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._buffer:
+            batch, self._buffer = self._buffer, []
+            self._track(asyncio.create_task(self._submit(batch)))
+
+    def _track(self, task: asyncio.Task) -> None:
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
 
     async def _submit(self, batch: list[Point]) -> None:
         await self._stream_slots.acquire()
@@ -87,9 +109,7 @@ class IngestStream:
         except BaseException:
             self._stream_slots.release()
             raise
-        task = asyncio.create_task(self._write(batch))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        self._track(asyncio.create_task(self._write(batch)))
 
     async def _write(self, batch: list[Point]) -> None:
         try:
@@ -108,7 +128,8 @@ class IngestStream:
             raise Unavailable(f"CQL store unavailable; resume from GetTrackCursor (run_id {self.result.run_id})")
 
     async def drain(self) -> None:
-        """Waits until every write already started has finished, stored or failed."""
+        """Writes what is buffered and waits until every write has finished, stored or failed."""
+        self._flush_buffer()
         while self._inflight:
             await asyncio.gather(*list(self._inflight), return_exceptions=True)
 

@@ -12,7 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from runtrack.v1 import tracking_pb2, tracking_pb2_grpc
 from runtrack_common import page_tokens
 from runtrack_common.config import Settings
-from runtrack_common.errors import InvalidArgument, NotFound, ServiceError, maps_errors
+from runtrack_common.errors import DeadlineExceeded, InvalidArgument, NotFound, ServiceError, Unavailable, maps_errors
 from tracking_service.domain import Point, StreamIdentity, page_size, parse_run_id
 from tracking_service.ingest import IngestStream
 from tracking_service.store import TrackStore
@@ -55,14 +55,48 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         self.store = store
         self.settings = settings
         self.replica_slots = asyncio.Semaphore(settings.replica_inflight_writes)
+        self._draining = asyncio.Event()
+        self._open_streams: set[asyncio.Task] = set()
+
+    async def drain(self) -> None:
+        """Replica shutting down: every open stream is flushed, then ended with UNAVAILABLE."""
+        self._draining.set()
+        if self._open_streams:
+            log.info("draining open_streams=%d", len(self._open_streams))
+            await asyncio.wait(list(self._open_streams), timeout=self.settings.shutdown_grace_s)
+
+    async def _next_message(self, messages: AsyncIterator, run_id: object):
+        """The next message, None at the end; ends the stream when idle too long or draining."""
+        read = asyncio.ensure_future(anext(messages, None))
+        stop = asyncio.ensure_future(self._draining.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {read, stop}, timeout=self.settings.stream_idle_timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stop.cancel()
+        if read in done:
+            return read.result()
+        read.cancel()
+        if self._draining.is_set():
+            raise Unavailable(f"replica shutting down; resume from GetTrackCursor (run_id {run_id})")
+        raise DeadlineExceeded(
+            f"points: no message for {self.settings.stream_idle_timeout_s:g}s (the idle limit); "
+            f"resume from GetTrackCursor (run_id {run_id})"
+        )
 
     async def RecordTrack(
         self, request_iterator: AsyncIterator[tracking_pb2.RecordTrackRequest], context: grpc.aio.ServicerContext
     ) -> tracking_pb2.RecordTrackResponse:
         identity: StreamIdentity | None = None
         ingest: IngestStream | None = None
+        me = asyncio.current_task()
+        self._open_streams.add(me)
+        messages = aiter(request_iterator)
         try:
-            async for message in request_iterator:
+            if self._draining.is_set():
+                raise Unavailable("replica shutting down; retry on another replica")
+            while (message := await self._next_message(messages, identity.run_id if identity else "-")) is not None:
                 if identity is None:
                     identity = StreamIdentity.from_first(message.run_id, message.user_id, len(message.points))
                     ingest = IngestStream(
@@ -71,6 +105,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
                         max_inflight=self.settings.stream_inflight_writes,
                         batch_points=self.settings.write_batch_points,
                         replica_slots=self.replica_slots,
+                        linger_s=self.settings.write_linger_ms / 1000,
                     )
                     await ingest.claim(identity.user_id)
                 else:
@@ -89,6 +124,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         finally:
             if ingest is not None:
                 await ingest.drain()
+            self._open_streams.discard(me)
         log.info(
             "stream done run_id=%s received=%d stored=%d rejected=%d contiguous_seq=%d",
             r.run_id, r.points_received, r.points_stored, r.points_rejected, r.contiguous_seq,

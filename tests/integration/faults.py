@@ -1,0 +1,77 @@
+"""What the fault tests share: paced live points, health probes, replica memory, a report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from runtrack.v1 import tracking_pb2, tracking_pb2_grpc
+from runtrack_client import Backoff, RunRecorder
+from tests.helpers import point
+
+SERVICE = {"tracking": "runtrack.v1.TrackingService", "summary": "runtrack.v1.SummaryService"}
+
+
+async def paced(points: list, interval_s: float):
+    for p in points:
+        yield p
+        await asyncio.sleep(interval_s)
+
+
+def new_run(channel, n: int) -> tuple[RunRecorder, list]:
+    recorder = RunRecorder(channel, str(uuid.uuid4()), f"runner-{uuid.uuid4().hex[:8]}",
+                           backoff=Backoff(base_s=0.1, cap_s=1.0, max_attempts=200))
+    start_ms = (int(time.time()) - 3600) * 1000
+    return recorder, [point(seq, start_ms=start_ms) for seq in range(1, n + 1)]
+
+
+async def stored_trail(channel, run_id: str) -> list:
+    stub = tracking_pb2_grpc.TrackingServiceStub(channel)
+    points, token = [], ""
+    while True:
+        page = await stub.GetTrack(tracking_pb2.GetTrackRequest(run_id=run_id, page_size=10_000, page_token=token))
+        points += page.points
+        token = page.next_page_token
+        if not token:
+            return points
+
+
+async def replica_status(port: int, service: str) -> str:
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            reply = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+            return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    except grpc.aio.AioRpcError as err:
+        return err.code().name
+
+
+async def wait_status(stack, svc: str, want: str, timeout: float) -> float:
+    """Seconds until every replica of `svc` reports `want`; fails after `timeout`."""
+    start = time.monotonic()
+    while True:
+        states = [await replica_status(p, SERVICE[svc]) for p in stack.replica_ports()[svc]]
+        if all(s == want for s in states):
+            return time.monotonic() - start
+        assert time.monotonic() - start < timeout, f"{svc} replicas {states}, wanted {want}"
+        await asyncio.sleep(0.1)
+
+
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def report(stack, name: str, **figures) -> None:
+    """Appends the figures a test measured to .dev/logs/test/faults.jsonl (and prints them)."""
+    stack.spec.logs.mkdir(parents=True, exist_ok=True)
+    with open(stack.spec.logs / "faults.jsonl", "a") as f:
+        f.write(json.dumps({"test": name, **figures}) + "\n")
+    print(f"{name}: {figures}")

@@ -1,0 +1,106 @@
+"""Faults survived: the CQL node stopped, a tracking replica killed, PostgreSQL restarted.
+
+Each test runs real clients through Envoy while the fault happens, then checks that every
+accepted point is stored exactly once. Figures go to .dev/logs/test/faults.jsonl.
+"""
+
+import asyncio
+import signal
+import time
+import uuid
+
+import grpc
+import psycopg
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from runtrack.v1 import summary_pb2, summary_pb2_grpc
+from runtrack_client import Backoff, RunRecorder
+from tests.integration.faults import new_run, paced, peak_rss_mb, report, stored_trail, wait_status
+
+
+async def assert_exactly_once(channel, recorder, sent):
+    trail = await stored_trail(channel, recorder.run_id)
+    assert [p.seq for p in trail] == [p.seq for p in sent], "a point is missing or stored twice"
+    assert list(trail) == sent, "a stored point differs from the one sent"
+
+
+async def test_cql_node_stopped_mid_stream_streams_resume_and_nothing_is_lost(stack, channel):
+    runs = [new_run(channel, 200) for _ in range(4)]
+    uploads = [asyncio.create_task(r.upload(paced(pts, 0.03))) for r, pts in runs]
+    await asyncio.sleep(1.5)
+
+    await asyncio.to_thread(stack.cql.stop)
+    await wait_status(stack, "tracking", "NOT_SERVING", timeout=20)
+    await asyncio.sleep(1.0)
+    restarted = time.monotonic()
+    await asyncio.to_thread(stack.cql.start)
+    await asyncio.to_thread(stack.cql.wait_ready)
+    port_open_s = time.monotonic() - restarted
+    serving_s = await wait_status(stack, "tracking", "SERVING", timeout=60) + port_open_s
+
+    await asyncio.wait_for(asyncio.gather(*uploads), timeout=120)
+    for recorder, pts in runs:
+        await assert_exactly_once(channel, recorder, pts)
+    assert sum(r.stats.retries for r, _ in runs) > 0, "no stream saw the outage"
+    pids = [stack.replica_pid("tracking", p) for p in stack.replica_ports()["tracking"]]
+    report(stack, "cql_node_stopped", points_sent=sum(len(p) for _, p in runs), points_lost=0,
+           seconds_to_serving_after_node_start=round(serving_s, 2), cql_port_open_after_s=round(port_open_s, 2),
+           streams_retried=sum(r.stats.retries for r, _ in runs),
+           tracking_peak_rss_mb=[round(peak_rss_mb(p), 1) for p in pids])
+
+
+async def test_a_tracking_replica_killed_mid_stream_its_clients_resume_elsewhere(stack, channel):
+    runs = [new_run(channel, 150) for _ in range(6)]
+    uploads = [asyncio.create_task(r.upload(paced(pts, 0.02))) for r, pts in runs]
+    await asyncio.sleep(1.0)
+    victim = stack.replica_ports()["tracking"][0]
+    pid = stack.replica_pid("tracking", victim)
+    import os
+
+    os.kill(pid, signal.SIGKILL)
+    try:
+        await asyncio.wait_for(asyncio.gather(*uploads), timeout=90)
+        for recorder, pts in runs:
+            await assert_exactly_once(channel, recorder, pts)
+        assert sum(r.stats.retries for r, _ in runs) > 0, "no stream was on the killed replica"
+        report(stack, "tracking_replica_killed", points_sent=sum(len(p) for _, p in runs), points_lost=0,
+               streams_retried=sum(r.stats.retries for r, _ in runs))
+    finally:
+        await asyncio.to_thread(stack.start_replica, "tracking", victim)
+        await asyncio.to_thread(stack.wait_healthy, stack.replica_ports())
+
+
+def overview(i: int) -> summary_pb2.RunOverview:
+    start = 1_780_000_000 + i * 7200
+    return summary_pb2.RunOverview(start_time=Timestamp(seconds=start), end_time=Timestamp(seconds=start + 1800),
+                                   distance_m=5000 + i, point_count=1800)
+
+
+async def test_postgresql_restarted_under_stop_run_traffic_one_row_per_run(stack, channel):
+    summary = summary_pb2_grpc.SummaryServiceStub(channel)
+    await asyncio.to_thread(stack.pg.stop)
+    try:
+        await wait_status(stack, "summary", "NOT_SERVING", timeout=20)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await summary.StopRun(summary_pb2.StopRunRequest(run_id=str(uuid.uuid4()), user_id="u", overview=overview(0)))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+        user = f"runner-{uuid.uuid4().hex[:8]}"
+        recorders = [RunRecorder(channel, str(uuid.uuid4()), user, backoff=Backoff(0.1, 1.0, 200)) for _ in range(30)]
+        stops = [asyncio.create_task(r.stop(overview(i))) for i, r in enumerate(recorders)]
+        await asyncio.sleep(2.0)
+        assert not any(t.done() for t in stops), "StopRun answered while PostgreSQL was down"
+    finally:
+        restarted = time.monotonic()
+        await asyncio.to_thread(stack.pg.start)
+    serving_s = await wait_status(stack, "summary", "SERVING", timeout=30)
+    results = await asyncio.wait_for(asyncio.gather(*stops), timeout=60)
+    recovered_s = time.monotonic() - restarted
+
+    assert sorted(r.run_id for r in results) == sorted(r.run_id for r in recorders)
+    with psycopg.connect(stack.database_url) as conn:
+        rows = conn.execute("SELECT run_id::text, count(*) FROM runs WHERE user_id = %s GROUP BY run_id", (user,)).fetchall()
+    assert sorted(rows) == sorted((r.run_id, 1) for r in recorders)
+    report(stack, "postgresql_restarted", stop_runs=len(recorders), rows_per_run=1,
+           seconds_to_serving_after_start=round(serving_s, 2), all_answered_after_s=round(recovered_s, 2))
