@@ -165,6 +165,9 @@ class Stack:
             env=self.replica_env(), cwd=ROOT,
         )
 
+    def wait_stopped(self, svc: str, port: int, timeout: float = 30.0) -> None:
+        procs.wait_until(f"{svc} replica {port} to exit", lambda: self.replica_pid(svc, port) is None, timeout)
+
     def write_eds(self, ports: dict[str, list[int]]) -> None:
         """Atomically replaces each cluster's EDS file (Envoy watches the directory for renames)."""
         self.spec.eds_dir.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ import logging
 from typing import AsyncIterator
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from runtrack.v1 import tracking_pb2, tracking_pb2_grpc
@@ -76,7 +77,10 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         finally:
             stop.cancel()
         if read in done:
-            return read.result()
+            try:
+                return read.result()
+            except DecodeError:
+                raise InvalidArgument("request", "is not a valid RecordTrackRequest (corrupt wire format)") from None
         read.cancel()
         if self._draining.is_set():
             raise Unavailable(f"replica shutting down; resume from GetTrackCursor (run_id {run_id})")

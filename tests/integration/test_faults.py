@@ -104,3 +104,32 @@ async def test_postgresql_restarted_under_stop_run_traffic_one_row_per_run(stack
     assert sorted(rows) == sorted((r.run_id, 1) for r in recorders)
     report(stack, "postgresql_restarted", stop_runs=len(recorders), rows_per_run=1,
            seconds_to_serving_after_start=round(serving_s, 2), all_answered_after_s=round(recovered_s, 2))
+
+
+async def test_a_replica_stopped_with_sigterm_flushes_its_streams_and_ends_them_unavailable(stack, channel, run_id, user_id):
+    from runtrack.v1 import tracking_pb2, tracking_pb2_grpc
+    from tests.helpers import point
+
+    victim = stack.replica_ports()["tracking"][1]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{victim}") as direct:
+        call = tracking_pb2_grpc.TrackingServiceStub(direct).RecordTrack()
+        await call.write(tracking_pb2.RecordTrackRequest(run_id=run_id, user_id=user_id, points=[point(1), point(2)]))
+        runs = [new_run(channel, 120) for _ in range(4)]
+        uploads = [asyncio.create_task(r.upload(paced(pts, 0.02))) for r, pts in runs]
+        await asyncio.sleep(0.5)
+        import os
+
+        os.kill(stack.replica_pid("tracking", victim), signal.SIGTERM)
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await asyncio.wait_for(call, timeout=30)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "shutting down" in err.value.details()
+            assert [p.seq for p in await stored_trail(channel, run_id)] == [1, 2]
+            await asyncio.wait_for(asyncio.gather(*uploads), timeout=90)
+            for recorder, pts in runs:
+                await assert_exactly_once(channel, recorder, pts)
+        finally:
+            await asyncio.to_thread(stack.wait_stopped, "tracking", victim)
+            await asyncio.to_thread(stack.start_replica, "tracking", victim)
+            await asyncio.to_thread(stack.wait_healthy, stack.replica_ports())
