@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from runtrack_common import queries
@@ -58,8 +58,9 @@ async def apply_migrations(conn: psycopg.AsyncConnection) -> list[str]:
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        cur = await conn.execute("SELECT version FROM schema_migrations")
-        done = {r["version"] for r in await cur.fetchall()}
+        cur = conn.cursor(row_factory=tuple_row)
+        await cur.execute("SELECT version FROM schema_migrations")
+        done = {version for (version,) in await cur.fetchall()}
         for path in sorted(MIGRATIONS.glob("*.sql")):
             if path.stem in done:
                 continue

@@ -1,0 +1,156 @@
+"""The dashboard's rules against the real PostgreSQL, through Envoy (gRPC and JSON)."""
+
+import asyncio
+import datetime as dt
+import uuid
+
+import grpc
+import psycopg
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from runtrack.v1 import summary_pb2, summary_pb2_grpc
+from summary_service.pg_store import apply_migrations
+from tests.helpers import http_json
+
+
+def ts(value: dt.datetime) -> Timestamp:
+    t = Timestamp()
+    t.FromDatetime(value)
+    return t
+
+
+def overview(start: dt.datetime, minutes: int = 30, distance: float = 5000.0, **extra) -> summary_pb2.RunOverview:
+    return summary_pb2.RunOverview(start_time=ts(start), end_time=ts(start + dt.timedelta(minutes=minutes)),
+                                   distance_m=distance, moving_time=Duration(seconds=minutes * 60 - 30),
+                                   elevation_gain_m=12.5, point_count=minutes * 60, **extra)
+
+
+def stub(channel):
+    return summary_pb2_grpc.SummaryServiceStub(channel)
+
+
+async def stop(channel, run_id, user_id, ov):
+    return await stub(channel).StopRun(summary_pb2.StopRunRequest(run_id=run_id, user_id=user_id, overview=ov))
+
+
+async def test_twenty_racing_identical_stop_runs_return_the_same_run(channel, run_id, user_id):
+    ov = overview(dt.datetime(2026, 3, 1, 8, 0, tzinfo=dt.timezone.utc), avg_heart_rate_bpm=151.5, polyline="_p~iF~ps|U")
+    runs = await asyncio.gather(*(stop(channel, run_id, user_id, ov) for _ in range(20)))
+    assert all(r == runs[0] for r in runs)
+    assert runs[0].overview == ov
+    got = await stub(channel).GetRun(summary_pb2.GetRunRequest(run_id=run_id))
+    assert got == runs[0]
+
+
+async def test_stop_run_of_someone_elses_run_is_permission_denied(channel, run_id, user_id):
+    ov = overview(dt.datetime(2026, 3, 2, 8, 0, tzinfo=dt.timezone.utc))
+    await stop(channel, run_id, user_id, ov)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stop(channel, run_id, "mallory", ov)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("endTime", "2026-03-01T07:00:00Z", "overview.end_time: must not be before overview.start_time"),
+    ("distanceM", -5, "overview.distance_m: must be a finite number >= 0"),
+    ("movingTime", "-1s", "overview.moving_time: must not be negative"),
+    ("movingTime", "7200s", "overview.moving_time: must not be longer than end_time - start_time"),
+])
+def test_an_invalid_overview_is_400_naming_the_field(stack, run_id, user_id, field, value, message):
+    ov = {"startTime": "2026-03-01T08:00:00Z", "endTime": "2026-03-01T08:30:00Z", "distanceM": 5000, "movingTime": "1700s"}
+    ov[field] = value
+    status, body = http_json(stack.envoy_address, "POST", f"/v1/runs/{run_id}:stop", {"userId": user_id, "overview": ov})
+    assert (status, body["message"]) == (400, message)
+    assert http_json(stack.envoy_address, "GET", f"/v1/runs/{run_id}")[0] == 404
+
+
+async def test_list_runs_pages_newest_first_with_ties_broken_by_run_id(stack, channel, user_id):
+    base = dt.datetime(2026, 1, 1, 7, 0, tzinfo=dt.timezone.utc)
+    starts = [base + dt.timedelta(days=i // 3) for i in range(45)]  # three runs share each start time
+    ids = [str(uuid.uuid4()) for _ in starts]
+    await asyncio.gather(*(stop(channel, rid, user_id, overview(s)) for rid, s in zip(ids, starts)))
+    expected = [rid for _, rid in sorted(zip(starts, ids), key=lambda p: (p[0], uuid.UUID(p[1])), reverse=True)]
+
+    seen, token, pages = [], "", 0
+    while True:
+        status, page = http_json(stack.envoy_address, "GET",
+                                 f"/v1/users/{user_id}/runs?pageSize=20" + (f"&pageToken={token}" if token else ""))
+        assert status == 200
+        pages += 1
+        seen += [r["runId"] for r in page["runs"]]
+        token = page["nextPageToken"]
+        if not token:
+            break
+    assert seen == expected and pages == 3
+    status, page = http_json(stack.envoy_address, "GET", f"/v1/users/{user_id}/runs")
+    assert len(page["runs"]) == 20  # the default page
+
+
+@pytest.mark.parametrize("token", ["not-a-token", "eyJrIjoicnVucyIsInMiOiJ4IiwicCI6WzEsMl19", "AAAA", "eyJrIjoidHJhY2sifQ"])
+def test_a_forged_or_garbled_page_token_is_400(stack, user_id, token):
+    status, body = http_json(stack.envoy_address, "GET", f"/v1/users/{user_id}/runs?pageToken={token}")
+    assert status == 400
+    assert body["message"].startswith("page_token:")
+
+
+def local(zone: str, *args) -> dt.datetime:
+    from zoneinfo import ZoneInfo
+
+    return dt.datetime(*args, tzinfo=ZoneInfo(zone))
+
+
+async def test_weekly_stats_bucket_runs_by_monday_in_the_runners_zone_across_dst(stack, channel, user_id):
+    paris = "Europe/Paris"
+    runs = {
+        # Monday 00:30 just after the spring-forward Sunday: Sunday 22:30 in UTC.
+        "2026-03-30": local(paris, 2026, 3, 30, 0, 30),
+        # Sunday 23:30 on the fall-back day: still that week.
+        "2025-10-20": local(paris, 2025, 10, 26, 23, 30),
+        # Monday 00:30 after the fall-back: Sunday 23:30 in UTC.
+        "2025-10-27": local(paris, 2025, 10, 27, 0, 30),
+    }
+    for start in runs.values():
+        await stop(channel, str(uuid.uuid4()), user_id, overview(start, distance=1000.0))
+    # A run this week, so that the current week is not empty.
+    await stop(channel, str(uuid.uuid4()), user_id, overview(dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=40)))
+
+    stats = await stub(channel).GetUserStats(summary_pb2.GetUserStatsRequest(user_id=user_id, time_zone=paris, weeks=104))
+    weeks = [w.week_start for w in stats.weeks]
+    assert len(weeks) == 104
+    mondays = [dt.date.fromisoformat(w) for w in weeks]
+    assert all(d.weekday() == 0 for d in mondays)
+    assert all((b - a).days == 7 for a, b in zip(mondays, mondays[1:]))
+    today = dt.datetime.now(dt.timezone.utc).astimezone(local(paris, 2026, 1, 1).tzinfo).date()
+    assert mondays[-1] == today - dt.timedelta(days=today.weekday())
+    by_week = {w.week_start: w for w in stats.weeks}
+    for week in runs:
+        assert by_week[week].run_count == 1, week
+        assert by_week[week].distance_m == 1000.0
+        assert by_week[week].moving_time.seconds == 1770
+    assert by_week["2026-03-23"].run_count == 0  # the UTC-bucketed week would hold the first run
+    assert stats.weeks[-1].run_count == 1
+    assert (stats.total_runs, stats.total_distance_m) == (4, 8000.0)
+
+    utc = await stub(channel).GetUserStats(summary_pb2.GetUserStatsRequest(user_id=user_id, weeks=104))
+    utc_weeks = {w.week_start: w.run_count for w in utc.weeks}
+    assert utc_weeks["2026-03-23"] == 1 and utc_weeks["2026-03-30"] == 0
+
+
+async def test_stats_weeks_default_to_12_and_cap_at_104(channel, user_id):
+    s = stub(channel)
+    assert len((await s.GetUserStats(summary_pb2.GetUserStatsRequest(user_id=user_id))).weeks) == 12
+    assert len((await s.GetUserStats(summary_pb2.GetUserStatsRequest(user_id=user_id, weeks=5000))).weeks) == 104
+
+
+async def test_migrations_applied_concurrently_run_once(stack):
+    async def apply():
+        async with await psycopg.AsyncConnection.connect(stack.database_url, autocommit=True) as conn:
+            return await apply_migrations(conn)
+
+    results = await asyncio.gather(*(apply() for _ in range(5)))
+    assert results == [[]] * 5  # the replicas applied them already; nobody applies twice
+    with psycopg.connect(stack.database_url) as conn:
+        versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
+    assert versions == sorted(set(versions)) and versions[0] == "0001_runs"
