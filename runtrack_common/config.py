@@ -27,6 +27,13 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise SystemExit(f"setting {name}={raw!r} must be a number") from None
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = env.get(name) or default
+    if raw not in choices:
+        raise SystemExit(f"setting {name}={raw!r} must be one of {', '.join(choices)}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a replica needs to know; built once in main() by `from_env`."""
@@ -45,7 +52,9 @@ class Settings:
     replica_inflight_writes: int = 256
     # Points per unlogged single-partition batch, and how long a partial batch may wait.
     write_batch_points: int = 100
-    write_linger_ms: int = 100
+    write_linger_ms: int = 50
+    # "batch": one unlogged single-partition batch per write; "concurrent": one insert per point.
+    write_mode: str = "batch"
     # A RecordTrack stream that sends nothing for this long is ended (DEADLINE_EXCEEDED).
     stream_idle_timeout_s: float = 300.0
     max_concurrent_rpcs: int = 20_000
@@ -80,6 +89,7 @@ class Settings:
             replica_inflight_writes=_int(env, "TRACK_REPLICA_INFLIGHT_WRITES", d.replica_inflight_writes),
             write_batch_points=_int(env, "TRACK_WRITE_BATCH_POINTS", d.write_batch_points),
             write_linger_ms=_int(env, "TRACK_WRITE_LINGER_MS", d.write_linger_ms),
+            write_mode=_choice(env, "TRACK_WRITE_MODE", ("batch", "concurrent"), d.write_mode),
             stream_idle_timeout_s=_float(env, "TRACK_STREAM_IDLE_TIMEOUT_S", d.stream_idle_timeout_s),
             max_concurrent_rpcs=_int(env, "GRPC_MAX_CONCURRENT_RPCS", d.max_concurrent_rpcs),
             database_url=env.get("DATABASE_URL", d.database_url),

@@ -133,6 +133,9 @@ class CqlTrackStore:
     async def write_points(self, run_id: uuid.UUID, points: Sequence[Point]) -> None:
         session = self._ready()
         insert = self.q["insert_point"]
+        if self.settings.write_mode == "concurrent":
+            await asyncio.gather(*(_execute(session, insert, self._values(run_id, p)) for p in points))
+            return
         if len(points) == 1:
             statement: Any = insert.bind(self._values(run_id, points[0]))
         else:
