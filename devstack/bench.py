@@ -50,6 +50,9 @@ class Result:
 HEADER = f"{'method':34} {'calls':>7} {'throughput':>11} {'p50 ms':>8} {'p99 ms':>8}"
 
 
+THINK_S = 0.0  # pause of each client between calls (--think-ms): 0 is a closed loop at full speed
+
+
 async def drive(name: str, make_call: Callable[[int], Awaitable[object]], *, calls: int, concurrency: int = 16) -> Result:
     latencies: list[float] = []
     counter = iter(range(calls))
@@ -59,6 +62,8 @@ async def drive(name: str, make_call: Callable[[int], Awaitable[object]], *, cal
             t0 = time.perf_counter()
             await make_call(i)
             latencies.append((time.perf_counter() - t0) * 1000)
+            if THINK_S:
+                await asyncio.sleep(THINK_S)
 
     for i in range(min(50, calls)):  # warm up connections and plans
         await make_call(i)
@@ -300,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="what", required=True)
     d = sub.add_parser("dashboard")
     d.add_argument("--calls", type=int, default=3000, help="calls per method")
+    d.add_argument("--think-ms", type=float, default=0.0, help="pause of each client between calls")
     i = sub.add_parser("ingest")
     i.add_argument("--streams", type=int, default=64)
     i.add_argument("--points", type=int, default=2000)
@@ -307,10 +313,14 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(dev_spec())
     stack.up()
     if args.what == "dashboard":
+        global THINK_S
+        THINK_S = args.think_ms / 1000
+        print(f"clients pause {args.think_ms:g} ms between calls" if args.think_ms else "closed loop: no pause between calls")
         asyncio.run(bench_dashboard(stack, args.calls))
     else:
         asyncio.run(bench_ingest(stack, args.streams, args.points))
-    replica_memory(stack) if args.what == "dashboard" else None
+    if args.what == "dashboard":
+        replica_memory(stack)
     return 0
 
 

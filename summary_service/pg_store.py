@@ -86,7 +86,8 @@ class PgRunStore:
             max_size=s.pg_pool_max,
             open=False,
             timeout=s.pg_connect_timeout_s,
-            check=AsyncConnectionPool.check_connection,
+            # No check on every checkout (a round trip per call): a connection found broken
+            # fails its call with UNAVAILABLE (retried by Envoy elsewhere) and is discarded.
             reconnect_timeout=0,  # keep trying to reconnect forever, in the background
             kwargs={
                 "autocommit": True,

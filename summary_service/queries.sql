@@ -20,35 +20,41 @@ WHERE user_id = %(user_id)s AND (start_time, run_id) < (%(start_time)s, %(run_id
 ORDER BY start_time DESC, run_id DESC
 LIMIT %(limit)s;
 
--- Weeks start on Monday in the asked zone; each week's bounds are local midnights turned
--- into instants, so a week with a DST change is 167 or 169 hours long, as it should be.
+-- Weeks start on Monday in the asked zone: a run counts in the week of its local start date,
+-- and the window starts at the local midnight of the oldest Monday, so weeks with a DST change
+-- are bucketed right. One index range scan of the user's runs, grouped, joined to every week.
 -- name: user_stats
-WITH weeks AS (
-    SELECT (date_trunc('week', now() AT TIME ZONE %(tz)s)::date - 7 * g) AS week_start
-    FROM generate_series(0, %(weeks)s - 1) AS g
+WITH bounds AS (
+    SELECT date_trunc('week', now() AT TIME ZONE %(tz)s)::date AS this_monday
 ),
-bounds AS (
-    SELECT week_start,
-           (week_start::timestamp AT TIME ZONE %(tz)s) AS lo,
-           ((week_start + 7)::timestamp AT TIME ZONE %(tz)s) AS hi
-    FROM weeks
+per_week AS (
+    SELECT date_trunc('week', r.start_time AT TIME ZONE %(tz)s)::date AS week_start,
+           count(*) AS run_count,
+           sum(r.distance_m) AS distance_m,
+           sum(r.moving_time_us) AS moving_time_us,
+           sum(r.elevation_gain_m) AS elevation_gain_m
+    FROM runs r, bounds b
+    WHERE r.user_id = %(user_id)s
+      AND r.start_time >= ((b.this_monday - 7 * (%(weeks)s - 1))::timestamp AT TIME ZONE %(tz)s)
+    GROUP BY 1
 ),
 totals AS (
     SELECT count(*) AS total_runs, coalesce(sum(distance_m), 0) AS total_distance_m
     FROM runs WHERE user_id = %(user_id)s
 )
-SELECT b.week_start,
-       count(r.run_id) AS run_count,
-       coalesce(sum(r.distance_m), 0) AS distance_m,
-       coalesce(sum(r.moving_time_us), 0)::bigint AS moving_time_us,
-       coalesce(sum(r.elevation_gain_m), 0) AS elevation_gain_m,
+SELECT w.week_start,
+       coalesce(p.run_count, 0) AS run_count,
+       coalesce(p.distance_m, 0) AS distance_m,
+       coalesce(p.moving_time_us, 0)::bigint AS moving_time_us,
+       coalesce(p.elevation_gain_m, 0) AS elevation_gain_m,
        t.total_runs,
        t.total_distance_m
 FROM bounds b
+CROSS JOIN generate_series(%(weeks)s - 1, 0, -1) AS g
+CROSS JOIN LATERAL (SELECT (b.this_monday - 7 * g) AS week_start) AS w
+LEFT JOIN per_week p ON p.week_start = w.week_start
 CROSS JOIN totals t
-LEFT JOIN runs r ON r.user_id = %(user_id)s AND r.start_time >= b.lo AND r.start_time < b.hi
-GROUP BY b.week_start, t.total_runs, t.total_distance_m
-ORDER BY b.week_start;
+ORDER BY w.week_start;
 
 -- name: ping
 SELECT 1;
