@@ -162,3 +162,54 @@ async def test_a_thousand_streams_that_never_send_end_cleanly_with_bounded_memor
     peaks = [round(peak_rss_mb(p), 1) for p in pids]
     assert max(peaks) < 400, f"replica peak memory {peaks} MiB"
     report(stack, "silent_streams", streams=1000, tracking_peak_rss_mb=peaks)
+
+
+def _h2_frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def _literal(name: str, value: str) -> bytes:
+    """HPACK: a literal header field without indexing, new name, no Huffman coding."""
+    return b"\x00" + bytes([len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
+
+
+def _truncated_grpc_call(port: int) -> set[str]:
+    """Sends a RecordTrack whose only gRPC frame announces 1000 bytes but carries 10, then ends
+    the stream; returns how the server ended stream 1 ("trailers", "reset", "goaway")."""
+    headers = b"".join(_literal(n, v) for n, v in [
+        (":method", "POST"), (":scheme", "http"), (":path", RECORD), (":authority", f"127.0.0.1:{port}"),
+        ("content-type", "application/grpc"), ("te", "trailers")])
+    data = b"\x00" + (1000).to_bytes(4, "big") + b"0123456789"
+    ended: set[str] = set()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _h2_frame(4, 0, 0, b"")
+                  + _h2_frame(1, 0x4, 1, headers) + _h2_frame(0, 0x1, 1, data))
+        buf = b""
+        while not ended:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+            while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+                size, kind, flags = int.from_bytes(buf[:3], "big"), buf[3], buf[4]
+                stream = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+                buf = buf[9 + size:]
+                if kind == 4 and not flags & 0x1:
+                    s.sendall(_h2_frame(4, 0x1, 0, b""))  # acknowledge the server's settings
+                elif kind == 1 and stream == 1 and flags & 0x1:
+                    ended.add("trailers")
+                elif kind == 3 and stream == 1:
+                    ended.add("reset")
+                elif kind == 7:
+                    ended.add("goaway")
+    return ended
+
+
+@pytest.mark.parametrize("target", ["envoy", "replica"])
+async def test_a_truncated_grpc_frame_ends_the_stream_and_everything_stays_serving(stack, channel, target):
+    port = stack.spec.envoy_port if target == "envoy" else stack.replica_ports()["tracking"][0]
+    ended = await asyncio.to_thread(_truncated_grpc_call, port)
+    assert ended & {"trailers", "reset"}, f"stream 1 was not ended cleanly: {ended}"
+    await all_tracking_serving(stack)
+    r = await record(channel, tracking_pb2.RecordTrackRequest(run_id=str(uuid.uuid4()), user_id="u", points=[point(1)]))
+    assert r.points_stored == 1
