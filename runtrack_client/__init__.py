@@ -39,6 +39,17 @@ RETRYABLE = frozenset({
 })
 
 
+def _retryable(err: BaseException) -> bool:
+    if isinstance(err, grpc.aio.AioRpcError):
+        return err.code() in RETRYABLE
+    if isinstance(err, asyncio.CancelledError):
+        # grpc.aio may end a call whose connection broke with CancelledError; only a cancel of
+        # our own task is a real cancel.
+        task = asyncio.current_task()
+        return task is not None and task.cancelling() == 0
+    return False
+
+
 @dataclass
 class Backoff:
     """Exponential backoff with full jitter, bounded in attempts."""
@@ -111,12 +122,13 @@ class RunRecorder:
             self.stats.streams += 1
             try:
                 response = await self.tracking.RecordTrack(self._requests(live, sent))
-            except grpc.aio.AioRpcError as err:
-                if err.code() not in RETRYABLE or attempt >= self.backoff.max_attempts:
+            except (grpc.aio.AioRpcError, asyncio.CancelledError) as err:
+                if not _retryable(err) or attempt >= self.backoff.max_attempts:
                     raise
                 attempt += 1
                 self.stats.retries += 1
-                log.info("stream failed run_id=%s code=%s; resuming", self.run_id, err.code().name)
+                code = err.code().name if isinstance(err, grpc.aio.AioRpcError) else "connection lost"
+                log.info("stream failed run_id=%s code=%s; resuming", self.run_id, code)
                 await asyncio.sleep(self.backoff.delay(attempt))
                 await self._resume_from_cursor()
                 continue
@@ -145,10 +157,10 @@ class RunRecorder:
         while True:
             try:
                 return await call()
-            except grpc.aio.AioRpcError as err:
-                if not_found_ok and err.code() == grpc.StatusCode.NOT_FOUND:
+            except (grpc.aio.AioRpcError, asyncio.CancelledError) as err:
+                if not_found_ok and isinstance(err, grpc.aio.AioRpcError) and err.code() == grpc.StatusCode.NOT_FOUND:
                     return None
-                if err.code() not in RETRYABLE or attempt >= self.backoff.max_attempts:
+                if not _retryable(err) or attempt >= self.backoff.max_attempts:
                     raise
                 attempt += 1
                 self.stats.retries += 1

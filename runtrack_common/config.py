@@ -7,24 +7,22 @@ from dataclasses import dataclass
 from typing import Mapping
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _number(env: Mapping[str, str], name: str, default, kind=int):
     raw = env.get(name, "")
     if raw == "":
         return default
     try:
-        return int(raw)
+        return kind(raw)
     except ValueError:
-        raise SystemExit(f"setting {name}={raw!r} must be a whole number") from None
+        raise SystemExit(f"setting {name}={raw!r} must be a {'whole number' if kind is int else 'number'}") from None
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    return _number(env, name, default, int)
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "")
-    if raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise SystemExit(f"setting {name}={raw!r} must be a number") from None
+    return _number(env, name, default, float)
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:

@@ -70,13 +70,6 @@ class UserTotals:
     total_distance_m: float
 
 
-def parse_run_id(value: str) -> uuid.UUID:
-    if not value:
-        raise InvalidArgument("run_id", "is required")
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise InvalidArgument("run_id", f"must be a UUID, got {value[:64]!r}") from None
 
 
 def require_user_id(value: str) -> str:

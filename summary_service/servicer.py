@@ -8,7 +8,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from runtrack.v1 import summary_pb2, summary_pb2_grpc
 from runtrack_common.errors import InvalidArgument, maps_errors
 from summary_service import runs
-from summary_service.domain import Overview, Run, parse_run_id, require_user_id
+from runtrack_common.ids import parse_run_id
+from summary_service.domain import Overview, Run, require_user_id
 from summary_service.store import RunStore
 
 

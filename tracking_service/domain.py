@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from runtrack_common.errors import InvalidArgument
+from runtrack_common.ids import parse_run_id
 
 MAX_POINTS_PER_MESSAGE = 1000
 MAX_REJECTIONS_LISTED = 100
@@ -47,13 +48,6 @@ class Cursor:
     point_count: int
 
 
-def parse_run_id(value: str) -> uuid.UUID:
-    if not value:
-        raise InvalidArgument("run_id", "is required")
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise InvalidArgument("run_id", f"must be a UUID, got {value[:64]!r}") from None
 
 
 def rejection_reason(p: Point, now_ms: int) -> str | None:

@@ -14,7 +14,8 @@ from runtrack.v1 import tracking_pb2, tracking_pb2_grpc
 from runtrack_common import page_tokens
 from runtrack_common.config import Settings
 from runtrack_common.errors import DeadlineExceeded, InvalidArgument, NotFound, ServiceError, Unavailable, maps_errors
-from tracking_service.domain import Point, StreamIdentity, page_size, parse_run_id
+from runtrack_common.ids import parse_run_id
+from tracking_service.domain import Point, StreamIdentity, page_size
 from tracking_service.ingest import IngestStream
 from tracking_service.store import TrackStore
 

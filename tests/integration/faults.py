@@ -75,3 +75,17 @@ def report(stack, name: str, **figures) -> None:
     with open(stack.spec.logs / "faults.jsonl", "a") as f:
         f.write(json.dumps({"test": name, **figures}) + "\n")
     print(f"{name}: {figures}")
+
+
+def busiest_replica(stack, svc: str) -> int:
+    """The port of the replica of `svc` with the most requests open, as Envoy's admin says."""
+    import urllib.request
+
+    with urllib.request.urlopen(stack.admin_url + "/clusters", timeout=5) as resp:
+        text = resp.read().decode()
+    active = {}
+    for line in text.splitlines():
+        parts = line.split("::")
+        if len(parts) == 4 and parts[0] == svc and parts[2] == "rq_active":
+            active[int(parts[1].rsplit(":", 1)[1])] = int(parts[3])
+    return max(active, key=active.get)

@@ -16,7 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from runtrack.v1 import summary_pb2, summary_pb2_grpc
 from runtrack_client import Backoff, RunRecorder
-from tests.integration.faults import new_run, paced, peak_rss_mb, report, stored_trail, wait_status
+from tests.integration.faults import busiest_replica, new_run, paced, peak_rss_mb, report, stored_trail, wait_status
 
 
 async def assert_exactly_once(channel, recorder, sent):
@@ -54,7 +54,7 @@ async def test_a_tracking_replica_killed_mid_stream_its_clients_resume_elsewhere
     runs = [new_run(channel, 150) for _ in range(6)]
     uploads = [asyncio.create_task(r.upload(paced(pts, 0.02))) for r, pts in runs]
     await asyncio.sleep(1.0)
-    victim = stack.replica_ports()["tracking"][0]
+    victim = busiest_replica(stack, "tracking")
     pid = stack.replica_pid("tracking", victim)
     import os
 
