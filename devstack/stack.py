@@ -219,11 +219,18 @@ class Stack:
         return all(set(health[svc]) == set(ports[svc]) and all(health[svc][p] == "healthy" for p in ports[svc])
                    for svc in SERVICES)
 
-    def wait_healthy(self, ports: dict[str, list[int]], timeout: float = 120.0) -> None:
+    def wait_healthy(self, ports: dict[str, list[int]], timeout: float = 120.0, settle_s: float = 1.5) -> None:
+        """Until Envoy's admin shows every replica healthy for `settle_s` in a row: right after a
+        host turns healthy, Envoy was seen to route new requests to the others for about a second."""
         deadline = time.monotonic() + timeout
+        healthy_since: float | None = None
         while time.monotonic() < deadline:
             if self.all_healthy(ports):
-                return
+                healthy_since = healthy_since or time.monotonic()
+                if time.monotonic() - healthy_since >= settle_s:
+                    return
+            else:
+                healthy_since = None
             for svc in SERVICES:
                 for port in ports[svc]:
                     if not self.replica_pid(svc, port):
