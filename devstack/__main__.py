@@ -1,11 +1,11 @@
-"""scripts/dev: up | status | down."""
+"""scripts/dev: up | status | down | scale tracking=N summary=M | rollout."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from devstack.stack import Stack, dev_spec
+from devstack.stack import SERVICES, Stack, dev_spec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,6 +14,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("up", help="install what is missing, start everything, wait until healthy")
     sub.add_parser("status", help="what is running")
     sub.add_parser("down", help="stop everything scripts/dev started")
+    scale = sub.add_parser("scale", help="add or remove replicas while traffic flows (Envoy keeps running)")
+    scale.add_argument("counts", nargs="+", metavar="SERVICE=N", help="tracking=N and/or summary=M")
+    sub.add_parser("rollout", help="restart every replica one at a time, health-checked")
     args = parser.parse_args(argv)
     stack = Stack(dev_spec())
     if args.command == "up":
@@ -24,6 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "status":
         for name, where, state in stack.status():
             print(f"{name:18} {where:48} {state}")
+    elif args.command == "scale":
+        counts: dict[str, int] = {}
+        for item in args.counts:
+            svc, _, n = item.partition("=")
+            if svc not in SERVICES or not n.isdigit() or int(n) < 1:
+                parser.error(f"{item!r}: expected tracking=N or summary=N with N >= 1")
+            counts[svc] = int(n)
+        stack.scale(counts)
+        print(", ".join(f"{svc}: {len(p)} replicas" for svc, p in stack.replica_ports().items()))
+    elif args.command == "rollout":
+        stack.rollout()
+        print("rollout done: " + ", ".join(f"{svc} on {p}" for svc, p in stack.replica_ports().items()))
     elif args.command == "down":
         stack.down()
         print("RunTrack is down.")

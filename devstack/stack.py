@@ -277,6 +277,63 @@ class Stack:
         self.pg.stop()
         self.cql.stop()
 
+    # ---- scaling and rollouts, with Envoy running on ----------------------------------------------
+    def _wait_serving(self, svc: str, port: int, timeout: float = 60.0) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        def serving() -> bool:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+                try:
+                    reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                except grpc.RpcError:
+                    return False
+                return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        procs.wait_until(f"{svc} replica on port {port}", serving, timeout,
+                         log=self.spec.logs / f"{svc}-{port}.log", pid=self.replica_pid(svc, port))
+
+    def add_replica(self, svc: str) -> int:
+        """Starts one more replica of `svc`; returns once Envoy routes to it."""
+        ports = self.replica_ports()
+        port = self.spec.base_ports[svc]
+        while port in ports[svc] or self.replica_pid(svc, port) or procs.port_open(port):
+            port += 1
+        self.start_replica(svc, port)
+        self._wait_serving(svc, port)
+        ports[svc].append(port)
+        self._save_replica_ports(ports)
+        self.write_eds(ports)
+        self.wait_healthy(ports)
+        say(f"{svc} replica {port} serving behind Envoy")
+        return port
+
+    def retire_replica(self, svc: str, port: int) -> None:
+        """Takes a replica out of Envoy and stops it: it reports NOT_SERVING, waits for Envoy to
+        notice, flushes its open streams (ended with UNAVAILABLE), finishes its calls, exits."""
+        ports = self.replica_ports()
+        ports[svc] = [p for p in ports[svc] if p != port]
+        self._save_replica_ports(ports)
+        self.write_eds(ports)
+        procs.stop(self.replica_pid(svc, port), timeout=60)
+        say(f"{svc} replica {port} retired")
+
+    def scale(self, counts: dict[str, int]) -> None:
+        for svc, want in counts.items():
+            while len(self.replica_ports()[svc]) < want:
+                self.add_replica(svc)
+            while len(self.replica_ports()[svc]) > want:
+                self.retire_replica(svc, self.replica_ports()[svc][-1])
+        self.wait_healthy(self.replica_ports())
+
+    def rollout(self) -> None:
+        """Replaces every replica, one at a time: a new one serves before an old one leaves."""
+        for svc in SERVICES:
+            for old in list(self.replica_ports()[svc]):
+                self.add_replica(svc)
+                self.retire_replica(svc, old)
+        self.wait_healthy(self.replica_ports())
+
     def status(self) -> list[tuple[str, str, str]]:
         rows: list[tuple[str, str, str]] = []
         s = self.spec

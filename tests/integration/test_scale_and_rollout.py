@@ -1,0 +1,77 @@
+"""Scaling and rolling out while traffic flows: no failed request, no lost point, Envoy untouched."""
+
+import asyncio
+import uuid
+
+import grpc
+
+from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
+from tests.integration.faults import new_run, paced, report, stored_trail
+
+
+async def unary_traffic(channel, stop: asyncio.Event, failures: list, calls: list) -> None:
+    """Plain calls through Envoy, no client retries: every one must succeed (or be NOT_FOUND)."""
+    summary = summary_pb2_grpc.SummaryServiceStub(channel)
+    tracking = tracking_pb2_grpc.TrackingServiceStub(channel)
+    user = f"runner-{uuid.uuid4().hex[:8]}"
+    i = 0
+    while not stop.is_set():
+        i += 1
+        ov = summary_pb2.RunOverview(distance_m=1000, point_count=10)
+        ov.start_time.seconds, ov.end_time.seconds, ov.moving_time.seconds = 1_780_000_000 + i, 1_780_000_600 + i, 500
+        for call in (
+            summary.StopRun(summary_pb2.StopRunRequest(run_id=str(uuid.uuid4()), user_id=user, overview=ov)),
+            summary.ListRuns(summary_pb2.ListRunsRequest(user_id=user, page_size=5)),
+            tracking.GetTrackCursor(tracking_pb2.GetTrackCursorRequest(run_id=str(uuid.uuid4()))),
+        ):
+            try:
+                await call
+            except grpc.aio.AioRpcError as err:
+                if err.code() != grpc.StatusCode.NOT_FOUND:
+                    failures.append(f"{err.code().name}: {err.details()}")
+            calls.append(1)
+        await asyncio.sleep(0.01)
+
+
+async def _under_traffic(stack, channel, change) -> tuple[list, list, list]:
+    stop, failures, calls = asyncio.Event(), [], []
+    traffic = [asyncio.create_task(unary_traffic(channel, stop, failures, calls)) for _ in range(4)]
+    runs = [new_run(channel, 400) for _ in range(4)]
+    uploads = [asyncio.create_task(r.upload(paced(pts, 0.02))) for r, pts in runs]
+    envoy_pid = stack.envoy_pid()
+    await asyncio.sleep(0.5)
+    await asyncio.to_thread(change)
+    await asyncio.wait_for(asyncio.gather(*uploads), timeout=120)
+    stop.set()
+    await asyncio.gather(*traffic)
+    assert stack.envoy_pid() == envoy_pid, "Envoy was restarted"
+    for recorder, pts in runs:
+        assert list(await stored_trail(channel, recorder.run_id)) == pts
+    return failures, calls, runs
+
+
+async def test_scaling_out_and_in_under_traffic_fails_no_request(stack, channel):
+    def change():
+        stack.scale({"tracking": 3, "summary": 3})
+        stack.scale({"tracking": 1, "summary": 1})
+        stack.scale({"tracking": 2, "summary": 2})
+
+    failures, calls, runs = await _under_traffic(stack, channel, change)
+    assert failures == []
+    assert {svc: len(p) for svc, p in stack.replica_ports().items()} == {"tracking": 2, "summary": 2}
+    report(stack, "scale_3_1_2", unary_calls=len(calls), failed=len(failures), points_lost=0,
+           streams_resumed=sum(r.stats.retries for r, _ in runs))
+
+
+async def test_a_rollout_under_traffic_fails_no_request_and_loses_no_point(stack, channel):
+    def pids():
+        return {svc: {stack.replica_pid(svc, p) for p in ports} for svc, ports in stack.replica_ports().items()}
+
+    before = pids()
+    failures, calls, runs = await _under_traffic(stack, channel, stack.rollout)
+    assert failures == []
+    after = pids()
+    for svc in after:
+        assert len(after[svc]) == 2 and None not in after[svc] and not before[svc] & after[svc], (before, after)
+    report(stack, "rollout", unary_calls=len(calls), failed=len(failures), points_lost=0,
+           streams_resumed=sum(r.stats.retries for r, _ in runs))
