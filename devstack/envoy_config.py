@@ -57,6 +57,8 @@ class Layout:
     # A phone that sends nothing for this long has its stream reset.
     stream_idle_timeout_s: int = 600
     max_concurrent_streams: int = 10_000
+    # What Envoy buffers per connection before it stops reading from the sender.
+    buffer_limit_bytes: int = 256 * 1024
     clusters: tuple[Cluster, ...] = (
         Cluster("tracking", TRACKING.full_name),
         Cluster("summary", SUMMARY.full_name),
@@ -105,6 +107,7 @@ def _cluster(c: Cluster, layout: Layout) -> dict[str, Any]:
             },
         },
         "connect_timeout": "1s",
+        "per_connection_buffer_limit_bytes": layout.buffer_limit_bytes,
         "lb_policy": c.lb_policy,
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -152,7 +155,13 @@ def render(layout: Layout = Layout()) -> dict[str, Any]:
         "stat_prefix": "public",
         "codec_type": "AUTO",
         "stream_idle_timeout": f"{layout.stream_idle_timeout_s}s",
-        "http2_protocol_options": {"max_concurrent_streams": layout.max_concurrent_streams},
+        # Small windows, as for an edge proxy: a phone can be at most this far ahead of the
+        # replica reading its stream, so a slow store pushes back on the phone, not on memory.
+        "http2_protocol_options": {
+            "max_concurrent_streams": layout.max_concurrent_streams,
+            "initial_stream_window_size": 65536,
+            "initial_connection_window_size": 1048576,
+        },
         "route_config": {
             "name": "runtrack",
             "virtual_hosts": [{"name": "runtrack", "domains": ["*"], "routes": [_route(r) for r in layout.routes]}],
@@ -169,6 +178,7 @@ def render(layout: Layout = Layout()) -> dict[str, Any]:
             "listeners": [{
                 "name": "public",
                 "address": _addr(layout.listen_port),
+                "per_connection_buffer_limit_bytes": layout.buffer_limit_bytes,
                 "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
             }],
             "clusters": [_cluster(c, layout) for c in layout.clusters],

@@ -99,6 +99,10 @@ class Replica:
                 # Envoy keeps upstream connections alive with pings; allow them every 60 s.
                 ("grpc.http2.min_ping_interval_without_data_ms", 60_000),
                 ("grpc.keepalive_permit_without_calls", 1),
+                # Read ahead at most 64 KiB per stream: a stream the service is not reading
+                # (its store is slow) holds back its sender instead of filling this process.
+                ("grpc.http2.bdp_probe", 0),
+                ("grpc.http2.lookahead_bytes", 64 * 1024),
             ],
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
         )
