@@ -115,6 +115,10 @@ def _cluster(c: Cluster, layout: Layout) -> dict[str, Any]:
                 "explicit_http_config": {
                     "http2_protocol_options": {
                         "max_concurrent_streams": layout.max_concurrent_streams,
+                        # With Envoy's default 256 MiB windows here, a replica was seen reading ~16 MB
+                        # ahead of a stream it had stopped reading; with 64 KiB, ~0.2 MB.
+                        "initial_stream_window_size": 65536,
+                        "initial_connection_window_size": 1048576,
                         # Python gRPC servers answer pings more frequent than their limit with GOAWAY.
                         "connection_keepalive": {"interval": "300s", "timeout": "20s"},
                     }

@@ -167,9 +167,9 @@ async def test_a_stalled_store_pushes_back_on_the_phone_instead_of_filling_memor
     seq = 2 + 100 * messages
     await call.done_writing()
     response = await asyncio.wait_for(call, timeout=60)
-    # The phone is held back before it has sent everything. How far ahead it gets is what the
-    # gRPC server reads ahead for a stream it is not reading (measured: about 19 MB through Envoy).
-    assert written_during_stall < messages, "the phone was never held back while the store was stalled"
+    # Held back after a few HTTP/2 windows: 8 batches in flight, the message being read, 64 KiB stream
+    # windows at Envoy and at the replica, Envoy's 256 KiB buffer. Measured: about 40 messages.
+    assert written_during_stall < 150, f"{written_during_stall} messages of 100 points accepted while the store was stalled"
     megabytes = written_during_stall * len(tracking_pb2.RecordTrackRequest(
         points=[point(s, start_ms=start_ms) for s in range(2, 102)]).SerializeToString()) / 1e6
     assert response.points_stored == response.points_received == seq - 1
