@@ -101,15 +101,36 @@ def local(zone: str, *args) -> dt.datetime:
     return dt.datetime(*args, tzinfo=ZoneInfo(zone))
 
 
+def dst_sundays(zone: str, days_back: int) -> tuple[dt.date, dt.date]:
+    """The latest spring-forward and fall-back Sundays of `zone` in the last `days_back` days."""
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(zone)
+    today = dt.datetime.now(tz).date()
+    spring = fall = None
+    for back in range(1, days_back):
+        day = today - dt.timedelta(days=back)
+        before = dt.datetime(day.year, day.month, day.day, 0, 30, tzinfo=tz).utcoffset()
+        after = dt.datetime(day.year, day.month, day.day, 23, 30, tzinfo=tz).utcoffset()
+        if after > before and spring is None:
+            spring = day
+        if after < before and fall is None:
+            fall = day
+    assert spring and fall and spring.weekday() == fall.weekday() == 6
+    return spring, fall
+
+
 async def test_weekly_stats_bucket_runs_by_monday_in_the_runners_zone_across_dst(stack, channel, user_id):
     paris = "Europe/Paris"
+    spring, fall = dst_sundays(paris, 7 * 100)
+    day = dt.timedelta(days=1)
     runs = {
         # Monday 00:30 just after the spring-forward Sunday: Sunday 22:30 in UTC.
-        "2026-03-30": local(paris, 2026, 3, 30, 0, 30),
+        (spring + day).isoformat(): local(paris, *(spring + day).timetuple()[:3], 0, 30),
         # Sunday 23:30 on the fall-back day: still that week.
-        "2025-10-20": local(paris, 2025, 10, 26, 23, 30),
+        (fall - 6 * day).isoformat(): local(paris, *fall.timetuple()[:3], 23, 30),
         # Monday 00:30 after the fall-back: Sunday 23:30 in UTC.
-        "2025-10-27": local(paris, 2025, 10, 27, 0, 30),
+        (fall + day).isoformat(): local(paris, *(fall + day).timetuple()[:3], 0, 30),
     }
     for start in runs.values():
         await stop(channel, str(uuid.uuid4()), user_id, overview(start, distance=1000.0))
@@ -129,13 +150,14 @@ async def test_weekly_stats_bucket_runs_by_monday_in_the_runners_zone_across_dst
         assert by_week[week].run_count == 1, week
         assert by_week[week].distance_m == 1000.0
         assert by_week[week].moving_time.seconds == 1770
-    assert by_week["2026-03-23"].run_count == 0  # the UTC-bucketed week would hold the first run
+    spring_week = (spring - 6 * day).isoformat()
+    assert by_week[spring_week].run_count == 0  # the UTC-bucketed week would hold the first run
     assert stats.weeks[-1].run_count == 1
     assert (stats.total_runs, stats.total_distance_m) == (4, 8000.0)
 
     utc = await stub(channel).GetUserStats(summary_pb2.GetUserStatsRequest(user_id=user_id, weeks=104))
     utc_weeks = {w.week_start: w.run_count for w in utc.weeks}
-    assert utc_weeks["2026-03-23"] == 1 and utc_weeks["2026-03-30"] == 0
+    assert utc_weeks[spring_week] == 1 and utc_weeks[(spring + day).isoformat()] == 0
 
 
 async def test_stats_weeks_default_to_12_and_cap_at_104(channel, user_id):
@@ -154,3 +176,23 @@ async def test_migrations_applied_concurrently_run_once(stack):
     with psycopg.connect(stack.database_url) as conn:
         versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
     assert versions == sorted(set(versions)) and versions[0] == "0001_runs"
+
+
+async def test_a_statement_over_the_timeout_is_cut_and_answers_unavailable(stack):
+    from runtrack_common.config import Settings
+    from runtrack_common.errors import Unavailable
+    from summary_service.pg_store import PgRunStore
+
+    store = PgRunStore(Settings.from_env({"DATABASE_URL": stack.database_url, "PG_STATEMENT_TIMEOUT_MS": "200",
+                                          "PG_POOL_MIN": "1", "PG_POOL_MAX": "2"}))
+    await store.ensure_ready()
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(Unavailable, match="PostgreSQL unavailable: QueryCanceled"):
+            async with store._conn() as conn:
+                await conn.execute("SELECT pg_sleep(5)")
+        assert loop.time() - started < 2
+        await store.ensure_ready()  # the pool is fine afterwards
+    finally:
+        await store.close()
