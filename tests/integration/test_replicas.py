@@ -83,3 +83,15 @@ async def test_envoy_spreads_calls_over_both_replicas_of_each_service(stack, cha
         ))
         await asyncio.sleep(0.2)
     assert not idle_replicas(), f"replicas that served nothing through Envoy: {idle_replicas()}"
+
+
+def test_starting_the_stack_again_leaves_what_runs_alone(stack):
+    def pids():
+        return ([stack.cql.pid(), stack.pg.pid(), stack.envoy_pid()]
+                + [stack.replica_pid(svc, p) for svc, ports in stack.replica_ports().items() for p in ports])
+
+    before = pids()
+    stack.up()
+    assert pids() == before and None not in before
+    rows = {name: state for name, _, state in stack.status()}
+    assert rows["envoy"] == "running" and rows["cql-node"] == "running" and rows["postgresql"] == "running"
