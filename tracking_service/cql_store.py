@@ -154,8 +154,15 @@ class CqlTrackStore:
         )
 
     async def cursor(self, run_id: uuid.UUID) -> Cursor:
-        rows = await _execute(self._ready(), self.q["seqs"], (run_id,), all_pages=True)
-        return cursor_from_seqs(r.seq for r in rows)
+        """Reads only the seqs after the run's last known contiguous_seq, then moves that mark up."""
+        session = self._ready()
+        hint_rows = await _execute(session, self.q["cursor_hint"], (run_id,))
+        known = (hint_rows[0].contiguous_hint or 0) if hint_rows else 0
+        rows = await _execute(session, self.q["seqs_after"], (run_id, known), all_pages=True)
+        cursor = cursor_from_seqs((r.seq for r in rows), known)
+        if cursor.contiguous_seq > known:
+            await _execute(session, self.q["save_cursor_hint"], (cursor.contiguous_seq, run_id))
+        return cursor
 
     async def points_after(self, run_id: uuid.UUID, after_seq: int, limit: int) -> list[Point]:
         rows = await _execute(self._ready(), self.q["points_after"], (run_id, after_seq, limit), all_pages=True)

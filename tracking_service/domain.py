@@ -107,11 +107,10 @@ def check_point_count(n_points: int) -> None:
         raise InvalidArgument("points", f"at most {MAX_POINTS_PER_MESSAGE} points per message, got {n_points}")
 
 
-def cursor_from_seqs(seqs: Iterable[int]) -> Cursor:
-    """The cursor of a run whose stored seqs come in ascending order."""
-    contiguous = 0
-    max_seq = 0
-    count = 0
+def cursor_from_seqs(seqs: Iterable[int], known_contiguous: int = 0) -> Cursor:
+    """The cursor of a run whose points 1..known_contiguous are stored and whose other stored
+    seqs, all above known_contiguous, come in ascending order."""
+    contiguous = max_seq = count = known_contiguous
     for seq in seqs:
         count += 1
         max_seq = seq

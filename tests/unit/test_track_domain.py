@@ -106,3 +106,16 @@ def test_track_page_size_defaults_and_caps():
     assert page_size(0) == 1000
     assert page_size(7) == 7
     assert page_size(10**6) == MAX_TRACK_PAGE
+
+
+@pytest.mark.parametrize("known, seqs, expected", [(3, [], (3, 3, 3)), (3, [4, 5], (5, 5, 5)), (3, [5, 6], (3, 6, 5))])
+def test_the_cursor_continues_from_a_known_contiguous_prefix(known, seqs, expected):
+    c = cursor_from_seqs(seqs, known)
+    assert (c.contiguous_seq, c.max_seq, c.point_count) == expected
+
+
+@given(st.sets(st.integers(min_value=1, max_value=60)), st.integers(min_value=0, max_value=60))
+def test_a_cursor_from_any_true_prefix_equals_the_full_scan(stored, cut):
+    full = cursor_from_seqs(sorted(stored))
+    known = min(cut, full.contiguous_seq)  # any value once computed is a true prefix
+    assert cursor_from_seqs(sorted(s for s in stored if s > known), known) == full
