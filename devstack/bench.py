@@ -24,6 +24,7 @@ import grpc
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from devstack import procs
 from devstack.stack import Stack, dev_spec
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from runtrack_common import queries
@@ -286,11 +287,7 @@ def replica_memory(stack: Stack) -> None:
             pid = stack.replica_pid(svc, port)
             if pid is None:
                 continue
-            vals = {}
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith(("VmHWM:", "VmRSS:")):
-                        vals[line.split(":")[0]] = int(line.split()[1]) / 1024
+            vals = procs.memory_mb(pid)
             print(f"  {svc}:{port}  {vals.get('VmHWM', 0):.0f} / {vals.get('VmRSS', 0):.0f}")
 
 

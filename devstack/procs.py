@@ -100,3 +100,13 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float, *, log: Pat
         tail = f"\n--- last lines of {log} ---\n{tail}"
     state = "exited" if pid is not None and not alive(pid) else f"not ready after {timeout:.0f}s"
     raise RuntimeError(f"{what} {state}{tail}")
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """Peak (VmHWM) and current (VmRSS) resident memory of a process, in MiB."""
+    out: dict[str, float] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmHWM:", "VmRSS:")):
+                out[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return out

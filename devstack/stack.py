@@ -203,16 +203,19 @@ class Stack:
         except OSError:
             return None
 
-    def host_health(self) -> dict[str, dict[int, str]]:
-        """What Envoy thinks of each replica: {"tracking": {port: "healthy" | flags}}."""
+    def host_stat(self, stat: str) -> dict[str, dict[int, str]]:
+        """One per-host value of Envoy's admin /clusters: {"tracking": {port: value}}."""
         text = self._admin_get("/clusters") or ""
         out: dict[str, dict[int, str]] = {svc: {} for svc in SERVICES}
         for line in text.splitlines():
             parts = line.split("::")
-            if len(parts) >= 4 and parts[0] in out and parts[2] == "health_flags":
-                port = int(parts[1].rsplit(":", 1)[1])
-                out[parts[0]][port] = parts[3]
+            if len(parts) == 4 and parts[0] in out and parts[2] == stat:
+                out[parts[0]][int(parts[1].rsplit(":", 1)[1])] = parts[3]
         return out
+
+    def host_health(self) -> dict[str, dict[int, str]]:
+        """What Envoy thinks of each replica: {"tracking": {port: "healthy" | flags}}."""
+        return self.host_stat("health_flags")
 
     def all_healthy(self, ports: dict[str, list[int]]) -> bool:
         health = self.host_health()

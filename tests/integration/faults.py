@@ -10,6 +10,7 @@ import uuid
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devstack import procs
 from runtrack.v1 import tracking_pb2, tracking_pb2_grpc
 from runtrack_client import Backoff, RunRecorder
 from tests.helpers import point
@@ -62,11 +63,7 @@ async def wait_status(stack, svc: str, want: str, timeout: float) -> float:
 
 
 def peak_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    return procs.memory_mb(pid).get("VmHWM", 0.0)
 
 
 def report(stack, name: str, **figures) -> None:
@@ -79,13 +76,5 @@ def report(stack, name: str, **figures) -> None:
 
 def busiest_replica(stack, svc: str) -> int:
     """The port of the replica of `svc` with the most requests open, as Envoy's admin says."""
-    import urllib.request
-
-    with urllib.request.urlopen(stack.admin_url + "/clusters", timeout=5) as resp:
-        text = resp.read().decode()
-    active = {}
-    for line in text.splitlines():
-        parts = line.split("::")
-        if len(parts) == 4 and parts[0] == svc and parts[2] == "rq_active":
-            active[int(parts[1].rsplit(":", 1)[1])] = int(parts[3])
-    return max(active, key=active.get)
+    active = stack.host_stat("rq_active")[svc]
+    return max(active, key=lambda port: int(active[port]))

@@ -5,6 +5,7 @@ accepted point is stored exactly once. Figures go to .dev/logs/test/faults.jsonl
 """
 
 import asyncio
+import os
 import signal
 import time
 import uuid
@@ -14,8 +15,9 @@ import psycopg
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from runtrack.v1 import summary_pb2, summary_pb2_grpc
+from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from runtrack_client import Backoff, RunRecorder
+from tests.helpers import point
 from tests.integration.faults import busiest_replica, new_run, paced, peak_rss_mb, report, stored_trail, wait_status
 
 
@@ -56,8 +58,6 @@ async def test_a_tracking_replica_killed_mid_stream_its_clients_resume_elsewhere
     await asyncio.sleep(1.0)
     victim = busiest_replica(stack, "tracking")
     pid = stack.replica_pid("tracking", victim)
-    import os
-
     os.kill(pid, signal.SIGKILL)
     try:
         await asyncio.wait_for(asyncio.gather(*uploads), timeout=90)
@@ -107,9 +107,6 @@ async def test_postgresql_restarted_under_stop_run_traffic_one_row_per_run(stack
 
 
 async def test_a_replica_stopped_with_sigterm_flushes_its_streams_and_ends_them_unavailable(stack, channel, run_id, user_id):
-    from runtrack.v1 import tracking_pb2, tracking_pb2_grpc
-    from tests.helpers import point
-
     victim = stack.replica_ports()["tracking"][1]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{victim}") as direct:
         call = tracking_pb2_grpc.TrackingServiceStub(direct).RecordTrack()
@@ -117,8 +114,6 @@ async def test_a_replica_stopped_with_sigterm_flushes_its_streams_and_ends_them_
         runs = [new_run(channel, 120) for _ in range(4)]
         uploads = [asyncio.create_task(r.upload(paced(pts, 0.02))) for r, pts in runs]
         await asyncio.sleep(0.5)
-        import os
-
         os.kill(stack.replica_pid("tracking", victim), signal.SIGTERM)
         try:
             with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -136,9 +131,6 @@ async def test_a_replica_stopped_with_sigterm_flushes_its_streams_and_ends_them_
 
 
 async def test_a_stalled_store_pushes_back_on_the_phone_instead_of_filling_memory(stack, channel, run_id, user_id):
-    from runtrack.v1 import tracking_pb2, tracking_pb2_grpc
-    from tests.helpers import point
-
     messages = 4000
     start_ms = (int(time.time()) - 5 * 86400) * 1000  # room for 400,001 one-second fixes
     call = tracking_pb2_grpc.TrackingServiceStub(channel).RecordTrack()
@@ -154,8 +146,6 @@ async def test_a_stalled_store_pushes_back_on_the_phone_instead_of_filling_memor
             written += 1
 
     cql_pid = stack.cql.pid()
-    import os
-
     os.kill(cql_pid, signal.SIGSTOP)  # the store stops answering; nothing fails yet
     try:
         writer = asyncio.create_task(phone())

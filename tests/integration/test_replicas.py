@@ -46,14 +46,7 @@ def test_grpcurl_calls_a_method_through_envoy_by_reflection(stack):
 
 def _served(stack) -> dict[str, dict[int, int]]:
     """rq_total per replica, from Envoy's admin /clusters."""
-    with __import__("urllib.request").request.urlopen(stack.admin_url + "/clusters", timeout=5) as resp:
-        text = resp.read().decode()
-    out: dict[str, dict[int, int]] = {"tracking": {}, "summary": {}}
-    for line in text.splitlines():
-        parts = line.split("::")
-        if len(parts) == 4 and parts[0] in out and parts[2] == "rq_total":
-            out[parts[0]][int(parts[1].rsplit(":", 1)[1])] = int(parts[3])
-    return out
+    return {svc: {port: int(v) for port, v in hosts.items()} for svc, hosts in stack.host_stat("rq_total").items()}
 
 
 async def test_envoy_spreads_calls_over_both_replicas_of_each_service(stack, channel):
