@@ -7,14 +7,22 @@ documents (`eds_document`) that `scripts/dev` rewrites as replicas come and go.
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from google.protobuf import json_format
+from google.protobuf.duration_pb2 import Duration
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2
 
 from runtrack.v1 import summary_pb2, tracking_pb2
 
 TRACKING = tracking_pb2.DESCRIPTOR.services_by_name["TrackingService"]
+HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
 SUMMARY = summary_pb2.DESCRIPTOR.services_by_name["SummaryService"]
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 TRANSCODER = "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
@@ -22,6 +30,7 @@ ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 # Unary calls are safe to repeat (StopRun is idempotent by contract): retry them on another replica.
 RETRY_ON = "unavailable,reset,connect-failure,refused-stream"
+PREVIOUS_HOSTS = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,33 @@ class Route:
 
 
 @dataclass(frozen=True)
+class LocalReply:
+    """An error Envoy answers itself (no replica could take the call): UNAVAILABLE (HTTP 503) with
+    the same `google.rpc.Status` details as the replicas' errors, so that a client reads one model."""
+
+    response_flags: tuple[str, ...]
+    reason: str
+    message: str
+    retry_after_s: float
+
+    def status(self) -> status_pb2.Status:
+        delay = Duration()
+        delay.FromTimedelta(dt.timedelta(seconds=self.retry_after_s))
+        status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=self.message)
+        status.details.add().Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain="runtrack"))
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        return status
+
+
+LOCAL_REPLIES = (
+    # Every replica of the service reports NOT_SERVING (its store is down) or none is running.
+    LocalReply(("UH",), "NO_HEALTHY_REPLICA", "no healthy replica; retry shortly", 1.0),
+    # A replica went away between the health check and the call, or too many calls are open.
+    LocalReply(("UF", "UC", "URX", "UO", "UT"), "REPLICA_UNREACHABLE", "no replica could take the call; retry", 0.5),
+)
+
+
+@dataclass(frozen=True)
 class Layout:
     listen_port: int = 8080
     admin_port: int = 9901
@@ -69,8 +105,11 @@ class Layout:
             Route(f"/{TRACKING.full_name}/", "tracking", retries=2),
             Route(f"/{SUMMARY.full_name}/", "summary", retries=2),
             Route("/grpc.reflection.", "tracking", retries=2),
+            # Through Envoy, health answers for the replica that takes the call ("" and its service).
+            Route(f"/{HEALTH.full_name}/", "tracking", retries=2),
         )
     )
+    local_replies: tuple[LocalReply, ...] = LOCAL_REPLIES
 
 
 def _addr(port: int) -> dict[str, Any]:
@@ -85,11 +124,45 @@ def _route(r: Route) -> dict[str, Any]:
         action["retry_policy"] = {
             "retry_on": RETRY_ON,
             "num_retries": r.retries,
-            "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
+            "retry_host_predicate": [
+                {
+                    "name": "envoy.retry_host_predicates.previous_hosts",
+                    "typed_config": {"@type": PREVIOUS_HOSTS},
+                }
+            ],
             "host_selection_retry_max_attempts": 3,
         }
     return {"match": {"prefix": r.prefix}, "route": action}
+
+
+# The transcoder keeps a JSON call's own path here (the request has become gRPC by then).
+JSON_REQUEST = {"header_filter": {"header": {"name": "x-envoy-original-path", "present_match": True}}}
+
+
+def _local_replies(r: LocalReply) -> list[dict[str, Any]]:
+    """Two mappers: a JSON call gets the status as its JSON body, as the transcoder prints a
+    replica's errors; a gRPC call gets it as trailers-only (`grpc-status-details-bin`, and the
+    body, which Envoy sends as grpc-message, equal to the status's message)."""
+    flags = {"response_flag_filter": {"flags": list(r.response_flags)}}
+    json_reply = {
+        "filter": {"and_filter": {"filters": [flags, JSON_REQUEST]}},
+        "body_format_override": {
+            "json_format": json.loads(json_format.MessageToJson(r.status())),
+            "content_type": "application/json",
+        },
+    }
+    details = base64.b64encode(r.status().SerializeToString()).decode()
+    grpc_reply = {
+        "filter": flags,
+        "headers_to_add": [
+            {
+                "header": {"key": "grpc-status-details-bin", "value": details},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
+        "body": {"inline_string": r.message},
+    }
+    return [json_reply, grpc_reply]
 
 
 def _cluster(c: Cluster, layout: Layout) -> dict[str, Any]:
@@ -125,23 +198,29 @@ def _cluster(c: Cluster, layout: Layout) -> dict[str, Any]:
                 },
             }
         },
-        "health_checks": [{
-            "timeout": "1s",
-            "interval": "1s",
-            "no_traffic_interval": "1s",
-            "unhealthy_threshold": 2,
-            "healthy_threshold": 1,
-            "grpc_health_check": {"service_name": c.health_service},
-        }],
+        "health_checks": [
+            {
+                "timeout": "1s",
+                "interval": "1s",
+                "no_traffic_interval": "1s",
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 1,
+                "grpc_health_check": {"service_name": c.health_service},
+            }
+        ],
         # Never send traffic to a replica that failed its health check, even when most did.
         "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
-        "circuit_breakers": {"thresholds": [{
-            "priority": "DEFAULT",
-            "max_connections": 100_000,
-            "max_pending_requests": 100_000,
-            "max_requests": 100_000,
-            "max_retries": 1_000,
-        }]},
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "priority": "DEFAULT",
+                    "max_connections": 100_000,
+                    "max_pending_requests": 100_000,
+                    "max_requests": 100_000,
+                    "max_retries": 1_000,
+                }
+            ]
+        },
     }
 
 
@@ -166,6 +245,7 @@ def render(layout: Layout = Layout()) -> dict[str, Any]:
             "initial_stream_window_size": 65536,
             "initial_connection_window_size": 1048576,
         },
+        "local_reply_config": {"mappers": [m for r in layout.local_replies for m in _local_replies(r)]},
         "route_config": {
             "name": "runtrack",
             "virtual_hosts": [{"name": "runtrack", "domains": ["*"], "routes": [_route(r) for r in layout.routes]}],
@@ -179,12 +259,16 @@ def render(layout: Layout = Layout()) -> dict[str, Any]:
         "node": {"id": "runtrack-envoy", "cluster": "runtrack"},
         "admin": {"address": _addr(layout.admin_port)},
         "static_resources": {
-            "listeners": [{
-                "name": "public",
-                "address": _addr(layout.listen_port),
-                "per_connection_buffer_limit_bytes": layout.buffer_limit_bytes,
-                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
-            }],
+            "listeners": [
+                {
+                    "name": "public",
+                    "address": _addr(layout.listen_port),
+                    "per_connection_buffer_limit_bytes": layout.buffer_limit_bytes,
+                    "filter_chains": [
+                        {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+                    ],
+                }
+            ],
             "clusters": [_cluster(c, layout) for c in layout.clusters],
         },
     }
@@ -194,11 +278,13 @@ def eds_document(cluster: str, ports: list[int]) -> dict[str, Any]:
     """The file-based EDS answer listing the replicas of `cluster` on loopback."""
     return {
         "version_info": ",".join(map(str, ports)) or "empty",
-        "resources": [{
-            "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
-            "cluster_name": cluster,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _addr(p)}} for p in ports]}],
-        }],
+        "resources": [
+            {
+                "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+                "cluster_name": cluster,
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _addr(p)}} for p in ports]}],
+            }
+        ],
     }
 
 

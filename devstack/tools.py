@@ -6,12 +6,14 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from devstack.paths import VENV_BIN, cache_dir
 
 CASSANDRA_VERSION = "5.0.9"
 GRPCURL_VERSION = "v1.9.3"
+GHZ_VERSION = "v0.121.0"
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -48,33 +50,51 @@ def cassandra_lib() -> Path:
     if lib.exists():
         shutil.rmtree(lib)
     subprocess.run(
-        ["mvn", "-q", "-B", "-f", str(home / "pom.xml"), "dependency:copy-dependencies",
-         f"-DoutputDirectory={lib}", "-DincludeScope=runtime"],
-        check=True, stdout=sys.stderr,
+        [
+            "mvn",
+            "-q",
+            "-B",
+            "-f",
+            str(home / "pom.xml"),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={lib}",
+            "-DincludeScope=runtime",
+        ],
+        check=True,
+        stdout=sys.stderr,
     )
     done.write_text(CASSANDRA_VERSION + "\n")
     return lib
 
 
-def grpcurl() -> Path:
-    """grpcurl built from its Go module, once per machine."""
-    bin_dir = cache_dir() / "bin"
-    exe = bin_dir / "grpcurl"
+def _go_tool(name: str, module: str, version: str) -> Path:
+    """A Go command built from its module through the Go module proxy, once per machine and
+    version, linked into .venv/bin so that it is at hand (`.venv/bin/grpcurl`)."""
+    exe = cache_dir() / "bin" / f"{name}-{version}"
     if not exe.exists():
-        _go_install_grpcurl(bin_dir)
-    link = VENV_BIN / "grpcurl"  # so that .venv/bin/grpcurl is at hand, as the README says
-    if not os.path.lexists(link):
+        if shutil.which("go") is None:
+            raise SystemExit(f"{name} is installed with Go: put `go` on PATH")
+        say(f"setup: installing {name} {version} through the Go module proxy (once per machine)")
+        with tempfile.TemporaryDirectory() as gobin:
+            env = dict(os.environ, GOBIN=gobin)
+            subprocess.run(["go", "install", f"{module}@{version}"], check=True, stdout=sys.stderr, env=env)
+            exe.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(Path(gobin) / name), exe)
+    link = VENV_BIN / name
+    if os.path.realpath(link) != str(exe):
+        if os.path.lexists(link):
+            link.unlink()
         link.symlink_to(exe)
     return exe
 
 
-def _go_install_grpcurl(bin_dir: Path) -> None:
-    if shutil.which("go") is None:
-        raise SystemExit("grpcurl is installed with Go: put `go` on PATH")
-    say(f"setup: installing grpcurl {GRPCURL_VERSION} through the Go module proxy (once per machine)")
-    env = dict(os.environ, GOBIN=str(bin_dir))
-    subprocess.run(["go", "install", f"github.com/fullstorydev/grpcurl/cmd/grpcurl@{GRPCURL_VERSION}"],
-                   check=True, env=env, stdout=sys.stderr)
+def grpcurl() -> Path:
+    return _go_tool("grpcurl", "github.com/fullstorydev/grpcurl/cmd/grpcurl", GRPCURL_VERSION)
+
+
+def ghz() -> Path:
+    """The gRPC load tester, for calls by reflection through Envoy."""
+    return _go_tool("ghz", "github.com/bojand/ghz/cmd/ghz", GHZ_VERSION)
 
 
 def envoy() -> Path:
