@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         stack.up()
         print(f"RunTrack is up.\n  gRPC and JSON:  {stack.envoy_address}  (Envoy)\n  Envoy admin:    {stack.admin_url}")
-        print(f"  CQL store:      {stack.scylla_hosts} port {stack.scylla_port}\n  PostgreSQL:     {stack.database_url}")
+        print(
+            f"  CQL store:      {stack.scylla_hosts} port {stack.scylla_port}\n  PostgreSQL:     {stack.database_url}"
+        )
         print(f"  logs:           {stack.spec.logs}")
     elif args.command == "status":
         for name, where, state in stack.status():

@@ -34,7 +34,7 @@ JVM17_OPTIONS = """
 --add-opens java.base/java.lang=ALL-UNNAMED
 --add-opens java.base/java.util=ALL-UNNAMED
 -Dio.netty.tryReflectionSetAccessible=true
-""".split()
+""".split()  # noqa: SIM905 (kept in the file's own one-option-a-line form)
 
 LOGBACK = """<configuration>
   <appender name="OUT" class="ch.qos.logback.core.ConsoleAppender">
@@ -46,8 +46,9 @@ LOGBACK = """<configuration>
 
 
 class CqlNode:
-    def __init__(self, home: Path, log: Path, *, native_port: int, storage_port: int, jmx_port: int,
-                 heap_mb: int = 1024) -> None:
+    def __init__(
+        self, home: Path, log: Path, *, native_port: int, storage_port: int, jmx_port: int, heap_mb: int = 1024
+    ) -> None:
         self.home, self.log = home, log
         self.native_port, self.storage_port, self.jmx_port = native_port, storage_port, jmx_port
         self.heap_mb = heap_mb
@@ -97,8 +98,13 @@ concurrent_compactors: 1
         conf = self._write_config()
         classpath = os.pathsep.join([str(conf), *sorted(str(p) for p in lib.glob("*.jar"))])
         argv = [
-            "java", f"-Xms{self.heap_mb // 2}m", f"-Xmx{self.heap_mb}m", "-XX:+UseG1GC",
-            "-XX:+ExitOnOutOfMemoryError", "-Xss512k", *JVM17_OPTIONS,
+            "java",
+            f"-Xms{self.heap_mb // 2}m",
+            f"-Xmx{self.heap_mb}m",
+            "-XX:+UseG1GC",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Xss512k",
+            *JVM17_OPTIONS,
             f"-Dcassandra.config=file://{conf}/cassandra.yaml",
             f"-Dlogback.configurationFile={conf}/logback.xml",
             f"-Dcassandra.storagedir={self.home / 'data'}",
@@ -106,13 +112,20 @@ concurrent_compactors: 1
             "-Dcassandra-foreground=yes",
             "-Dcassandra.skip_wait_for_gossip_to_settle=0",
             "-Dcassandra.ring_delay_ms=100",
-            "-cp", classpath, "org.apache.cassandra.service.CassandraDaemon",
+            "-cp",
+            classpath,
+            "org.apache.cassandra.service.CassandraDaemon",
         ]
         return procs.start(argv, log=self.log, pid_file=self.pid_file)
 
     def wait_ready(self, timeout: float = 180.0) -> None:
-        procs.wait_until(f"CQL node on 127.0.0.1:{self.native_port}", lambda: procs.port_open(self.native_port),
-                         timeout, log=self.log, pid=self.pid())
+        procs.wait_until(
+            f"CQL node on 127.0.0.1:{self.native_port}",
+            lambda: procs.port_open(self.native_port),
+            timeout,
+            log=self.log,
+            pid=self.pid(),
+        )
 
     def stop(self) -> None:
         procs.stop(self.pid(), timeout=30)

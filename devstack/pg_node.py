@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
-
 import warnings
+from pathlib import Path
 
 import psycopg
 
@@ -41,8 +40,14 @@ class PgNode:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{self.database}"
 
     def _run(self, exe: str, *args: str) -> None:
-        subprocess.run([str(self.bin_dir / exe), *args], check=True, user=self.user,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd="/")
+        subprocess.run(
+            [str(self.bin_dir / exe), *args],
+            check=True,
+            user=self.user,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd="/",
+        )
 
     def _own(self, *paths: Path) -> None:
         if self.user is None:

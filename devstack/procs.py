@@ -7,8 +7,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 
 def alive(pid: int | None) -> bool:
@@ -34,15 +34,21 @@ def read_pid(pid_file: Path) -> int | None:
         return None
 
 
-def start(argv: Sequence[str], *, log: Path, pid_file: Path, env: Mapping[str, str] | None = None,
-          cwd: Path | None = None) -> int:
+def start(
+    argv: Sequence[str], *, log: Path, pid_file: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> int:
     """Starts `argv` in its own session, output appended to `log`; returns its pid."""
     log.parent.mkdir(parents=True, exist_ok=True)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True,
+            list(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
         )
     pid_file.write_text(f"{proc.pid}\n")
     return proc.pid
@@ -85,8 +91,9 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def wait_until(what: str, check: Callable[[], bool], timeout: float, *, log: Path | None = None,
-               pid: int | None = None) -> None:
+def wait_until(
+    what: str, check: Callable[[], bool], timeout: float, *, log: Path | None = None, pid: int | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():

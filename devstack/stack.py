@@ -11,9 +11,9 @@ import os
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from devstack import procs, tools
 from devstack.cql_node import CqlNode
@@ -55,31 +55,44 @@ class StackSpec:
 
     @property
     def layout(self) -> Layout:
-        return Layout(listen_port=self.envoy_port, admin_port=self.envoy_admin_port,
-                      eds_dir=str(self.eds_dir.relative_to(ROOT)))
+        return Layout(
+            listen_port=self.envoy_port, admin_port=self.envoy_admin_port, eds_dir=str(self.eds_dir.relative_to(ROOT))
+        )
 
 
 def dev_spec(env: Mapping[str, str] = os.environ) -> StackSpec:
     state = ROOT / ".dev"
     return StackSpec(
-        name="dev", state=state, logs=state / "logs",
-        envoy_port=_env_int(env, "ENVOY_PORT", 8080), envoy_admin_port=_env_int(env, "ENVOY_ADMIN_PORT", 9901),
-        cql_port=_env_int(env, "SCYLLA_PORT", 9042), cql_storage_port=7000, cql_jmx_port=7199,
+        name="dev",
+        state=state,
+        logs=state / "logs",
+        envoy_port=_env_int(env, "ENVOY_PORT", 8080),
+        envoy_admin_port=_env_int(env, "ENVOY_ADMIN_PORT", 9901),
+        cql_port=_env_int(env, "SCYLLA_PORT", 9042),
+        cql_storage_port=7000,
+        cql_jmx_port=7199,
         pg_port=_env_int(env, "PG_PORT", 5432),
         base_ports={"tracking": 50110, "summary": 50210},
-        scylla_hosts=env.get("SCYLLA_HOSTS") or None, database_url=env.get("DATABASE_URL") or None,
+        scylla_hosts=env.get("SCYLLA_HOSTS") or None,
+        database_url=env.get("DATABASE_URL") or None,
     )
 
 
 def test_spec(env: Mapping[str, str] = os.environ) -> StackSpec:
     state = ROOT / ".dev" / "test"
     return StackSpec(
-        name="test", state=state, logs=ROOT / ".dev" / "logs" / "test",
-        envoy_port=18080, envoy_admin_port=19901,
+        name="test",
+        state=state,
+        logs=ROOT / ".dev" / "logs" / "test",
+        envoy_port=18080,
+        envoy_admin_port=19901,
         cql_port=_env_int(env, "SCYLLA_PORT", 19042) if env.get("SCYLLA_HOSTS") else 19042,
-        cql_storage_port=17000, cql_jmx_port=17199, pg_port=15432,
+        cql_storage_port=17000,
+        cql_jmx_port=17199,
+        pg_port=15432,
         base_ports={"tracking": 51110, "summary": 51210},
-        scylla_hosts=env.get("SCYLLA_HOSTS") or None, database_url=env.get("DATABASE_URL") or None,
+        scylla_hosts=env.get("SCYLLA_HOSTS") or None,
+        database_url=env.get("DATABASE_URL") or None,
         keyspace="runtrack_test" if env.get("SCYLLA_HOSTS") else "runtrack",
         # Short limits so that the tests can watch them act.
         replica_settings={"TRACK_STREAM_IDLE_TIMEOUT_S": "4", "DRAIN_DELAY_S": "1.5"},
@@ -94,10 +107,19 @@ class Stack:
     def __init__(self, spec: StackSpec) -> None:
         self.spec = spec
         s = spec
-        self.cql = CqlNode(s.state / "cassandra", s.logs / "cassandra.log", native_port=s.cql_port,
-                           storage_port=s.cql_storage_port, jmx_port=s.cql_jmx_port)
-        self.pg = PgNode(s.state / "postgres", s.logs / "postgres.log", port=s.pg_port,
-                         database="runtrack_test" if (s.database_url and s.name == "test") else "runtrack")
+        self.cql = CqlNode(
+            s.state / "cassandra",
+            s.logs / "cassandra.log",
+            native_port=s.cql_port,
+            storage_port=s.cql_storage_port,
+            jmx_port=s.cql_jmx_port,
+        )
+        self.pg = PgNode(
+            s.state / "postgres",
+            s.logs / "postgres.log",
+            port=s.pg_port,
+            database="runtrack_test" if (s.database_url and s.name == "test") else "runtrack",
+        )
         self.run_dir = s.state / "run"
         self.envoy_pid_file = self.run_dir / "envoy.pid"
         self.replicas_file = self.run_dir / "replicas.json"
@@ -161,8 +183,10 @@ class Stack:
             return pid
         return procs.start(
             [sys.executable, "-m", MODULES[svc], "--port", str(port)],
-            log=self.spec.logs / f"{svc}-{port}.log", pid_file=self._pid_file(svc, port),
-            env=self.replica_env(), cwd=ROOT,
+            log=self.spec.logs / f"{svc}-{port}.log",
+            pid_file=self._pid_file(svc, port),
+            env=self.replica_env(),
+            cwd=ROOT,
         )
 
     def wait_stopped(self, svc: str, port: int, timeout: float = 30.0) -> None:
@@ -190,11 +214,28 @@ class Stack:
         # Envoy ends when the process that started it exits: a shell that waits on it stays its
         # parent, so Envoy outlives `scripts/dev up`.
         pid = procs.start(
-            ["sh", "-c", '"$@"; exit $?', "envoy", str(tools.envoy()), "-c", str(config), "--log-level", "warn", "--drain-time-s", "5",
-             "--base-id", str(self.spec.envoy_admin_port)],
-            log=self.spec.logs / "envoy.log", pid_file=self.envoy_pid_file, cwd=ROOT,
+            [
+                "sh",
+                "-c",
+                '"$@"; exit $?',
+                "envoy",
+                str(tools.envoy()),
+                "-c",
+                str(config),
+                "--log-level",
+                "warn",
+                "--drain-time-s",
+                "5",
+                "--base-id",
+                str(self.spec.envoy_admin_port),
+            ],
+            log=self.spec.logs / "envoy.log",
+            pid_file=self.envoy_pid_file,
+            cwd=ROOT,
         )
-        procs.wait_until("Envoy", lambda: self._admin_get("/ready") == "LIVE", 30, log=self.spec.logs / "envoy.log", pid=pid)
+        procs.wait_until(
+            "Envoy", lambda: self._admin_get("/ready") == "LIVE", 30, log=self.spec.logs / "envoy.log", pid=pid
+        )
 
     def _admin_get(self, path: str) -> str | None:
         try:
@@ -219,8 +260,10 @@ class Stack:
 
     def all_healthy(self, ports: dict[str, list[int]]) -> bool:
         health = self.host_health()
-        return all(set(health[svc]) == set(ports[svc]) and all(health[svc][p] == "healthy" for p in ports[svc])
-                   for svc in SERVICES)
+        return all(
+            set(health[svc]) == set(ports[svc]) and all(health[svc][p] == "healthy" for p in ports[svc])
+            for svc in SERVICES
+        )
 
     def wait_healthy(self, ports: dict[str, list[int]], timeout: float = 120.0, settle_s: float = 1.5) -> None:
         """Until Envoy's admin shows every replica healthy for `settle_s` in a row: right after a
@@ -293,8 +336,13 @@ class Stack:
                     return False
                 return reply.status == health_pb2.HealthCheckResponse.SERVING
 
-        procs.wait_until(f"{svc} replica on port {port}", serving, timeout,
-                         log=self.spec.logs / f"{svc}-{port}.log", pid=self.replica_pid(svc, port))
+        procs.wait_until(
+            f"{svc} replica on port {port}",
+            serving,
+            timeout,
+            log=self.spec.logs / f"{svc}-{port}.log",
+            pid=self.replica_pid(svc, port),
+        )
 
     def add_replica(self, svc: str) -> int:
         """Starts one more replica of `svc`; returns once Envoy routes to it."""
@@ -353,5 +401,7 @@ class Stack:
             for port in ports:
                 state = "running" if self.replica_pid(svc, port) else "stopped"
                 rows.append((f"{svc} replica", f"127.0.0.1:{port}", f"{state}, envoy: {health[svc].get(port, '-')}"))
-        rows.append(("envoy", f"{self.envoy_address} (admin {self.admin_url})", "running" if self.envoy_pid() else "stopped"))
+        rows.append(
+            ("envoy", f"{self.envoy_address} (admin {self.admin_url})", "running" if self.envoy_pid() else "stopped")
+        )
         return rows

@@ -6,10 +6,10 @@ Protocol:
 1. The phone keeps every recorded point in a local buffer until the server says it is durable.
 2. It streams points on one RecordTrack stream (first message: run_id, user_id); a clean end
    of the stream means every point sent on it was stored or rejected for good.
-3. On any failure (UNAVAILABLE, a reset, a replica shutting down, an idle cut), it waits an
-   exponential backoff with full jitter, asks GetTrackCursor, drops every point with
+3. On a failure a retry can fix (see `retry_delay`), it waits an exponential backoff with full
+   jitter, at least the server's RetryInfo delay, asks GetTrackCursor, drops every point with
    seq <= contiguous_seq and resends the rest on a new stream. Re-sent points overwrite
-   themselves, so nothing is stored twice.
+   themselves, so nothing is stored twice. Any other error is final and raised.
 4. STOP RUN is retried the same way: StopRun is idempotent, so a retry returns the same Run.
 """
 
@@ -18,36 +18,73 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterable
+from typing import TypeVar, cast
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 
-log = logging.getLogger("runtrack.client")
+log = logging.getLogger(__name__)
 
-# Worth another try: the server, Envoy or the network failed, not the request.
-RETRYABLE = frozenset({
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.ABORTED,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.CANCELLED,
-})
+DOMAIN = "runtrack"
+# A retry can fix these: the server, its store, Envoy or the network failed, not the request.
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+    }
+)
+# Also retried, but only when no RunTrack server said so: these then come from the transport (a
+# stream reset by a proxy, a connection lost mid-call), not from a verdict on the request.
+TRANSPORT = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED})
+T = TypeVar("T")
 
 
-def _retryable(err: BaseException) -> bool:
+def error_status(err: grpc.aio.AioRpcError) -> status_pb2.Status | None:
+    """The `google.rpc.Status` the server attached to `err`, if any."""
+    try:
+        # AioRpcError answers from_call's three questions (code, details, trailing metadata) at once.
+        status: status_pb2.Status | None = rpc_status.from_call(cast(grpc.Call, err))
+    except ValueError:  # details that contradict the status: not ours
+        return None
+    return status
+
+
+def error_details(err: grpc.aio.AioRpcError) -> tuple[error_details_pb2.ErrorInfo | None, float | None]:
+    """The ErrorInfo of a RunTrack error and its RetryInfo delay in seconds, where present."""
+    status = error_status(err)
+    info: error_details_pb2.ErrorInfo | None = None
+    delay: float | None = None
+    for detail in status.details if status is not None else ():
+        error_info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
+        if detail.Unpack(error_info):
+            info = error_info
+        elif detail.Unpack(retry):
+            delay = retry.retry_delay.ToTimedelta().total_seconds()
+    return info, delay
+
+
+def retry_delay(err: BaseException) -> float | None:
+    """None when a retry cannot help; else the least time to wait (0 when the server named none)."""
     if isinstance(err, grpc.aio.AioRpcError):
-        return err.code() in RETRYABLE
+        info, delay = error_details(err)
+        if err.code() in RETRYABLE:
+            return delay or 0.0
+        if err.code() in TRANSPORT and (info is None or info.domain != DOMAIN):
+            return 0.0
+        return None
     if isinstance(err, asyncio.CancelledError):
         # grpc.aio may end a call whose connection broke with CancelledError; only a cancel of
         # our own task is a real cancel.
         task = asyncio.current_task()
-        return task is not None and task.cancelling() == 0
-    return False
+        return 0.0 if task is not None and task.cancelling() == 0 else None
+    return None
 
 
 @dataclass
@@ -58,8 +95,8 @@ class Backoff:
     cap_s: float = 5.0
     max_attempts: int = 50
 
-    def delay(self, attempt: int) -> float:
-        return random.uniform(0, min(self.cap_s, self.base_s * 2 ** attempt))
+    def delay(self, attempt: int, at_least_s: float = 0.0) -> float:
+        return max(at_least_s, random.uniform(0, min(self.cap_s, self.base_s * 2**attempt)))
 
 
 @dataclass
@@ -74,8 +111,15 @@ class UploadStats:
 class RunRecorder:
     """Records one run: buffers its points, streams them, resumes after failures."""
 
-    def __init__(self, channel: grpc.aio.Channel, run_id: str, user_id: str, *,
-                 points_per_message: int = 50, backoff: Backoff | None = None) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        run_id: str,
+        user_id: str,
+        *,
+        points_per_message: int = 50,
+        backoff: Backoff | None = None,
+    ) -> None:
         self.run_id, self.user_id = run_id, user_id
         self.tracking = tracking_pb2_grpc.TrackingServiceStub(channel)
         self.summary = summary_pb2_grpc.SummaryServiceStub(channel)
@@ -88,7 +132,9 @@ class RunRecorder:
         for p in points:
             self.pending[p.seq] = p
 
-    async def _requests(self, live: AsyncIterator[tracking_pb2.TrackPoint] | None, sent: list[int]):
+    async def _requests(
+        self, live: AsyncIterator[tracking_pb2.TrackPoint] | None, sent: list[int]
+    ) -> AsyncIterator[tracking_pb2.RecordTrackRequest]:
         first = True
         batch: list[tracking_pb2.TrackPoint] = []
 
@@ -114,7 +160,9 @@ class RunRecorder:
                 batch.append(p)
                 yield message()
 
-    async def upload(self, live: AsyncIterator[tracking_pb2.TrackPoint] | None = None) -> tracking_pb2.RecordTrackResponse:
+    async def upload(
+        self, live: AsyncIterator[tracking_pb2.TrackPoint] | None = None
+    ) -> tracking_pb2.RecordTrackResponse:
         """Streams what is pending, then `live` points as they come, until all are durable."""
         attempt = 0
         while True:
@@ -123,13 +171,14 @@ class RunRecorder:
             try:
                 response = await self.tracking.RecordTrack(self._requests(live, sent))
             except (grpc.aio.AioRpcError, asyncio.CancelledError) as err:
-                if not _retryable(err) or attempt >= self.backoff.max_attempts:
+                wait = retry_delay(err)
+                if wait is None or attempt >= self.backoff.max_attempts:
                     raise
                 attempt += 1
                 self.stats.retries += 1
                 code = err.code().name if isinstance(err, grpc.aio.AioRpcError) else "connection lost"
                 log.info("stream failed run_id=%s code=%s; resuming", self.run_id, code)
-                await asyncio.sleep(self.backoff.delay(attempt))
+                await asyncio.sleep(self.backoff.delay(attempt, wait))
                 await self._resume_from_cursor()
                 continue
             # A clean end: every point sent on this stream is stored, or rejected for good.
@@ -140,10 +189,18 @@ class RunRecorder:
             if not self.pending:
                 return response
 
+    async def _cursor(self) -> int:
+        """The run's contiguous_seq; 0 while the server knows no point of it."""
+        try:
+            cursor = await self.tracking.GetTrackCursor(tracking_pb2.GetTrackCursorRequest(run_id=self.run_id))
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return 0
+            raise
+        return cursor.contiguous_seq
+
     async def _resume_from_cursor(self) -> None:
-        cursor = await self._retry(lambda: self.tracking.GetTrackCursor(
-            tracking_pb2.GetTrackCursorRequest(run_id=self.run_id)), not_found_ok=True)
-        contiguous = cursor.contiguous_seq if cursor is not None else 0
+        contiguous = await self._retry(self._cursor)
         for seq in [s for s in self.pending if s <= contiguous]:
             del self.pending[seq]
 
@@ -152,16 +209,15 @@ class RunRecorder:
         request = summary_pb2.StopRunRequest(run_id=self.run_id, user_id=self.user_id, overview=overview)
         return await self._retry(lambda: self.summary.StopRun(request))
 
-    async def _retry(self, call, *, not_found_ok: bool = False):
+    async def _retry(self, call: Callable[[], Awaitable[T]]) -> T:
         attempt = 0
         while True:
             try:
                 return await call()
             except (grpc.aio.AioRpcError, asyncio.CancelledError) as err:
-                if not_found_ok and isinstance(err, grpc.aio.AioRpcError) and err.code() == grpc.StatusCode.NOT_FOUND:
-                    return None
-                if not _retryable(err) or attempt >= self.backoff.max_attempts:
+                wait = retry_delay(err)
+                if wait is None or attempt >= self.backoff.max_attempts:
                     raise
                 attempt += 1
                 self.stats.retries += 1
-                await asyncio.sleep(self.backoff.delay(attempt))
+                await asyncio.sleep(self.backoff.delay(attempt, wait))

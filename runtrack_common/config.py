@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TypeVar
+
+N = TypeVar("N", int, float)
 
 
-def _number(env: Mapping[str, str], name: str, default, kind=int):
+def _number(env: Mapping[str, str], name: str, default: N, kind: Callable[[str], N]) -> N:
     raw = env.get(name, "")
     if raw == "":
         return default
@@ -71,7 +74,7 @@ class Settings:
     shutdown_grace_s: float = 10.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         d = cls()
         hosts = tuple(h.strip() for h in env.get("SCYLLA_HOSTS", "").split(",") if h.strip())

@@ -14,4 +14,4 @@ def parse_run_id(value: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError:
-        raise InvalidArgument("run_id", f"must be a UUID, got {value[:64]!r}") from None
+        raise InvalidArgument("run_id", f"must be a UUID, got {value[:64]!r}", reason="INVALID_RUN_ID") from None

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import sys
+from types import TracebackType
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
 
 
 class OneLineFormatter(logging.Formatter):
-    def formatException(self, ei) -> str:  # noqa: N802 (logging's name)
+    def formatException(self, ei: ExcInfo) -> str:
         return " | ".join(super().formatException(ei).splitlines())
 
     def format(self, record: logging.LogRecord) -> str:

@@ -10,6 +10,12 @@ from typing import Any
 from runtrack_common.errors import InvalidArgument
 
 
+def invalid() -> InvalidArgument:
+    return InvalidArgument(
+        "page_token", "must be a next_page_token returned by this method for this request", reason="INVALID_PAGE_TOKEN"
+    )
+
+
 def encode(kind: str, scope: str, position: list[Any]) -> str:
     raw = json.dumps({"k": kind, "s": scope, "p": position}, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -17,15 +23,14 @@ def encode(kind: str, scope: str, position: list[Any]) -> str:
 
 def decode(token: str, kind: str, scope: str) -> list[Any]:
     """The position in `token`; InvalidArgument unless this method issued it for this scope."""
-    bad = InvalidArgument("page_token", "must be a next_page_token returned by this method for this request")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         data = json.loads(raw)
     except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise bad from None
+        raise invalid() from None
     if not isinstance(data, dict) or data.get("k") != kind or data.get("s") != scope:
-        raise bad
+        raise invalid()
     position = data.get("p")
     if not isinstance(position, list):
-        raise bad
+        raise invalid()
     return position

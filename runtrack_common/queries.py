@@ -12,7 +12,7 @@ def load(path: Path) -> dict[str, str]:
     text = path.read_text()
     parts = _NAME.split(text)
     blocks: dict[str, str] = {}
-    for name, body in zip(parts[1::2], parts[2::2]):
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
         body = "\n".join(line for line in body.strip().splitlines() if not line.lstrip().startswith("--"))
         blocks[name] = body.strip().rstrip(";")
     return blocks

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Protocol
+from typing import Any, Protocol, cast
 
 import grpc
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from runtrack.v1 import summary_pb2, tracking_pb2
+from runtrack_common import logs
 from runtrack_common.config import Settings
 
-log = logging.getLogger("runtrack.serving")
+log = logging.getLogger(__name__)
 
 # The whole public API, as Envoy shows it: reflection on every replica describes both services,
 # so `grpcurl list` through Envoy sees everything whichever replica answers.
@@ -25,6 +30,66 @@ API_SERVICE_NAMES = (
 )
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def file_containing_symbol(pool: descriptor_pool.DescriptorPool, name: str) -> FileDescriptor:
+    """The file that defines `name`: a service, a method, a message, a field, an enum or its value.
+
+    The upb runtime's pool finds top-level symbols only, so `Service.Method` and `Message.field`
+    (what `grpcurl describe` and `ghz --call` ask for) are resolved through their parent here.
+    """
+    try:
+        return pool.FindFileContainingSymbol(name)
+    except KeyError:
+        parent, _, member = name.rpartition(".")
+        if not parent:
+            raise
+    try:
+        service = pool.FindServiceByName(parent)
+    except KeyError:
+        pass
+    else:
+        if member in service.methods_by_name:
+            return service.file
+        raise KeyError(name)
+    message = pool.FindMessageTypeByName(parent)  # KeyError when it is not one either
+    if (
+        member in message.fields_by_name
+        or member in message.nested_types_by_name
+        or member in message.enum_types_by_name
+    ):
+        return message.file
+    raise KeyError(name)
+
+
+class ReflectionServicer(reflection.aio.ReflectionServicer):
+    """Server reflection whose symbol look-ups also find methods and fields (in the default pool)."""
+
+    def _file_containing_symbol(
+        self, request: reflection_pb2.ServerReflectionRequest, fully_qualified_name: str
+    ) -> reflection_pb2.ServerReflectionResponse:
+        base: Any = super()  # the base class's helpers are not in its type stubs
+        try:
+            descriptor = file_containing_symbol(descriptor_pool.Default(), fully_qualified_name)
+        except KeyError:
+            answer = base._file_containing_symbol(request, fully_qualified_name)  # its NOT_FOUND
+        else:
+            answer = base._file_by_filename(request, descriptor.name)
+        return cast(reflection_pb2.ServerReflectionResponse, answer)
+
+
+# What reflection lists: the whole API, health and reflection itself (all callable through Envoy).
+REFLECTED_SERVICES = (
+    *API_SERVICE_NAMES,
+    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    reflection.SERVICE_NAME,
+)
+
+
+def add_reflection(server: grpc.aio.Server) -> None:
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(  # type: ignore[no-untyped-call]
+        ReflectionServicer(REFLECTED_SERVICES), server
+    )
 
 
 class Backend(Protocol):
@@ -74,17 +139,19 @@ class Replica:
     async def _probe_forever(self) -> None:
         while not self._stop.is_set():
             try:
-                await asyncio.wait_for(self.backend.ensure_ready(), timeout=max(2.0, self.settings.health_probe_interval_s * 3))
+                await asyncio.wait_for(
+                    self.backend.ensure_ready(), timeout=max(2.0, self.settings.health_probe_interval_s * 3)
+                )
                 self._last_error = ""
                 await self._set_health(True)
-            except Exception as err:  # any failure means: not able to serve now
+            except Exception as err:  # noqa: BLE001 (any failure means: not able to serve now)
                 if repr(err) != self._last_error:
                     log.warning("database unreachable service=%s error=%r", self.service_name, err)
                     self._last_error = repr(err)
                 await self._set_health(False)
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=self.settings.health_probe_interval_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def request_stop(self) -> None:
@@ -108,8 +175,7 @@ class Replica:
         )
         self.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        names = (*API_SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(names, server)
+        add_reflection(server)
         address = f"{s.bind_host}:{self.port}"
         server.add_insecure_port(address)
         await self._set_health(False)
@@ -145,10 +211,6 @@ class Parts:
 
 def main(prog: str, service_name: str, build: Callable[[Settings], Parts]) -> None:
     """The entry point of a replica process: `python -m <prog> --port N`."""
-    import argparse
-
-    from runtrack_common import logs
-
     parser = argparse.ArgumentParser(prog=prog, description=f"Run one {prog} replica.")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
@@ -158,7 +220,13 @@ def main(prog: str, service_name: str, build: Callable[[Settings], Parts]) -> No
         # Built inside the loop: the stores create asyncio primitives.
         settings = Settings.from_env()
         parts = build(settings)
-        await Replica(service_name=service_name, settings=settings, port=args.port, backend=parts.backend,
-                      register=parts.register, on_drain=parts.on_drain).run()
+        await Replica(
+            service_name=service_name,
+            settings=settings,
+            port=args.port,
+            backend=parts.backend,
+            register=parts.register,
+            on_drain=parts.on_drain,
+        ).run()
 
     asyncio.run(serve())

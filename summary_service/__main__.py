@@ -9,7 +9,7 @@ from summary_service.servicer import SummaryServicer
 SERVICE_NAME = summary_pb2.DESCRIPTOR.services_by_name["SummaryService"].full_name
 
 
-def build(settings: Settings):
+def build(settings: Settings) -> serving.Parts:
     store = PgRunStore(settings)
     return serving.Parts(
         backend=store,

@@ -8,14 +8,14 @@ import uuid
 import zoneinfo
 from dataclasses import dataclass
 
-from runtrack_common.errors import InvalidArgument
+from runtrack_common.errors import InvalidArgument, Violations
 
 DEFAULT_LIST_PAGE = 20
 MAX_LIST_PAGE = 100
 DEFAULT_WEEKS = 12
 MAX_WEEKS = 104
 MAX_POLYLINE_CHARS = 200_000
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +70,6 @@ class UserTotals:
     total_distance_m: float
 
 
-
-
 def require_user_id(value: str) -> str:
     if not value:
         raise InvalidArgument("user_id", "is required")
@@ -80,25 +78,27 @@ def require_user_id(value: str) -> str:
     return value
 
 
-def _finite_non_negative(name: str, value: float) -> None:
-    if not (math.isfinite(value) and value >= 0):
-        raise InvalidArgument(f"overview.{name}", "must be a finite number >= 0")
-
-
 def validate_overview(o: Overview) -> None:
-    """Raises InvalidArgument naming the field and the rule the overview breaks."""
+    """Raises InvalidArgument naming every field and rule the overview breaks."""
+    found = Violations()
+
+    def finite_non_negative(name: str, value: float) -> None:
+        if not (math.isfinite(value) and value >= 0):
+            found.add(f"overview.{name}", "must be a finite number >= 0")
+
     if o.end_us < o.start_us:
-        raise InvalidArgument("overview.end_time", "must not be before overview.start_time")
-    _finite_non_negative("distance_m", o.distance_m)
+        found.add("overview.end_time", "must not be before overview.start_time")
+    finite_non_negative("distance_m", o.distance_m)
     if o.moving_time_us < 0:
-        raise InvalidArgument("overview.moving_time", "must not be negative")
-    if o.moving_time_us > o.elapsed_us:
-        raise InvalidArgument("overview.moving_time", "must not be longer than end_time - start_time")
-    _finite_non_negative("elevation_gain_m", o.elevation_gain_m)
+        found.add("overview.moving_time", "must not be negative")
+    elif o.end_us >= o.start_us and o.moving_time_us > o.elapsed_us:
+        found.add("overview.moving_time", "must not be longer than end_time - start_time")
+    finite_non_negative("elevation_gain_m", o.elevation_gain_m)
     if o.avg_heart_rate_bpm is not None:
-        _finite_non_negative("avg_heart_rate_bpm", o.avg_heart_rate_bpm)
+        finite_non_negative("avg_heart_rate_bpm", o.avg_heart_rate_bpm)
     if len(o.polyline) > MAX_POLYLINE_CHARS:
-        raise InvalidArgument("overview.polyline", f"at most {MAX_POLYLINE_CHARS} characters")
+        found.add("overview.polyline", f"at most {MAX_POLYLINE_CHARS} characters")
+    found.raise_if_any()
 
 
 def list_page_size(requested: int) -> int:
@@ -116,7 +116,11 @@ def time_zone(name: str) -> str:
     try:
         zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise InvalidArgument("time_zone", f"must be an IANA time zone name such as Europe/Paris, got {name[:64]!r}") from None
+        raise InvalidArgument(
+            "time_zone",
+            f"must be an IANA time zone name such as Europe/Paris, got {name[:64]!r}",
+            reason="UNKNOWN_TIME_ZONE",
+        ) from None
     return name
 
 

@@ -6,15 +6,16 @@ import asyncio
 import logging
 import uuid
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row, tuple_row
+from psycopg.rows import DictRow, dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from runtrack_common import queries
 from runtrack_common.config import Settings
-from runtrack_common.errors import InvalidArgument, Unavailable
+from runtrack_common.errors import Internal, InvalidArgument, RunTrackError, Unavailable
 from summary_service.domain import (
     Overview,
     Run,
@@ -24,11 +25,31 @@ from summary_service.domain import (
     us_to_datetime,
 )
 
-log = logging.getLogger("summary.pg")
+log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 MIGRATIONS = HERE / "migrations"
 # Any stable number: serialises migrations across replicas starting together.
 MIGRATION_LOCK = 0x52554E54
+
+
+# SQLSTATE classes and codes a retry can fix: the connection broke or could not be made, the server
+# is shutting down or out of room, the statement ran over its timeout, a serialization conflict.
+RETRYABLE_SQLSTATE_CLASSES = ("08", "53", "40")
+RETRYABLE_SQLSTATES = ("57014", "57P01", "57P02", "57P03", "55P03")
+
+
+def classify(err: Exception) -> RunTrackError:
+    """What a failed PostgreSQL call means for the client: UNAVAILABLE when a retry can fix it,
+    INTERNAL (a rejected statement, bad data, missing privileges) when it cannot."""
+    if isinstance(err, PoolTimeout):
+        return Unavailable(f"PostgreSQL unavailable: {type(err).__name__}", metadata={"store": "postgresql"})
+    if isinstance(err, psycopg.Error):
+        state = err.sqlstate
+        if (state is None and isinstance(err, psycopg.OperationalError)) or (
+            state is not None and (state[:2] in RETRYABLE_SQLSTATE_CLASSES or state in RETRYABLE_SQLSTATES)
+        ):
+            return Unavailable(f"PostgreSQL unavailable: {type(err).__name__}", metadata={"store": "postgresql"})
+    return Internal(f"PostgreSQL rejected the request: {type(err).__name__}", metadata={"store": "postgresql"})
 
 
 def _row_to_run(row: dict[str, Any]) -> Run:
@@ -49,7 +70,7 @@ def _row_to_run(row: dict[str, Any]) -> Run:
     )
 
 
-async def apply_migrations(conn: psycopg.AsyncConnection) -> list[str]:
+async def apply_migrations(conn: psycopg.AsyncConnection[Any]) -> list[str]:
     """Applies the numbered migrations not yet applied, each once, under an advisory lock."""
     applied: list[str] = []
     async with conn.transaction():
@@ -74,14 +95,15 @@ class PgRunStore:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.q = queries.load(HERE / "queries.sql")
-        self.pool: AsyncConnectionPool | None = None
+        self.pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] | None = None
         self._migrated = False
         self._lock = asyncio.Lock()
 
-    def _new_pool(self) -> AsyncConnectionPool:
+    def _new_pool(self) -> AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]:
         s = self.settings
         return AsyncConnectionPool(
             s.database_url,
+            connection_class=psycopg.AsyncConnection[DictRow],
             min_size=s.pg_pool_min,
             max_size=s.pg_pool_max,
             open=False,
@@ -111,7 +133,7 @@ class PgRunStore:
         async with self._conn() as conn:
             await conn.execute(self.q["ping"])
 
-    def _conn(self):
+    def _conn(self) -> _Connection:
         if self.pool is None:
             raise Unavailable("PostgreSQL unavailable: not connected yet")
         return _Connection(self.pool)
@@ -182,19 +204,21 @@ class PgRunStore:
 
 
 class _Connection:
-    """A pooled connection whose connection-level failures surface as Unavailable."""
+    """A pooled connection whose failures surface as classified RunTrackErrors."""
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]) -> None:
         self._cm = pool.connection()
 
-    async def __aenter__(self) -> psycopg.AsyncConnection:
+    async def __aenter__(self) -> psycopg.AsyncConnection[DictRow]:
         try:
             return await self._cm.__aenter__()
-        except (PoolTimeout, psycopg.OperationalError) as err:
-            raise Unavailable(f"PostgreSQL unavailable: {type(err).__name__}") from err
+        except (PoolTimeout, psycopg.Error) as err:
+            raise classify(err) from err
 
-    async def __aexit__(self, exc_type, exc, tb) -> bool:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
         await self._cm.__aexit__(exc_type, exc, tb)
-        if isinstance(exc, psycopg.OperationalError):
-            raise Unavailable(f"PostgreSQL unavailable: {type(exc).__name__}") from exc
+        if isinstance(exc, psycopg.Error):
+            raise classify(exc) from exc
         return False

@@ -6,11 +6,11 @@ import logging
 import uuid
 
 from runtrack_common import page_tokens
-from runtrack_common.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
+from runtrack_common.errors import AlreadyExists, NotFound, PermissionDenied
 from summary_service.domain import Overview, Run, UserTotals, list_page_size, stats_weeks, time_zone, validate_overview
 from summary_service.store import RunStore
 
-log = logging.getLogger("summary.runs")
+log = logging.getLogger(__name__)
 LIST_TOKEN = "runs"
 
 
@@ -22,16 +22,18 @@ async def stop_run(store: RunStore, run_id: uuid.UUID, user_id: str, overview: O
         log.info("run stopped run_id=%s user_id=%s distance_m=%.1f", run_id, user_id, overview.distance_m)
         return run
     if run.user_id != user_id:
-        raise PermissionDenied(f"run_id: run {run_id} belongs to another user")
+        raise PermissionDenied(f"run_id: run {run_id} belongs to another user", metadata={"run_id": str(run_id)})
     if run.overview != overview:
-        raise AlreadyExists(f"run_id: run {run_id} was already stopped with a different overview")
+        raise AlreadyExists(
+            f"run_id: run {run_id} was already stopped with a different overview", metadata={"run_id": str(run_id)}
+        )
     return run
 
 
 async def get_run(store: RunStore, run_id: uuid.UUID) -> Run:
     run = await store.get_run(run_id)
     if run is None:
-        raise NotFound(f"run_id: no run {run_id}")
+        raise NotFound(f"run_id: no run {run_id}", metadata={"run_id": str(run_id)})
     return run
 
 
@@ -46,7 +48,7 @@ async def list_runs(store: RunStore, user_id: str, page_size: int, page_token: s
                 raise ValueError
             after = (start_us, uuid.UUID(rid))
         except (ValueError, TypeError, AttributeError):
-            raise InvalidArgument("page_token", "must be a next_page_token returned by this method for this request") from None
+            raise page_tokens.invalid() from None
     runs = await store.list_runs(user_id, after, size + 1)
     token = ""
     if len(runs) > size:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from runtrack.v1 import summary_pb2, summary_pb2_grpc
-from runtrack_common.errors import InvalidArgument, maps_errors
-from summary_service import runs
+from runtrack_common.errors import Violations
 from runtrack_common.ids import parse_run_id
+from runtrack_common.status import maps_errors
+from summary_service import runs
 from summary_service.domain import Overview, Run, require_user_id
 from summary_service.store import RunStore
 
@@ -31,9 +33,11 @@ def _us_to_duration(us: int) -> Duration:
 
 
 def overview_from_proto(o: summary_pb2.RunOverview) -> Overview:
-    for field in ("start_time", "end_time"):
-        if not o.HasField(field):
-            raise InvalidArgument(f"overview.{field}", "is required")
+    missing = Violations()
+    for name in ("start_time", "end_time"):
+        if not o.HasField(name):
+            missing.add(f"overview.{name}", "is required")
+    missing.raise_if_any()
     return Overview(
         start_us=_ts_to_us(o.start_time),
         end_us=_ts_to_us(o.end_time),
@@ -70,31 +74,52 @@ def run_to_proto(run: Run) -> summary_pb2.Run:
     )
 
 
+Context = grpc.aio.ServicerContext
+
+
 class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
     def __init__(self, store: RunStore) -> None:
         self.store = store
 
     @maps_errors
-    async def StopRun(self, request, context) -> summary_pb2.Run:
-        run_id = parse_run_id(request.run_id)
-        user_id = require_user_id(request.user_id)
-        if not request.HasField("overview"):
-            raise InvalidArgument("overview", "is required")
-        run = await runs.stop_run(self.store, run_id, user_id, overview_from_proto(request.overview))
+    async def StopRun(
+        self, request: summary_pb2.StopRunRequest, context: Context[summary_pb2.StopRunRequest, summary_pb2.Run]
+    ) -> summary_pb2.Run:
+        found = Violations()
+        run_id = found.check(lambda: parse_run_id(request.run_id))
+        user_id = found.check(lambda: require_user_id(request.user_id))
+        overview = None
+        if request.HasField("overview"):
+            overview = found.check(lambda: overview_from_proto(request.overview))
+        else:
+            found.add("overview", "is required")
+        found.raise_if_any()
+        assert run_id is not None and user_id is not None and overview is not None
+        run = await runs.stop_run(self.store, run_id, user_id, overview)
         return run_to_proto(run)
 
     @maps_errors
-    async def GetRun(self, request, context) -> summary_pb2.Run:
+    async def GetRun(
+        self, request: summary_pb2.GetRunRequest, context: Context[summary_pb2.GetRunRequest, summary_pb2.Run]
+    ) -> summary_pb2.Run:
         return run_to_proto(await runs.get_run(self.store, parse_run_id(request.run_id)))
 
     @maps_errors
-    async def ListRuns(self, request, context) -> summary_pb2.ListRunsResponse:
+    async def ListRuns(
+        self,
+        request: summary_pb2.ListRunsRequest,
+        context: Context[summary_pb2.ListRunsRequest, summary_pb2.ListRunsResponse],
+    ) -> summary_pb2.ListRunsResponse:
         user_id = require_user_id(request.user_id)
         page, token = await runs.list_runs(self.store, user_id, request.page_size, request.page_token)
         return summary_pb2.ListRunsResponse(runs=[run_to_proto(r) for r in page], next_page_token=token)
 
     @maps_errors
-    async def GetUserStats(self, request, context) -> summary_pb2.UserStats:
+    async def GetUserStats(
+        self,
+        request: summary_pb2.GetUserStatsRequest,
+        context: Context[summary_pb2.GetUserStatsRequest, summary_pb2.UserStats],
+    ) -> summary_pb2.UserStats:
         user_id = require_user_id(request.user_id)
         totals = await runs.user_stats(self.store, user_id, request.time_zone, request.weeks)
         return summary_pb2.UserStats(

@@ -16,8 +16,9 @@ from runtrack.v1 import tracking_pb2
 def http_json(base: str, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
     """(status, parsed JSON body) of one HTTP/1.1 request to Envoy."""
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"http://{base}{path}", data=data, method=method,
-                                 headers={"content-type": "application/json"})
+    req = urllib.request.Request(
+        f"http://{base}{path}", data=data, method=method, headers={"content-type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read() or b"null")

@@ -9,7 +9,7 @@ from tracking_service.servicer import TrackingServicer
 SERVICE_NAME = tracking_pb2.DESCRIPTOR.services_by_name["TrackingService"].full_name
 
 
-def build(settings: Settings):
+def build(settings: Settings) -> serving.Parts:
     store = CqlTrackStore(settings)
     servicer = TrackingServicer(store, settings)
     return serving.Parts(

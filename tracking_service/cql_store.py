@@ -6,22 +6,52 @@ import asyncio
 import datetime as dt
 import logging
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from cassandra import ConsistencyLevel, DriverException
+import cassandra
+from cassandra import ConsistencyLevel
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
+from cassandra.connection import ConnectionBusy, ConnectionException
 from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
+from cassandra.pool import NoConnectionsAvailable
+from cassandra.protocol import IsBootstrappingErrorMessage, OverloadedErrorMessage
 from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStatement
 
 from runtrack_common import queries
 from runtrack_common.config import Settings
-from runtrack_common.errors import Unavailable
+from runtrack_common.errors import Internal, RunTrackError, Unavailable
 from tracking_service.domain import Cursor, Point, cursor_from_seqs
 
-log = logging.getLogger("tracking.cql")
+log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+# A retry can fix these: no node reachable, a timeout, a node overloaded, starting or rate-limiting.
+RETRYABLE: tuple[type[BaseException], ...] = (
+    NoHostAvailable,
+    cassandra.OperationTimedOut,
+    cassandra.Unavailable,
+    cassandra.Timeout,
+    cassandra.RateLimitReached,
+    ConnectionException,
+    ConnectionBusy,
+    NoConnectionsAvailable,
+    OverloadedErrorMessage,
+    IsBootstrappingErrorMessage,
+    OSError,
+)
+
+
+def classify(err: Exception) -> RunTrackError:
+    """What a failed CQL request means for the client. Unreachable or slow: UNAVAILABLE, retry.
+    Anything else (a rejected statement, bad data, a refused login, a failed replica write): a
+    bug or a misconfiguration that a retry cannot fix, INTERNAL."""
+    if isinstance(err, RETRYABLE):
+        return Unavailable(f"CQL store unavailable: {type(err).__name__}", metadata={"store": "cql"})
+    return Internal(f"CQL store rejected the request: {type(err).__name__}", metadata={"store": "cql"})
 
 
 def _opt(value: Any) -> Any:
@@ -29,11 +59,11 @@ def _opt(value: Any) -> Any:
     return UNSET_VALUE if value is None else value
 
 
-async def _execute(session: Session, statement: Any, params: Any = None, *, all_pages: bool = False) -> list:
+async def _execute(session: Session, statement: Any, params: Any = None, *, all_pages: bool = False) -> list[Any]:
     """Runs a statement on the driver's threads and awaits it on the event loop."""
     loop = asyncio.get_running_loop()
-    done: asyncio.Future[list] = loop.create_future()
-    rows: list = []
+    done: asyncio.Future[list[Any]] = loop.create_future()
+    rows: list[Any] = []
 
     def settle(result: Any, exc: BaseException | None) -> None:
         if done.done():
@@ -45,7 +75,7 @@ async def _execute(session: Session, statement: Any, params: Any = None, *, all_
 
     response = session.execute_async(statement, params)
 
-    def on_page(page: list | None) -> None:
+    def on_page(page: list[Any] | None) -> None:
         if page:  # writes answer with no rows
             rows.extend(page)
         if all_pages and response.has_more_pages:
@@ -59,8 +89,10 @@ async def _execute(session: Session, statement: Any, params: Any = None, *, all_
     response.add_callbacks(on_page, on_error)
     try:
         return await done
-    except (DriverException, NoHostAvailable, OSError) as err:
-        raise Unavailable(f"CQL store unavailable: {type(err).__name__}") from err
+    except asyncio.CancelledError:
+        raise
+    except Exception as err:
+        raise classify(err) from err
 
 
 class CqlTrackStore:
@@ -90,7 +122,7 @@ class CqlTrackStore:
         )
         try:
             session = cluster.connect()
-            for name, cql in queries.load(HERE / "schema.cql").items():
+            for cql in queries.load(HERE / "schema.cql").values():
                 session.execute(cql.format(keyspace=s.keyspace, replication=s.replication), timeout=60)
             session.set_keyspace(s.keyspace)
             prepared = {name: session.prepare(cql) for name, cql in queries.load(HERE / "queries.cql").items()}
@@ -107,12 +139,12 @@ class CqlTrackStore:
                     try:
                         await asyncio.to_thread(self._connect_blocking)
                     except Exception as err:
-                        raise Unavailable(f"CQL store unavailable: {err}") from err
+                        raise Unavailable(f"CQL store unavailable: {err}", metadata={"store": "cql"}) from err
         await _execute(self.session, self.q["ping"])
 
     def _ready(self) -> Session:
         if self.session is None:
-            raise Unavailable("CQL store unavailable: not connected yet")
+            raise Unavailable("CQL store unavailable: not connected yet", metadata={"store": "cql"})
         return self.session
 
     async def close(self) -> None:
@@ -121,7 +153,7 @@ class CqlTrackStore:
             self.cluster = self.session = None
 
     async def claim_run(self, run_id: uuid.UUID, user_id: str) -> str:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         rows = await _execute(self._ready(), self.q["claim_run"], (run_id, user_id, now))
         row = rows[0]
         return user_id if row.applied else row.user_id
@@ -146,11 +178,20 @@ class CqlTrackStore:
         await _execute(session, statement)
 
     @staticmethod
-    def _values(run_id: uuid.UUID, p: Point) -> tuple:
+    def _values(run_id: uuid.UUID, p: Point) -> tuple[Any, ...]:
+        assert p.time_ms is not None, "only validated points are written"
         recorded_at = EPOCH + dt.timedelta(milliseconds=p.time_ms)
         return (
-            run_id, p.seq, recorded_at, p.latitude, p.longitude, _opt(p.altitude_m),
-            _opt(p.horizontal_accuracy_m), _opt(p.speed_mps), _opt(p.heart_rate_bpm), _opt(p.cadence_spm),
+            run_id,
+            p.seq,
+            recorded_at,
+            p.latitude,
+            p.longitude,
+            _opt(p.altitude_m),
+            _opt(p.horizontal_accuracy_m),
+            _opt(p.speed_mps),
+            _opt(p.heart_rate_bpm),
+            _opt(p.cadence_spm),
         )
 
     async def cursor(self, run_id: uuid.UUID) -> Cursor:
@@ -184,5 +225,5 @@ class CqlTrackStore:
 
 def _to_ms(value: dt.datetime) -> int:
     if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
+        value = value.replace(tzinfo=dt.UTC)
     return (value - EPOCH) // dt.timedelta(milliseconds=1)

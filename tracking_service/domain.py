@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
-from runtrack_common.errors import InvalidArgument
+from runtrack_common.errors import InvalidArgument, Violations
 from runtrack_common.ids import parse_run_id
 
 MAX_POINTS_PER_MESSAGE = 1000
@@ -48,8 +48,6 @@ class Cursor:
     point_count: int
 
 
-
-
 def rejection_reason(p: Point, now_ms: int) -> str | None:
     """Why this point cannot be stored, naming the field and the rule; None when it is valid."""
     if p.seq < 1:
@@ -66,7 +64,9 @@ def rejection_reason(p: Point, now_ms: int) -> str | None:
         return "longitude: must be a finite number in [-180, 180]"
     if p.altitude_m is not None and not math.isfinite(p.altitude_m):
         return "altitude_m: must be a finite number"
-    if p.horizontal_accuracy_m is not None and not (p.horizontal_accuracy_m >= 0 and math.isfinite(p.horizontal_accuracy_m)):
+    if p.horizontal_accuracy_m is not None and not (
+        p.horizontal_accuracy_m >= 0 and math.isfinite(p.horizontal_accuracy_m)
+    ):
         return "horizontal_accuracy_m: must be a finite number >= 0"
     if p.speed_mps is not None and not (p.speed_mps >= 0 and math.isfinite(p.speed_mps)):
         return "speed_mps: must be a finite number >= 0"
@@ -81,12 +81,15 @@ class StreamIdentity:
     user_id: str
 
     @classmethod
-    def from_first(cls, run_id: str, user_id: str, n_points: int) -> "StreamIdentity":
-        check_point_count(n_points)
-        rid = parse_run_id(run_id)
+    def from_first(cls, run_id: str, user_id: str, n_points: int) -> StreamIdentity:
+        found = Violations()
+        found.check(lambda: check_point_count(n_points))
+        parsed = found.check(lambda: parse_run_id(run_id))
         if not user_id:
-            raise InvalidArgument("user_id", "is required in the first message")
-        return cls(rid, user_id)
+            found.add("user_id", "is required in the first message")
+        found.raise_if_any()
+        assert parsed is not None
+        return cls(parsed, user_id)
 
     def check_later(self, run_id: str, user_id: str, n_points: int) -> None:
         """A later message may omit run_id and user_id, or repeat them, never change them."""

@@ -6,14 +6,14 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from runtrack_common.errors import PermissionDenied, Unavailable
 from tracking_service.domain import MAX_REJECTIONS_LISTED, Point, Rejection, rejection_reason
 from tracking_service.store import TrackStore
 
-log = logging.getLogger("tracking.ingest")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -60,13 +60,16 @@ class IngestStream:
         self._clock_ms = clock_ms
         self._buffer: list[Point] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._inflight: set[asyncio.Task] = set()
-        self._failure: BaseException | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._failure: Exception | None = None
 
     async def claim(self, user_id: str) -> None:
         owner = await self.store.claim_run(self.result.run_id, user_id)
         if owner != user_id:
-            raise PermissionDenied(f"run_id: run {self.result.run_id} belongs to another user")
+            raise PermissionDenied(
+                f"run_id: run {self.result.run_id} belongs to another user",
+                metadata={"run_id": str(self.result.run_id)},
+            )
 
     async def add(self, points: Sequence[Point]) -> None:
         self._raise_if_failed()
@@ -98,7 +101,7 @@ class IngestStream:
             batch, self._buffer = self._buffer, []
             self._track(asyncio.create_task(self._submit(batch)))
 
-    def _track(self, task: asyncio.Task) -> None:
+    def _track(self, task: asyncio.Task[None]) -> None:
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
@@ -115,17 +118,28 @@ class IngestStream:
         try:
             await self.store.write_points(self.result.run_id, batch)
             self.result.points_stored += len(batch)
-        except BaseException as err:
+        except Exception as err:  # noqa: BLE001 (kept, and raised where the stream ends)
             if self._failure is None:
                 self._failure = err
-                log.warning("write failed run_id=%s points=%d error=%s", self.result.run_id, len(batch), err)
+                if isinstance(err, Unavailable):  # anything else is logged once, where the stream ends
+                    log.warning("write failed run_id=%s points=%d error=%s", self.result.run_id, len(batch), err)
         finally:
             self._replica_slots.release()
             self._stream_slots.release()
 
     def _raise_if_failed(self) -> None:
-        if self._failure is not None:
-            raise Unavailable(f"CQL store unavailable; resume from GetTrackCursor (run_id {self.result.run_id})")
+        """A failed write ends the stream: UNAVAILABLE (resume later) when a retry can fix it, the
+        write's own error (INTERNAL) when it cannot."""
+        failure = self._failure
+        if failure is None:
+            return
+        if isinstance(failure, Unavailable):
+            raise Unavailable(
+                f"CQL store unavailable; resume from GetTrackCursor (run_id {self.result.run_id})",
+                metadata={**failure.metadata, "run_id": str(self.result.run_id)},
+                retry_after_s=failure.retry_after_s,
+            ) from failure
+        raise failure
 
     async def drain(self) -> None:
         """Writes what is buffered and waits until every write has finished, stored or failed."""

@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from runtrack.v1 import tracking_pb2, tracking_pb2_grpc
-from runtrack_common import page_tokens
+from runtrack_common import status
 from runtrack_common.config import Settings
-from runtrack_common.errors import DeadlineExceeded, InvalidArgument, NotFound, ServiceError, Unavailable, maps_errors
+from runtrack_common.errors import DeadlineExceeded, Internal, InvalidArgument, RunTrackError, Unavailable
 from runtrack_common.ids import parse_run_id
-from tracking_service.domain import Point, StreamIdentity, page_size
+from runtrack_common.status import maps_errors
+from tracking_service import tracks
+from tracking_service.domain import Point, StreamIdentity
 from tracking_service.ingest import IngestStream
 from tracking_service.store import TrackStore
 
-log = logging.getLogger("tracking.rpc")
-TRACK_TOKEN = "track"
+log = logging.getLogger(__name__)
+# Another replica is ready at once: a phone cut by a rollout may come back quickly.
+SHUTDOWN_RETRY_S = 0.1
 
 
 def point_from_proto(p: tracking_pb2.TrackPoint) -> Point:
@@ -58,7 +62,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         self.settings = settings
         self.replica_slots = asyncio.Semaphore(settings.replica_inflight_writes)
         self._draining = asyncio.Event()
-        self._open_streams: set[asyncio.Task] = set()
+        self._open_streams: set[asyncio.Task[Any]] = set()
 
     async def drain(self) -> None:
         """Replica shutting down: every open stream is flushed, then ended with UNAVAILABLE."""
@@ -67,7 +71,9 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
             log.info("draining open_streams=%d", len(self._open_streams))
             await asyncio.wait(list(self._open_streams), timeout=self.settings.shutdown_grace_s)
 
-    async def _next_message(self, messages: AsyncIterator, run_id: object):
+    async def _next_message(
+        self, messages: AsyncIterator[tracking_pb2.RecordTrackRequest], run_id: str
+    ) -> tracking_pb2.RecordTrackRequest | None:
         """The next message, None at the end; ends the stream when idle too long or draining."""
         read = asyncio.ensure_future(anext(messages, None))
         stop = asyncio.ensure_future(self._draining.wait())
@@ -81,28 +87,43 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
             try:
                 return read.result()
             except DecodeError:
-                raise InvalidArgument("request", "is not a valid RecordTrackRequest (corrupt wire format)") from None
+                raise InvalidArgument(
+                    "request", "is not a valid RecordTrackRequest (corrupt wire format)", reason="MALFORMED_MESSAGE"
+                ) from None
         read.cancel()
         if self._draining.is_set():
-            raise Unavailable(f"replica shutting down; resume from GetTrackCursor (run_id {run_id})")
+            raise Unavailable(
+                f"replica shutting down; resume from GetTrackCursor (run_id {run_id})",
+                reason="REPLICA_SHUTTING_DOWN",
+                retry_after_s=SHUTDOWN_RETRY_S,
+            )
         raise DeadlineExceeded(
             f"points: no message for {self.settings.stream_idle_timeout_s:g}s (the idle limit); "
             f"resume from GetTrackCursor (run_id {run_id})"
         )
 
     async def RecordTrack(
-        self, request_iterator: AsyncIterator[tracking_pb2.RecordTrackRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[tracking_pb2.RecordTrackRequest],
+        context: grpc.aio.ServicerContext[tracking_pb2.RecordTrackRequest, tracking_pb2.RecordTrackResponse],
     ) -> tracking_pb2.RecordTrackResponse:
         identity: StreamIdentity | None = None
         ingest: IngestStream | None = None
         me = asyncio.current_task()
+        assert me is not None
         self._open_streams.add(me)
         messages = aiter(request_iterator)
         try:
             if self._draining.is_set():
-                raise Unavailable("replica shutting down; retry on another replica")
-            while (message := await self._next_message(messages, identity.run_id if identity else "-")) is not None:
-                if identity is None:
+                raise Unavailable(
+                    "replica shutting down; retry on another replica",
+                    reason="REPLICA_SHUTTING_DOWN",
+                    retry_after_s=SHUTDOWN_RETRY_S,
+                )
+            while (
+                message := await self._next_message(messages, str(identity.run_id) if identity else "-")
+            ) is not None:
+                if identity is None or ingest is None:
                     identity = StreamIdentity.from_first(message.run_id, message.user_id, len(message.points))
                     ingest = IngestStream(
                         self.store,
@@ -119,20 +140,25 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
             if ingest is None:
                 raise InvalidArgument("run_id", "is required in the first message (the stream sent none)")
             r = await ingest.finish()
-        except ServiceError as err:
+        except Exception as err:  # noqa: BLE001 (every failure leaves with a status; cancellation passes)
             if ingest is not None:
                 await ingest.drain()
-            run_id = identity.run_id if identity else "-"
-            stored = ingest.result.points_stored if ingest else 0
-            log.info("stream ended run_id=%s status=%s stored=%d reason=%s", run_id, err.code.name, stored, err)
-            await context.abort(err.code, str(err))
+            run_id = str(identity.run_id) if identity else "-"
+            if isinstance(err, RunTrackError) and not isinstance(err, Internal):
+                stored = ingest.result.points_stored if ingest else 0
+                log.info("stream ended run_id=%s reason=%s stored=%d: %s", run_id, err.reason, stored, err.message)
+            await status.abort(context, err, rpc="RecordTrack", run_id=run_id)
         finally:
             if ingest is not None:
                 await ingest.drain()
             self._open_streams.discard(me)
         log.info(
             "stream done run_id=%s received=%d stored=%d rejected=%d contiguous_seq=%d",
-            r.run_id, r.points_received, r.points_stored, r.points_rejected, r.contiguous_seq,
+            r.run_id,
+            r.points_received,
+            r.points_stored,
+            r.points_rejected,
+            r.contiguous_seq,
         )
         return tracking_pb2.RecordTrackResponse(
             run_id=str(r.run_id),
@@ -143,33 +169,26 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
             contiguous_seq=r.contiguous_seq,
         )
 
-    async def _known_run(self, run_id: str):
-        rid = parse_run_id(run_id)
-        if await self.store.run_owner(rid) is None:
-            raise NotFound(f"run_id: no track for run {rid}")
-        return rid
-
     @maps_errors
-    async def GetTrackCursor(self, request, context) -> tracking_pb2.TrackCursor:
-        rid = await self._known_run(request.run_id)
-        c = await self.store.cursor(rid)
+    async def GetTrackCursor(
+        self,
+        request: tracking_pb2.GetTrackCursorRequest,
+        context: grpc.aio.ServicerContext[tracking_pb2.GetTrackCursorRequest, tracking_pb2.TrackCursor],
+    ) -> tracking_pb2.TrackCursor:
+        run_id = parse_run_id(request.run_id)
+        c = await tracks.cursor(self.store, run_id)
         return tracking_pb2.TrackCursor(
-            run_id=str(rid), contiguous_seq=c.contiguous_seq, max_seq=c.max_seq, point_count=c.point_count
+            run_id=str(run_id), contiguous_seq=c.contiguous_seq, max_seq=c.max_seq, point_count=c.point_count
         )
 
     @maps_errors
-    async def GetTrack(self, request, context) -> tracking_pb2.Track:
-        rid = await self._known_run(request.run_id)
-        size = page_size(request.page_size)
-        after = 0
-        if request.page_token:
-            position = page_tokens.decode(request.page_token, TRACK_TOKEN, str(rid))
-            if len(position) != 1 or not isinstance(position[0], int) or position[0] < 0:
-                raise InvalidArgument("page_token", "must be a next_page_token returned by this method for this request")
-            after = position[0]
-        points = await self.store.points_after(rid, after, size + 1)
-        token = ""
-        if len(points) > size:
-            points = points[:size]
-            token = page_tokens.encode(TRACK_TOKEN, str(rid), [points[-1].seq])
-        return tracking_pb2.Track(run_id=str(rid), points=[point_to_proto(p) for p in points], next_page_token=token)
+    async def GetTrack(
+        self,
+        request: tracking_pb2.GetTrackRequest,
+        context: grpc.aio.ServicerContext[tracking_pb2.GetTrackRequest, tracking_pb2.Track],
+    ) -> tracking_pb2.Track:
+        run_id = parse_run_id(request.run_id)
+        page = await tracks.track_page(self.store, run_id, request.page_size, request.page_token)
+        return tracking_pb2.Track(
+            run_id=str(run_id), points=[point_to_proto(p) for p in page.points], next_page_token=page.next_page_token
+        )

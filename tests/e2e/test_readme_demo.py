@@ -15,7 +15,9 @@ def _demo_script() -> str:
 
 def test_the_readme_demo_streams_a_run_and_reads_it_back_as_json(stack):
     script = _demo_script().replace("127.0.0.1:8080", stack.envoy_address)
-    out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     # grpcurl prints the RecordTrack response (multi-line JSON), then one JSON document per curl.
     decoder, text, docs = json.JSONDecoder(), out.stdout.strip(), []

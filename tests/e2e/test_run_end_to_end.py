@@ -9,7 +9,9 @@ from runtrack.v1 import tracking_pb2, tracking_pb2_grpc
 from tests.helpers import http_json, point
 
 
-async def test_a_streamed_run_is_on_the_dashboard_at_stop_and_its_trail_reads_back_in_order(stack, channel, run_id, user_id):
+async def test_a_streamed_run_is_on_the_dashboard_at_stop_and_its_trail_reads_back_in_order(
+    stack, channel, run_id, user_id
+):
     tracking = tracking_pb2_grpc.TrackingServiceStub(channel)
     start_ms = (int(time.time()) - 600) * 1000
     points = [point(seq, start_ms=start_ms) for seq in range(1, 121)]
@@ -23,7 +25,7 @@ async def test_a_streamed_run_is_on_the_dashboard_at_stop_and_its_trail_reads_ba
     assert (response.run_id, response.points_received, response.points_stored) == (run_id, 120, 120)
     assert (response.points_rejected, response.contiguous_seq) == (0, 120)
 
-    start = dt.datetime.fromtimestamp(start_ms / 1000, dt.timezone.utc)
+    start = dt.datetime.fromtimestamp(start_ms / 1000, dt.UTC)
     overview = {
         "startTime": start.isoformat().replace("+00:00", "Z"),
         "endTime": (start + dt.timedelta(seconds=119)).isoformat().replace("+00:00", "Z"),
@@ -33,7 +35,9 @@ async def test_a_streamed_run_is_on_the_dashboard_at_stop_and_its_trail_reads_ba
         "pointCount": 120,
         "avgHeartRateBpm": 149.5,
     }
-    status, run = http_json(stack.envoy_address, "POST", f"/v1/runs/{run_id}:stop", {"userId": user_id, "overview": overview})
+    status, run = http_json(
+        stack.envoy_address, "POST", f"/v1/runs/{run_id}:stop", {"userId": user_id, "overview": overview}
+    )
     assert status == 200, run
     assert run["trackUrl"] == f"/v1/runs/{run_id}/track"
     assert run["elapsedTime"] == "119s"

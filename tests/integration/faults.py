@@ -25,8 +25,12 @@ async def paced(points: list, interval_s: float):
 
 
 def new_run(channel, n: int) -> tuple[RunRecorder, list]:
-    recorder = RunRecorder(channel, str(uuid.uuid4()), f"runner-{uuid.uuid4().hex[:8]}",
-                           backoff=Backoff(base_s=0.1, cap_s=1.0, max_attempts=200))
+    recorder = RunRecorder(
+        channel,
+        str(uuid.uuid4()),
+        f"runner-{uuid.uuid4().hex[:8]}",
+        backoff=Backoff(base_s=0.1, cap_s=1.0, max_attempts=200),
+    )
     start_ms = (int(time.time()) - 3600) * 1000
     return recorder, [point(seq, start_ms=start_ms) for seq in range(1, n + 1)]
 
@@ -45,13 +49,15 @@ async def stored_trail(channel, run_id: str) -> list:
 async def replica_status(port: int, service: str) -> str:
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            reply = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+            reply = await health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=2
+            )
             return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     except grpc.aio.AioRpcError as err:
         return err.code().name
 
 
-async def wait_status(stack, svc: str, want: str, timeout: float) -> float:
+async def wait_status(stack, svc: str, want: str, timeout: float) -> float:  # noqa: ASYNC109
     """Seconds until every replica of `svc` reports `want`; fails after `timeout`."""
     start = time.monotonic()
     while True:

@@ -29,7 +29,9 @@ async def test_unknown_run_over_grpc_is_not_found(channel):
         await summary_pb2_grpc.SummaryServiceStub(channel).GetRun(summary_pb2.GetRunRequest(run_id=str(uuid.uuid4())))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await tracking_pb2_grpc.TrackingServiceStub(channel).GetTrack(tracking_pb2.GetTrackRequest(run_id=str(uuid.uuid4())))
+        await tracking_pb2_grpc.TrackingServiceStub(channel).GetTrack(
+            tracking_pb2.GetTrackRequest(run_id=str(uuid.uuid4()))
+        )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -47,8 +49,9 @@ async def test_bad_points_are_listed_and_good_ones_stored(channel, run_id, user_
     stub = tracking_pb2_grpc.TrackingServiceStub(channel)
 
     async def messages():
-        yield tracking_pb2.RecordTrackRequest(run_id=run_id, user_id=user_id,
-                                              points=[point(1), point(2, latitude=123.0), point(3)])
+        yield tracking_pb2.RecordTrackRequest(
+            run_id=run_id, user_id=user_id, points=[point(1), point(2, latitude=123.0), point(3)]
+        )
 
     r = await stub.RecordTrack(messages())
     assert (r.points_received, r.points_stored, r.points_rejected, r.contiguous_seq) == (3, 2, 1, 1)
@@ -56,8 +59,16 @@ async def test_bad_points_are_listed_and_good_ones_stored(channel, run_id, user_
 
 
 def test_stop_run_again_with_the_same_overview_returns_the_same_run(stack, run_id, user_id):
-    body = {"userId": user_id, "overview": {"startTime": "2026-01-05T07:00:00Z", "endTime": "2026-01-05T07:40:00Z",
-                                            "distanceM": 8000, "movingTime": "2300s", "pointCount": 2400}}
+    body = {
+        "userId": user_id,
+        "overview": {
+            "startTime": "2026-01-05T07:00:00Z",
+            "endTime": "2026-01-05T07:40:00Z",
+            "distanceM": 8000,
+            "movingTime": "2300s",
+            "pointCount": 2400,
+        },
+    }
     first = http_json(stack.envoy_address, "POST", f"/v1/runs/{run_id}:stop", body)
     again = http_json(stack.envoy_address, "POST", f"/v1/runs/{run_id}:stop", body)
     assert first[0] == again[0] == 200 and first[1] == again[1]

@@ -2,6 +2,7 @@
 
 import asyncio
 import datetime as dt
+import itertools
 import uuid
 
 import grpc
@@ -22,9 +23,15 @@ def ts(value: dt.datetime) -> Timestamp:
 
 
 def overview(start: dt.datetime, minutes: int = 30, distance: float = 5000.0, **extra) -> summary_pb2.RunOverview:
-    return summary_pb2.RunOverview(start_time=ts(start), end_time=ts(start + dt.timedelta(minutes=minutes)),
-                                   distance_m=distance, moving_time=Duration(seconds=minutes * 60 - 30),
-                                   elevation_gain_m=12.5, point_count=minutes * 60, **extra)
+    return summary_pb2.RunOverview(
+        start_time=ts(start),
+        end_time=ts(start + dt.timedelta(minutes=minutes)),
+        distance_m=distance,
+        moving_time=Duration(seconds=minutes * 60 - 30),
+        elevation_gain_m=12.5,
+        point_count=minutes * 60,
+        **extra,
+    )
 
 
 def stub(channel):
@@ -36,7 +43,7 @@ async def stop(channel, run_id, user_id, ov):
 
 
 async def test_twenty_racing_identical_stop_runs_return_the_same_run(channel, run_id, user_id):
-    ov = overview(dt.datetime(2026, 3, 1, 8, 0, tzinfo=dt.timezone.utc), avg_heart_rate_bpm=151.5, polyline="_p~iF~ps|U")
+    ov = overview(dt.datetime(2026, 3, 1, 8, 0, tzinfo=dt.UTC), avg_heart_rate_bpm=151.5, polyline="_p~iF~ps|U")
     runs = await asyncio.gather(*(stop(channel, run_id, user_id, ov) for _ in range(20)))
     assert all(r == runs[0] for r in runs)
     assert runs[0].overview == ov
@@ -45,38 +52,53 @@ async def test_twenty_racing_identical_stop_runs_return_the_same_run(channel, ru
 
 
 async def test_stop_run_of_someone_elses_run_is_permission_denied(channel, run_id, user_id):
-    ov = overview(dt.datetime(2026, 3, 2, 8, 0, tzinfo=dt.timezone.utc))
+    ov = overview(dt.datetime(2026, 3, 2, 8, 0, tzinfo=dt.UTC))
     await stop(channel, run_id, user_id, ov)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stop(channel, run_id, "mallory", ov)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("endTime", "2026-03-01T07:00:00Z", "overview.end_time: must not be before overview.start_time"),
-    ("distanceM", -5, "overview.distance_m: must be a finite number >= 0"),
-    ("movingTime", "-1s", "overview.moving_time: must not be negative"),
-    ("movingTime", "7200s", "overview.moving_time: must not be longer than end_time - start_time"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("endTime", "2026-03-01T07:00:00Z", "overview.end_time: must not be before overview.start_time"),
+        ("distanceM", -5, "overview.distance_m: must be a finite number >= 0"),
+        ("movingTime", "-1s", "overview.moving_time: must not be negative"),
+        ("movingTime", "7200s", "overview.moving_time: must not be longer than end_time - start_time"),
+    ],
+)
 def test_an_invalid_overview_is_400_naming_the_field(stack, run_id, user_id, field, value, message):
-    ov = {"startTime": "2026-03-01T08:00:00Z", "endTime": "2026-03-01T08:30:00Z", "distanceM": 5000, "movingTime": "1700s"}
+    ov = {
+        "startTime": "2026-03-01T08:00:00Z",
+        "endTime": "2026-03-01T08:30:00Z",
+        "distanceM": 5000,
+        "movingTime": "1700s",
+    }
     ov[field] = value
-    status, body = http_json(stack.envoy_address, "POST", f"/v1/runs/{run_id}:stop", {"userId": user_id, "overview": ov})
+    status, body = http_json(
+        stack.envoy_address, "POST", f"/v1/runs/{run_id}:stop", {"userId": user_id, "overview": ov}
+    )
     assert (status, body["message"]) == (400, message)
     assert http_json(stack.envoy_address, "GET", f"/v1/runs/{run_id}")[0] == 404
 
 
 async def test_list_runs_pages_newest_first_with_ties_broken_by_run_id(stack, channel, user_id):
-    base = dt.datetime(2026, 1, 1, 7, 0, tzinfo=dt.timezone.utc)
+    base = dt.datetime(2026, 1, 1, 7, 0, tzinfo=dt.UTC)
     starts = [base + dt.timedelta(days=i // 3) for i in range(45)]  # three runs share each start time
     ids = [str(uuid.uuid4()) for _ in starts]
-    await asyncio.gather(*(stop(channel, rid, user_id, overview(s)) for rid, s in zip(ids, starts)))
-    expected = [rid for _, rid in sorted(zip(starts, ids), key=lambda p: (p[0], uuid.UUID(p[1])), reverse=True)]
+    await asyncio.gather(*(stop(channel, rid, user_id, overview(s)) for rid, s in zip(ids, starts, strict=True)))
+    expected = [
+        rid for _, rid in sorted(zip(starts, ids, strict=True), key=lambda p: (p[0], uuid.UUID(p[1])), reverse=True)
+    ]
 
     seen, token, pages = [], "", 0
     while True:
-        status, page = http_json(stack.envoy_address, "GET",
-                                 f"/v1/users/{user_id}/runs?pageSize=20" + (f"&pageToken={token}" if token else ""))
+        status, page = http_json(
+            stack.envoy_address,
+            "GET",
+            f"/v1/users/{user_id}/runs?pageSize=20" + (f"&pageToken={token}" if token else ""),
+        )
         assert status == 200
         pages += 1
         seen += [r["runId"] for r in page["runs"]]
@@ -88,7 +110,9 @@ async def test_list_runs_pages_newest_first_with_ties_broken_by_run_id(stack, ch
     assert len(page["runs"]) == 20  # the default page
 
 
-@pytest.mark.parametrize("token", ["not-a-token", "eyJrIjoicnVucyIsInMiOiJ4IiwicCI6WzEsMl19", "AAAA", "eyJrIjoidHJhY2sifQ"])
+@pytest.mark.parametrize(
+    "token", ["not-a-token", "eyJrIjoicnVucyIsInMiOiJ4IiwicCI6WzEsMl19", "AAAA", "eyJrIjoidHJhY2sifQ"]
+)
 def test_a_forged_or_garbled_page_token_is_400(stack, user_id, token):
     status, body = http_json(stack.envoy_address, "GET", f"/v1/users/{user_id}/runs?pageToken={token}")
     assert status == 400
@@ -135,15 +159,17 @@ async def test_weekly_stats_bucket_runs_by_monday_in_the_runners_zone_across_dst
     for start in runs.values():
         await stop(channel, str(uuid.uuid4()), user_id, overview(start, distance=1000.0))
     # A run this week, so that the current week is not empty.
-    await stop(channel, str(uuid.uuid4()), user_id, overview(dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=40)))
+    await stop(channel, str(uuid.uuid4()), user_id, overview(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=40)))
 
-    stats = await stub(channel).GetUserStats(summary_pb2.GetUserStatsRequest(user_id=user_id, time_zone=paris, weeks=104))
+    stats = await stub(channel).GetUserStats(
+        summary_pb2.GetUserStatsRequest(user_id=user_id, time_zone=paris, weeks=104)
+    )
     weeks = [w.week_start for w in stats.weeks]
     assert len(weeks) == 104
     mondays = [dt.date.fromisoformat(w) for w in weeks]
     assert all(d.weekday() == 0 for d in mondays)
-    assert all((b - a).days == 7 for a, b in zip(mondays, mondays[1:]))
-    today = dt.datetime.now(dt.timezone.utc).astimezone(local(paris, 2026, 1, 1).tzinfo).date()
+    assert all((b - a).days == 7 for a, b in itertools.pairwise(mondays))
+    today = dt.datetime.now(dt.UTC).astimezone(local(paris, 2026, 1, 1).tzinfo).date()
     assert mondays[-1] == today - dt.timedelta(days=today.weekday())
     by_week = {w.week_start: w for w in stats.weeks}
     for week in runs:
@@ -183,8 +209,16 @@ async def test_a_statement_over_the_timeout_is_cut_and_answers_unavailable(stack
     from runtrack_common.errors import Unavailable
     from summary_service.pg_store import PgRunStore
 
-    store = PgRunStore(Settings.from_env({"DATABASE_URL": stack.database_url, "PG_STATEMENT_TIMEOUT_MS": "200",
-                                          "PG_POOL_MIN": "1", "PG_POOL_MAX": "2"}))
+    store = PgRunStore(
+        Settings.from_env(
+            {
+                "DATABASE_URL": stack.database_url,
+                "PG_STATEMENT_TIMEOUT_MS": "200",
+                "PG_POOL_MIN": "1",
+                "PG_POOL_MAX": "2",
+            }
+        )
+    )
     await store.ensure_ready()
     try:
         loop = asyncio.get_running_loop()

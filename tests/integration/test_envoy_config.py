@@ -19,7 +19,12 @@ def test_envoy_validates_the_committed_config(tmp_path):
     eds.mkdir(parents=True)
     for cluster in layout.clusters:
         (eds / f"{cluster.name}.yaml").write_text(to_yaml(eds_document(cluster.name, [50110])))
-    out = subprocess.run([str(tools.envoy()), "--mode", "validate", "-c", str(ENVOY_YAML)],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [str(tools.envoy()), "--mode", "validate", "-c", str(ENVOY_YAML)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "OK" in out.stdout + out.stderr

@@ -46,10 +46,16 @@ async def test_cql_node_stopped_mid_stream_streams_resume_and_nothing_is_lost(st
         await assert_exactly_once(channel, recorder, pts)
     assert sum(r.stats.retries for r, _ in runs) > 0, "no stream saw the outage"
     pids = [stack.replica_pid("tracking", p) for p in stack.replica_ports()["tracking"]]
-    report(stack, "cql_node_stopped", points_sent=sum(len(p) for _, p in runs), points_lost=0,
-           seconds_to_serving_after_node_start=round(serving_s, 2), cql_port_open_after_s=round(port_open_s, 2),
-           streams_retried=sum(r.stats.retries for r, _ in runs),
-           tracking_peak_rss_mb=[round(peak_rss_mb(p), 1) for p in pids])
+    report(
+        stack,
+        "cql_node_stopped",
+        points_sent=sum(len(p) for _, p in runs),
+        points_lost=0,
+        seconds_to_serving_after_node_start=round(serving_s, 2),
+        cql_port_open_after_s=round(port_open_s, 2),
+        streams_retried=sum(r.stats.retries for r, _ in runs),
+        tracking_peak_rss_mb=[round(peak_rss_mb(p), 1) for p in pids],
+    )
 
 
 async def test_a_tracking_replica_killed_mid_stream_its_clients_resume_elsewhere(stack, channel):
@@ -64,8 +70,13 @@ async def test_a_tracking_replica_killed_mid_stream_its_clients_resume_elsewhere
         for recorder, pts in runs:
             await assert_exactly_once(channel, recorder, pts)
         assert sum(r.stats.retries for r, _ in runs) > 0, "no stream was on the killed replica"
-        report(stack, "tracking_replica_killed", points_sent=sum(len(p) for _, p in runs), points_lost=0,
-               streams_retried=sum(r.stats.retries for r, _ in runs))
+        report(
+            stack,
+            "tracking_replica_killed",
+            points_sent=sum(len(p) for _, p in runs),
+            points_lost=0,
+            streams_retried=sum(r.stats.retries for r, _ in runs),
+        )
     finally:
         await asyncio.to_thread(stack.start_replica, "tracking", victim)
         await asyncio.to_thread(stack.wait_healthy, stack.replica_ports())
@@ -73,8 +84,12 @@ async def test_a_tracking_replica_killed_mid_stream_its_clients_resume_elsewhere
 
 def overview(i: int) -> summary_pb2.RunOverview:
     start = 1_780_000_000 + i * 7200
-    return summary_pb2.RunOverview(start_time=Timestamp(seconds=start), end_time=Timestamp(seconds=start + 1800),
-                                   distance_m=5000 + i, point_count=1800)
+    return summary_pb2.RunOverview(
+        start_time=Timestamp(seconds=start),
+        end_time=Timestamp(seconds=start + 1800),
+        distance_m=5000 + i,
+        point_count=1800,
+    )
 
 
 async def test_postgresql_restarted_under_stop_run_traffic_one_row_per_run(stack, channel):
@@ -83,7 +98,9 @@ async def test_postgresql_restarted_under_stop_run_traffic_one_row_per_run(stack
     try:
         await wait_status(stack, "summary", "NOT_SERVING", timeout=20)
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await summary.StopRun(summary_pb2.StopRunRequest(run_id=str(uuid.uuid4()), user_id="u", overview=overview(0)))
+            await summary.StopRun(
+                summary_pb2.StopRunRequest(run_id=str(uuid.uuid4()), user_id="u", overview=overview(0))
+            )
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
         user = f"runner-{uuid.uuid4().hex[:8]}"
@@ -100,13 +117,23 @@ async def test_postgresql_restarted_under_stop_run_traffic_one_row_per_run(stack
 
     assert sorted(r.run_id for r in results) == sorted(r.run_id for r in recorders)
     with psycopg.connect(stack.database_url) as conn:
-        rows = conn.execute("SELECT run_id::text, count(*) FROM runs WHERE user_id = %s GROUP BY run_id", (user,)).fetchall()
+        rows = conn.execute(
+            "SELECT run_id::text, count(*) FROM runs WHERE user_id = %s GROUP BY run_id", (user,)
+        ).fetchall()
     assert sorted(rows) == sorted((r.run_id, 1) for r in recorders)
-    report(stack, "postgresql_restarted", stop_runs=len(recorders), rows_per_run=1,
-           seconds_to_serving_after_start=round(serving_s, 2), all_answered_after_s=round(recovered_s, 2))
+    report(
+        stack,
+        "postgresql_restarted",
+        stop_runs=len(recorders),
+        rows_per_run=1,
+        seconds_to_serving_after_start=round(serving_s, 2),
+        all_answered_after_s=round(recovered_s, 2),
+    )
 
 
-async def test_a_replica_stopped_with_sigterm_flushes_its_streams_and_ends_them_unavailable(stack, channel, run_id, user_id):
+async def test_a_replica_stopped_with_sigterm_flushes_its_streams_and_ends_them_unavailable(
+    stack, channel, run_id, user_id
+):
     victim = stack.replica_ports()["tracking"][1]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{victim}") as direct:
         call = tracking_pb2_grpc.TrackingServiceStub(direct).RecordTrack()
@@ -134,15 +161,18 @@ async def test_a_stalled_store_pushes_back_on_the_phone_instead_of_filling_memor
     messages = 4000
     start_ms = (int(time.time()) - 5 * 86400) * 1000  # room for 400,001 one-second fixes
     call = tracking_pb2_grpc.TrackingServiceStub(channel).RecordTrack()
-    await call.write(tracking_pb2.RecordTrackRequest(run_id=run_id, user_id=user_id, points=[point(1, start_ms=start_ms)]))
+    await call.write(
+        tracking_pb2.RecordTrackRequest(run_id=run_id, user_id=user_id, points=[point(1, start_ms=start_ms)])
+    )
     written = 0
 
     async def phone():
         nonlocal written
         for k in range(messages):
             start = 2 + 100 * k
-            await call.write(tracking_pb2.RecordTrackRequest(
-                points=[point(s, start_ms=start_ms) for s in range(start, start + 100)]))
+            await call.write(
+                tracking_pb2.RecordTrackRequest(points=[point(s, start_ms=start_ms) for s in range(start, start + 100)])
+            )
             written += 1
 
     cql_pid = stack.cql.pid()
@@ -159,11 +189,26 @@ async def test_a_stalled_store_pushes_back_on_the_phone_instead_of_filling_memor
     response = await asyncio.wait_for(call, timeout=60)
     # Held back after a few HTTP/2 windows: 8 batches in flight, the message being read, 64 KiB stream
     # windows at Envoy and at the replica, Envoy's 256 KiB buffer. Measured: about 40 messages.
-    assert written_during_stall < 150, f"{written_during_stall} messages of 100 points accepted while the store was stalled"
-    megabytes = written_during_stall * len(tracking_pb2.RecordTrackRequest(
-        points=[point(s, start_ms=start_ms) for s in range(2, 102)]).SerializeToString()) / 1e6
+    assert written_during_stall < 150, (
+        f"{written_during_stall} messages of 100 points accepted while the store was stalled"
+    )
+    megabytes = (
+        written_during_stall
+        * len(
+            tracking_pb2.RecordTrackRequest(
+                points=[point(s, start_ms=start_ms) for s in range(2, 102)]
+            ).SerializeToString()
+        )
+        / 1e6
+    )
     assert response.points_stored == response.points_received == seq - 1
     assert response.contiguous_seq == seq - 1
     pids = [stack.replica_pid("tracking", p) for p in stack.replica_ports()["tracking"]]
-    report(stack, "store_stalled", messages_accepted_while_stalled=written_during_stall, points_per_message=100,
-           megabytes_ahead=round(megabytes, 1), tracking_peak_rss_mb=[round(peak_rss_mb(p), 1) for p in pids])
+    report(
+        stack,
+        "store_stalled",
+        messages_accepted_while_stalled=written_during_stall,
+        points_per_message=100,
+        megabytes_ahead=round(megabytes, 1),
+        tracking_peak_rss_mb=[round(peak_rss_mb(p), 1) for p in pids],
+    )

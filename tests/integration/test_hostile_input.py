@@ -42,7 +42,8 @@ async def all_tracking_serving(stack):
 
 async def test_a_stream_level_error_keeps_the_points_already_accepted(channel, run_id, user_id):
     details = await expect_status(
-        channel, grpc.StatusCode.INVALID_ARGUMENT,
+        channel,
+        grpc.StatusCode.INVALID_ARGUMENT,
         tracking_pb2.RecordTrackRequest(run_id=run_id, user_id=user_id, points=[point(1), point(2)]),
         tracking_pb2.RecordTrackRequest(points=[point(3)]),
         tracking_pb2.RecordTrackRequest(run_id=str(uuid.uuid4()), points=[point(4)]),
@@ -53,7 +54,8 @@ async def test_a_stream_level_error_keeps_the_points_already_accepted(channel, r
 
 async def test_a_user_id_that_changes_mid_stream_is_invalid_argument(channel, run_id, user_id):
     details = await expect_status(
-        channel, grpc.StatusCode.INVALID_ARGUMENT,
+        channel,
+        grpc.StatusCode.INVALID_ARGUMENT,
         tracking_pb2.RecordTrackRequest(run_id=run_id, user_id=user_id, points=[point(1)]),
         tracking_pb2.RecordTrackRequest(user_id="mallory", points=[point(2)]),
     )
@@ -62,14 +64,16 @@ async def test_a_user_id_that_changes_mid_stream_is_invalid_argument(channel, ru
 
 
 async def test_a_missing_user_id_and_an_empty_stream_are_invalid_argument(channel, run_id):
-    assert (await expect_status(channel, grpc.StatusCode.INVALID_ARGUMENT,
-                                tracking_pb2.RecordTrackRequest(run_id=run_id))) == "user_id: is required in the first message"
+    assert (
+        await expect_status(channel, grpc.StatusCode.INVALID_ARGUMENT, tracking_pb2.RecordTrackRequest(run_id=run_id))
+    ) == "user_id: is required in the first message"
     assert "run_id" in await expect_status(channel, grpc.StatusCode.INVALID_ARGUMENT)
 
 
 async def test_more_than_1000_points_in_one_message_is_invalid_argument(channel, run_id, user_id):
     details = await expect_status(
-        channel, grpc.StatusCode.INVALID_ARGUMENT,
+        channel,
+        grpc.StatusCode.INVALID_ARGUMENT,
         tracking_pb2.RecordTrackRequest(run_id=run_id, user_id=user_id, points=[point(1)]),
         tracking_pb2.RecordTrackRequest(points=[point(s) for s in range(2, 1003)]),
     )
@@ -79,27 +83,48 @@ async def test_more_than_1000_points_in_one_message_is_invalid_argument(channel,
 
 async def test_a_run_of_another_user_is_permission_denied_and_keeps_its_points(channel, run_id, user_id):
     await record(channel, tracking_pb2.RecordTrackRequest(run_id=run_id, user_id=user_id, points=[point(1)]))
-    details = await expect_status(channel, grpc.StatusCode.PERMISSION_DENIED,
-                                  tracking_pb2.RecordTrackRequest(run_id=run_id, user_id="mallory", points=[point(2)]))
+    details = await expect_status(
+        channel,
+        grpc.StatusCode.PERMISSION_DENIED,
+        tracking_pb2.RecordTrackRequest(run_id=run_id, user_id="mallory", points=[point(2)]),
+    )
     assert "belongs to another user" in details
     assert [p.seq for p in await stored_trail(channel, run_id)] == [1]
 
 
 async def test_nan_and_infinities_are_rejected_point_by_point(channel, run_id, user_id):
-    r = await record(channel, tracking_pb2.RecordTrackRequest(run_id=run_id, user_id=user_id, points=[
-        point(1), point(2, latitude=math.nan), point(3, longitude=math.inf), point(4, speed_mps=-math.inf),
-        point(5, altitude_m=math.nan), point(6, horizontal_accuracy_m=math.nan), point(7),
-    ]))
+    r = await record(
+        channel,
+        tracking_pb2.RecordTrackRequest(
+            run_id=run_id,
+            user_id=user_id,
+            points=[
+                point(1),
+                point(2, latitude=math.nan),
+                point(3, longitude=math.inf),
+                point(4, speed_mps=-math.inf),
+                point(5, altitude_m=math.nan),
+                point(6, horizontal_accuracy_m=math.nan),
+                point(7),
+            ],
+        ),
+    )
     assert (r.points_received, r.points_stored, r.points_rejected) == (7, 2, 5)
     assert [x.reason.split(":")[0] for x in r.rejections] == [
-        "latitude", "longitude", "speed_mps", "altitude_m", "horizontal_accuracy_m"]
+        "latitude",
+        "longitude",
+        "speed_mps",
+        "altitude_m",
+        "horizontal_accuracy_m",
+    ]
     assert [p.seq for p in await stored_trail(channel, run_id)] == [1, 7]
 
 
 async def test_duplicated_and_reordered_seqs_are_stored_once_each(channel, run_id, user_id):
     order = [5, 3, 1, 2, 3, 4, 5, 1, 2]
-    r = await record(channel, *[tracking_pb2.RecordTrackRequest(run_id=run_id, user_id=user_id, points=[point(s)])
-                                for s in order])
+    r = await record(
+        channel, *[tracking_pb2.RecordTrackRequest(run_id=run_id, user_id=user_id, points=[point(s)]) for s in order]
+    )
     assert (r.points_received, r.points_stored, r.contiguous_seq) == (9, 9, 5)
     assert [p.seq for p in await stored_trail(channel, run_id)] == [1, 2, 3, 4, 5]
 
@@ -115,8 +140,11 @@ async def test_a_stream_silent_past_the_idle_limit_ends_and_keeps_its_points(sta
 
 
 async def test_a_message_over_the_size_limit_is_resource_exhausted(stack, channel, run_id):
-    await expect_status(channel, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        tracking_pb2.RecordTrackRequest(run_id=run_id, user_id="u" * (2 * 1024 * 1024)))
+    await expect_status(
+        channel,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        tracking_pb2.RecordTrackRequest(run_id=run_id, user_id="u" * (2 * 1024 * 1024)),
+    )
     await all_tracking_serving(stack)
 
 
@@ -176,14 +204,26 @@ def _literal(name: str, value: str) -> bytes:
 def _truncated_grpc_call(port: int) -> set[str]:
     """Sends a RecordTrack whose only gRPC frame announces 1000 bytes but carries 10, then ends
     the stream; returns how the server ended stream 1 ("trailers", "reset", "goaway")."""
-    headers = b"".join(_literal(n, v) for n, v in [
-        (":method", "POST"), (":scheme", "http"), (":path", RECORD), (":authority", f"127.0.0.1:{port}"),
-        ("content-type", "application/grpc"), ("te", "trailers")])
+    headers = b"".join(
+        _literal(n, v)
+        for n, v in [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", RECORD),
+            (":authority", f"127.0.0.1:{port}"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+    )
     data = b"\x00" + (1000).to_bytes(4, "big") + b"0123456789"
     ended: set[str] = set()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _h2_frame(4, 0, 0, b"")
-                  + _h2_frame(1, 0x4, 1, headers) + _h2_frame(0, 0x1, 1, data))
+        s.sendall(
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+            + _h2_frame(4, 0, 0, b"")
+            + _h2_frame(1, 0x4, 1, headers)
+            + _h2_frame(0, 0x1, 1, data)
+        )
         buf = b""
         while not ended:
             chunk = s.recv(65536)
@@ -193,7 +233,7 @@ def _truncated_grpc_call(port: int) -> set[str]:
             while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
                 size, kind, flags = int.from_bytes(buf[:3], "big"), buf[3], buf[4]
                 stream = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
-                buf = buf[9 + size:]
+                buf = buf[9 + size :]
                 if kind == 4 and not flags & 0x1:
                     s.sendall(_h2_frame(4, 0x1, 0, b""))  # acknowledge the server's settings
                 elif kind == 1 and stream == 1 and flags & 0x1:

@@ -64,24 +64,34 @@ async def test_envoy_spreads_calls_over_both_replicas_of_each_service(stack, cha
 
     def idle_replicas():
         after = _served(stack)
-        return [(svc, p) for svc, ports in stack.replica_ports().items() for p in ports
-                if after[svc].get(p, 0) <= before[svc].get(p, 0)]
+        return [
+            (svc, p)
+            for svc, ports in stack.replica_ports().items()
+            for p in ports
+            if after[svc].get(p, 0) <= before[svc].get(p, 0)
+        ]
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 30
     while idle_replicas() and loop.time() < deadline:
-        await asyncio.gather(*(
-            [call(tracking.GetTrackCursor(tracking_pb2.GetTrackCursorRequest(run_id=str(uuid.uuid4())))) for _ in range(10)]
-            + [call(summary.GetRun(summary_pb2.GetRunRequest(run_id=str(uuid.uuid4())))) for _ in range(10)]
-        ))
+        await asyncio.gather(
+            *(
+                [
+                    call(tracking.GetTrackCursor(tracking_pb2.GetTrackCursorRequest(run_id=str(uuid.uuid4()))))
+                    for _ in range(10)
+                ]
+                + [call(summary.GetRun(summary_pb2.GetRunRequest(run_id=str(uuid.uuid4())))) for _ in range(10)]
+            )
+        )
         await asyncio.sleep(0.2)
     assert not idle_replicas(), f"replicas that served nothing through Envoy: {idle_replicas()}"
 
 
 def test_starting_the_stack_again_leaves_what_runs_alone(stack):
     def pids():
-        return ([stack.cql.pid(), stack.pg.pid(), stack.envoy_pid()]
-                + [stack.replica_pid(svc, p) for svc, ports in stack.replica_ports().items() for p in ports])
+        return [stack.cql.pid(), stack.pg.pid(), stack.envoy_pid()] + [
+            stack.replica_pid(svc, p) for svc, ports in stack.replica_ports().items() for p in ports
+        ]
 
     before = pids()
     stack.up()

@@ -59,8 +59,14 @@ async def test_scaling_out_and_in_under_traffic_fails_no_request(stack, channel)
     failures, calls, runs = await _under_traffic(stack, channel, change)
     assert failures == []
     assert {svc: len(p) for svc, p in stack.replica_ports().items()} == {"tracking": 2, "summary": 2}
-    report(stack, "scale_3_1_2", unary_calls=len(calls), failed=len(failures), points_lost=0,
-           streams_resumed=sum(r.stats.retries for r, _ in runs))
+    report(
+        stack,
+        "scale_3_1_2",
+        unary_calls=len(calls),
+        failed=len(failures),
+        points_lost=0,
+        streams_resumed=sum(r.stats.retries for r, _ in runs),
+    )
 
 
 async def test_a_rollout_under_traffic_fails_no_request_and_loses_no_point(stack, channel):
@@ -73,5 +79,11 @@ async def test_a_rollout_under_traffic_fails_no_request_and_loses_no_point(stack
     after = pids()
     for svc in after:
         assert len(after[svc]) == 2 and None not in after[svc] and not before[svc] & after[svc], (before, after)
-    report(stack, "rollout", unary_calls=len(calls), failed=len(failures), points_lost=0,
-           streams_resumed=sum(r.stats.retries for r, _ in runs))
+    report(
+        stack,
+        "rollout",
+        unary_calls=len(calls),
+        failed=len(failures),
+        points_lost=0,
+        streams_resumed=sum(r.stats.retries for r, _ in runs),
+    )

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from typing import Sequence
+from collections.abc import Sequence
 
-from runtrack_common.errors import Unavailable
 from summary_service.domain import Overview, Run, UserTotals
 from tracking_service.domain import Cursor, Point, cursor_from_seqs
 
@@ -17,7 +16,8 @@ class FakeTrackStore:
         self.points: dict[uuid.UUID, dict[int, Point]] = {}
         self.owners: dict[uuid.UUID, str] = {}
         self.write_delay = write_delay
-        self.fail_writes = False
+        # What a write raises instead of storing (an outage, a rejected statement, a bug).
+        self.fail_with: Exception | None = None
         self.inflight = 0
         self.max_inflight = 0
         self.batches: list[int] = []
@@ -37,8 +37,8 @@ class FakeTrackStore:
         self.max_inflight = max(self.max_inflight, self.inflight)
         try:
             await asyncio.sleep(self.write_delay)
-            if self.fail_writes:
-                raise Unavailable("store down")
+            if self.fail_with is not None:
+                raise self.fail_with
             self.batches.append(len(points))
             stored = self.points.setdefault(run_id, {})
             for p in points:
@@ -65,7 +65,7 @@ class FakeRunStore:
     async def insert_run(self, run_id: uuid.UUID, user_id: str, overview: Overview) -> tuple[Run, bool]:
         if run_id in self.runs:
             return self.runs[run_id], False
-        now_us = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1e6)
+        now_us = int(dt.datetime.now(dt.UTC).timestamp() * 1e6)
         self.runs[run_id] = Run(run_id, user_id, overview, now_us)
         return self.runs[run_id], True
 
@@ -73,8 +73,11 @@ class FakeRunStore:
         return self.runs.get(run_id)
 
     async def list_runs(self, user_id: str, after, limit: int) -> list[Run]:
-        mine = sorted((r for r in self.runs.values() if r.user_id == user_id),
-                      key=lambda r: (r.overview.start_us, r.run_id), reverse=True)
+        mine = sorted(
+            (r for r in self.runs.values() if r.user_id == user_id),
+            key=lambda r: (r.overview.start_us, r.run_id),
+            reverse=True,
+        )
         if after is not None:
             mine = [r for r in mine if (r.overview.start_us, r.run_id) < after]
         return mine[:limit]

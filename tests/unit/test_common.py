@@ -35,7 +35,9 @@ def test_every_service_query_file_loads():
 
 
 def test_settings_come_from_the_environment():
-    s = Settings.from_env({"SCYLLA_HOSTS": "10.0.0.1, 10.0.0.2", "SCYLLA_PORT": "9043", "DATABASE_URL": "postgresql://x/y"})
+    s = Settings.from_env(
+        {"SCYLLA_HOSTS": "10.0.0.1, 10.0.0.2", "SCYLLA_PORT": "9043", "DATABASE_URL": "postgresql://x/y"}
+    )
     assert s.scylla_hosts == ("10.0.0.1", "10.0.0.2") and s.scylla_port == 9043 and s.database_url == "postgresql://x/y"
     with pytest.raises(SystemExit, match="SCYLLA_PORT"):
         Settings.from_env({"SCYLLA_PORT": "many"})

@@ -4,20 +4,28 @@ import uuid
 import pytest
 
 from runtrack_common.errors import PermissionDenied, Unavailable
+from tests.unit.fakes import FakeTrackStore
 from tracking_service.domain import Point
 from tracking_service.ingest import IngestStream
-from tests.unit.fakes import FakeTrackStore
 
 NOW = 1_790_000_000_000
 
 
 def pts(seqs, **changes):
-    return [Point(**{"seq": s, "time_ms": NOW - 10_000 + s, "latitude": 1.0, "longitude": 2.0, **changes}) for s in seqs]
+    return [
+        Point(**{"seq": s, "time_ms": NOW - 10_000 + s, "latitude": 1.0, "longitude": 2.0, **changes}) for s in seqs
+    ]
 
 
 def stream(store, run_id=None, *, inflight=4, batch=100, replica=64):
-    return IngestStream(store, run_id or uuid.uuid4(), max_inflight=inflight, batch_points=batch,
-                        replica_slots=asyncio.Semaphore(replica), clock_ms=lambda: NOW)
+    return IngestStream(
+        store,
+        run_id or uuid.uuid4(),
+        max_inflight=inflight,
+        batch_points=batch,
+        replica_slots=asyncio.Semaphore(replica),
+        clock_ms=lambda: NOW,
+    )
 
 
 async def test_valid_points_are_stored_and_bad_ones_listed():
@@ -62,8 +70,10 @@ async def test_in_flight_writes_never_exceed_the_stream_bound():
 async def test_in_flight_writes_never_exceed_the_replica_bound_across_streams():
     store = FakeTrackStore(write_delay=0.01)
     shared = asyncio.Semaphore(5)
-    streams = [IngestStream(store, uuid.uuid4(), max_inflight=4, batch_points=10, replica_slots=shared,
-                            clock_ms=lambda: NOW) for _ in range(4)]
+    streams = [
+        IngestStream(store, uuid.uuid4(), max_inflight=4, batch_points=10, replica_slots=shared, clock_ms=lambda: NOW)
+        for _ in range(4)
+    ]
 
     async def feed(s):
         await s.claim("u")
@@ -79,7 +89,7 @@ async def test_a_failed_write_ends_the_stream_with_unavailable():
     store = FakeTrackStore()
     s = stream(store)
     await s.claim("u")
-    store.fail_writes = True
+    store.fail_with = Unavailable("store down")
     await s.add(pts([1]))
     await s.drain()
     with pytest.raises(Unavailable, match="resume from GetTrackCursor"):

@@ -12,9 +12,16 @@ HOUR = 3_600_000_000
 
 
 def overview(**changes) -> Overview:
-    fields = dict(start_us=1_790_000_000_000_000, end_us=1_790_000_000_000_000 + HOUR, distance_m=10_000.0,
-                  moving_time_us=HOUR - 60_000_000, elevation_gain_m=50.0, point_count=3600,
-                  avg_heart_rate_bpm=150.0, polyline="_p~iF~ps|U")
+    fields = dict(
+        start_us=1_790_000_000_000_000,
+        end_us=1_790_000_000_000_000 + HOUR,
+        distance_m=10_000.0,
+        moving_time_us=HOUR - 60_000_000,
+        elevation_gain_m=50.0,
+        point_count=3600,
+        avg_heart_rate_bpm=150.0,
+        polyline="_p~iF~ps|U",
+    )
     fields.update(changes)
     return Overview(**fields)
 
@@ -88,8 +95,14 @@ async def test_get_run_of_an_unknown_run_is_not_found():
 async def test_list_runs_pages_newest_first_until_an_empty_token():
     store = FakeRunStore()
     for i in range(7):
-        await runs.stop_run(store, uuid.uuid4(), "u", overview(start_us=1_790_000_000_000_000 + i * HOUR * 24,
-                                                                 end_us=1_790_000_000_000_000 + i * HOUR * 24 + HOUR))
+        await runs.stop_run(
+            store,
+            uuid.uuid4(),
+            "u",
+            overview(
+                start_us=1_790_000_000_000_000 + i * HOUR * 24, end_us=1_790_000_000_000_000 + i * HOUR * 24 + HOUR
+            ),
+        )
     seen, token = [], ""
     while True:
         page, token = await runs.list_runs(store, "u", 3, token)
