@@ -14,10 +14,11 @@ import grpc
 import psycopg
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2
 
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
-from runtrack_client import Backoff, RunRecorder
-from tests.helpers import point
+from runtrack_client import Backoff, RunRecorder, error_status
+from tests.helpers import http_json, point
 from tests.integration.faults import busiest_replica, new_run, paced, peak_rss_mb, report, stored_trail, wait_status
 
 
@@ -27,6 +28,30 @@ async def assert_exactly_once(channel, recorder, sent):
     assert list(trail) == sent, "a stored point differs from the one sent"
 
 
+def retry_info(err: grpc.aio.AioRpcError) -> tuple[str, float]:
+    info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
+    details = error_status(err).details
+    assert any(d.Unpack(info) for d in details) and any(d.Unpack(retry) for d in details)
+    return info.reason, retry.retry_delay.ToTimedelta().total_seconds()
+
+
+async def assert_outage_is_retryable(stack, channel, run_id: str) -> None:
+    """With the store down: 503 with RetryInfo over JSON, UNAVAILABLE with RetryInfo over gRPC,
+    from Envoy (no healthy replica) and from a replica asked directly (its store unavailable)."""
+    status, body = await asyncio.to_thread(http_json, stack.envoy_address, "GET", f"/v1/runs/{run_id}/track")
+    assert status == 503 and body["code"] == grpc.StatusCode.UNAVAILABLE.value[0], body
+    details = {d["@type"].rsplit(".", 1)[1]: d for d in body["details"]}
+    assert details["RetryInfo"]["retryDelay"] == "1s" and details["ErrorInfo"]["reason"] == "NO_HEALTHY_REPLICA"
+    request = tracking_pb2.GetTrackCursorRequest(run_id=run_id)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await tracking_pb2_grpc.TrackingServiceStub(channel).GetTrackCursor(request)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and retry_info(err.value) == ("NO_HEALTHY_REPLICA", 1.0)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.replica_ports()['tracking'][0]}") as direct:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await tracking_pb2_grpc.TrackingServiceStub(direct).GetTrackCursor(request)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and retry_info(err.value)[0] == "STORE_UNAVAILABLE"
+
+
 async def test_cql_node_stopped_mid_stream_streams_resume_and_nothing_is_lost(stack, channel):
     runs = [new_run(channel, 200) for _ in range(4)]
     uploads = [asyncio.create_task(r.upload(paced(pts, 0.03))) for r, pts in runs]
@@ -34,6 +59,7 @@ async def test_cql_node_stopped_mid_stream_streams_resume_and_nothing_is_lost(st
 
     await asyncio.to_thread(stack.cql.stop)
     await wait_status(stack, "tracking", "NOT_SERVING", timeout=20)
+    await assert_outage_is_retryable(stack, channel, runs[0][0].run_id)
     await asyncio.sleep(1.0)
     restarted = time.monotonic()
     await asyncio.to_thread(stack.cql.start)
