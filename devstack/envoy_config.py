@@ -19,6 +19,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 
+from devstack.auth import AUDIENCE, ISSUER
 from runtrack.v1 import summary_pb2, tracking_pb2
 
 TRACKING = tracking_pb2.DESCRIPTOR.services_by_name["TrackingService"]
@@ -27,6 +28,10 @@ SUMMARY = summary_pb2.DESCRIPTOR.services_by_name["SummaryService"]
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 TRANSCODER = "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+JWT_AUTHN = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
+HEADER_MUTATION = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
+# The verified caller, as Envoy hands it to the replicas.
+CALLER_HEADER = "x-runtrack-user"
 HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 # Unary calls are safe to repeat (StopRun is idempotent by contract): retry them on another replica.
 RETRY_ON = "unavailable,reset,connect-failure,refused-stream"
@@ -58,29 +63,83 @@ class Route:
 
 @dataclass(frozen=True)
 class LocalReply:
-    """An error Envoy answers itself (no replica could take the call): UNAVAILABLE (HTTP 503) with
-    the same `google.rpc.Status` details as the replicas' errors, so that a client reads one model."""
+    """An error Envoy answers itself, with the same `google.rpc.Status` details as the replicas'
+    errors, so that a client reads one model. `when` is an access-log filter on the reply."""
 
-    response_flags: tuple[str, ...]
+    when: dict[str, Any]
+    code: int
     reason: str
     message: str
-    retry_after_s: float
+    retry_after_s: float | None = None
+    # The HTTP status to answer instead of Envoy's own.
+    http_status: int | None = None
+    # For the JSON API: the message is Envoy's own text (it says which check failed).
+    json_message: str | None = None
 
     def status(self) -> status_pb2.Status:
-        delay = Duration()
-        delay.FromTimedelta(dt.timedelta(seconds=self.retry_after_s))
-        status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=self.message)
+        status = status_pb2.Status(code=self.code, message=self.message)
         status.details.add().Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain="runtrack"))
-        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        if self.retry_after_s is not None:
+            delay = Duration()
+            delay.FromTimedelta(dt.timedelta(seconds=self.retry_after_s))
+            status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         return status
+
+
+def _flags(*flags: str) -> dict[str, Any]:
+    return {"response_flag_filter": {"flags": list(flags)}}
+
+
+def _http_status(code: int) -> dict[str, Any]:
+    return {
+        "status_code_filter": {
+            "comparison": {
+                "op": "EQ",
+                "value": {"default_value": code, "runtime_key": f"runtrack.local_reply.status_{code}"},
+            }
+        }
+    }
 
 
 LOCAL_REPLIES = (
     # Every replica of the service reports NOT_SERVING (its store is down) or none is running.
-    LocalReply(("UH",), "NO_HEALTHY_REPLICA", "no healthy replica; retry shortly", 1.0),
+    LocalReply(_flags("UH"), code_pb2.UNAVAILABLE, "NO_HEALTHY_REPLICA", "no healthy replica; retry shortly", 1.0),
     # A replica went away between the health check and the call, or too many calls are open.
-    LocalReply(("UF", "UC", "URX", "UO", "UT"), "REPLICA_UNREACHABLE", "no replica could take the call; retry", 0.5),
+    LocalReply(
+        _flags("UF", "UC", "URX", "UO", "UT"),
+        code_pb2.UNAVAILABLE,
+        "REPLICA_UNREACHABLE",
+        "no replica could take the call; retry",
+        0.5,
+    ),
+    # jwt_authn refused the token: missing, malformed, bad signature, unknown key, wrong issuer,
+    # expired (401), or an audience without "runtrack" (403, answered as 401 like the others).
+    *(
+        LocalReply(
+            _http_status(status),
+            code_pb2.UNAUTHENTICATED,
+            "INVALID_TOKEN",
+            "a valid token is required: authorization: Bearer <JWT>",
+            http_status=401,
+            json_message="%LOCAL_REPLY_BODY%",
+        )
+        for status in (401, 403)
+    ),
 )
+
+
+@dataclass(frozen=True)
+class Auth:
+    """Tokens checked at the edge: who signs them, for whom, and where Envoy finds the keys."""
+
+    issuer: str = ISSUER
+    audience: str = AUDIENCE
+    # A JWKS file, relative to Envoy's working directory.
+    jwks_file: str = ".dev/keys/jwks.json"
+    clock_skew_s: int = 30
+    # Open without a token: health, reflection, the web page and the API description.
+    open_prefixes: tuple[str, ...] = (f"/{HEALTH.full_name}/", "/grpc.reflection.", "/assets/")
+    open_paths: tuple[str, ...] = ("/", "/index.html", "/openapi.json", "/favicon.ico")
 
 
 @dataclass(frozen=True)
@@ -110,6 +169,8 @@ class Layout:
         )
     )
     local_replies: tuple[LocalReply, ...] = LOCAL_REPLIES
+    # None: no token check at all (a second listener for the benchmark's baseline only).
+    auth: Auth | None = field(default_factory=Auth)
 
 
 def _addr(port: int) -> dict[str, Any]:
@@ -135,25 +196,41 @@ def _route(r: Route) -> dict[str, Any]:
     return {"match": {"prefix": r.prefix}, "route": action}
 
 
-# The transcoder keeps a JSON call's own path here (the request has become gRPC by then).
-JSON_REQUEST = {"header_filter": {"header": {"name": "x-envoy-original-path", "present_match": True}}}
+# A JSON call: not gRPC (before the transcoder, e.g. refused by jwt_authn), or transcoded (the
+# transcoder keeps the call's own path in x-envoy-original-path, and its content-type is gRPC by then).
+JSON_REQUEST = {
+    "or_filter": {
+        "filters": [
+            {"header_filter": {"header": {"name": "x-envoy-original-path", "present_match": True}}},
+            {
+                "header_filter": {
+                    "header": {
+                        "name": "content-type",
+                        "string_match": {"prefix": "application/grpc"},
+                        "invert_match": True,
+                        "treat_missing_header_as_empty": True,
+                    }
+                }
+            },
+        ]
+    }
+}
 
 
 def _local_replies(r: LocalReply) -> list[dict[str, Any]]:
     """Two mappers: a JSON call gets the status as its JSON body, as the transcoder prints a
     replica's errors; a gRPC call gets it as trailers-only (`grpc-status-details-bin`, and the
     body, which Envoy sends as grpc-message, equal to the status's message)."""
-    flags = {"response_flag_filter": {"flags": list(r.response_flags)}}
-    json_reply = {
-        "filter": {"and_filter": {"filters": [flags, JSON_REQUEST]}},
-        "body_format_override": {
-            "json_format": json.loads(json_format.MessageToJson(r.status())),
-            "content_type": "application/json",
-        },
+    body = json.loads(json_format.MessageToJson(r.status()))
+    if r.json_message is not None:
+        body["message"] = r.json_message
+    json_reply: dict[str, Any] = {
+        "filter": {"and_filter": {"filters": [r.when, JSON_REQUEST]}},
+        "body_format_override": {"json_format": body, "content_type": "application/json"},
     }
     details = base64.b64encode(r.status().SerializeToString()).decode()
-    grpc_reply = {
-        "filter": flags,
+    grpc_reply: dict[str, Any] = {
+        "filter": r.when,
         "headers_to_add": [
             {
                 "header": {"key": "grpc-status-details-bin", "value": details},
@@ -162,7 +239,39 @@ def _local_replies(r: LocalReply) -> list[dict[str, Any]]:
         ],
         "body": {"inline_string": r.message},
     }
+    if r.http_status is not None:
+        json_reply["status_code"] = grpc_reply["status_code"] = r.http_status
     return [json_reply, grpc_reply]
+
+
+def _auth_filters(auth: Auth) -> list[dict[str, Any]]:
+    """First drop any x-runtrack-user the client sent, then check the token and set the header
+    from its `sub`. Runs before the transcoder, so JSON calls are matched on their own paths."""
+    open_rules = [{"match": {"prefix": p}} for p in auth.open_prefixes]
+    open_rules += [{"match": {"path": p}} for p in auth.open_paths]
+    jwt_authn = {
+        "@type": JWT_AUTHN,
+        "providers": {
+            "runtrack": {
+                "issuer": auth.issuer,
+                "audiences": [auth.audience],
+                "local_jwks": {"filename": auth.jwks_file},
+                "forward": True,  # replicas call each other on the caller's behalf with it
+                # Only the header: a token in a URL's query string ends up in logs and histories.
+                "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+                "claim_to_headers": [{"header_name": CALLER_HEADER, "claim_name": "sub"}],
+                "clock_skew_seconds": auth.clock_skew_s,
+                "require_expiration": True,
+            }
+        },
+        # The first matching rule applies: the open paths, then everything else needs a token.
+        "rules": [*open_rules, {"match": {"prefix": "/"}, "requires": {"provider_name": "runtrack"}}],
+    }
+    strip = {"@type": HEADER_MUTATION, "mutations": {"request_mutations": [{"remove": CALLER_HEADER}]}}
+    return [
+        {"name": "envoy.filters.http.header_mutation", "typed_config": strip},
+        {"name": "envoy.filters.http.jwt_authn", "typed_config": jwt_authn},
+    ]
 
 
 def _cluster(c: Cluster, layout: Layout) -> dict[str, Any]:
@@ -251,6 +360,7 @@ def render(layout: Layout = Layout()) -> dict[str, Any]:
             "virtual_hosts": [{"name": "runtrack", "domains": ["*"], "routes": [_route(r) for r in layout.routes]}],
         },
         "http_filters": [
+            *(_auth_filters(layout.auth) if layout.auth is not None else []),
             {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder},
             {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
         ],

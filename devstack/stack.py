@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack import procs, tools
+from devstack.auth import LocalIssuer
 from devstack.cql_node import CqlNode
-from devstack.envoy_config import Layout, eds_document, render, to_yaml
+from devstack.envoy_config import Auth, Layout, eds_document, render, to_yaml
 from devstack.paths import ROOT
 from devstack.pg_node import PgNode
 
@@ -54,9 +55,16 @@ class StackSpec:
         return self.state / "run" / "eds"
 
     @property
+    def keys_dir(self) -> Path:
+        return self.state / "keys"
+
+    @property
     def layout(self) -> Layout:
         return Layout(
-            listen_port=self.envoy_port, admin_port=self.envoy_admin_port, eds_dir=str(self.eds_dir.relative_to(ROOT))
+            auth=Auth(jwks_file=str((self.keys_dir / "jwks.json").relative_to(ROOT))),
+            listen_port=self.envoy_port,
+            admin_port=self.envoy_admin_port,
+            eds_dir=str(self.eds_dir.relative_to(ROOT)),
         )
 
 
@@ -123,6 +131,7 @@ class Stack:
         self.run_dir = s.state / "run"
         self.envoy_pid_file = self.run_dir / "envoy.pid"
         self.replicas_file = self.run_dir / "replicas.json"
+        self.issuer = LocalIssuer(s.keys_dir)
 
     # ---- addresses -------------------------------------------------------------------------
     @property
@@ -152,6 +161,8 @@ class Stack:
             SCYLLA_PORT=str(self.scylla_port),
             SCYLLA_KEYSPACE=self.spec.keyspace,
             DATABASE_URL=self.database_url,
+            # Where a replica calls the other service's public API on a caller's behalf.
+            RUNTRACK_API_ADDRESS=self.envoy_address,
             PYTHONUNBUFFERED="1",
             **self.spec.replica_settings,
         )
@@ -293,6 +304,7 @@ class Stack:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tools.envoy()
         tools.grpcurl()
+        self.issuer.ensure_keys()
         if s.scylla_hosts is None:
             if not self.cql.pid():
                 say(f"starting CQL node (Apache Cassandra {tools.CASSANDRA_VERSION}) on 127.0.0.1:{s.cql_port}")

@@ -65,6 +65,9 @@ class Settings:
     pg_pool_max: int = 8
     pg_statement_timeout_ms: int = 2000
     pg_connect_timeout_s: float = 3.0
+    # Envoy, where a replica calls the other service's public API on a caller's behalf.
+    api_address: str = "127.0.0.1:8080"
+    api_timeout_s: float = 5.0
     # gRPC server.
     max_message_bytes: int = 1024 * 1024
     # How often the database behind a replica is probed for the health status.
@@ -98,6 +101,8 @@ class Settings:
             pg_pool_max=_int(env, "PG_POOL_MAX", d.pg_pool_max),
             pg_statement_timeout_ms=_int(env, "PG_STATEMENT_TIMEOUT_MS", d.pg_statement_timeout_ms),
             pg_connect_timeout_s=_float(env, "PG_CONNECT_TIMEOUT_S", d.pg_connect_timeout_s),
+            api_address=env.get("RUNTRACK_API_ADDRESS", d.api_address),
+            api_timeout_s=_float(env, "RUNTRACK_API_TIMEOUT_S", d.api_timeout_s),
             max_message_bytes=_int(env, "GRPC_MAX_MESSAGE_BYTES", d.max_message_bytes),
             health_probe_interval_s=_float(env, "HEALTH_PROBE_INTERVAL_S", d.health_probe_interval_s),
             drain_delay_s=_float(env, "DRAIN_DELAY_S", d.drain_delay_s),

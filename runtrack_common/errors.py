@@ -94,6 +94,18 @@ class Violations:
             raise InvalidArgument.of(self.found)
 
 
+class Unauthenticated(RunTrackError):
+    """The call carries no verified user: it did not come through Envoy's token check."""
+
+    reason = "NO_VERIFIED_CALLER"
+
+
+class FailedPrecondition(RunTrackError):
+    """The request is valid but the run's state forbids it: it was deleted for good."""
+
+    reason = "RUN_DELETED"
+
+
 class NotFound(RunTrackError):
     reason = "RUN_NOT_FOUND"
 

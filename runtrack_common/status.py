@@ -23,13 +23,16 @@ from grpc_status import rpc_status
 from runtrack_common.errors import (
     AlreadyExists,
     DeadlineExceeded,
+    FailedPrecondition,
     Internal,
     InvalidArgument,
     NotFound,
     PermissionDenied,
     RunTrackError,
+    Unauthenticated,
     Unavailable,
 )
+from runtrack_common.identity import CALLER_HEADER, Caller
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ CODES: dict[type[RunTrackError], grpc.StatusCode] = {
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     Internal: grpc.StatusCode.INTERNAL,
 }
@@ -92,6 +97,21 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], err: Exception, *, 
         log.error("rpc=%s run_id=%s failed: %s", rpc, run_id, err.message, exc_info=err.__cause__ or err)
     await context.abort_with_status(rpc_status.to_status(to_status(err)))
     raise AssertionError("abort_with_status returned")  # it raises; this tells the type checker
+
+
+def caller_of(context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+    """The user Envoy verified; UNAUTHENTICATED when the call did not pass Envoy's token check."""
+    user, authorization = "", ""
+    for key, value in context.invocation_metadata() or ():
+        if key == CALLER_HEADER and isinstance(value, str):
+            user = value
+        elif key == "authorization" and isinstance(value, str):
+            authorization = value
+    if not user:
+        raise Unauthenticated(
+            f"no verified caller ({CALLER_HEADER}): call through Envoy with authorization: Bearer <JWT>"
+        )
+    return Caller(user, authorization)
 
 
 Request = TypeVar("Request")

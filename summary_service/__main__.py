@@ -4,7 +4,7 @@ from runtrack.v1 import summary_pb2, summary_pb2_grpc
 from runtrack_common import serving
 from runtrack_common.config import Settings
 from summary_service.pg_store import PgRunStore
-from summary_service.servicer import SummaryServicer
+from summary_service.servicer import SummaryServicer, TrackingApi
 
 SERVICE_NAME = summary_pb2.DESCRIPTOR.services_by_name["SummaryService"].full_name
 
@@ -13,7 +13,9 @@ def build(settings: Settings) -> serving.Parts:
     store = PgRunStore(settings)
     return serving.Parts(
         backend=store,
-        register=lambda server: summary_pb2_grpc.add_SummaryServiceServicer_to_server(SummaryServicer(store), server),
+        register=lambda server: summary_pb2_grpc.add_SummaryServiceServicer_to_server(
+            SummaryServicer(store, TrackingApi(settings.api_address, settings.api_timeout_s)), server
+        ),
     )
 
 

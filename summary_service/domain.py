@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import enum
 import math
 import uuid
 import zoneinfo
@@ -42,16 +44,35 @@ class Overview:
         return (self.moving_time_us / 1e6) / (self.distance_m / 1000.0)
 
 
+class Visibility(enum.IntEnum):
+    """Who besides the owner sees a run (the numbers are the API's)."""
+
+    UNSPECIFIED = 0
+    PRIVATE = 1
+    PUBLIC = 2
+
+
 @dataclass(frozen=True, slots=True)
 class Run:
     run_id: uuid.UUID
     user_id: str
     overview: Overview
     stopped_at_us: int
+    visibility: Visibility = Visibility.PRIVATE
 
     @property
     def track_url(self) -> str:
         return f"/v1/runs/{self.run_id}/track"
+
+    def readable_by(self, user_id: str) -> bool:
+        return user_id == self.user_id or self.visibility == Visibility.PUBLIC
+
+    def as_seen_by(self, user_id: str) -> Run:
+        """What `user_id` may see of the run: everything when it is theirs; without the polyline
+        (which starts and ends at the owner's door) when it is someone else's."""
+        if user_id == self.user_id:
+            return self
+        return dataclasses.replace(self, overview=dataclasses.replace(self.overview, polyline=""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +91,8 @@ class UserTotals:
     total_distance_m: float
 
 
-def require_user_id(value: str) -> str:
-    if not value:
-        raise InvalidArgument("user_id", "is required")
+def check_user_id(value: str) -> str:
+    """A user_id as a request names it: empty or "me" (the caller), or a user's id."""
     if len(value) > 200:
         raise InvalidArgument("user_id", "at most 200 characters")
     return value

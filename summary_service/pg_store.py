@@ -20,6 +20,7 @@ from summary_service.domain import (
     Overview,
     Run,
     UserTotals,
+    Visibility,
     WeekTotals,
     datetime_to_us,
     us_to_datetime,
@@ -67,6 +68,7 @@ def _row_to_run(row: dict[str, Any]) -> Run:
             polyline=row["polyline"],
         ),
         stopped_at_us=datetime_to_us(row["stopped_at"]),
+        visibility=Visibility(row["visibility"]),
     )
 
 
@@ -143,7 +145,7 @@ class PgRunStore:
             await self.pool.close()
             self.pool = None
 
-    async def insert_run(self, run_id: uuid.UUID, user_id: str, overview: Overview) -> tuple[Run, bool]:
+    async def insert_run(self, run_id: uuid.UUID, user_id: str, overview: Overview) -> tuple[Run | None, bool]:
         params = {
             "run_id": run_id,
             "user_id": user_id,
@@ -164,6 +166,8 @@ class PgRunStore:
             # Someone stored it first (a retry, or a racing twin): committed, so visible now.
             cur = await conn.execute(self.q["get_run"], {"run_id": run_id})
             row = await cur.fetchone()
+            if row is None and await self._deleted_by(conn, run_id) is not None:
+                return None, False
         if row is None:
             raise Unavailable(f"run {run_id} vanished while being stored; retry")
         return _row_to_run(row), False
@@ -174,17 +178,39 @@ class PgRunStore:
             row = await cur.fetchone()
         return None if row is None else _row_to_run(row)
 
-    async def list_runs(self, user_id: str, after: tuple[int, uuid.UUID] | None, limit: int) -> list[Run]:
+    async def list_runs(
+        self, user_id: str, after: tuple[int, uuid.UUID] | None, limit: int, *, public_only: bool = False
+    ) -> list[Run]:
+        kind = "list_public_runs" if public_only else "list_runs"
         async with self._conn() as conn:
             if after is None:
-                cur = await conn.execute(self.q["list_runs_first"], {"user_id": user_id, "limit": limit})
+                cur = await conn.execute(self.q[f"{kind}_first"], {"user_id": user_id, "limit": limit})
             else:
                 cur = await conn.execute(
-                    self.q["list_runs_after"],
+                    self.q[f"{kind}_after"],
                     {"user_id": user_id, "start_time": us_to_datetime(after[0]), "run_id": after[1], "limit": limit},
                 )
             rows = await cur.fetchall()
         return [_row_to_run(r) for r in rows]
+
+    async def set_visibility(self, run_id: uuid.UUID, visibility: Visibility) -> Run | None:
+        async with self._conn() as conn:
+            cur = await conn.execute(self.q["set_visibility"], {"run_id": run_id, "visibility": int(visibility)})
+            row = await cur.fetchone()
+        return None if row is None else _row_to_run(row)
+
+    async def delete_run(self, run_id: uuid.UUID, user_id: str) -> None:
+        async with self._conn() as conn:
+            await conn.execute(self.q["delete_run"], {"run_id": run_id, "user_id": user_id})
+
+    async def deleted_by(self, run_id: uuid.UUID) -> str | None:
+        async with self._conn() as conn:
+            return await self._deleted_by(conn, run_id)
+
+    async def _deleted_by(self, conn: psycopg.AsyncConnection[DictRow], run_id: uuid.UUID) -> str | None:
+        cur = await conn.execute(self.q["deleted_by"], {"run_id": run_id})
+        row = await cur.fetchone()
+        return None if row is None else str(row["user_id"])
 
     async def user_stats(self, user_id: str, time_zone: str, weeks: int) -> UserTotals:
         async with self._conn() as conn:
@@ -217,8 +243,7 @@ class _Connection:
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool:
+    ) -> None:
         await self._cm.__aexit__(exc_type, exc, tb)
         if isinstance(exc, psycopg.Error):
             raise classify(exc) from exc
-        return False

@@ -1,8 +1,11 @@
+-- Stores the run unless it exists or was deleted.
 -- name: insert_run
 INSERT INTO runs (run_id, user_id, start_time, end_time, distance_m, moving_time_us,
                   elevation_gain_m, point_count, avg_heart_rate_bpm, polyline)
-VALUES (%(run_id)s, %(user_id)s, %(start_time)s, %(end_time)s, %(distance_m)s, %(moving_time_us)s,
-        %(elevation_gain_m)s, %(point_count)s, %(avg_heart_rate_bpm)s, %(polyline)s)
+SELECT %(run_id)s::uuid, %(user_id)s::text, %(start_time)s::timestamptz, %(end_time)s::timestamptz,
+       %(distance_m)s::double precision, %(moving_time_us)s::bigint, %(elevation_gain_m)s::double precision,
+       %(point_count)s::bigint, %(avg_heart_rate_bpm)s::double precision, %(polyline)s::text
+WHERE NOT EXISTS (SELECT 1 FROM deleted_runs WHERE run_id = %(run_id)s)
 ON CONFLICT (run_id) DO NOTHING
 RETURNING *;
 
@@ -11,6 +14,17 @@ SELECT * FROM runs WHERE run_id = %(run_id)s;
 
 -- name: list_runs_first
 SELECT * FROM runs WHERE user_id = %(user_id)s
+ORDER BY start_time DESC, run_id DESC
+LIMIT %(limit)s;
+
+-- name: list_public_runs_first
+SELECT * FROM runs WHERE user_id = %(user_id)s AND visibility = 2
+ORDER BY start_time DESC, run_id DESC
+LIMIT %(limit)s;
+
+-- name: list_public_runs_after
+SELECT * FROM runs
+WHERE user_id = %(user_id)s AND visibility = 2 AND (start_time, run_id) < (%(start_time)s, %(run_id)s)
 ORDER BY start_time DESC, run_id DESC
 LIMIT %(limit)s;
 
@@ -55,6 +69,18 @@ CROSS JOIN LATERAL (SELECT (b.this_monday - 7 * g) AS week_start) AS w
 LEFT JOIN per_week p ON p.week_start = w.week_start
 CROSS JOIN totals t
 ORDER BY w.week_start;
+
+-- name: set_visibility
+UPDATE runs SET visibility = %(visibility)s WHERE run_id = %(run_id)s RETURNING *;
+
+-- Removes the dashboard's row and remembers the deletion, in one statement.
+-- name: delete_run
+WITH gone AS (DELETE FROM runs WHERE run_id = %(run_id)s RETURNING run_id)
+INSERT INTO deleted_runs (run_id, user_id) VALUES (%(run_id)s, %(user_id)s)
+ON CONFLICT (run_id) DO NOTHING;
+
+-- name: deleted_by
+SELECT user_id FROM deleted_runs WHERE run_id = %(run_id)s;
 
 -- name: ping
 SELECT 1;

@@ -1,27 +1,71 @@
-"""The SummaryService use cases: STOP RUN (idempotent) and the dashboard's reads."""
+"""The SummaryService use cases: STOP RUN (idempotent), the dashboard's reads, sharing, deletion.
+
+Every use case takes the verified caller. A runner reads and changes their own runs; anyone signed
+in reads a PUBLIC run (without its polyline); a PRIVATE run of someone else does not exist for them.
+"""
 
 from __future__ import annotations
 
 import logging
 import uuid
+from typing import Protocol
 
 from runtrack_common import page_tokens
-from runtrack_common.errors import AlreadyExists, NotFound, PermissionDenied
-from summary_service.domain import Overview, Run, UserTotals, list_page_size, stats_weeks, time_zone, validate_overview
+from runtrack_common.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied, Violations
+from runtrack_common.identity import Caller, require_self, resolve_user
+from summary_service.domain import (
+    Overview,
+    Run,
+    UserTotals,
+    Visibility,
+    list_page_size,
+    stats_weeks,
+    time_zone,
+    validate_overview,
+)
 from summary_service.store import RunStore
 
 log = logging.getLogger(__name__)
 LIST_TOKEN = "runs"
+UPDATABLE = ("visibility",)
 
 
-async def stop_run(store: RunStore, run_id: uuid.UUID, user_id: str, overview: Overview) -> Run:
+class TrailDeleter(Protocol):
+    """Deletes a run's trail on the tracking service, as the caller; True when it had one."""
+
+    async def delete_trail(self, run_id: uuid.UUID, caller: Caller) -> bool: ...
+
+
+def _no_run(run_id: uuid.UUID) -> NotFound:
+    return NotFound(f"run_id: no run {run_id}", metadata={"run_id": str(run_id)})
+
+
+def _deleted(run_id: uuid.UUID) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"run_id: run {run_id} was deleted; it cannot be stopped again", metadata={"run_id": str(run_id)}
+    )
+
+
+def _not_yours(run: Run) -> PermissionDenied | NotFound:
+    """Someone else's run: PERMISSION_DENIED when the caller may see it, else it does not exist."""
+    if run.visibility == Visibility.PUBLIC:
+        return PermissionDenied(
+            f"run_id: run {run.run_id} belongs to another user", metadata={"run_id": str(run.run_id)}
+        )
+    return _no_run(run.run_id)
+
+
+async def stop_run(store: RunStore, caller: Caller, run_id: uuid.UUID, user_id: str, overview: Overview) -> Run:
     """Stores the run once; a retry with the same overview returns the same Run."""
+    user = require_self(user_id, caller)
     validate_overview(overview)
-    run, inserted = await store.insert_run(run_id, user_id, overview)
+    run, inserted = await store.insert_run(run_id, user, overview)
+    if run is None:
+        raise _deleted(run_id)
     if inserted:
-        log.info("run stopped run_id=%s user_id=%s distance_m=%.1f", run_id, user_id, overview.distance_m)
+        log.info("run stopped run_id=%s user_id=%s distance_m=%.1f", run_id, user, overview.distance_m)
         return run
-    if run.user_id != user_id:
+    if run.user_id != user:
         raise PermissionDenied(f"run_id: run {run_id} belongs to another user", metadata={"run_id": str(run_id)})
     if run.overview != overview:
         raise AlreadyExists(
@@ -30,18 +74,24 @@ async def stop_run(store: RunStore, run_id: uuid.UUID, user_id: str, overview: O
     return run
 
 
-async def get_run(store: RunStore, run_id: uuid.UUID) -> Run:
+async def get_run(store: RunStore, caller: Caller, run_id: uuid.UUID) -> Run:
     run = await store.get_run(run_id)
-    if run is None:
-        raise NotFound(f"run_id: no run {run_id}", metadata={"run_id": str(run_id)})
-    return run
+    if run is None or not run.readable_by(caller.user_id):
+        raise _no_run(run_id)
+    return run.as_seen_by(caller.user_id)
 
 
-async def list_runs(store: RunStore, user_id: str, page_size: int, page_token: str) -> tuple[list[Run], str]:
+async def list_runs(
+    store: RunStore, caller: Caller, user_id: str, page_size: int, page_token: str
+) -> tuple[list[Run], str]:
+    """The caller's runs, or another runner's PUBLIC runs; newest first, in keyset pages."""
+    user = resolve_user(user_id, caller)
+    public_only = user != caller.user_id
+    scope = f"{'public' if public_only else 'all'}:{user}"
     size = list_page_size(page_size)
     after: tuple[int, uuid.UUID] | None = None
     if page_token:
-        position = page_tokens.decode(page_token, LIST_TOKEN, user_id)
+        position = page_tokens.decode(page_token, LIST_TOKEN, scope)
         try:
             start_us, rid = position
             if not isinstance(start_us, int):
@@ -49,14 +99,59 @@ async def list_runs(store: RunStore, user_id: str, page_size: int, page_token: s
             after = (start_us, uuid.UUID(rid))
         except (ValueError, TypeError, AttributeError):
             raise page_tokens.invalid() from None
-    runs = await store.list_runs(user_id, after, size + 1)
+    runs = await store.list_runs(user, after, size + 1, public_only=public_only)
     token = ""
     if len(runs) > size:
         runs = runs[:size]
         last = runs[-1]
-        token = page_tokens.encode(LIST_TOKEN, user_id, [last.overview.start_us, str(last.run_id)])
-    return runs, token
+        token = page_tokens.encode(LIST_TOKEN, scope, [last.overview.start_us, str(last.run_id)])
+    return [r.as_seen_by(caller.user_id) for r in runs], token
 
 
-async def user_stats(store: RunStore, user_id: str, zone: str, weeks: int) -> UserTotals:
-    return await store.user_stats(user_id, time_zone(zone), stats_weeks(weeks))
+async def user_stats(store: RunStore, caller: Caller, user_id: str, zone: str, weeks: int) -> tuple[str, UserTotals]:
+    user = require_self(user_id, caller)
+    return user, await store.user_stats(user, time_zone(zone), stats_weeks(weeks))
+
+
+async def update_run(store: RunStore, caller: Caller, run_id: uuid.UUID, raw_visibility: int, mask: list[str]) -> Run:
+    """Changes what the mask names (AIP-134: no mask means every populated updatable field); only
+    `visibility` can change, and only the owner changes it."""
+    paths = mask or (["visibility"] if raw_visibility != Visibility.UNSPECIFIED else [])
+    found = Violations()
+    for path in paths:
+        if path not in UPDATABLE:
+            found.add("update_mask", f"only {', '.join(UPDATABLE)} can be updated, got {path!r}")
+    if "visibility" in paths and raw_visibility not in (Visibility.PRIVATE, Visibility.PUBLIC):
+        found.add("run.visibility", "must be PRIVATE or PUBLIC")
+    found.raise_if_any()
+    visibility = Visibility(raw_visibility) if "visibility" in paths else Visibility.UNSPECIFIED
+    run = await store.get_run(run_id)
+    if run is None:
+        raise _no_run(run_id)
+    if run.user_id != caller.user_id:
+        raise _not_yours(run)
+    if "visibility" in paths and visibility != run.visibility:
+        updated = await store.set_visibility(run_id, visibility)
+        if updated is None:  # deleted meanwhile
+            raise _no_run(run_id)
+        log.info("run updated run_id=%s visibility=%s", run_id, visibility.name)
+        return updated
+    return run
+
+
+async def delete_run(store: RunStore, trails: TrailDeleter, caller: Caller, run_id: uuid.UUID) -> None:
+    """Deletes the dashboard's row and the whole trail, for good. The trail goes first: if it
+    fails, nothing is marked deleted here and a retry does it all again; once the row is deleted
+    and the deletion remembered, a repeat answers NOT_FOUND."""
+    if await store.deleted_by(run_id) is not None:
+        raise _no_run(run_id)
+    run = await store.get_run(run_id)
+    if run is not None and run.user_id != caller.user_id:
+        raise _not_yours(run)
+    had_trail = await trails.delete_trail(run_id, caller)
+    await store.delete_run(run_id, caller.user_id)
+    if run is None and not had_trail:
+        raise _no_run(run_id)
+    log.info(
+        "run deleted run_id=%s user_id=%s had_row=%s had_trail=%s", run_id, caller.user_id, run is not None, had_trail
+    )

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import uuid
+
 import grpc
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.empty_pb2 import Empty
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from runtrack.v1 import summary_pb2, summary_pb2_grpc
+from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
+from runtrack_common import status
+from runtrack_common.api import PublicApi
 from runtrack_common.errors import Violations
+from runtrack_common.identity import Caller
 from runtrack_common.ids import parse_run_id
 from runtrack_common.status import maps_errors
 from summary_service import runs
-from summary_service.domain import Overview, Run, require_user_id
+from summary_service.domain import Overview, Run, check_user_id
+from summary_service.runs import TrailDeleter
 from summary_service.store import RunStore
 
 
@@ -71,6 +78,7 @@ def run_to_proto(run: Run) -> summary_pb2.Run:
         avg_pace_s_per_km=o.avg_pace_s_per_km,
         stopped_at=_us_to_ts(run.stopped_at_us),
         track_url=run.track_url,
+        visibility=summary_pb2.Visibility.ValueType(int(run.visibility)),
     )
 
 
@@ -78,16 +86,18 @@ Context = grpc.aio.ServicerContext
 
 
 class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
-    def __init__(self, store: RunStore) -> None:
+    def __init__(self, store: RunStore, trails: TrailDeleter) -> None:
         self.store = store
+        self.trails = trails
 
     @maps_errors
     async def StopRun(
         self, request: summary_pb2.StopRunRequest, context: Context[summary_pb2.StopRunRequest, summary_pb2.Run]
     ) -> summary_pb2.Run:
+        caller = status.caller_of(context)
         found = Violations()
         run_id = found.check(lambda: parse_run_id(request.run_id))
-        user_id = found.check(lambda: require_user_id(request.user_id))
+        user_id = found.check(lambda: check_user_id(request.user_id))
         overview = None
         if request.HasField("overview"):
             overview = found.check(lambda: overview_from_proto(request.overview))
@@ -95,14 +105,15 @@ class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
             found.add("overview", "is required")
         found.raise_if_any()
         assert run_id is not None and user_id is not None and overview is not None
-        run = await runs.stop_run(self.store, run_id, user_id, overview)
+        run = await runs.stop_run(self.store, caller, run_id, user_id, overview)
         return run_to_proto(run)
 
     @maps_errors
     async def GetRun(
         self, request: summary_pb2.GetRunRequest, context: Context[summary_pb2.GetRunRequest, summary_pb2.Run]
     ) -> summary_pb2.Run:
-        return run_to_proto(await runs.get_run(self.store, parse_run_id(request.run_id)))
+        caller = status.caller_of(context)
+        return run_to_proto(await runs.get_run(self.store, caller, parse_run_id(request.run_id)))
 
     @maps_errors
     async def ListRuns(
@@ -110,8 +121,9 @@ class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
         request: summary_pb2.ListRunsRequest,
         context: Context[summary_pb2.ListRunsRequest, summary_pb2.ListRunsResponse],
     ) -> summary_pb2.ListRunsResponse:
-        user_id = require_user_id(request.user_id)
-        page, token = await runs.list_runs(self.store, user_id, request.page_size, request.page_token)
+        caller = status.caller_of(context)
+        user_id = check_user_id(request.user_id)
+        page, token = await runs.list_runs(self.store, caller, user_id, request.page_size, request.page_token)
         return summary_pb2.ListRunsResponse(runs=[run_to_proto(r) for r in page], next_page_token=token)
 
     @maps_errors
@@ -120,8 +132,10 @@ class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
         request: summary_pb2.GetUserStatsRequest,
         context: Context[summary_pb2.GetUserStatsRequest, summary_pb2.UserStats],
     ) -> summary_pb2.UserStats:
-        user_id = require_user_id(request.user_id)
-        totals = await runs.user_stats(self.store, user_id, request.time_zone, request.weeks)
+        caller = status.caller_of(context)
+        user_id, totals = await runs.user_stats(
+            self.store, caller, check_user_id(request.user_id), request.time_zone, request.weeks
+        )
         return summary_pb2.UserStats(
             user_id=user_id,
             weeks=[
@@ -137,3 +151,30 @@ class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
             total_runs=totals.total_runs,
             total_distance_m=totals.total_distance_m,
         )
+
+    @maps_errors
+    async def UpdateRun(
+        self, request: summary_pb2.UpdateRunRequest, context: Context[summary_pb2.UpdateRunRequest, summary_pb2.Run]
+    ) -> summary_pb2.Run:
+        caller = status.caller_of(context)
+        run_id = parse_run_id(request.run.run_id, field="run.run_id")
+        mask = list(request.update_mask.paths)
+        run = await runs.update_run(self.store, caller, run_id, int(request.run.visibility), mask)
+        return run_to_proto(run)
+
+    @maps_errors
+    async def DeleteRun(
+        self, request: summary_pb2.DeleteRunRequest, context: Context[summary_pb2.DeleteRunRequest, Empty]
+    ) -> Empty:
+        caller = status.caller_of(context)
+        await runs.delete_run(self.store, self.trails, caller, parse_run_id(request.run_id))
+        return Empty()
+
+
+class TrackingApi(PublicApi):
+    """TrailDeleter through the tracking service's public API (DeleteTrack), as the caller."""
+
+    async def delete_trail(self, run_id: uuid.UUID, caller: Caller) -> bool:
+        stub = tracking_pb2_grpc.TrackingServiceStub(self.channel)
+        reply = await self.call(stub.DeleteTrack, tracking_pb2.DeleteTrackRequest(run_id=str(run_id)), caller)
+        return reply.existed

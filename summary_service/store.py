@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Protocol
 
-from summary_service.domain import Overview, Run, UserTotals
+from summary_service.domain import Overview, Run, UserTotals, Visibility
 
 
 class RunStore(Protocol):
@@ -14,12 +14,22 @@ class RunStore(Protocol):
 
     async def close(self) -> None: ...
 
-    async def insert_run(self, run_id: uuid.UUID, user_id: str, overview: Overview) -> tuple[Run, bool]:
-        """Stores the run unless it exists; returns the stored run and whether this call stored it."""
+    async def insert_run(self, run_id: uuid.UUID, user_id: str, overview: Overview) -> tuple[Run | None, bool]:
+        """Stores the run unless it exists; returns the stored run and whether this call stored it,
+        or (None, False) when the run was deleted."""
 
     async def get_run(self, run_id: uuid.UUID) -> Run | None: ...
 
-    async def list_runs(self, user_id: str, after: tuple[int, uuid.UUID] | None, limit: int) -> list[Run]:
+    async def list_runs(
+        self, user_id: str, after: tuple[int, uuid.UUID] | None, limit: int, *, public_only: bool = False
+    ) -> list[Run]:
         """Newest first (start time, then run_id, descending), strictly after `after`."""
+
+    async def set_visibility(self, run_id: uuid.UUID, visibility: Visibility) -> Run | None: ...
+
+    async def delete_run(self, run_id: uuid.UUID, user_id: str) -> None:
+        """Removes the run's row (if any) and remembers that `user_id` deleted it."""
+
+    async def deleted_by(self, run_id: uuid.UUID) -> str | None: ...
 
     async def user_stats(self, user_id: str, time_zone: str, weeks: int) -> UserTotals: ...

@@ -23,10 +23,13 @@ from runtrack_common import queries
 from runtrack_common.config import Settings
 from runtrack_common.errors import Internal, RunTrackError, Unavailable
 from tracking_service.domain import Cursor, Point, cursor_from_seqs
+from tracking_service.privacy import Zone
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+# The write timestamp (microseconds) of a deletion: far above any real write's, so it shadows them all.
+DELETED_FOREVER_US = 2**62
 
 
 # A retry can fix these: no node reachable, a timeout, a node overloaded, starting or rate-limiting.
@@ -207,20 +210,45 @@ class CqlTrackStore:
 
     async def points_after(self, run_id: uuid.UUID, after_seq: int, limit: int) -> list[Point]:
         rows = await _execute(self._ready(), self.q["points_after"], (run_id, after_seq, limit), all_pages=True)
-        return [
-            Point(
-                seq=r.seq,
-                time_ms=_to_ms(r.recorded_at),
-                latitude=r.latitude,
-                longitude=r.longitude,
-                altitude_m=r.altitude_m,
-                horizontal_accuracy_m=r.horizontal_accuracy_m,
-                speed_mps=r.speed_mps,
-                heart_rate_bpm=r.heart_rate_bpm,
-                cadence_spm=r.cadence_spm,
-            )
-            for r in rows
-        ]
+        return [_point(r) for r in rows]
+
+    async def points_before(self, run_id: uuid.UUID, before_seq: int, limit: int) -> list[Point]:
+        rows = await _execute(self._ready(), self.q["points_before"], (run_id, before_seq, limit), all_pages=True)
+        return [_point(r) for r in rows]
+
+    async def deleted_by(self, run_id: uuid.UUID) -> str | None:
+        rows = await _execute(self._ready(), self.q["deleted_by"], (run_id,))
+        return rows[0].user_id if rows else None
+
+    async def mark_deleted(self, run_id: uuid.UUID, user_id: str) -> None:
+        await _execute(self._ready(), self.q["mark_deleted"], (run_id, user_id, dt.datetime.now(dt.UTC)))
+
+    async def delete_trail(self, run_id: uuid.UUID) -> None:
+        session = self._ready()
+        for name in ("delete_points", "delete_cursor", "delete_owner"):
+            await _execute(session, self.q[name], (DELETED_FOREVER_US, run_id))
+
+    async def privacy_zones(self, user_id: str) -> list[Zone]:
+        rows = await _execute(self._ready(), self.q["privacy_zones"], (user_id,))
+        return [Zone(*zone) for zone in (rows[0].zones or [])] if rows else []
+
+    async def set_privacy_zones(self, user_id: str, zones: Sequence[Zone]) -> None:
+        values = [(z.latitude, z.longitude, z.radius_m) for z in zones]
+        await _execute(self._ready(), self.q["set_privacy_zones"], (user_id, values))
+
+
+def _point(r: Any) -> Point:
+    return Point(
+        seq=r.seq,
+        time_ms=_to_ms(r.recorded_at),
+        latitude=r.latitude,
+        longitude=r.longitude,
+        altitude_m=r.altitude_m,
+        horizontal_accuracy_m=r.horizontal_accuracy_m,
+        speed_mps=r.speed_mps,
+        heart_rate_bpm=r.heart_rate_bpm,
+        cadence_spm=r.cadence_spm,
+    )
 
 
 def _to_ms(value: dt.datetime) -> int:

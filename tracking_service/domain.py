@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from runtrack_common.errors import InvalidArgument, Violations
+from runtrack_common.identity import ME, Caller, require_self
 from runtrack_common.ids import parse_run_id
 
 MAX_POINTS_PER_MESSAGE = 1000
@@ -81,15 +82,15 @@ class StreamIdentity:
     user_id: str
 
     @classmethod
-    def from_first(cls, run_id: str, user_id: str, n_points: int) -> StreamIdentity:
+    def from_first(cls, run_id: str, user_id: str, n_points: int, caller: Caller) -> StreamIdentity:
+        """The first message binds the stream: its run_id, and the caller as the runner (a user_id,
+        when sent, must be the caller's)."""
         found = Violations()
         found.check(lambda: check_point_count(n_points))
         parsed = found.check(lambda: parse_run_id(run_id))
-        if not user_id:
-            found.add("user_id", "is required in the first message")
         found.raise_if_any()
         assert parsed is not None
-        return cls(parsed, user_id)
+        return cls(parsed, require_self(user_id, caller))
 
     def check_later(self, run_id: str, user_id: str, n_points: int) -> None:
         """A later message may omit run_id and user_id, or repeat them, never change them."""
@@ -101,7 +102,7 @@ class StreamIdentity:
                 same = False
             if not same:
                 raise InvalidArgument("run_id", "must not change within a stream")
-        if user_id and user_id != self.user_id:
+        if user_id and user_id not in (self.user_id, ME):
             raise InvalidArgument("user_id", "must not change within a stream")
 
 

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from runtrack_common.errors import PermissionDenied, Unavailable
+from runtrack_common.errors import FailedPrecondition, PermissionDenied, Unavailable
 from tracking_service.domain import MAX_REJECTIONS_LISTED, Point, Rejection, rejection_reason
 from tracking_service.store import TrackStore
 
@@ -64,7 +64,13 @@ class IngestStream:
         self._failure: Exception | None = None
 
     async def claim(self, user_id: str) -> None:
-        owner = await self.store.claim_run(self.result.run_id, user_id)
+        """Binds the run to `user_id` (the first claim wins); refused for a deleted run."""
+        run_id = self.result.run_id
+        if await self.store.deleted_by(run_id) is not None:
+            raise FailedPrecondition(
+                f"run_id: run {run_id} was deleted; it takes no more points", metadata={"run_id": str(run_id)}
+            )
+        owner = await self.store.claim_run(run_id, user_id)
         if owner != user_id:
             raise PermissionDenied(
                 f"run_id: run {self.result.run_id} belongs to another user",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,18 +12,23 @@ import grpc
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from runtrack.v1 import tracking_pb2, tracking_pb2_grpc
+from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from runtrack_common import status
+from runtrack_common.api import PublicApi
 from runtrack_common.config import Settings
-from runtrack_common.errors import DeadlineExceeded, Internal, InvalidArgument, RunTrackError, Unavailable
+from runtrack_common.errors import DeadlineExceeded, Internal, InvalidArgument, NotFound, RunTrackError, Unavailable
+from runtrack_common.identity import Caller
 from runtrack_common.ids import parse_run_id
 from runtrack_common.status import maps_errors
 from tracking_service import tracks
 from tracking_service.domain import Point, StreamIdentity
 from tracking_service.ingest import IngestStream
+from tracking_service.privacy import Zone
 from tracking_service.store import TrackStore
+from tracking_service.tracks import RunVisibility
 
 log = logging.getLogger(__name__)
+Context = grpc.aio.ServicerContext
 # Another replica is ready at once: a phone cut by a rollout may come back quickly.
 SHUTDOWN_RETRY_S = 0.1
 
@@ -57,9 +63,10 @@ def point_to_proto(p: Point) -> tracking_pb2.TrackPoint:
 
 
 class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
-    def __init__(self, store: TrackStore, settings: Settings) -> None:
+    def __init__(self, store: TrackStore, settings: Settings, visibility: RunVisibility) -> None:
         self.store = store
         self.settings = settings
+        self.visibility = visibility
         self.replica_slots = asyncio.Semaphore(settings.replica_inflight_writes)
         self._draining = asyncio.Event()
         self._open_streams: set[asyncio.Task[Any]] = set()
@@ -114,6 +121,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         self._open_streams.add(me)
         messages = aiter(request_iterator)
         try:
+            caller = status.caller_of(context)
             if self._draining.is_set():
                 raise Unavailable(
                     "replica shutting down; retry on another replica",
@@ -124,7 +132,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
                 message := await self._next_message(messages, str(identity.run_id) if identity else "-")
             ) is not None:
                 if identity is None or ingest is None:
-                    identity = StreamIdentity.from_first(message.run_id, message.user_id, len(message.points))
+                    identity = StreamIdentity.from_first(message.run_id, message.user_id, len(message.points), caller)
                     ingest = IngestStream(
                         self.store,
                         identity.run_id,
@@ -173,22 +181,76 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
     async def GetTrackCursor(
         self,
         request: tracking_pb2.GetTrackCursorRequest,
-        context: grpc.aio.ServicerContext[tracking_pb2.GetTrackCursorRequest, tracking_pb2.TrackCursor],
+        context: Context[tracking_pb2.GetTrackCursorRequest, tracking_pb2.TrackCursor],
     ) -> tracking_pb2.TrackCursor:
+        caller = status.caller_of(context)
         run_id = parse_run_id(request.run_id)
-        c = await tracks.cursor(self.store, run_id)
+        c = await tracks.cursor(self.store, caller, run_id)
         return tracking_pb2.TrackCursor(
             run_id=str(run_id), contiguous_seq=c.contiguous_seq, max_seq=c.max_seq, point_count=c.point_count
         )
 
     @maps_errors
     async def GetTrack(
-        self,
-        request: tracking_pb2.GetTrackRequest,
-        context: grpc.aio.ServicerContext[tracking_pb2.GetTrackRequest, tracking_pb2.Track],
+        self, request: tracking_pb2.GetTrackRequest, context: Context[tracking_pb2.GetTrackRequest, tracking_pb2.Track]
     ) -> tracking_pb2.Track:
+        caller = status.caller_of(context)
         run_id = parse_run_id(request.run_id)
-        page = await tracks.track_page(self.store, run_id, request.page_size, request.page_token)
+        page = await tracks.track_page(
+            self.store, self.visibility, caller, run_id, request.page_size, request.page_token
+        )
         return tracking_pb2.Track(
             run_id=str(run_id), points=[point_to_proto(p) for p in page.points], next_page_token=page.next_page_token
         )
+
+    @maps_errors
+    async def GetPrivacyZones(
+        self,
+        request: tracking_pb2.GetPrivacyZonesRequest,
+        context: Context[tracking_pb2.GetPrivacyZonesRequest, tracking_pb2.PrivacyZones],
+    ) -> tracking_pb2.PrivacyZones:
+        user, zones = await tracks.privacy_zones(self.store, status.caller_of(context), request.user_id)
+        return zones_to_proto(user, zones)
+
+    @maps_errors
+    async def SetPrivacyZones(
+        self,
+        request: tracking_pb2.SetPrivacyZonesRequest,
+        context: Context[tracking_pb2.SetPrivacyZonesRequest, tracking_pb2.PrivacyZones],
+    ) -> tracking_pb2.PrivacyZones:
+        zones = [Zone(z.latitude, z.longitude, z.radius_m) for z in request.zones]
+        user, stored = await tracks.set_privacy_zones(self.store, status.caller_of(context), request.user_id, zones)
+        return zones_to_proto(user, stored)
+
+    @maps_errors
+    async def DeleteTrack(
+        self,
+        request: tracking_pb2.DeleteTrackRequest,
+        context: Context[tracking_pb2.DeleteTrackRequest, tracking_pb2.DeleteTrackResponse],
+    ) -> tracking_pb2.DeleteTrackResponse:
+        caller = status.caller_of(context)
+        existed = await tracks.delete_track(self.store, caller, parse_run_id(request.run_id))
+        log.info("track deleted run_id=%s user_id=%s existed=%s", request.run_id, caller.user_id, existed)
+        return tracking_pb2.DeleteTrackResponse(existed=existed)
+
+
+def zones_to_proto(user_id: str, zones: list[Zone]) -> tracking_pb2.PrivacyZones:
+    return tracking_pb2.PrivacyZones(
+        user_id=user_id,
+        zones=[
+            tracking_pb2.PrivacyZone(latitude=z.latitude, longitude=z.longitude, radius_m=z.radius_m) for z in zones
+        ],
+    )
+
+
+class SummaryApi(PublicApi):
+    """RunVisibility through the dashboard's public API: GetRun answers the caller only for a run
+    they may see (their own, or a shared one)."""
+
+    async def visible(self, run_id: uuid.UUID, caller: Caller) -> bool:
+        stub = summary_pb2_grpc.SummaryServiceStub(self.channel)
+        try:
+            await self.call(stub.GetRun, summary_pb2.GetRunRequest(run_id=str(run_id)), caller)
+        except NotFound:
+            return False
+        return True

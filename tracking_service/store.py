@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from tracking_service.domain import Cursor, Point
+from tracking_service.privacy import Zone
 
 
 class TrackStore(Protocol):
@@ -27,3 +28,18 @@ class TrackStore(Protocol):
 
     async def points_after(self, run_id: uuid.UUID, after_seq: int, limit: int) -> list[Point]:
         """Up to `limit` points with seq > after_seq, oldest first."""
+
+    async def points_before(self, run_id: uuid.UUID, before_seq: int, limit: int) -> list[Point]:
+        """Up to `limit` points with seq < before_seq, newest first."""
+
+    async def deleted_by(self, run_id: uuid.UUID) -> str | None:
+        """Who deleted the run, if it was deleted."""
+
+    async def mark_deleted(self, run_id: uuid.UUID, user_id: str) -> None: ...
+
+    async def delete_trail(self, run_id: uuid.UUID) -> None:
+        """Removes the run's points, cursor and owner so that no later write brings them back."""
+
+    async def privacy_zones(self, user_id: str) -> list[Zone]: ...
+
+    async def set_privacy_zones(self, user_id: str, zones: Sequence[Zone]) -> None: ...

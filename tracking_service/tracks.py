@@ -1,16 +1,30 @@
-"""The trail's read use cases: where to resume (the cursor) and the trail itself, paged."""
+"""The trail's use cases besides ingest: where to resume, the trail itself (trimmed by privacy
+zones for anyone but its owner), the owner's privacy zones, and deleting a trail for good."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from runtrack_common import page_tokens
-from runtrack_common.errors import NotFound
+from runtrack_common.errors import NotFound, PermissionDenied
+from runtrack_common.identity import Caller, require_self
 from tracking_service.domain import Cursor, Point, page_size
+from tracking_service.privacy import Zone, first_outside, validate_zones
 from tracking_service.store import TrackStore
 
 TRACK_TOKEN = "track"
+# Points read per round trip while looking for the first point outside the owner's zones.
+SCAN_PAGE = 500
+NO_SEQ_ABOVE = 2**32
+
+
+class RunVisibility(Protocol):
+    """Whether the caller may see someone else's run: the dashboard knows which runs are shared."""
+
+    async def visible(self, run_id: uuid.UUID, caller: Caller) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,29 +33,107 @@ class TrackPage:
     next_page_token: str
 
 
-async def known_run(store: TrackStore, run_id: uuid.UUID) -> None:
-    if await store.run_owner(run_id) is None:
-        raise NotFound(f"run_id: no track for run {run_id}", metadata={"run_id": str(run_id)})
+def _no_track(run_id: uuid.UUID) -> NotFound:
+    return NotFound(f"run_id: no track for run {run_id}", metadata={"run_id": str(run_id)})
 
 
-async def cursor(store: TrackStore, run_id: uuid.UUID) -> Cursor:
-    await known_run(store, run_id)
+async def _owner(store: TrackStore, run_id: uuid.UUID) -> str:
+    owner = await store.run_owner(run_id)
+    if owner is None:
+        raise _no_track(run_id)
+    return owner
+
+
+async def cursor(store: TrackStore, caller: Caller, run_id: uuid.UUID) -> Cursor:
+    """The owner's only: anyone else is told the run does not exist."""
+    if await _owner(store, run_id) != caller.user_id:
+        raise _no_track(run_id)
     return await store.cursor(run_id)
 
 
-async def track_page(store: TrackStore, run_id: uuid.UUID, requested_size: int, page_token: str) -> TrackPage:
-    """One page of the trail, oldest point first, after the point the token names."""
-    await known_run(store, run_id)
-    size = page_size(requested_size)
+async def visible_seqs(
+    store: TrackStore, run_id: uuid.UUID, zones: Sequence[Zone], scan_page: int = SCAN_PAGE
+) -> tuple[int, int]:
+    """The seqs [first, last] a non-owner may see: from the first point outside every zone to the
+    last one. (1, 0) when every point is inside a zone."""
+    if not zones:
+        return 1, NO_SEQ_ABOVE
+    first = last = None
     after = 0
+    while first is None:
+        page = await store.points_after(run_id, after, scan_page)
+        if not page:
+            return 1, 0
+        first = first_outside(page, zones)
+        after = page[-1].seq
+    before = NO_SEQ_ABOVE
+    while last is None:
+        page = await store.points_before(run_id, before, scan_page)
+        if not page:  # only when points vanished meanwhile (the run was deleted)
+            return first.seq, first.seq
+        last = first_outside(page, zones)  # there is one: `first` at the latest
+        before = page[-1].seq
+    return first.seq, last.seq
+
+
+async def track_page(
+    store: TrackStore,
+    visibility: RunVisibility,
+    caller: Caller,
+    run_id: uuid.UUID,
+    requested_size: int,
+    page_token: str,
+) -> TrackPage:
+    """One page of the trail, oldest point first. The owner sees every point; anyone else sees a
+    shared run only, without its start and end inside the owner's privacy zones."""
+    owner = await _owner(store, run_id)
+    first, last = 1, NO_SEQ_ABOVE
+    if owner != caller.user_id:
+        if not await visibility.visible(run_id, caller):
+            raise _no_track(run_id)
+        first, last = await visible_seqs(store, run_id, await store.privacy_zones(owner))
+    size = page_size(requested_size)
+    after = first - 1
     if page_token:
         position = page_tokens.decode(page_token, TRACK_TOKEN, str(run_id))
         if len(position) != 1 or not isinstance(position[0], int) or position[0] < 0:
             raise page_tokens.invalid()
-        after = position[0]
-    points = await store.points_after(run_id, after, size + 1)
+        after = max(after, position[0])
+    points = [p for p in await store.points_after(run_id, after, size + 1) if p.seq <= last] if after < last else []
     token = ""
     if len(points) > size:
         points = points[:size]
         token = page_tokens.encode(TRACK_TOKEN, str(run_id), [points[-1].seq])
     return TrackPage(points, token)
+
+
+async def privacy_zones(store: TrackStore, caller: Caller, user_id: str) -> tuple[str, list[Zone]]:
+    user = require_self(user_id, caller)
+    return user, await store.privacy_zones(user)
+
+
+async def set_privacy_zones(
+    store: TrackStore, caller: Caller, user_id: str, zones: Sequence[Zone]
+) -> tuple[str, list[Zone]]:
+    user = require_self(user_id, caller)
+    validate_zones(zones)
+    await store.set_privacy_zones(user, zones)
+    return user, list(zones)
+
+
+async def delete_track(store: TrackStore, caller: Caller, run_id: uuid.UUID) -> bool:
+    """Deletes the run's trail for good; True when the run had one. Safe to repeat: a repeat (or a
+    retry after a partial failure) finishes the job. The run is claimed for the caller first, so
+    that nobody deletes someone else's run, and a later stream for it is refused."""
+    deleted_by = await store.deleted_by(run_id)
+    if deleted_by is not None:
+        if deleted_by != caller.user_id:
+            raise _no_track(run_id)
+        await store.delete_trail(run_id)
+        return True
+    existed = await store.run_owner(run_id) is not None
+    if await store.claim_run(run_id, caller.user_id) != caller.user_id:
+        raise PermissionDenied(f"run_id: run {run_id} belongs to another user", metadata={"run_id": str(run_id)})
+    await store.mark_deleted(run_id, caller.user_id)
+    await store.delete_trail(run_id)
+    return existed

@@ -6,9 +6,11 @@ The dashboard's runs: stored at STOP RUN, listed and summed for the web."""
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +21,30 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _Visibility:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _VisibilityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Visibility.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VISIBILITY_UNSPECIFIED: _Visibility.ValueType  # 0
+    """Not set: a new run is PRIVATE."""
+    PRIVATE: _Visibility.ValueType  # 1
+    """Only the owner sees the run."""
+    PUBLIC: _Visibility.ValueType  # 2
+    """Anyone signed in sees the run and its trail, trimmed by the owner's privacy zones."""
+
+class Visibility(_Visibility, metaclass=_VisibilityEnumTypeWrapper):
+    """Who can see a run besides its owner."""
+
+VISIBILITY_UNSPECIFIED: Visibility.ValueType  # 0
+"""Not set: a new run is PRIVATE."""
+PRIVATE: Visibility.ValueType  # 1
+"""Only the owner sees the run."""
+PUBLIC: Visibility.ValueType  # 2
+"""Anyone signed in sees the run and its trail, trimmed by the owner's privacy zones."""
+Global___Visibility: _TypeAlias = Visibility  # noqa: Y015
 
 @_typing.final
 class RunOverview(_message.Message):
@@ -90,7 +116,7 @@ class StopRunRequest(_message.Message):
     run_id: _builtins.str
     """The run_id the phone chose at START RUN."""
     user_id: _builtins.str
-    """The runner."""
+    """The runner; empty means the caller."""
     @_builtins.property
     def overview(self) -> Global___RunOverview:
         """What the phone computed."""
@@ -123,6 +149,7 @@ class Run(_message.Message):
     AVG_PACE_S_PER_KM_FIELD_NUMBER: _builtins.int
     STOPPED_AT_FIELD_NUMBER: _builtins.int
     TRACK_URL_FIELD_NUMBER: _builtins.int
+    VISIBILITY_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run_id the phone chose at START RUN."""
     user_id: _builtins.str
@@ -131,6 +158,8 @@ class Run(_message.Message):
     """moving_time / distance; 0 when distance is 0."""
     track_url: _builtins.str
     """"/v1/runs/{run_id}/track": the link to the GPS trail."""
+    visibility: Global___Visibility.ValueType
+    """Who can see the run; PRIVATE until the owner shares it."""
     @_builtins.property
     def overview(self) -> Global___RunOverview:
         """What the phone computed, as it sent it."""
@@ -153,14 +182,67 @@ class Run(_message.Message):
         avg_pace_s_per_km: _builtins.float = ...,
         stopped_at: _timestamp_pb2.Timestamp | None = ...,
         track_url: _builtins.str = ...,
+        visibility: Global___Visibility.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["elapsed_time", b"elapsed_time", "overview", b"overview", "stopped_at", b"stopped_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_pace_s_per_km", b"avg_pace_s_per_km", "elapsed_time", b"elapsed_time", "overview", b"overview", "run_id", b"run_id", "stopped_at", b"stopped_at", "track_url", b"track_url", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_pace_s_per_km", b"avg_pace_s_per_km", "elapsed_time", b"elapsed_time", "overview", b"overview", "run_id", b"run_id", "stopped_at", b"stopped_at", "track_url", b"track_url", "user_id", b"user_id", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Run: _TypeAlias = Run  # noqa: Y015
+
+@_typing.final
+class UpdateRunRequest(_message.Message):
+    """Changes a run (AIP-134)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> Global___Run:
+        """The run to change: run_id names it, visibility is the new value."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields to change; only "visibility". Left out: every populated updatable field."""
+
+    def __init__(
+        self,
+        *,
+        run: Global___Run | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateRunRequest: _TypeAlias = UpdateRunRequest  # noqa: Y015
+
+@_typing.final
+class DeleteRunRequest(_message.Message):
+    """Deletes a run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run to delete."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRunRequest: _TypeAlias = DeleteRunRequest  # noqa: Y015
 
 @_typing.final
 class GetRunRequest(_message.Message):
@@ -194,7 +276,7 @@ class ListRunsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
-    """The runner."""
+    """The runner: "me" (or empty) for the caller; another runner's list shows their PUBLIC runs only."""
     page_size: _builtins.int
     """Default 20, capped at 100."""
     page_token: _builtins.str
@@ -252,7 +334,7 @@ class GetUserStatsRequest(_message.Message):
     TIME_ZONE_FIELD_NUMBER: _builtins.int
     WEEKS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
-    """The runner."""
+    """The runner: "me" (or empty) for the caller; nobody else's."""
     time_zone: _builtins.str
     """IANA name; weeks start on Monday in this zone; default "UTC"."""
     weeks: _builtins.int

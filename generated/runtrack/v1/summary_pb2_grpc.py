@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from runtrack.v1 import summary_pb2 as runtrack_dot_v1_dot_summary__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -55,6 +56,16 @@ class SummaryServiceStub:
                 request_serializer=runtrack_dot_v1_dot_summary__pb2.GetUserStatsRequest.SerializeToString,
                 response_deserializer=runtrack_dot_v1_dot_summary__pb2.UserStats.FromString,
                 _registered_method=True)
+        self.UpdateRun = channel.unary_unary(
+                '/runtrack.v1.SummaryService/UpdateRun',
+                request_serializer=runtrack_dot_v1_dot_summary__pb2.UpdateRunRequest.SerializeToString,
+                response_deserializer=runtrack_dot_v1_dot_summary__pb2.Run.FromString,
+                _registered_method=True)
+        self.DeleteRun = channel.unary_unary(
+                '/runtrack.v1.SummaryService/DeleteRun',
+                request_serializer=runtrack_dot_v1_dot_summary__pb2.DeleteRunRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class SummaryServiceServicer:
@@ -89,6 +100,20 @@ class SummaryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateRun(self, request, context):
+        """Shares or hides a run: only `visibility` can change. The owner only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRun(self, request, context):
+        """Deletes a run for good: its dashboard row and its whole trail. The owner only; safe to retry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SummaryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +136,16 @@ def add_SummaryServiceServicer_to_server(servicer, server):
                     servicer.GetUserStats,
                     request_deserializer=runtrack_dot_v1_dot_summary__pb2.GetUserStatsRequest.FromString,
                     response_serializer=runtrack_dot_v1_dot_summary__pb2.UserStats.SerializeToString,
+            ),
+            'UpdateRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRun,
+                    request_deserializer=runtrack_dot_v1_dot_summary__pb2.UpdateRunRequest.FromString,
+                    response_serializer=runtrack_dot_v1_dot_summary__pb2.Run.SerializeToString,
+            ),
+            'DeleteRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRun,
+                    request_deserializer=runtrack_dot_v1_dot_summary__pb2.DeleteRunRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +257,60 @@ class SummaryService:
             '/runtrack.v1.SummaryService/GetUserStats',
             runtrack_dot_v1_dot_summary__pb2.GetUserStatsRequest.SerializeToString,
             runtrack_dot_v1_dot_summary__pb2.UserStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtrack.v1.SummaryService/UpdateRun',
+            runtrack_dot_v1_dot_summary__pb2.UpdateRunRequest.SerializeToString,
+            runtrack_dot_v1_dot_summary__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtrack.v1.SummaryService/DeleteRun',
+            runtrack_dot_v1_dot_summary__pb2.DeleteRunRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

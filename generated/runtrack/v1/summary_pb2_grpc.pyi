@@ -4,6 +4,7 @@ isort:skip_file
 The dashboard's runs: stored at STOP RUN, listed and summed for the web."""
 
 from collections import abc as _abc
+from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
 from runtrack.v1 import summary_pb2 as _summary_pb2
 import abc as _abc_1
@@ -41,6 +42,10 @@ class SummaryServiceStub:
     """A user's runs, newest first."""
     GetUserStats: _grpc.UnaryUnaryMultiCallable[_summary_pb2.GetUserStatsRequest, _summary_pb2.UserStats]
     """Weekly totals in the runner's time zone, and all-time totals."""
+    UpdateRun: _grpc.UnaryUnaryMultiCallable[_summary_pb2.UpdateRunRequest, _summary_pb2.Run]
+    """Shares or hides a run: only `visibility` can change. The owner only."""
+    DeleteRun: _grpc.UnaryUnaryMultiCallable[_summary_pb2.DeleteRunRequest, _empty_pb2.Empty]
+    """Deletes a run for good: its dashboard row and its whole trail. The owner only; safe to retry."""
 
 @_typing.type_check_only
 class SummaryServiceAsyncStub(SummaryServiceStub):
@@ -55,6 +60,10 @@ class SummaryServiceAsyncStub(SummaryServiceStub):
     """A user's runs, newest first."""
     GetUserStats: _aio.UnaryUnaryMultiCallable[_summary_pb2.GetUserStatsRequest, _summary_pb2.UserStats]  # type: ignore[assignment]
     """Weekly totals in the runner's time zone, and all-time totals."""
+    UpdateRun: _aio.UnaryUnaryMultiCallable[_summary_pb2.UpdateRunRequest, _summary_pb2.Run]  # type: ignore[assignment]
+    """Shares or hides a run: only `visibility` can change. The owner only."""
+    DeleteRun: _aio.UnaryUnaryMultiCallable[_summary_pb2.DeleteRunRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Deletes a run for good: its dashboard row and its whole trail. The owner only; safe to retry."""
 
 class SummaryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Stores the overview of a finished run and serves the dashboard."""
@@ -90,5 +99,21 @@ class SummaryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_summary_pb2.UserStats, _abc.Awaitable[_summary_pb2.UserStats]]:
         """Weekly totals in the runner's time zone, and all-time totals."""
+
+    @_abc_1.abstractmethod
+    def UpdateRun(
+        self,
+        request: _summary_pb2.UpdateRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_summary_pb2.Run, _abc.Awaitable[_summary_pb2.Run]]:
+        """Shares or hides a run: only `visibility` can change. The owner only."""
+
+    @_abc_1.abstractmethod
+    def DeleteRun(
+        self,
+        request: _summary_pb2.DeleteRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Deletes a run for good: its dashboard row and its whole trail. The owner only; safe to retry."""
 
 def add_SummaryServiceServicer_to_server(servicer: SummaryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -20,6 +20,158 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class PrivacyZone(_message.Message):
+    """A circle around a place the runner keeps private (home, work)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LATITUDE_FIELD_NUMBER: _builtins.int
+    LONGITUDE_FIELD_NUMBER: _builtins.int
+    RADIUS_M_FIELD_NUMBER: _builtins.int
+    latitude: _builtins.float
+    """WGS84 degrees, [-90, 90]."""
+    longitude: _builtins.float
+    """WGS84 degrees, [-180, 180]."""
+    radius_m: _builtins.float
+    """Metres, 100 to 5000."""
+    def __init__(
+        self,
+        *,
+        latitude: _builtins.float = ...,
+        longitude: _builtins.float = ...,
+        radius_m: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["latitude", b"latitude", "longitude", b"longitude", "radius_m", b"radius_m"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrivacyZone: _TypeAlias = PrivacyZone  # noqa: Y015
+
+@_typing.final
+class GetPrivacyZonesRequest(_message.Message):
+    """Asks for a runner's privacy zones."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The caller, or "me"."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPrivacyZonesRequest: _TypeAlias = GetPrivacyZonesRequest  # noqa: Y015
+
+@_typing.final
+class SetPrivacyZonesRequest(_message.Message):
+    """Replaces a runner's privacy zones."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ZONES_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The caller, or "me"."""
+    @_builtins.property
+    def zones(self) -> _containers.RepeatedCompositeFieldContainer[Global___PrivacyZone]:
+        """At most 10; an empty list removes them all."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        zones: _abc.Iterable[Global___PrivacyZone] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id", "zones", b"zones"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPrivacyZonesRequest: _TypeAlias = SetPrivacyZonesRequest  # noqa: Y015
+
+@_typing.final
+class PrivacyZones(_message.Message):
+    """A runner's privacy zones."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ZONES_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The runner."""
+    @_builtins.property
+    def zones(self) -> _containers.RepeatedCompositeFieldContainer[Global___PrivacyZone]:
+        """The zones, as set."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        zones: _abc.Iterable[Global___PrivacyZone] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id", "zones", b"zones"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrivacyZones: _TypeAlias = PrivacyZones  # noqa: Y015
+
+@_typing.final
+class DeleteTrackRequest(_message.Message):
+    """Asks to delete a run's trail."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run whose trail to delete."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteTrackRequest: _TypeAlias = DeleteTrackRequest  # noqa: Y015
+
+@_typing.final
+class DeleteTrackResponse(_message.Message):
+    """What DeleteTrack found."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXISTED_FIELD_NUMBER: _builtins.int
+    existed: _builtins.bool
+    """Whether the run had a trail (or had one deleted before) on this store."""
+    def __init__(
+        self,
+        *,
+        existed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["existed", b"existed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteTrackResponse: _TypeAlias = DeleteTrackResponse  # noqa: Y015
+
+@_typing.final
 class TrackPoint(_message.Message):
     """One GPS fix as the phone recorded it."""
 
@@ -106,7 +258,7 @@ class RecordTrackRequest(_message.Message):
     run_id: _builtins.str
     """UUID chosen by the phone at START RUN; required in the first message."""
     user_id: _builtins.str
-    """Required in the first message; later messages may omit or repeat it."""
+    """The runner; empty means the caller. Later messages may omit or repeat it."""
     @_builtins.property
     def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrackPoint]:
         """0..1000 points per message."""

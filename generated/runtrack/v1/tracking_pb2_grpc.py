@@ -50,6 +50,21 @@ class TrackingServiceStub:
                 request_serializer=runtrack_dot_v1_dot_tracking__pb2.GetTrackRequest.SerializeToString,
                 response_deserializer=runtrack_dot_v1_dot_tracking__pb2.Track.FromString,
                 _registered_method=True)
+        self.GetPrivacyZones = channel.unary_unary(
+                '/runtrack.v1.TrackingService/GetPrivacyZones',
+                request_serializer=runtrack_dot_v1_dot_tracking__pb2.GetPrivacyZonesRequest.SerializeToString,
+                response_deserializer=runtrack_dot_v1_dot_tracking__pb2.PrivacyZones.FromString,
+                _registered_method=True)
+        self.SetPrivacyZones = channel.unary_unary(
+                '/runtrack.v1.TrackingService/SetPrivacyZones',
+                request_serializer=runtrack_dot_v1_dot_tracking__pb2.SetPrivacyZonesRequest.SerializeToString,
+                response_deserializer=runtrack_dot_v1_dot_tracking__pb2.PrivacyZones.FromString,
+                _registered_method=True)
+        self.DeleteTrack = channel.unary_unary(
+                '/runtrack.v1.TrackingService/DeleteTrack',
+                request_serializer=runtrack_dot_v1_dot_tracking__pb2.DeleteTrackRequest.SerializeToString,
+                response_deserializer=runtrack_dot_v1_dot_tracking__pb2.DeleteTrackResponse.FromString,
+                _registered_method=True)
 
 
 class TrackingServiceServicer:
@@ -77,6 +92,28 @@ class TrackingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPrivacyZones(self, request, context):
+        """The caller's privacy zones: around them, the start and end of every trail are hidden from others.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPrivacyZones(self, request, context):
+        """Replaces the caller's privacy zones; they apply at once to every run, past ones included.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTrack(self, request, context):
+        """Deletes a run's whole trail for good (its points, owner and cursor); a later stream for it is
+        refused. Called by SummaryService.DeleteRun on behalf of the owner; safe to retry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrackingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +131,21 @@ def add_TrackingServiceServicer_to_server(servicer, server):
                     servicer.GetTrack,
                     request_deserializer=runtrack_dot_v1_dot_tracking__pb2.GetTrackRequest.FromString,
                     response_serializer=runtrack_dot_v1_dot_tracking__pb2.Track.SerializeToString,
+            ),
+            'GetPrivacyZones': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPrivacyZones,
+                    request_deserializer=runtrack_dot_v1_dot_tracking__pb2.GetPrivacyZonesRequest.FromString,
+                    response_serializer=runtrack_dot_v1_dot_tracking__pb2.PrivacyZones.SerializeToString,
+            ),
+            'SetPrivacyZones': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPrivacyZones,
+                    request_deserializer=runtrack_dot_v1_dot_tracking__pb2.SetPrivacyZonesRequest.FromString,
+                    response_serializer=runtrack_dot_v1_dot_tracking__pb2.PrivacyZones.SerializeToString,
+            ),
+            'DeleteTrack': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTrack,
+                    request_deserializer=runtrack_dot_v1_dot_tracking__pb2.DeleteTrackRequest.FromString,
+                    response_serializer=runtrack_dot_v1_dot_tracking__pb2.DeleteTrackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +230,87 @@ class TrackingService:
             '/runtrack.v1.TrackingService/GetTrack',
             runtrack_dot_v1_dot_tracking__pb2.GetTrackRequest.SerializeToString,
             runtrack_dot_v1_dot_tracking__pb2.Track.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPrivacyZones(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtrack.v1.TrackingService/GetPrivacyZones',
+            runtrack_dot_v1_dot_tracking__pb2.GetPrivacyZonesRequest.SerializeToString,
+            runtrack_dot_v1_dot_tracking__pb2.PrivacyZones.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPrivacyZones(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtrack.v1.TrackingService/SetPrivacyZones',
+            runtrack_dot_v1_dot_tracking__pb2.SetPrivacyZonesRequest.SerializeToString,
+            runtrack_dot_v1_dot_tracking__pb2.PrivacyZones.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTrack(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtrack.v1.TrackingService/DeleteTrack',
+            runtrack_dot_v1_dot_tracking__pb2.DeleteTrackRequest.SerializeToString,
+            runtrack_dot_v1_dot_tracking__pb2.DeleteTrackResponse.FromString,
             options,
             channel_credentials,
             insecure,

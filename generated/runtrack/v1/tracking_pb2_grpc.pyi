@@ -39,6 +39,14 @@ class TrackingServiceStub:
     """Where to resume after a broken stream."""
     GetTrack: _grpc.UnaryUnaryMultiCallable[_tracking_pb2.GetTrackRequest, _tracking_pb2.Track]
     """The GPS trail of a run, oldest point first, paged."""
+    GetPrivacyZones: _grpc.UnaryUnaryMultiCallable[_tracking_pb2.GetPrivacyZonesRequest, _tracking_pb2.PrivacyZones]
+    """The caller's privacy zones: around them, the start and end of every trail are hidden from others."""
+    SetPrivacyZones: _grpc.UnaryUnaryMultiCallable[_tracking_pb2.SetPrivacyZonesRequest, _tracking_pb2.PrivacyZones]
+    """Replaces the caller's privacy zones; they apply at once to every run, past ones included."""
+    DeleteTrack: _grpc.UnaryUnaryMultiCallable[_tracking_pb2.DeleteTrackRequest, _tracking_pb2.DeleteTrackResponse]
+    """Deletes a run's whole trail for good (its points, owner and cursor); a later stream for it is
+    refused. Called by SummaryService.DeleteRun on behalf of the owner; safe to retry.
+    """
 
 @_typing.type_check_only
 class TrackingServiceAsyncStub(TrackingServiceStub):
@@ -51,6 +59,14 @@ class TrackingServiceAsyncStub(TrackingServiceStub):
     """Where to resume after a broken stream."""
     GetTrack: _aio.UnaryUnaryMultiCallable[_tracking_pb2.GetTrackRequest, _tracking_pb2.Track]  # type: ignore[assignment]
     """The GPS trail of a run, oldest point first, paged."""
+    GetPrivacyZones: _aio.UnaryUnaryMultiCallable[_tracking_pb2.GetPrivacyZonesRequest, _tracking_pb2.PrivacyZones]  # type: ignore[assignment]
+    """The caller's privacy zones: around them, the start and end of every trail are hidden from others."""
+    SetPrivacyZones: _aio.UnaryUnaryMultiCallable[_tracking_pb2.SetPrivacyZonesRequest, _tracking_pb2.PrivacyZones]  # type: ignore[assignment]
+    """Replaces the caller's privacy zones; they apply at once to every run, past ones included."""
+    DeleteTrack: _aio.UnaryUnaryMultiCallable[_tracking_pb2.DeleteTrackRequest, _tracking_pb2.DeleteTrackResponse]  # type: ignore[assignment]
+    """Deletes a run's whole trail for good (its points, owner and cursor); a later stream for it is
+    refused. Called by SummaryService.DeleteRun on behalf of the owner; safe to retry.
+    """
 
 class TrackingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Receives GPS points while a run is in progress and serves the trail back."""
@@ -78,5 +94,31 @@ class TrackingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tracking_pb2.Track, _abc.Awaitable[_tracking_pb2.Track]]:
         """The GPS trail of a run, oldest point first, paged."""
+
+    @_abc_1.abstractmethod
+    def GetPrivacyZones(
+        self,
+        request: _tracking_pb2.GetPrivacyZonesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracking_pb2.PrivacyZones, _abc.Awaitable[_tracking_pb2.PrivacyZones]]:
+        """The caller's privacy zones: around them, the start and end of every trail are hidden from others."""
+
+    @_abc_1.abstractmethod
+    def SetPrivacyZones(
+        self,
+        request: _tracking_pb2.SetPrivacyZonesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracking_pb2.PrivacyZones, _abc.Awaitable[_tracking_pb2.PrivacyZones]]:
+        """Replaces the caller's privacy zones; they apply at once to every run, past ones included."""
+
+    @_abc_1.abstractmethod
+    def DeleteTrack(
+        self,
+        request: _tracking_pb2.DeleteTrackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracking_pb2.DeleteTrackResponse, _abc.Awaitable[_tracking_pb2.DeleteTrackResponse]]:
+        """Deletes a run's whole trail for good (its points, owner and cursor); a later stream for it is
+        refused. Called by SummaryService.DeleteRun on behalf of the owner; safe to retry.
+        """
 
 def add_TrackingServiceServicer_to_server(servicer: TrackingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,76 @@
+"""Calls to the other service's public API through Envoy, on the caller's behalf.
+
+The services stay deployed apart: where one needs the other (GetTrack asks the dashboard whether
+a run is shared; DeleteRun has the tracking service delete the trail), it calls its public gRPC
+API through Envoy with the caller's own token, so the other side applies its own rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from runtrack_common.errors import (
+    FailedPrecondition,
+    Internal,
+    NotFound,
+    PermissionDenied,
+    RunTrackError,
+    Unauthenticated,
+    Unavailable,
+)
+from runtrack_common.identity import Caller
+
+Response = TypeVar("Response")
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+    }
+)
+
+
+def classify(err: grpc.aio.AioRpcError) -> RunTrackError:
+    """The other service's answer, as the error this service passes on."""
+    code, details = err.code(), err.details() or ""
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFound(details)
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDenied(details)
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return FailedPrecondition(details)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return Unauthenticated(details)
+    if code in RETRYABLE:
+        return Unavailable(f"the other RunTrack service is unavailable: {details}", reason="UPSTREAM_UNAVAILABLE")
+    return Internal(f"the other RunTrack service failed: {code.name}", reason="UPSTREAM_FAILED")
+
+
+class PublicApi:
+    """One channel to Envoy, opened on first use."""
+
+    def __init__(self, address: str, timeout_s: float) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self._channel: grpc.aio.Channel | None = None
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.address)
+        return self._channel
+
+    async def call(self, method: Callable[..., Awaitable[Response]], request: Any, caller: Caller) -> Response:
+        try:
+            return await method(request, metadata=(("authorization", caller.authorization),), timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as err:
+            raise classify(err) from err
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
