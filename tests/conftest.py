@@ -7,10 +7,10 @@ import os
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")  # the tests start servers with subprocess
 import uuid
 
-import grpc
 import pytest
 
 from devstack.stack import Stack, test_spec
+from tests.helpers import token_channel
 
 
 @pytest.fixture(scope="session")
@@ -27,9 +27,15 @@ def stack():
 
 
 @pytest.fixture
-async def channel(stack):
-    """A gRPC channel to Envoy's public listener."""
-    async with grpc.aio.insecure_channel(stack.envoy_address) as ch:
+def token(stack, user_id) -> str:
+    """A valid token for `user_id`, signed by the test stack's key."""
+    return stack.issuer.token(user_id)
+
+
+@pytest.fixture
+async def channel(stack, token):
+    """A gRPC channel to Envoy's public listener, signed in as `user_id`."""
+    async with token_channel(stack.envoy_address, token) as ch:
         yield ch
 
 

@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import urllib.error
 import urllib.request
 from typing import Any
 
+import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from runtrack.v1 import tracking_pb2
 
 
-def http_json(base: str, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
-    """(status, parsed JSON body) of one HTTP/1.1 request to Envoy."""
+def http_json(
+    base: str,
+    method: str,
+    path: str,
+    body: dict | None = None,
+    *,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    """(status, parsed JSON body) of one HTTP/1.1 request to Envoy, with `token` as the bearer."""
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(
-        f"http://{base}{path}", data=data, method=method, headers={"content-type": "application/json"}
-    )
+    all_headers = {"content-type": "application/json", **(headers or {})}
+    if token is not None:
+        all_headers["authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(f"http://{base}{path}", data=data, method=method, headers=all_headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read() or b"null")
@@ -47,3 +58,48 @@ def point(seq: int, *, start_ms: int | None = None, **extra: Any) -> tracking_pb
     )
     fields.update(extra)
     return tracking_pb2.TrackPoint(**fields)
+
+
+def token_channel(address: str, token: str) -> grpc.aio.Channel:
+    """A channel that sends `authorization: Bearer <token>` on every call, as a phone does: local
+    credentials (plaintext on loopback, as Envoy listens here) with access-token call credentials."""
+    credentials = grpc.composite_channel_credentials(
+        grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP), grpc.access_token_call_credentials(token)
+    )
+    return grpc.aio.secure_channel(address, credentials)
+
+
+def _with_metadata(details, metadata):
+    return details._replace(metadata=(*(details.metadata or ()), *metadata))
+
+
+class _UnaryMetadata(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.metadata = metadata
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
+        return await continuation(_with_metadata(client_call_details, self.metadata), request)
+
+
+class _StreamMetadata(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.metadata = metadata
+
+    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        return await continuation(_with_metadata(client_call_details, self.metadata), request_iterator)
+
+
+def caller_channel(address: str, user: str) -> grpc.aio.Channel:
+    """A channel straight to a replica that names its caller the way Envoy does (x-runtrack-user)."""
+    metadata = (("x-runtrack-user", user),)
+    return grpc.aio.insecure_channel(address, interceptors=[_UnaryMetadata(metadata), _StreamMetadata(metadata)])
+
+
+def grpcurl(*args: str, token: str | None = None) -> subprocess.CompletedProcess:
+    """grpcurl (plaintext, by reflection), with `token` as the bearer when given."""
+    from devstack import tools
+
+    auth = ["-H", f"authorization: Bearer {token}"] if token else []
+    return subprocess.run(
+        [str(tools.grpcurl()), "-plaintext", *auth, *args], capture_output=True, text=True, timeout=30
+    )

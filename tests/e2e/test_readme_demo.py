@@ -1,6 +1,7 @@
 """The README's demo, run verbatim against the test stack (only Envoy's address differs)."""
 
 import json
+import os
 import re
 import subprocess
 
@@ -14,9 +15,11 @@ def _demo_script() -> str:
 
 
 def test_the_readme_demo_streams_a_run_and_reads_it_back_as_json(stack):
+    # `scripts/dev token` signs with the test stack's key when RUNTRACK_STACK=test.
     script = _demo_script().replace("127.0.0.1:8080", stack.envoy_address)
+    env = dict(os.environ, RUNTRACK_STACK="test")
     out = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+        ["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env
     )
     assert out.returncode == 0, out.stderr
     # grpcurl prints the RecordTrack response (multi-line JSON), then one JSON document per curl.
@@ -25,10 +28,14 @@ def test_the_readme_demo_streams_a_run_and_reads_it_back_as_json(stack):
         doc, end = decoder.raw_decode(text)
         docs.append(doc)
         text = text[end:].strip()
-    recorded, stopped, listed, track, stats = docs
+    recorded, stopped, listed, track, stats, zones, shared, seen_by_bob, refused = docs
     # grpcurl prints proto field names; Envoy's JSON uses lowerCamelCase.
     assert recorded["points_stored"] == 3 and recorded["contiguous_seq"] == 3
     assert stopped["trackUrl"] == f"/v1/runs/{recorded['run_id']}/track"
     assert stopped in listed["runs"]
     assert [p["seq"] for p in track["points"]] == [1, 2, 3]
     assert len(stats["weeks"]) == 4 and stats["totalRuns"] >= 1
+    assert stopped["userId"] == "ada" and zones["zones"][0]["radiusM"] == 150
+    assert shared["visibility"] == "PUBLIC"
+    assert [p["seq"] for p in seen_by_bob["points"]] == [2, 3], "bob saw the point at ada's door"
+    assert refused["code"] == 16 and refused["message"] == "Jwt is missing"

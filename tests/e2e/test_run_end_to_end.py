@@ -10,7 +10,7 @@ from tests.helpers import http_json, point
 
 
 async def test_a_streamed_run_is_on_the_dashboard_at_stop_and_its_trail_reads_back_in_order(
-    stack, channel, run_id, user_id
+    stack, channel, run_id, user_id, token
 ):
     tracking = tracking_pb2_grpc.TrackingServiceStub(channel)
     start_ms = (int(time.time()) - 600) * 1000
@@ -36,31 +36,31 @@ async def test_a_streamed_run_is_on_the_dashboard_at_stop_and_its_trail_reads_ba
         "avgHeartRateBpm": 149.5,
     }
     status, run = http_json(
-        stack.envoy_address, "POST", f"/v1/runs/{run_id}:stop", {"userId": user_id, "overview": overview}
+        stack.envoy_address, "POST", f"/v1/runs/{run_id}:stop", {"userId": user_id, "overview": overview}, token=token
     )
     assert status == 200, run
     assert run["trackUrl"] == f"/v1/runs/{run_id}/track"
     assert run["elapsedTime"] == "119s"
     assert run["avgPaceSPerKm"] == 110 / 0.4025
 
-    status, listed = http_json(stack.envoy_address, "GET", f"/v1/users/{user_id}/runs")
+    status, listed = http_json(stack.envoy_address, "GET", f"/v1/users/{user_id}/runs", token=token)
     assert status == 200
     assert [r["runId"] for r in listed["runs"]] == [run_id]
     assert listed["runs"][0] == run
 
-    trail, token = [], ""
+    trail, next_token = [], ""
     while True:
-        query = f"?pageSize=50&pageToken={token}" if token else "?pageSize=50"
-        status, page = http_json(stack.envoy_address, "GET", run["trackUrl"] + query)
+        query = f"?pageSize=50&pageToken={next_token}" if next_token else "?pageSize=50"
+        status, page = http_json(stack.envoy_address, "GET", run["trackUrl"] + query, token=token)
         assert status == 200, page
         trail += page["points"]
-        token = page["nextPageToken"]
-        if not token:
+        next_token = page["nextPageToken"]
+        if not next_token:
             break
     assert trail == [MessageToDict(p) for p in points]
 
 
-async def test_the_cursor_of_a_run_says_where_to_resume(stack, channel, run_id, user_id):
+async def test_the_cursor_of_a_run_says_where_to_resume(stack, channel, run_id, user_id, token):
     tracking = tracking_pb2_grpc.TrackingServiceStub(channel)
     sent = [point(s) for s in (1, 2, 3, 5, 6)]
 
@@ -69,6 +69,6 @@ async def test_the_cursor_of_a_run_says_where_to_resume(stack, channel, run_id, 
 
     response = await tracking.RecordTrack(messages())
     assert response.contiguous_seq == 3
-    status, cursor = http_json(stack.envoy_address, "GET", f"/v1/runs/{run_id}/cursor")
+    status, cursor = http_json(stack.envoy_address, "GET", f"/v1/runs/{run_id}/cursor", token=token)
     assert status == 200
     assert cursor == {"runId": run_id, "contiguousSeq": 3, "maxSeq": 6, "pointCount": 5}

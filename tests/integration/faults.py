@@ -28,7 +28,7 @@ def new_run(channel, n: int) -> tuple[RunRecorder, list]:
     recorder = RunRecorder(
         channel,
         str(uuid.uuid4()),
-        f"runner-{uuid.uuid4().hex[:8]}",
+        "",  # the caller: the user the channel's token names
         backoff=Backoff(base_s=0.1, cap_s=1.0, max_attempts=200),
     )
     start_ms = (int(time.time()) - 3600) * 1000

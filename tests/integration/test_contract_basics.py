@@ -10,16 +10,16 @@ from tests.helpers import http_json, point
 
 
 @pytest.mark.parametrize("path", ["/v1/runs/{id}", "/v1/runs/{id}/track", "/v1/runs/{id}/cursor"])
-def test_an_unknown_run_is_404_with_a_status_body(stack, path):
-    status, body = http_json(stack.envoy_address, "GET", path.format(id=uuid.uuid4()))
+def test_an_unknown_run_is_404_with_a_status_body(stack, path, token):
+    status, body = http_json(stack.envoy_address, "GET", path.format(id=uuid.uuid4()), token=token)
     assert status == 404
     assert body["code"] == grpc.StatusCode.NOT_FOUND.value[0]
     assert "run" in body["message"]
 
 
 @pytest.mark.parametrize("path", ["/v1/runs/{id}", "/v1/runs/{id}/track", "/v1/runs/{id}/cursor"])
-def test_a_run_id_that_is_not_a_uuid_is_400_naming_the_field(stack, path):
-    status, body = http_json(stack.envoy_address, "GET", path.format(id="not-a-uuid"))
+def test_a_run_id_that_is_not_a_uuid_is_400_naming_the_field(stack, path, token):
+    status, body = http_json(stack.envoy_address, "GET", path.format(id="not-a-uuid"), token=token)
     assert status == 400
     assert body["message"].startswith("run_id: must be a UUID")
 
@@ -37,7 +37,7 @@ async def test_unknown_run_over_grpc_is_not_found(channel):
 
 async def test_a_stream_whose_run_id_is_not_a_uuid_is_invalid_argument(channel):
     async def messages():
-        yield tracking_pb2.RecordTrackRequest(run_id="run-1", user_id="u", points=[point(1)])
+        yield tracking_pb2.RecordTrackRequest(run_id="run-1", points=[point(1)])
 
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await tracking_pb2_grpc.TrackingServiceStub(channel).RecordTrack(messages())
@@ -58,7 +58,7 @@ async def test_bad_points_are_listed_and_good_ones_stored(channel, run_id, user_
     assert [(x.seq, x.reason) for x in r.rejections] == [(2, "latitude: must be a finite number in [-90, 90]")]
 
 
-def test_stop_run_again_with_the_same_overview_returns_the_same_run(stack, run_id, user_id):
+def test_stop_run_again_with_the_same_overview_returns_the_same_run(stack, run_id, user_id, token):
     body = {
         "userId": user_id,
         "overview": {
@@ -69,17 +69,19 @@ def test_stop_run_again_with_the_same_overview_returns_the_same_run(stack, run_i
             "pointCount": 2400,
         },
     }
-    first = http_json(stack.envoy_address, "POST", f"/v1/runs/{run_id}:stop", body)
-    again = http_json(stack.envoy_address, "POST", f"/v1/runs/{run_id}:stop", body)
+    first = http_json(stack.envoy_address, "POST", f"/v1/runs/{run_id}:stop", body, token=token)
+    again = http_json(stack.envoy_address, "POST", f"/v1/runs/{run_id}:stop", body, token=token)
     assert first[0] == again[0] == 200 and first[1] == again[1]
     body["overview"]["distanceM"] = 8001
-    status, err = http_json(stack.envoy_address, "POST", f"/v1/runs/{run_id}:stop", body)
+    status, err = http_json(stack.envoy_address, "POST", f"/v1/runs/{run_id}:stop", body, token=token)
     assert status == 409 and "different overview" in err["message"]
 
 
-def test_weekly_stats_come_back_in_the_asked_zone(stack, user_id):
-    status, stats = http_json(stack.envoy_address, "GET", f"/v1/users/{user_id}/stats?timeZone=Asia/Tokyo&weeks=3")
+def test_weekly_stats_come_back_in_the_asked_zone(stack, user_id, token):
+    status, stats = http_json(
+        stack.envoy_address, "GET", f"/v1/users/{user_id}/stats?timeZone=Asia/Tokyo&weeks=3", token=token
+    )
     assert status == 200
     assert len(stats["weeks"]) == 3 and stats["totalRuns"] == 0
-    status, err = http_json(stack.envoy_address, "GET", f"/v1/users/{user_id}/stats?timeZone=Nowhere/Land")
+    status, err = http_json(stack.envoy_address, "GET", f"/v1/users/{user_id}/stats?timeZone=Nowhere/Land", token=token)
     assert status == 400 and err["message"].startswith("time_zone:")

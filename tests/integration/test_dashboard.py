@@ -13,7 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from runtrack.v1 import summary_pb2, summary_pb2_grpc
 from summary_service.pg_store import apply_migrations
-from tests.helpers import http_json
+from tests.helpers import http_json, token_channel
 
 
 def ts(value: dt.datetime) -> Timestamp:
@@ -51,12 +51,14 @@ async def test_twenty_racing_identical_stop_runs_return_the_same_run(channel, ru
     assert got == runs[0]
 
 
-async def test_stop_run_of_someone_elses_run_is_permission_denied(channel, run_id, user_id):
+async def test_stop_run_of_someone_elses_run_is_permission_denied(stack, channel, run_id, user_id):
     ov = overview(dt.datetime(2026, 3, 2, 8, 0, tzinfo=dt.UTC))
     await stop(channel, run_id, user_id, ov)
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stop(channel, run_id, "mallory", ov)
-    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    async with token_channel(stack.envoy_address, stack.issuer.token("mallory")) as mallory:
+        for claimed in ("", "mallory", user_id):  # as herself, or claiming to be the owner
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stop(mallory, run_id, claimed, ov)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 @pytest.mark.parametrize(
@@ -68,7 +70,7 @@ async def test_stop_run_of_someone_elses_run_is_permission_denied(channel, run_i
         ("movingTime", "7200s", "overview.moving_time: must not be longer than end_time - start_time"),
     ],
 )
-def test_an_invalid_overview_is_400_naming_the_field(stack, run_id, user_id, field, value, message):
+def test_an_invalid_overview_is_400_naming_the_field(stack, run_id, user_id, field, value, message, token):
     ov = {
         "startTime": "2026-03-01T08:00:00Z",
         "endTime": "2026-03-01T08:30:00Z",
@@ -77,13 +79,13 @@ def test_an_invalid_overview_is_400_naming_the_field(stack, run_id, user_id, fie
     }
     ov[field] = value
     status, body = http_json(
-        stack.envoy_address, "POST", f"/v1/runs/{run_id}:stop", {"userId": user_id, "overview": ov}
+        stack.envoy_address, "POST", f"/v1/runs/{run_id}:stop", {"userId": user_id, "overview": ov}, token=token
     )
     assert (status, body["message"]) == (400, message)
-    assert http_json(stack.envoy_address, "GET", f"/v1/runs/{run_id}")[0] == 404
+    assert http_json(stack.envoy_address, "GET", f"/v1/runs/{run_id}", token=token)[0] == 404
 
 
-async def test_list_runs_pages_newest_first_with_ties_broken_by_run_id(stack, channel, user_id):
+async def test_list_runs_pages_newest_first_with_ties_broken_by_run_id(stack, channel, user_id, token):
     base = dt.datetime(2026, 1, 1, 7, 0, tzinfo=dt.UTC)
     starts = [base + dt.timedelta(days=i // 3) for i in range(45)]  # three runs share each start time
     ids = [str(uuid.uuid4()) for _ in starts]
@@ -92,29 +94,32 @@ async def test_list_runs_pages_newest_first_with_ties_broken_by_run_id(stack, ch
         rid for _, rid in sorted(zip(starts, ids, strict=True), key=lambda p: (p[0], uuid.UUID(p[1])), reverse=True)
     ]
 
-    seen, token, pages = [], "", 0
+    seen, next_token, pages = [], "", 0
     while True:
         status, page = http_json(
             stack.envoy_address,
             "GET",
-            f"/v1/users/{user_id}/runs?pageSize=20" + (f"&pageToken={token}" if token else ""),
+            f"/v1/users/{user_id}/runs?pageSize=20" + (f"&pageToken={next_token}" if next_token else ""),
+            token=token,
         )
         assert status == 200
         pages += 1
         seen += [r["runId"] for r in page["runs"]]
-        token = page["nextPageToken"]
-        if not token:
+        next_token = page["nextPageToken"]
+        if not next_token:
             break
     assert seen == expected and pages == 3
-    status, page = http_json(stack.envoy_address, "GET", f"/v1/users/{user_id}/runs")
+    status, page = http_json(stack.envoy_address, "GET", f"/v1/users/{user_id}/runs", token=token)
     assert len(page["runs"]) == 20  # the default page
 
 
 @pytest.mark.parametrize(
-    "token", ["not-a-token", "eyJrIjoicnVucyIsInMiOiJ4IiwicCI6WzEsMl19", "AAAA", "eyJrIjoidHJhY2sifQ"]
+    "page_token", ["not-a-token", "eyJrIjoicnVucyIsInMiOiJ4IiwicCI6WzEsMl19", "AAAA", "eyJrIjoidHJhY2sifQ"]
 )
-def test_a_forged_or_garbled_page_token_is_400(stack, user_id, token):
-    status, body = http_json(stack.envoy_address, "GET", f"/v1/users/{user_id}/runs?pageToken={token}")
+def test_a_forged_or_garbled_page_token_is_400(stack, user_id, token, page_token):
+    status, body = http_json(
+        stack.envoy_address, "GET", f"/v1/users/{user_id}/runs?pageToken={page_token}", token=token
+    )
     assert status == 400
     assert body["message"].startswith("page_token:")
 

@@ -1,6 +1,8 @@
 import subprocess
+from pathlib import Path
 
 from devstack import tools
+from devstack.auth import LocalIssuer
 from devstack.envoy_config import Layout, eds_document, render, to_yaml
 from devstack.paths import DESCRIPTOR_SET, ENVOY_YAML
 
@@ -17,6 +19,8 @@ def test_envoy_validates_the_committed_config(tmp_path):
     (tmp_path / layout.descriptor_set).write_bytes(DESCRIPTOR_SET.read_bytes())
     eds = tmp_path / layout.eds_dir
     eds.mkdir(parents=True)
+    assert layout.auth is not None
+    LocalIssuer(tmp_path / Path(layout.auth.jwks_file).parent).ensure_keys()
     for cluster in layout.clusters:
         (eds / f"{cluster.name}.yaml").write_text(to_yaml(eds_document(cluster.name, [50110])))
     out = subprocess.run(

@@ -20,7 +20,7 @@ from runtrack_client import Backoff, RunRecorder, error_status
 from runtrack_common.config import Settings
 from runtrack_common.errors import Internal
 from summary_service.pg_store import PgRunStore
-from tests.helpers import http_json, point
+from tests.helpers import caller_channel, grpcurl, http_json, point
 from tests.integration.faults import SERVICE, replica_status
 
 RUN_TYPES = {
@@ -34,7 +34,7 @@ def json_details(body: dict) -> dict[str, dict]:
     return {d["@type"].rsplit(".", 1)[1]: d for d in body["details"]}
 
 
-def test_a_bad_stop_run_over_json_is_400_with_a_bad_request_naming_each_field(stack, run_id, user_id):
+def test_a_bad_stop_run_over_json_is_400_with_a_bad_request_naming_each_field(stack, run_id, user_id, token):
     overview = {
         "startTime": "2026-03-01T08:00:00Z",
         "endTime": "2026-03-01T08:30:00Z",
@@ -43,7 +43,7 @@ def test_a_bad_stop_run_over_json_is_400_with_a_bad_request_naming_each_field(st
         "elevationGainM": -1,
     }
     status, body = http_json(
-        stack.envoy_address, "POST", f"/v1/runs/{run_id}:stop", {"userId": user_id, "overview": overview}
+        stack.envoy_address, "POST", f"/v1/runs/{run_id}:stop", {"userId": user_id, "overview": overview}, token=token
     )
     assert status == 400 and body["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     details = json_details(body)
@@ -60,12 +60,12 @@ def test_a_bad_stop_run_over_json_is_400_with_a_bad_request_naming_each_field(st
         ("/v1/runs/{id}", 404, "RUN_NOT_FOUND"),
         ("/v1/runs/{id}/track", 404, "RUN_NOT_FOUND"),
         ("/v1/runs/not-a-uuid", 400, "INVALID_RUN_ID"),
-        ("/v1/users/ada/runs?pageToken=garbled", 400, "INVALID_PAGE_TOKEN"),
-        ("/v1/users/ada/stats?timeZone=Nowhere/Land", 400, "UNKNOWN_TIME_ZONE"),
+        ("/v1/users/me/runs?pageToken=garbled", 400, "INVALID_PAGE_TOKEN"),
+        ("/v1/users/me/stats?timeZone=Nowhere/Land", 400, "UNKNOWN_TIME_ZONE"),
     ],
 )
-def test_every_json_error_is_a_status_body_with_error_info(stack, path, code, reason):
-    status, body = http_json(stack.envoy_address, "GET", path.format(id=uuid.uuid4()))
+def test_every_json_error_is_a_status_body_with_error_info(stack, path, code, reason, token):
+    status, body = http_json(stack.envoy_address, "GET", path.format(id=uuid.uuid4()), token=token)
     assert status == code
     assert {d["@type"] for d in body["details"]} <= RUN_TYPES
     info = json_details(body)["ErrorInfo"]
@@ -106,7 +106,7 @@ async def test_a_statement_the_store_rejects_is_internal_logged_once_and_never_r
         await asyncio.to_thread(session.execute, f"DROP TABLE {keyspace}.track_points", timeout=60)
 
         run_id = str(uuid.uuid4())
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with caller_channel(f"127.0.0.1:{port}", user_id) as channel:
             recorder = RunRecorder(channel, run_id, user_id, backoff=Backoff(0.01, 0.1, 10))
             recorder.record([point(1), point(2), point(3)])
             with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -141,10 +141,12 @@ async def test_postgresql_rejecting_a_statement_is_internal_and_a_timeout_unavai
         await store.close()
 
 
-def _ghz(stack, call: str, data, count: int = 20) -> dict:
+def _ghz(stack, token: str, call: str, data, count: int = 20) -> dict:
     out = subprocess.run(
         [
             str(tools.ghz()),
+            "--metadata",
+            json.dumps({"authorization": f"Bearer {token}"}),
             "--insecure",
             "--call",
             call,
@@ -175,7 +177,7 @@ OVERVIEW = {
 }
 
 
-def test_ghz_calls_record_track_stop_run_and_get_run_through_envoy_by_reflection(stack, user_id):
+def test_ghz_calls_record_track_stop_run_and_get_run_through_envoy_by_reflection(stack, user_id, token):
     # Client streaming: each element of the array is one message of the stream.
     stream = [
         {
@@ -185,22 +187,21 @@ def test_ghz_calls_record_track_stop_run_and_get_run_through_envoy_by_reflection
         },
         {"points": [{"seq": 2, "time": "2025-06-01T07:00:01Z", "latitude": 48.86, "longitude": 2.36}]},
     ]
-    report = _ghz(stack, "runtrack.v1.TrackingService.RecordTrack", stream)
+    report = _ghz(stack, token, "runtrack.v1.TrackingService.RecordTrack", stream)
     assert report["statusCodeDistribution"] == {"OK": 20}, report.get("errorDistribution")
 
     report = _ghz(
-        stack, "runtrack.v1.SummaryService.StopRun", {"run_id": "{{.UUID}}", "user_id": user_id, "overview": OVERVIEW}
+        stack,
+        token,
+        "runtrack.v1.SummaryService.StopRun",
+        {"run_id": "{{.UUID}}", "user_id": user_id, "overview": OVERVIEW},
     )
     assert report["statusCodeDistribution"] == {"OK": 20}, report.get("errorDistribution")
 
-    status, listed = http_json(stack.envoy_address, "GET", f"/v1/users/{user_id}/runs?pageSize=1")
+    status, listed = http_json(stack.envoy_address, "GET", f"/v1/users/{user_id}/runs?pageSize=1", token=token)
     assert status == 200
-    report = _ghz(stack, "runtrack.v1.SummaryService.GetRun", {"run_id": listed["runs"][0]["runId"]})
+    report = _ghz(stack, token, "runtrack.v1.SummaryService.GetRun", {"run_id": listed["runs"][0]["runId"]})
     assert report["statusCodeDistribution"] == {"OK": 20}, report.get("errorDistribution")
-
-
-def _grpcurl(stack, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(tools.grpcurl()), "-plaintext", *args], capture_output=True, text=True, timeout=30)
 
 
 @pytest.mark.parametrize(
@@ -214,13 +215,13 @@ def _grpcurl(stack, *args: str) -> subprocess.CompletedProcess:
     ],
 )
 def test_grpcurl_describes_methods_messages_and_fields_through_envoy(stack, symbol, expect):
-    out = _grpcurl(stack, stack.envoy_address, "describe", symbol)
+    out = grpcurl(stack.envoy_address, "describe", symbol)
     assert out.returncode == 0, out.stderr
     assert expect in out.stdout
 
 
-def test_every_service_grpcurl_lists_through_envoy_can_be_called_through_envoy(stack):
-    listed = _grpcurl(stack, stack.envoy_address, "list").stdout.split()
+def test_every_service_grpcurl_lists_through_envoy_can_be_called_through_envoy(stack, token):
+    listed = grpcurl(stack.envoy_address, "list").stdout.split()
     calls = {
         "grpc.health.v1.Health": ("grpc.health.v1.Health/Check", "{}"),
         "grpc.reflection.v1alpha.ServerReflection": None,  # what `list` itself just used
@@ -235,17 +236,17 @@ def test_every_service_grpcurl_lists_through_envoy_can_be_called_through_envoy(s
         if calls[service] is None:
             continue
         method, body = calls[service]
-        out = _grpcurl(stack, "-d", body, stack.envoy_address, method)
+        out = grpcurl("-d", body, stack.envoy_address, method, token=token)
         assert "Unimplemented" not in out.stderr, (service, out.stderr)
         assert out.returncode == 0 or "NotFound" in out.stderr, (service, out.stderr)
-    health = _grpcurl(stack, "-d", "{}", stack.envoy_address, "grpc.health.v1.Health/Check")
+    health = grpcurl("-d", "{}", stack.envoy_address, "grpc.health.v1.Health/Check")
     assert json.loads(health.stdout) == {"status": "SERVING"}
 
 
-async def test_a_stop_run_error_over_grpc_carries_the_same_details_as_over_json(channel, run_id):
+async def test_a_stop_run_error_over_grpc_carries_the_same_details_as_over_json(channel):
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await summary_pb2_grpc.SummaryServiceStub(channel).StopRun(summary_pb2.StopRunRequest(run_id=run_id))
+        await summary_pb2_grpc.SummaryServiceStub(channel).StopRun(summary_pb2.StopRunRequest(run_id="run-1"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     bad = error_details_pb2.BadRequest()
     assert any(d.Unpack(bad) for d in error_status(err.value).details)
-    assert [v.field for v in bad.field_violations] == ["user_id", "overview"]
+    assert [v.field for v in bad.field_violations] == ["run_id", "overview"]

@@ -18,7 +18,7 @@ from google.rpc import error_details_pb2
 
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from runtrack_client import Backoff, RunRecorder, error_status
-from tests.helpers import http_json, point
+from tests.helpers import caller_channel, http_json, point
 from tests.integration.faults import busiest_replica, new_run, paced, peak_rss_mb, report, stored_trail, wait_status
 
 
@@ -38,7 +38,9 @@ def retry_info(err: grpc.aio.AioRpcError) -> tuple[str, float]:
 async def assert_outage_is_retryable(stack, channel, run_id: str) -> None:
     """With the store down: 503 with RetryInfo over JSON, UNAVAILABLE with RetryInfo over gRPC,
     from Envoy (no healthy replica) and from a replica asked directly (its store unavailable)."""
-    status, body = await asyncio.to_thread(http_json, stack.envoy_address, "GET", f"/v1/runs/{run_id}/track")
+    status, body = await asyncio.to_thread(
+        http_json, stack.envoy_address, "GET", f"/v1/runs/{run_id}/track", token=stack.issuer.token("runner")
+    )
     assert status == 503 and body["code"] == grpc.StatusCode.UNAVAILABLE.value[0], body
     details = {d["@type"].rsplit(".", 1)[1]: d for d in body["details"]}
     assert details["RetryInfo"]["retryDelay"] == "1s" and details["ErrorInfo"]["reason"] == "NO_HEALTHY_REPLICA"
@@ -46,7 +48,7 @@ async def assert_outage_is_retryable(stack, channel, run_id: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await tracking_pb2_grpc.TrackingServiceStub(channel).GetTrackCursor(request)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE and retry_info(err.value) == ("NO_HEALTHY_REPLICA", 1.0)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.replica_ports()['tracking'][0]}") as direct:
+    async with caller_channel(f"127.0.0.1:{stack.replica_ports()['tracking'][0]}", "runner") as direct:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await tracking_pb2_grpc.TrackingServiceStub(direct).GetTrackCursor(request)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE and retry_info(err.value)[0] == "STORE_UNAVAILABLE"
@@ -118,18 +120,16 @@ def overview(i: int) -> summary_pb2.RunOverview:
     )
 
 
-async def test_postgresql_restarted_under_stop_run_traffic_one_row_per_run(stack, channel):
+async def test_postgresql_restarted_under_stop_run_traffic_one_row_per_run(stack, channel, user_id):
     summary = summary_pb2_grpc.SummaryServiceStub(channel)
     await asyncio.to_thread(stack.pg.stop)
     try:
         await wait_status(stack, "summary", "NOT_SERVING", timeout=20)
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await summary.StopRun(
-                summary_pb2.StopRunRequest(run_id=str(uuid.uuid4()), user_id="u", overview=overview(0))
-            )
+            await summary.StopRun(summary_pb2.StopRunRequest(run_id=str(uuid.uuid4()), overview=overview(0)))
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
-        user = f"runner-{uuid.uuid4().hex[:8]}"
+        user = user_id
         recorders = [RunRecorder(channel, str(uuid.uuid4()), user, backoff=Backoff(0.1, 1.0, 200)) for _ in range(30)]
         stops = [asyncio.create_task(r.stop(overview(i))) for i, r in enumerate(recorders)]
         await asyncio.sleep(2.0)
@@ -161,7 +161,7 @@ async def test_a_replica_stopped_with_sigterm_flushes_its_streams_and_ends_them_
     stack, channel, run_id, user_id
 ):
     victim = stack.replica_ports()["tracking"][1]
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{victim}") as direct:
+    async with caller_channel(f"127.0.0.1:{victim}", user_id) as direct:
         call = tracking_pb2_grpc.TrackingServiceStub(direct).RecordTrack()
         await call.write(tracking_pb2.RecordTrackRequest(run_id=run_id, user_id=user_id, points=[point(1), point(2)]))
         runs = [new_run(channel, 120) for _ in range(4)]

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from runtrack.v1 import tracking_pb2, tracking_pb2_grpc
-from tests.helpers import point
+from tests.helpers import point, token_channel
 from tests.integration.faults import SERVICE, peak_rss_mb, replica_status, report, stored_trail
 
 RECORD = "/runtrack.v1.TrackingService/RecordTrack"
@@ -63,11 +63,12 @@ async def test_a_user_id_that_changes_mid_stream_is_invalid_argument(channel, ru
     assert [p.seq for p in await stored_trail(channel, run_id)] == [1]
 
 
-async def test_a_missing_user_id_and_an_empty_stream_are_invalid_argument(channel, run_id):
-    assert (
-        await expect_status(channel, grpc.StatusCode.INVALID_ARGUMENT, tracking_pb2.RecordTrackRequest(run_id=run_id))
-    ) == "user_id: is required in the first message"
+async def test_an_empty_stream_is_invalid_argument_and_a_missing_user_id_means_the_caller(channel, run_id, user_id):
     assert "run_id" in await expect_status(channel, grpc.StatusCode.INVALID_ARGUMENT)
+    r = await record(channel, tracking_pb2.RecordTrackRequest(run_id=run_id, points=[point(1)]))
+    assert r.points_stored == 1
+    again = await record(channel, tracking_pb2.RecordTrackRequest(run_id=run_id, user_id=user_id, points=[point(2)]))
+    assert again.contiguous_seq == 2, "the run was not bound to the caller"
 
 
 async def test_more_than_1000_points_in_one_message_is_invalid_argument(channel, run_id, user_id):
@@ -81,14 +82,22 @@ async def test_more_than_1000_points_in_one_message_is_invalid_argument(channel,
     assert [p.seq for p in await stored_trail(channel, run_id)] == [1]
 
 
-async def test_a_run_of_another_user_is_permission_denied_and_keeps_its_points(channel, run_id, user_id):
+async def test_a_run_of_another_user_is_permission_denied_and_keeps_its_points(stack, channel, run_id, user_id):
     await record(channel, tracking_pb2.RecordTrackRequest(run_id=run_id, user_id=user_id, points=[point(1)]))
-    details = await expect_status(
-        channel,
-        grpc.StatusCode.PERMISSION_DENIED,
-        tracking_pb2.RecordTrackRequest(run_id=run_id, user_id="mallory", points=[point(2)]),
-    )
-    assert "belongs to another user" in details
+    async with token_channel(stack.envoy_address, stack.issuer.token("mallory")) as mallory:
+        for claimed in ("", "mallory"):  # mallory writing into the run as herself
+            details = await expect_status(
+                mallory,
+                grpc.StatusCode.PERMISSION_DENIED,
+                tracking_pb2.RecordTrackRequest(run_id=run_id, user_id=claimed, points=[point(2)]),
+            )
+            assert "belongs to another user" in details
+        details = await expect_status(  # or naming the owner
+            mallory,
+            grpc.StatusCode.PERMISSION_DENIED,
+            tracking_pb2.RecordTrackRequest(run_id=run_id, user_id=user_id, points=[point(2)]),
+        )
+        assert "is not the caller" in details
     assert [p.seq for p in await stored_trail(channel, run_id)] == [1]
 
 
@@ -174,7 +183,7 @@ async def test_garbage_on_the_socket_is_dropped_and_everything_stays_serving(sta
             except OSError:
                 pass
     await all_tracking_serving(stack)
-    r = await record(channel, tracking_pb2.RecordTrackRequest(run_id=str(uuid.uuid4()), user_id="u", points=[point(1)]))
+    r = await record(channel, tracking_pb2.RecordTrackRequest(run_id=str(uuid.uuid4()), points=[point(1)]))
     assert r.points_stored == 1
 
 
@@ -251,5 +260,5 @@ async def test_a_truncated_grpc_frame_ends_the_stream_and_everything_stays_servi
     ended = await asyncio.to_thread(_truncated_grpc_call, port)
     assert ended & {"trailers", "reset"}, f"stream 1 was not ended cleanly: {ended}"
     await all_tracking_serving(stack)
-    r = await record(channel, tracking_pb2.RecordTrackRequest(run_id=str(uuid.uuid4()), user_id="u", points=[point(1)]))
+    r = await record(channel, tracking_pb2.RecordTrackRequest(run_id=str(uuid.uuid4()), points=[point(1)]))
     assert r.points_stored == 1

@@ -2,14 +2,13 @@
 
 import asyncio
 import json
-import subprocess
 import uuid
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from devstack import tools
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
+from tests.helpers import grpcurl
 
 SERVICE = {"tracking": "runtrack.v1.TrackingService", "summary": "runtrack.v1.SummaryService"}
 
@@ -25,22 +24,20 @@ async def test_every_replica_serves_health_for_overall_and_its_own_service(stack
                     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def _grpcurl(stack, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(tools.grpcurl()), "-plaintext", *args], capture_output=True, text=True, timeout=30)
-
-
 def test_grpcurl_lists_every_service_through_envoy(stack):
-    out = _grpcurl(stack, stack.envoy_address, "list")
+    out = grpcurl(stack.envoy_address, "list")
     assert out.returncode == 0, out.stderr
     assert {"runtrack.v1.TrackingService", "runtrack.v1.SummaryService"} <= set(out.stdout.split())
 
 
-def test_grpcurl_calls_a_method_through_envoy_by_reflection(stack):
+def test_grpcurl_calls_a_method_through_envoy_by_reflection(stack, token):
     rid = str(uuid.uuid4())
-    out = _grpcurl(stack, "-d", json.dumps({"run_id": rid}), stack.envoy_address, "runtrack.v1.SummaryService/GetRun")
+    out = grpcurl(
+        "-d", json.dumps({"run_id": rid}), stack.envoy_address, "runtrack.v1.SummaryService/GetRun", token=token
+    )
     assert out.returncode != 0
     assert "NotFound" in out.stderr and rid in out.stderr
-    out = _grpcurl(stack, stack.envoy_address, "describe", "runtrack.v1.TrackPoint")
+    out = grpcurl(stack.envoy_address, "describe", "runtrack.v1.TrackPoint")
     assert out.returncode == 0 and "heart_rate_bpm" in out.stdout
 
 

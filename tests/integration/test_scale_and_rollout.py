@@ -13,7 +13,7 @@ async def unary_traffic(channel, stop: asyncio.Event, failures: list, calls: lis
     """Plain calls through Envoy, no client retries: every one must succeed (or be NOT_FOUND)."""
     summary = summary_pb2_grpc.SummaryServiceStub(channel)
     tracking = tracking_pb2_grpc.TrackingServiceStub(channel)
-    user = f"runner-{uuid.uuid4().hex[:8]}"
+    user = "me"
     i = 0
     while not stop.is_set():
         i += 1

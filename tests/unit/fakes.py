@@ -1,20 +1,25 @@
-"""In-memory stores for unit tests of the use cases."""
+"""In-memory stores (and the other service's API) for unit tests of the use cases."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Sequence
 
-from summary_service.domain import Overview, Run, UserTotals
+from runtrack_common.identity import Caller
+from summary_service.domain import Overview, Run, UserTotals, Visibility
 from tracking_service.domain import Cursor, Point, cursor_from_seqs
+from tracking_service.privacy import Zone
 
 
 class FakeTrackStore:
     def __init__(self, *, write_delay: float = 0.0) -> None:
         self.points: dict[uuid.UUID, dict[int, Point]] = {}
         self.owners: dict[uuid.UUID, str] = {}
+        self.deleted: dict[uuid.UUID, str] = {}
+        self.zones: dict[str, list[Zone]] = {}
         self.write_delay = write_delay
         # What a write raises instead of storing (an outage, a rejected statement, a bug).
         self.fail_with: Exception | None = None
@@ -40,6 +45,8 @@ class FakeTrackStore:
             if self.fail_with is not None:
                 raise self.fail_with
             self.batches.append(len(points))
+            if run_id in self.deleted:
+                return  # shadowed by the deletion, as in the CQL store
             stored = self.points.setdefault(run_id, {})
             for p in points:
                 stored[p.seq] = p
@@ -53,16 +60,39 @@ class FakeTrackStore:
         stored = self.points.get(run_id, {})
         return [stored[s] for s in sorted(stored) if s > after_seq][:limit]
 
+    async def points_before(self, run_id: uuid.UUID, before_seq: int, limit: int) -> list[Point]:
+        stored = self.points.get(run_id, {})
+        return [stored[s] for s in sorted(stored, reverse=True) if s < before_seq][:limit]
+
+    async def deleted_by(self, run_id: uuid.UUID) -> str | None:
+        return self.deleted.get(run_id)
+
+    async def mark_deleted(self, run_id: uuid.UUID, user_id: str) -> None:
+        self.deleted[run_id] = user_id
+
+    async def delete_trail(self, run_id: uuid.UUID) -> None:
+        self.points.pop(run_id, None)
+        self.owners.pop(run_id, None)
+
+    async def privacy_zones(self, user_id: str) -> list[Zone]:
+        return list(self.zones.get(user_id, []))
+
+    async def set_privacy_zones(self, user_id: str, zones: Sequence[Zone]) -> None:
+        self.zones[user_id] = list(zones)
+
 
 class FakeRunStore:
     def __init__(self) -> None:
         self.runs: dict[uuid.UUID, Run] = {}
+        self.deleted: dict[uuid.UUID, str] = {}
 
     async def ensure_ready(self) -> None: ...
 
     async def close(self) -> None: ...
 
-    async def insert_run(self, run_id: uuid.UUID, user_id: str, overview: Overview) -> tuple[Run, bool]:
+    async def insert_run(self, run_id: uuid.UUID, user_id: str, overview: Overview) -> tuple[Run | None, bool]:
+        if run_id in self.deleted:
+            return None, False
         if run_id in self.runs:
             return self.runs[run_id], False
         now_us = int(dt.datetime.now(dt.UTC).timestamp() * 1e6)
@@ -72,9 +102,15 @@ class FakeRunStore:
     async def get_run(self, run_id: uuid.UUID) -> Run | None:
         return self.runs.get(run_id)
 
-    async def list_runs(self, user_id: str, after, limit: int) -> list[Run]:
+    async def list_runs(
+        self, user_id: str, after: tuple[int, uuid.UUID] | None, limit: int, *, public_only: bool = False
+    ) -> list[Run]:
         mine = sorted(
-            (r for r in self.runs.values() if r.user_id == user_id),
+            (
+                r
+                for r in self.runs.values()
+                if r.user_id == user_id and (not public_only or r.visibility == Visibility.PUBLIC)
+            ),
             key=lambda r: (r.overview.start_us, r.run_id),
             reverse=True,
         )
@@ -82,5 +118,44 @@ class FakeRunStore:
             mine = [r for r in mine if (r.overview.start_us, r.run_id) < after]
         return mine[:limit]
 
+    async def set_visibility(self, run_id: uuid.UUID, visibility: Visibility) -> Run | None:
+        if run_id not in self.runs:
+            return None
+        self.runs[run_id] = dataclasses.replace(self.runs[run_id], visibility=visibility)
+        return self.runs[run_id]
+
+    async def delete_run(self, run_id: uuid.UUID, user_id: str) -> None:
+        self.runs.pop(run_id, None)
+        self.deleted.setdefault(run_id, user_id)
+
+    async def deleted_by(self, run_id: uuid.UUID) -> str | None:
+        return self.deleted.get(run_id)
+
     async def user_stats(self, user_id: str, time_zone: str, weeks: int) -> UserTotals:
         raise NotImplementedError("computed by PostgreSQL; covered by the integration tests")
+
+
+class FakeTracksApi:
+    """The tracking service's DeleteTrack, over a FakeTrackStore; `fail_with` makes it fail."""
+
+    def __init__(self, tracks: FakeTrackStore) -> None:
+        self.tracks = tracks
+        self.fail_with: Exception | None = None
+
+    async def delete_trail(self, run_id: uuid.UUID, caller: Caller) -> bool:
+        from tracking_service import tracks
+
+        if self.fail_with is not None:
+            raise self.fail_with
+        return await tracks.delete_track(self.tracks, caller, run_id)
+
+
+class FakeRunsApi:
+    """The dashboard's GetRun as the tracking service asks it: is this run visible to the caller?"""
+
+    def __init__(self, runs: FakeRunStore) -> None:
+        self.runs = runs
+
+    async def visible(self, run_id: uuid.UUID, caller: Caller) -> bool:
+        run = self.runs.runs.get(run_id)
+        return run is not None and run.readable_by(caller.user_id)

@@ -21,7 +21,8 @@ from runtrack_common.config import Settings
 from runtrack_common.errors import Internal, Unavailable
 from runtrack_common.serving import API_SERVICE_NAMES, add_reflection
 from summary_service.servicer import SummaryServicer
-from tests.unit.fakes import FakeRunStore, FakeTrackStore
+from tests.helpers import caller_channel
+from tests.unit.fakes import FakeRunsApi, FakeRunStore, FakeTracksApi, FakeTrackStore
 from tracking_service.servicer import TrackingServicer
 
 
@@ -29,8 +30,8 @@ class Replica:
     def __init__(self) -> None:
         self.tracks = FakeTrackStore()
         self.runs = FakeRunStore()
-        self.tracking = TrackingServicer(self.tracks, Settings(write_linger_ms=5))
-        self.summary = SummaryServicer(self.runs)
+        self.tracking = TrackingServicer(self.tracks, Settings(write_linger_ms=5), FakeRunsApi(self.runs))
+        self.summary = SummaryServicer(self.runs, FakeTracksApi(self.tracks))
         self.server = grpc.aio.server()
         tracking_pb2_grpc.add_TrackingServiceServicer_to_server(self.tracking, self.server)
         summary_pb2_grpc.add_SummaryServiceServicer_to_server(self.summary, self.server)
@@ -49,7 +50,7 @@ async def replica():
 
 @pytest.fixture
 async def channel(replica):
-    async with grpc.aio.insecure_channel(replica.address) as ch:
+    async with caller_channel(replica.address, "ada") as ch:
         yield ch
 
 
@@ -96,12 +97,12 @@ async def test_every_point_field_survives_the_round_trip_through_both_converters
     assert not track.points[0].HasField("altitude_m") and track.points[2].HasField("altitude_m")
 
 
-async def test_a_first_message_with_neither_run_id_nor_user_id_names_both(channel):
+async def test_a_first_message_without_run_id_is_invalid_argument_naming_it(channel):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await record(channel, tracking_pb2.RecordTrackRequest(points=[point(1)]))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     bad = detail(err.value, error_details_pb2.BadRequest)
-    assert [v.field for v in bad.field_violations] == ["run_id", "user_id"]
+    assert [v.field for v in bad.field_violations] == ["run_id"]
 
 
 async def test_a_store_outage_ends_the_stream_unavailable_with_retry_info(replica, channel):
@@ -155,7 +156,7 @@ async def test_stop_run_names_every_broken_rule_of_the_request(channel):
         await summary_pb2_grpc.SummaryServiceStub(channel).StopRun(summary_pb2.StopRunRequest(run_id="nope"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     bad = detail(err.value, error_details_pb2.BadRequest)
-    assert [v.field for v in bad.field_violations] == ["run_id", "user_id", "overview"]
+    assert [v.field for v in bad.field_violations] == ["run_id", "overview"]
 
 
 async def test_an_unexpected_error_in_a_unary_method_is_internal_and_logged_once(replica, channel, caplog, monkeypatch):

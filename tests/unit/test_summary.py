@@ -4,6 +4,7 @@ import uuid
 import pytest
 
 from runtrack_common.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
+from runtrack_common.identity import Caller
 from summary_service import runs
 from summary_service.domain import Overview, list_page_size, stats_weeks, time_zone, validate_overview
 from tests.unit.fakes import FakeRunStore
@@ -65,8 +66,8 @@ def test_time_zone_defaults_to_utc_and_rejects_unknown_names():
 async def test_stop_run_twice_with_same_overview_returns_same_run():
     store = FakeRunStore()
     rid = uuid.uuid4()
-    first = await runs.stop_run(store, rid, "u", overview())
-    again = await runs.stop_run(store, rid, "u", overview())
+    first = await runs.stop_run(store, Caller("u"), rid, "", overview())
+    again = await runs.stop_run(store, Caller("u"), rid, "", overview())
     assert first == again
     assert first.track_url == f"/v1/runs/{rid}/track"
 
@@ -74,22 +75,22 @@ async def test_stop_run_twice_with_same_overview_returns_same_run():
 async def test_stop_run_with_a_different_overview_already_exists():
     store = FakeRunStore()
     rid = uuid.uuid4()
-    await runs.stop_run(store, rid, "u", overview())
+    await runs.stop_run(store, Caller("u"), rid, "", overview())
     with pytest.raises(AlreadyExists):
-        await runs.stop_run(store, rid, "u", overview(distance_m=9_999.0))
+        await runs.stop_run(store, Caller("u"), rid, "", overview(distance_m=9_999.0))
 
 
 async def test_stop_run_of_someone_elses_run_is_denied():
     store = FakeRunStore()
     rid = uuid.uuid4()
-    await runs.stop_run(store, rid, "alice", overview())
+    await runs.stop_run(store, Caller("alice"), rid, "", overview())
     with pytest.raises(PermissionDenied):
-        await runs.stop_run(store, rid, "bob", overview())
+        await runs.stop_run(store, Caller("bob"), rid, "bob", overview())
 
 
 async def test_get_run_of_an_unknown_run_is_not_found():
     with pytest.raises(NotFound):
-        await runs.get_run(FakeRunStore(), uuid.uuid4())
+        await runs.get_run(FakeRunStore(), Caller("u"), uuid.uuid4())
 
 
 async def test_list_runs_pages_newest_first_until_an_empty_token():
@@ -97,15 +98,16 @@ async def test_list_runs_pages_newest_first_until_an_empty_token():
     for i in range(7):
         await runs.stop_run(
             store,
+            Caller("u"),
             uuid.uuid4(),
-            "u",
+            "",
             overview(
                 start_us=1_790_000_000_000_000 + i * HOUR * 24, end_us=1_790_000_000_000_000 + i * HOUR * 24 + HOUR
             ),
         )
     seen, token = [], ""
     while True:
-        page, token = await runs.list_runs(store, "u", 3, token)
+        page, token = await runs.list_runs(store, Caller("u"), "me", 3, token)
         seen += page
         if not token:
             break
@@ -116,13 +118,13 @@ async def test_list_runs_pages_newest_first_until_an_empty_token():
 @pytest.mark.parametrize("token", ["garbage!!", "eyJrIjoicnVucyJ9", "e30"])
 async def test_a_garbled_list_token_is_invalid_argument(token):
     with pytest.raises(InvalidArgument, match="page_token"):
-        await runs.list_runs(FakeRunStore(), "u", 3, token)
+        await runs.list_runs(FakeRunStore(), Caller("u"), "", 3, token)
 
 
 async def test_a_list_token_of_another_user_is_invalid_argument():
     store = FakeRunStore()
     for _ in range(3):
-        await runs.stop_run(store, uuid.uuid4(), "alice", overview())
-    _, token = await runs.list_runs(store, "alice", 1, "")
+        await runs.stop_run(store, Caller("alice"), uuid.uuid4(), "", overview())
+    _, token = await runs.list_runs(store, Caller("alice"), "", 1, "")
     with pytest.raises(InvalidArgument, match="page_token"):
-        await runs.list_runs(store, "bob", 1, token)
+        await runs.list_runs(store, Caller("bob"), "", 1, token)

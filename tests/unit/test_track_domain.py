@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runtrack_common.errors import InvalidArgument
+from runtrack_common.errors import InvalidArgument, PermissionDenied
+from runtrack_common.identity import Caller
 from tracking_service.domain import (
     EARLIEST_TIME_MS,
     FUTURE_SLACK_MS,
@@ -68,17 +69,20 @@ def test_a_point_is_accepted_exactly_when_its_coordinates_and_seq_are_in_range(l
     assert (rejection_reason(valid(latitude=lat, longitude=lon, seq=seq), NOW) is None) == ok
 
 
-def test_the_first_message_needs_a_uuid_run_id_and_a_user_id():
+def test_the_first_message_needs_a_uuid_run_id_and_binds_the_stream_to_the_caller():
     rid = str(uuid.uuid4())
-    assert StreamIdentity.from_first(rid, "u", 0).run_id == uuid.UUID(rid)
+    u = Caller("u")
+    assert StreamIdentity.from_first(rid, "u", 0, u) == StreamIdentity(uuid.UUID(rid), "u")
+    assert StreamIdentity.from_first(rid, "", 0, u).user_id == "u"
+    assert StreamIdentity.from_first(rid, "me", 0, u).user_id == "u"
     with pytest.raises(InvalidArgument, match="run_id: is required"):
-        StreamIdentity.from_first("", "u", 0)
+        StreamIdentity.from_first("", "u", 0, u)
     with pytest.raises(InvalidArgument, match="run_id: must be a UUID"):
-        StreamIdentity.from_first("run-1", "u", 0)
-    with pytest.raises(InvalidArgument, match="user_id: is required"):
-        StreamIdentity.from_first(rid, "", 0)
+        StreamIdentity.from_first("run-1", "u", 0, u)
+    with pytest.raises(PermissionDenied, match="user_id: 'v' is not the caller"):
+        StreamIdentity.from_first(rid, "v", 0, u)
     with pytest.raises(InvalidArgument, match="points: at most 1000 points per message"):
-        StreamIdentity.from_first(rid, "u", 1001)
+        StreamIdentity.from_first(rid, "u", 1001, u)
 
 
 def test_later_messages_may_omit_or_repeat_the_identity_but_never_change_it():
