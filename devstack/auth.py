@@ -14,6 +14,7 @@ from pathlib import Path
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 ISSUER = "https://auth.runtrack.local"
 AUDIENCE = "runtrack"
@@ -28,6 +29,7 @@ class LocalIssuer:
         self.keys_dir = keys_dir
         self.private_key_file = keys_dir / "signing-key.pem"
         self.jwks_file = keys_dir / "jwks.json"
+        self._key: PrivateKeyTypes | None = None
 
     def ensure_keys(self) -> None:
         """Makes the key pair and the JWKS once; later calls leave them alone."""
@@ -51,5 +53,10 @@ class LocalIssuer:
         now = int(time.time())
         claims: dict[str, object] = {"iss": ISSUER, "aud": [AUDIENCE], "sub": user, "iat": now, "exp": now + ttl_s}
         claims.update(overrides)
-        key = serialization.load_pem_private_key(self.private_key_file.read_bytes(), password=None)
-        return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": KEY_ID})  # type: ignore[arg-type]
+        if self._key is None:
+            self._key = serialization.load_pem_private_key(self.private_key_file.read_bytes(), password=None)
+        return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": KEY_ID})  # type: ignore[arg-type]
+
+    def metadata(self, user: str, *, ttl_s: int = 3600) -> tuple[tuple[str, str]]:
+        """gRPC call metadata carrying a token for `user`."""
+        return (("authorization", f"Bearer {self.token(user, ttl_s=ttl_s)}"),)

@@ -5,6 +5,10 @@ scripts/bench dashboard   seeds 10,000 users x 50 runs, then StopRun, GetRun, Li
                           16 concurrent clients, beside the same reads issued straight to PostgreSQL
 scripts/bench ingest      unlogged batches vs concurrent inserts on the CQL store; streams through
                           Envoy (points/s, stream latency); how long until a live point is durable
+scripts/bench auth        the cost of the token check: GetRun and 1-point streams through Envoy with
+                          jwt_authn, against a second Envoy without it (same replicas), interleaved
+
+Every call through Envoy carries a token for its runner, signed by the stack's key.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 import psycopg
@@ -44,7 +48,7 @@ class Result:
     def row(self) -> str:
         lat = sorted(self.latencies_ms)
         p50 = statistics.median(lat)
-        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        p99 = _p99(lat)
         return f"{self.name:34} {len(lat):7d} {len(lat) / self.seconds:9.0f}/s {p50:8.2f} {p99:8.2f}"
 
 
@@ -127,12 +131,15 @@ async def bench_dashboard(stack: Stack, calls: int) -> None:
     url = stack.database_url
     await asyncio.to_thread(seed, url)
     with psycopg.connect(url) as conn:
-        run_ids = [
-            r[0]
-            for r in conn.execute("SELECT run_id FROM runs WHERE user_id LIKE 'bench-%' ORDER BY random() LIMIT 5000")
+        owned = [
+            (str(r[0]), r[1])
+            for r in conn.execute(
+                "SELECT run_id, user_id FROM runs WHERE user_id LIKE 'bench-%' ORDER BY random() LIMIT 5000"
+            )
         ]
     users = [f"bench-{u:05d}" for u in range(BENCH_USERS)]
     rng = random.Random(11)
+    auth = {u: stack.issuer.metadata(u, ttl_s=6 * 3600) for u in users}
     channels = [grpc.aio.insecure_channel(stack.envoy_address) for _ in range(4)]
     stubs = [summary_pb2_grpc.SummaryServiceStub(c) for c in channels]
 
@@ -141,9 +148,10 @@ async def bench_dashboard(stack: Stack, calls: int) -> None:
 
     deep_tokens: dict[str, str] = {}
     for user in users[:300]:
-        page = await s(0).ListRuns(summary_pb2.ListRunsRequest(user_id=user, page_size=20))
+        page = await s(0).ListRuns(summary_pb2.ListRunsRequest(user_id=user, page_size=20), metadata=auth[user])
         page = await s(0).ListRuns(
-            summary_pb2.ListRunsRequest(user_id=user, page_size=20, page_token=page.next_page_token)
+            summary_pb2.ListRunsRequest(user_id=user, page_size=20, page_token=page.next_page_token),
+            metadata=auth[user],
         )
         deep_tokens[user] = page.next_page_token
     deep_users = list(deep_tokens)
@@ -158,16 +166,23 @@ async def bench_dashboard(stack: Stack, calls: int) -> None:
         await drive(
             "StopRun",
             lambda i: s(i).StopRun(
-                summary_pb2.StopRunRequest(run_id=str(uuid.uuid4()), user_id=rng.choice(users), overview=overview())
+                summary_pb2.StopRunRequest(
+                    run_id=str(uuid.uuid4()), user_id=(u := rng.choice(users)), overview=overview()
+                ),
+                metadata=auth[u],
             ),
             calls=calls,
         ),
         await drive(
-            "GetRun", lambda i: s(i).GetRun(summary_pb2.GetRunRequest(run_id=str(rng.choice(run_ids)))), calls=calls
+            "GetRun",
+            lambda i: s(i).GetRun(
+                summary_pb2.GetRunRequest(run_id=(run := rng.choice(owned))[0]), metadata=auth[run[1]]
+            ),
+            calls=calls,
         ),
         await drive(
             "ListRuns first page",
-            lambda i: s(i).ListRuns(summary_pb2.ListRunsRequest(user_id=rng.choice(users))),
+            lambda i: s(i).ListRuns(summary_pb2.ListRunsRequest(user_id=(u := rng.choice(users))), metadata=auth[u]),
             calls=calls,
         ),
         await drive(
@@ -175,21 +190,24 @@ async def bench_dashboard(stack: Stack, calls: int) -> None:
             lambda i: s(i).ListRuns(
                 summary_pb2.ListRunsRequest(
                     user_id=(u := rng.choice(deep_users)), page_size=20, page_token=deep_tokens[u]
-                )
+                ),
+                metadata=auth[u],
             ),
             calls=calls,
         ),
         await drive(
             "GetUserStats 12 weeks",
             lambda i: s(i).GetUserStats(
-                summary_pb2.GetUserStatsRequest(user_id=rng.choice(users), time_zone="Europe/Paris")
+                summary_pb2.GetUserStatsRequest(user_id=(u := rng.choice(users)), time_zone="Europe/Paris"),
+                metadata=auth[u],
             ),
             calls=calls,
         ),
         await drive(
             "GetUserStats 104 weeks",
             lambda i: s(i).GetUserStats(
-                summary_pb2.GetUserStatsRequest(user_id=rng.choice(users), time_zone="Europe/Paris", weeks=104)
+                summary_pb2.GetUserStatsRequest(user_id=(u := rng.choice(users)), time_zone="Europe/Paris", weeks=104),
+                metadata=auth[u],
             ),
             calls=calls,
         ),
@@ -206,7 +224,7 @@ async def bench_dashboard(stack: Stack, calls: int) -> None:
                 await (await conn.execute(query, params)).fetchall()
 
         floor = [
-            await drive("SQL get_run", lambda i: sql(q["get_run"], {"run_id": rng.choice(run_ids)}), calls=calls),
+            await drive("SQL get_run", lambda i: sql(q["get_run"], {"run_id": rng.choice(owned)[0]}), calls=calls),
             await drive(
                 "SQL list_runs_first",
                 lambda i: sql(q["list_runs_first"], {"user_id": rng.choice(users), "limit": 21}),
@@ -313,7 +331,7 @@ async def bench_streams(stack: Stack, streams: int, points: int) -> None:
                 yield req
 
         t0 = time.perf_counter()
-        r = await stub.RecordTrack(gen())
+        r = await stub.RecordTrack(gen(), metadata=stack.issuer.metadata(f"bench-ingest-{i}"))
         latencies.append((time.perf_counter() - t0) * 1000)
         assert r.points_stored == points and r.contiguous_seq == points, r
 
@@ -331,7 +349,8 @@ async def bench_streams(stack: Stack, streams: int, points: int) -> None:
     stub = tracking_pb2_grpc.TrackingServiceStub(channels[0])
     rid = str(uuid.uuid4())
     live = _points(40, start_s)
-    call = stub.RecordTrack()
+    owner = stack.issuer.metadata("bench-durability")
+    call = stub.RecordTrack(metadata=owner)
     delays: list[float] = []
     for k, p in enumerate(live):
         req = tracking_pb2.RecordTrackRequest(points=[p])
@@ -341,7 +360,7 @@ async def bench_streams(stack: Stack, streams: int, points: int) -> None:
         await call.write(req)
         while True:
             try:
-                c = await stub.GetTrackCursor(tracking_pb2.GetTrackCursorRequest(run_id=rid))
+                c = await stub.GetTrackCursor(tracking_pb2.GetTrackCursorRequest(run_id=rid), metadata=owner)
                 if c.contiguous_seq >= p.seq:
                     break
             except grpc.aio.AioRpcError as err:
@@ -377,6 +396,134 @@ async def bench_ingest(stack: Stack, streams: int, points: int) -> None:
     replica_memory(stack)
 
 
+# ---- auth -----------------------------------------------------------------------------------------
+
+
+async def _until_serving(stub: summary_pb2_grpc.SummaryServiceStub, request, metadata, timeout_s: float = 30.0):
+    """Retries `GetRun` until the listener routes it (a new Envoy health-checks its hosts first)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await stub.GetRun(request, metadata=metadata)
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def bench_auth(stack: Stack, calls: int, rounds: int) -> None:
+    """GetRun and 1-point streams through Envoy with jwt_authn, and through a second Envoy on the
+    same replicas without it (the client names itself in x-runtrack-user, as Envoy would), in
+    alternating rounds so both see the same machine."""
+    user = "bench-auth"
+    baseline = replace(
+        stack.spec.layout, auth=None, listen_port=stack.spec.envoy_port + 1, admin_port=stack.spec.envoy_admin_port + 1
+    )
+    pid = stack.start_envoy(baseline, name="envoy-bench-no-auth")
+    variants = {
+        "token checked": (stack.envoy_address, stack.issuer.metadata(user, ttl_s=6 * 3600)),
+        "no token check": (f"127.0.0.1:{baseline.listen_port}", (("x-runtrack-user", user),)),
+    }
+    channels = {label: grpc.aio.insecure_channel(address) for label, (address, _) in variants.items()}
+    try:
+        run_id = str(uuid.uuid4())
+        owner = variants["token checked"][1]
+        tracking = tracking_pb2_grpc.TrackingServiceStub(channels["token checked"])
+        start_s = int(time.time()) - 3600
+        await tracking.RecordTrack(
+            iter([tracking_pb2.RecordTrackRequest(run_id=run_id, points=_points(10, start_s))]), metadata=owner
+        )
+        o = summary_pb2.RunOverview(distance_m=5000, point_count=10)
+        o.start_time.seconds, o.end_time.seconds, o.moving_time.seconds = start_s, start_s + 1800, 1700
+        summary = summary_pb2_grpc.SummaryServiceStub(channels["token checked"])
+        await summary.StopRun(summary_pb2.StopRunRequest(run_id=run_id, overview=o), metadata=owner)
+        get = summary_pb2.GetRunRequest(run_id=run_id)
+        for label, (_, metadata) in variants.items():
+            await _until_serving(summary_pb2_grpc.SummaryServiceStub(channels[label]), get, metadata)
+
+        results: dict[tuple[str, str], Result] = {}
+
+        def merge(r: Result, label: str) -> None:
+            key = (r.name, label)
+            if key in results:
+                results[key].latencies_ms += r.latencies_ms
+                results[key].seconds += r.seconds
+            else:
+                results[key] = r
+
+        async def one_point_stream(stub: tracking_pb2_grpc.TrackingServiceStub, metadata) -> None:
+            request = tracking_pb2.RecordTrackRequest(run_id=str(uuid.uuid4()), points=_points(1, start_s))
+            reply = await stub.RecordTrack(iter([request]), metadata=metadata)
+            assert reply.contiguous_seq == 1, reply
+
+        live = _points(500, start_s)
+
+        async def live_stream(stub: tracking_pb2_grpc.TrackingServiceStub, metadata) -> float:
+            """A phone's live stream: 500 messages of one point; ms per message until all durable."""
+
+            async def messages():
+                yield tracking_pb2.RecordTrackRequest(run_id=str(uuid.uuid4()), points=live[:1])
+                for p in live[1:]:
+                    yield tracking_pb2.RecordTrackRequest(points=[p])
+
+            t0 = time.perf_counter()
+            reply = await stub.RecordTrack(messages(), metadata=metadata)
+            assert reply.contiguous_seq == len(live), reply
+            return (time.perf_counter() - t0) * 1000 / len(live)
+
+        per_message: dict[str, list[float]] = {label: [] for label in variants}
+        for k in range(rounds):
+            say(f"auth: round {k + 1} of {rounds}")
+            for label, (_, metadata) in variants.items():
+                sstub = summary_pb2_grpc.SummaryServiceStub(channels[label])
+                tstub = tracking_pb2_grpc.TrackingServiceStub(channels[label])
+                merge(
+                    await drive(
+                        "GetRun",
+                        lambda i, sstub=sstub, metadata=metadata: sstub.GetRun(get, metadata=metadata),
+                        calls=calls,
+                    ),
+                    label,
+                )
+                merge(
+                    await drive(
+                        "1-point stream (open, 1 point, reply)",
+                        lambda i, tstub=tstub, metadata=metadata: one_point_stream(tstub, metadata),
+                        calls=calls // 4,
+                    ),
+                    label,
+                )
+                per_message[label].append(await live_stream(tstub, metadata))
+    finally:
+        for channel in channels.values():
+            await channel.close()
+        procs.stop(pid, timeout=10)
+
+    print(
+        f"\nauth: through Envoy with jwt_authn (ES256) vs without, same replicas,"
+        f" {rounds} alternating rounds, 16 clients"
+    )
+    print(f"{'':16}{HEADER}")
+    for (_, label), r in results.items():
+        print(f"{label:16}{r.row()}")
+    print("\ncost of the token check (with / without):")
+    for name in dict.fromkeys(name for name, _ in results):
+        with_, without = results[(name, "token checked")], results[(name, "no token check")]
+        p50 = statistics.median(with_.latencies_ms) / statistics.median(without.latencies_ms)
+        p99 = _p99(with_.latencies_ms) / _p99(without.latencies_ms)
+        print(f"  {name:40} p50 x{p50:.2f}  p99 x{p99:.2f}")
+    checked, plain = (statistics.median(v) for v in per_message.values())
+    print(
+        f"  {'live stream, 500 one-point messages':40} {checked:.2f} vs {plain:.2f} ms per message"
+        f" (x{checked / plain:.2f}; the token is checked once, when the stream opens)"
+    )
+
+
+def _p99(latencies: list[float]) -> float:
+    lat = sorted(latencies)
+    return lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -388,6 +535,9 @@ def main(argv: list[str] | None = None) -> int:
     i = sub.add_parser("ingest")
     i.add_argument("--streams", type=int, default=64)
     i.add_argument("--points", type=int, default=2000)
+    a = sub.add_parser("auth")
+    a.add_argument("--calls", type=int, default=2000, help="GetRun calls per round (streams: a quarter)")
+    a.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     stack = Stack(dev_spec())
     stack.up()
@@ -400,6 +550,8 @@ def main(argv: list[str] | None = None) -> int:
             else "closed loop: no pause between calls"
         )
         asyncio.run(bench_dashboard(stack, args.calls))
+    elif args.what == "auth":
+        asyncio.run(bench_auth(stack, args.calls, args.rounds))
     else:
         asyncio.run(bench_ingest(stack, args.streams, args.points))
     if args.what == "dashboard":

@@ -217,11 +217,17 @@ class Stack:
         pid = procs.read_pid(self.envoy_pid_file)
         return pid if procs.alive(pid) else None
 
-    def start_envoy(self) -> None:
-        if self.envoy_pid():
-            return
-        config = self.run_dir / "envoy.yaml"
-        config.write_text(to_yaml(render(self.spec.layout)))
+    def start_envoy(self, layout: Layout | None = None, name: str = "envoy") -> int:
+        """Starts Envoy with the stack's layout (or another one, e.g. the benchmark's listener
+        without token checks, under another `name`) unless it runs; returns its pid."""
+        layout = layout or self.spec.layout
+        pid_file = self.run_dir / f"{name}.pid"
+        running = procs.read_pid(pid_file)
+        if running and procs.alive(running):
+            return running
+        config = self.run_dir / f"{name}.yaml"
+        config.write_text(to_yaml(render(layout)))
+        log = self.spec.logs / f"{name}.log"
         # Envoy ends when the process that started it exits: a shell that waits on it stays its
         # parent, so Envoy outlives `scripts/dev up`.
         pid = procs.start(
@@ -238,19 +244,19 @@ class Stack:
                 "--drain-time-s",
                 "5",
                 "--base-id",
-                str(self.spec.envoy_admin_port),
+                str(layout.admin_port),
             ],
-            log=self.spec.logs / "envoy.log",
-            pid_file=self.envoy_pid_file,
+            log=log,
+            pid_file=pid_file,
             cwd=ROOT,
         )
-        procs.wait_until(
-            "Envoy", lambda: self._admin_get("/ready") == "LIVE", 30, log=self.spec.logs / "envoy.log", pid=pid
-        )
+        admin = f"http://127.0.0.1:{layout.admin_port}"
+        procs.wait_until("Envoy", lambda: self._admin_get("/ready", admin) == "LIVE", 30, log=log, pid=pid)
+        return pid
 
-    def _admin_get(self, path: str) -> str | None:
+    def _admin_get(self, path: str, admin_url: str | None = None) -> str | None:
         try:
-            with urllib.request.urlopen(self.admin_url + path, timeout=2) as resp:
+            with urllib.request.urlopen((admin_url or self.admin_url) + path, timeout=2) as resp:
                 return resp.read().decode().strip()
         except OSError:
             return None
