@@ -346,6 +346,10 @@ def render(layout: Layout = Layout()) -> dict[str, Any]:
         "@type": HCM,
         "stat_prefix": "public",
         "codec_type": "AUTO",
+        # Paths are matched (by jwt_authn's open rules too) as normalised: no dot segments, no "//".
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "REJECT_REQUEST",
         "stream_idle_timeout": f"{layout.stream_idle_timeout_s}s",
         # Small windows, as for an edge proxy: a phone can be at most this far ahead of the
         # replica reading its stream, so a slow store pushes back on the phone, not on memory.

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from runtrack_common import page_tokens
-from runtrack_common.errors import NotFound, PermissionDenied
+from runtrack_common.errors import NotFound
 from runtrack_common.identity import Caller, require_self
 from tracking_service.domain import Cursor, Point, page_size
 from tracking_service.privacy import Zone, first_outside, validate_zones
@@ -133,7 +133,7 @@ async def delete_track(store: TrackStore, caller: Caller, run_id: uuid.UUID) -> 
         return True
     existed = await store.run_owner(run_id) is not None
     if await store.claim_run(run_id, caller.user_id) != caller.user_id:
-        raise PermissionDenied(f"run_id: run {run_id} belongs to another user", metadata={"run_id": str(run_id)})
+        raise _no_track(run_id)  # someone else's trail: as for the cursor, its existence is not revealed
     await store.mark_deleted(run_id, caller.user_id)
     await store.delete_trail(run_id)
     return existed

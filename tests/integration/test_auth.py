@@ -266,3 +266,30 @@ async def test_health_and_reflection_stay_open_without_a_token(stack):
     assert listed.returncode == 0 and "runtrack.v1.SummaryService" in listed.stdout
     refused = grpcurl("-d", "{}", stack.envoy_address, "runtrack.v1.SummaryService/ListRuns")
     assert refused.returncode != 0 and "Unauthenticated" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    "path, code",
+    [
+        # Normalised before the token check: the API's own path, which needs a token.
+        ("/grpc.health.v1.Health/../runtrack.v1.SummaryService/ListRuns", grpc.StatusCode.UNAUTHENTICATED),
+        (
+            "/grpc.reflection.v1.ServerReflection/%2E%2E/runtrack.v1.SummaryService/ListRuns",
+            grpc.StatusCode.UNAUTHENTICATED,
+        ),
+        ("//runtrack.v1.SummaryService/ListRuns", grpc.StatusCode.UNAUTHENTICATED),
+        # An escaped slash is refused outright (HTTP 400, which gRPC reads as INTERNAL).
+        ("/grpc.health.v1.Health%2F..%2Fruntrack.v1.SummaryService/ListRuns", grpc.StatusCode.INTERNAL),
+    ],
+)
+async def test_an_open_path_with_dot_segments_or_escaped_slashes_opens_nothing(stack, user_id, path, code):
+    """A path that starts like health or reflection but names the API, with a spoofed caller."""
+    async with grpc.aio.insecure_channel(stack.envoy_address) as anonymous:
+        call = anonymous.unary_unary(
+            path,
+            request_serializer=summary_pb2.ListRunsRequest.SerializeToString,
+            response_deserializer=summary_pb2.ListRunsResponse.FromString,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call(summary_pb2.ListRunsRequest(user_id=user_id), metadata=(("x-runtrack-user", user_id),))
+    assert err.value.code() == code, err.value.details()
