@@ -158,6 +158,9 @@ async def test_changing_deleting_or_reading_the_stats_of_someone_elses_runs_is_r
         assert await code_of(call) == grpc.StatusCode.PERMISSION_DENIED
     write = record(mallory, run_id, [point(2)])
     assert await code_of(write) == grpc.StatusCode.PERMISSION_DENIED
+    # DeleteTrack, the method DeleteRun calls, asked directly: someone else's trail does not exist.
+    erase = tracking.DeleteTrack(tracking_pb2.DeleteTrackRequest(run_id=run_id))
+    assert await code_of(erase) == grpc.StatusCode.NOT_FOUND
     # Over JSON.
     bob = stack.issuer.token("bob")
     for method, path, body, want in (
