@@ -32,6 +32,9 @@ JWT_AUTHN = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtA
 HEADER_MUTATION = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
 # The verified caller, as Envoy hands it to the replicas.
 CALLER_HEADER = "x-runtrack-user"
+FILTER_CONFIG = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
+COMPRESSOR = "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor"
+GZIP = "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip"
 HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 # Unary calls are safe to repeat (StopRun is idempotent by contract): retry them on another replica.
 RETRY_ON = "unavailable,reset,connect-failure,refused-stream"
@@ -59,6 +62,28 @@ class Route:
     # Bounds a long stream when timeout_s is 0.
     max_stream_s: int | None = None
     retries: int = 0
+
+
+@dataclass(frozen=True)
+class StaticFile:
+    """A file Envoy itself serves at `path` (the web page, the OpenAPI document): read when Envoy
+    loads its configuration, so a rebuilt page is served after Envoy restarts."""
+
+    path: str
+    file: str
+    content_type: str
+
+
+STATIC_FILES = (
+    StaticFile("/", "web/dist/index.html", "text/html; charset=utf-8"),
+    StaticFile("/index.html", "web/dist/index.html", "text/html; charset=utf-8"),
+    StaticFile("/assets/app.js", "web/dist/assets/app.js", "application/javascript; charset=utf-8"),
+    StaticFile("/assets/app.css", "web/dist/assets/app.css", "text/css; charset=utf-8"),
+    StaticFile("/openapi.json", "generated/openapi.json", "application/json"),
+)
+TRANSCODED_RESPONSE_MAX_BYTES = 16 * 1024 * 1024
+# Envoy keeps a direct response's body in memory; the page's bundle is a few hundred KB.
+MAX_STATIC_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -169,6 +194,7 @@ class Layout:
         )
     )
     local_replies: tuple[LocalReply, ...] = LOCAL_REPLIES
+    static_files: tuple[StaticFile, ...] = STATIC_FILES
     # None: no token check at all (a second listener for the benchmark's baseline only).
     auth: Auth | None = field(default_factory=Auth)
 
@@ -194,6 +220,42 @@ def _route(r: Route) -> dict[str, Any]:
             "host_selection_retry_max_attempts": 3,
         }
     return {"match": {"prefix": r.prefix}, "route": action}
+
+
+def _static_route(f: StaticFile) -> dict[str, Any]:
+    """Served by Envoy itself; the transcoder (which refuses paths it cannot map) is off here."""
+    return {
+        "match": {"path": f.path},
+        "direct_response": {"status": 200, "body": {"filename": f.file}},
+        "response_headers_to_add": [
+            {"header": {"key": "content-type", "value": f.content_type}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
+            {"header": {"key": "cache-control", "value": "no-cache"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
+        ],
+        "typed_per_filter_config": {
+            "envoy.filters.http.grpc_json_transcoder": {"@type": FILTER_CONFIG, "disabled": True}
+        },
+    }
+
+
+def _compressor() -> dict[str, Any]:
+    """gzip for the page, its bundle and JSON answers (Envoy's default content types: html, css,
+    javascript, json...), when the client accepts it."""
+    return {
+        "name": "envoy.filters.http.compressor",
+        "typed_config": {
+            "@type": COMPRESSOR,
+            "response_direction_config": {"common_config": {"min_content_length": 1024}},
+            "compressor_library": {
+                "name": "gzip",
+                "typed_config": {
+                    "@type": GZIP,
+                    "memory_level": 8,
+                    "window_bits": 15,
+                    "compression_level": "BEST_SPEED",
+                },
+            },
+        },
+    }
 
 
 # A JSON call: not gRPC (before the transcoder, e.g. refused by jwt_authn), or transcoded (the
@@ -341,6 +403,9 @@ def render(layout: Layout = Layout()) -> dict[str, Any]:
         "convert_grpc_status": True,
         "print_options": {"always_print_primitive_fields": True},
         "request_validation_options": {"reject_unknown_method": True, "reject_unknown_query_parameters": True},
+        # A whole GetTrack page (10,000 points, ~1 MB as protobuf) is transcoded at once; the default
+        # limit is the connection's buffer (256 KiB here), which refused pages over ~2,500 points.
+        "max_response_body_size": TRANSCODED_RESPONSE_MAX_BYTES,
     }
     hcm = {
         "@type": HCM,
@@ -361,9 +426,17 @@ def render(layout: Layout = Layout()) -> dict[str, Any]:
         "local_reply_config": {"mappers": [m for r in layout.local_replies for m in _local_replies(r)]},
         "route_config": {
             "name": "runtrack",
-            "virtual_hosts": [{"name": "runtrack", "domains": ["*"], "routes": [_route(r) for r in layout.routes]}],
+            "max_direct_response_body_size_bytes": MAX_STATIC_BYTES,
+            "virtual_hosts": [
+                {
+                    "name": "runtrack",
+                    "domains": ["*"],
+                    "routes": [*(_static_route(f) for f in layout.static_files), *(_route(r) for r in layout.routes)],
+                }
+            ],
         },
         "http_filters": [
+            _compressor(),
             *(_auth_filters(layout.auth) if layout.auth is not None else []),
             {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder},
             {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},

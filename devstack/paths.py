@@ -10,6 +10,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 GENERATED = ROOT / "generated"
 DESCRIPTOR_SET = GENERATED / "runtrack_descriptor.pb"
+OPENAPI = GENERATED / "openapi.json"
+WEB = ROOT / "web"
+# The web page as built (`npm run build` in web/): what Envoy serves at / (not tracked).
+WEB_DIST = WEB / "dist"
 ENVOY_YAML = ROOT / "envoy" / "envoy.yaml"
 VENV_BIN = Path(sys.executable).parent
 

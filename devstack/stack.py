@@ -310,6 +310,7 @@ class Stack:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tools.envoy()
         tools.grpcurl()
+        tools.web()  # Envoy serves the built page: built before Envoy starts
         self.issuer.ensure_keys()
         if s.scylla_hosts is None:
             if not self.cql.pid():

@@ -1,7 +1,9 @@
-"""Installs the tools the stack needs that pip does not bring: the CQL node's jars and grpcurl."""
+"""Installs the tools the stack needs that pip does not bring: the CQL node's jars, grpcurl, ghz, the
+OpenAPI generator, the web page's npm packages and a browser for its tests."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -9,11 +11,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from devstack.paths import VENV_BIN, cache_dir
+from devstack.paths import VENV_BIN, WEB, WEB_DIST, cache_dir
 
 CASSANDRA_VERSION = "5.0.9"
 GRPCURL_VERSION = "v1.9.3"
 GHZ_VERSION = "v0.121.0"
+OPENAPI_GENERATOR_VERSION = "v0.7.1"
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -95,6 +98,47 @@ def grpcurl() -> Path:
 def ghz() -> Path:
     """The gRPC load tester, for calls by reflection through Envoy."""
     return _go_tool("ghz", "github.com/bojand/ghz/cmd/ghz", GHZ_VERSION)
+
+
+def protoc_gen_openapi() -> Path:
+    """gnostic's protoc plugin: an OpenAPI 3 document from the protos' google.api.http annotations."""
+    return _go_tool("protoc-gen-openapi", "github.com/google/gnostic/cmd/protoc-gen-openapi", OPENAPI_GENERATOR_VERSION)
+
+
+def web() -> Path:
+    """The web page, built into web/dist: `npm ci` from the committed lockfile when it changed, then
+    the type check and the bundle (`npm run build`). Returns the built directory."""
+    if shutil.which("npm") is None:
+        raise SystemExit("the web page is built with Node.js: put `node` and `npm` on PATH")
+    lock = WEB / "package-lock.json"
+    stamp = WEB / "node_modules" / ".runtrack-lock-sha256"
+    want = hashlib.sha256(lock.read_bytes()).hexdigest()
+    if not stamp.exists() or stamp.read_text() != want:
+        say("setup: installing the web page's npm packages (npm ci)")
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=WEB, check=True, stdout=sys.stderr
+        )
+        stamp.write_text(want)
+    subprocess.run(["npm", "run", "--silent", "build"], cwd=WEB, check=True, stdout=sys.stderr)
+    return WEB_DIST
+
+
+def chromium() -> Path:
+    """Debian's Chromium for the browser tests, installed with apt-get when missing (as root)."""
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return Path(found)
+    if os.geteuid() != 0:
+        raise SystemExit("the browser tests need Chromium: `sudo apt-get install chromium`")
+    say("setup: installing Chromium from Debian's packages (once per machine)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, stdout=sys.stderr, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, stdout=sys.stderr, env=env)
+    found = shutil.which("chromium")
+    if not found:
+        raise SystemExit("apt-get installed chromium, yet it is not on PATH")
+    return Path(found)
 
 
 def envoy() -> Path:

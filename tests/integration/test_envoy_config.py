@@ -21,6 +21,9 @@ def test_envoy_validates_the_committed_config(tmp_path):
     eds.mkdir(parents=True)
     assert layout.auth is not None
     LocalIssuer(tmp_path / Path(layout.auth.jwks_file).parent).ensure_keys()
+    for static in layout.static_files:  # the built page and the OpenAPI document
+        (tmp_path / static.file).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / static.file).write_text("served by Envoy")
     for cluster in layout.clusters:
         (eds / f"{cluster.name}.yaml").write_text(to_yaml(eds_document(cluster.name, [50110])))
     out = subprocess.run(
