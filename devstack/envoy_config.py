@@ -32,6 +32,7 @@ JWT_AUTHN = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtA
 HEADER_MUTATION = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
 # The verified caller, as Envoy hands it to the replicas.
 CALLER_HEADER = "x-runtrack-user"
+LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 FILTER_CONFIG = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
 COMPRESSOR = "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor"
 GZIP = "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip"
@@ -100,6 +101,8 @@ class LocalReply:
     http_status: int | None = None
     # For the JSON API: the message is Envoy's own text (it says which check failed).
     json_message: str | None = None
+    # Whether gRPC calls get it too (as trailers-only), or only JSON calls.
+    grpc: bool = True
 
     def status(self) -> status_pb2.Status:
         status = status_pb2.Status(code=self.code, message=self.message)
@@ -149,6 +152,25 @@ LOCAL_REPLIES = (
             json_message="%LOCAL_REPLY_BODY%",
         )
         for status in (401, 403)
+    ),
+    # The transcoder could not read a JSON call as its method's request (a malformed body, a value
+    # of the wrong type, an unknown query parameter; Envoy's words name the field), or Envoy refused
+    # the path itself. JSON calls only: a gRPC call never reaches the transcoder's parser.
+    LocalReply(
+        _http_status(400),
+        code_pb2.INVALID_ARGUMENT,
+        "MALFORMED_REQUEST",
+        "the request is not valid JSON for this method",
+        json_message="the request is not valid for this method: %LOCAL_REPLY_BODY%",
+        grpc=False,
+    ),
+    # No method answers this path and verb.
+    LocalReply(
+        _http_status(404),
+        code_pb2.NOT_FOUND,
+        "NO_SUCH_METHOD",
+        "no method of the API answers this path and verb",
+        grpc=False,
     ),
 )
 
@@ -303,7 +325,36 @@ def _local_replies(r: LocalReply) -> list[dict[str, Any]]:
     }
     if r.http_status is not None:
         json_reply["status_code"] = grpc_reply["status_code"] = r.http_status
-    return [json_reply, grpc_reply]
+    return [json_reply, grpc_reply] if r.grpc else [json_reply]
+
+
+# gRPC metadata keys are lowercase letters, digits, "_", "-" and "."; HTTP/1.1 allows more in a
+# header name (`!`, `*`, `^`, `|`...), and a replica refused such a transcoded call with INTERNAL.
+# Envoy refuses it first, as the bad request it is; and a query parameter with no name, which the
+# transcoder would silently ignore.
+HEADER_NAME_CHECK = """
+function envoy_on_request(handle)
+  local path = handle:headers():get(":path") or ""
+  if string.find(path, "[?&]=") then
+    handle:respond({[":status"] = "400"}, "a query parameter has no name")
+    return
+  end
+  for name, _ in pairs(handle:headers()) do
+    if string.sub(name, 1, 1) ~= ":" and string.find(name, "[^0-9a-z_.%-]") then
+      local rule = ": a header name must be lowercase letters, digits, _ - or ."
+      handle:respond({[":status"] = "400"}, "header " .. name .. rule)
+      return
+    end
+  end
+end
+"""
+
+
+def _header_name_check() -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.lua",
+        "typed_config": {"@type": LUA, "default_source_code": {"inline_string": HEADER_NAME_CHECK.strip()}},
+    }
 
 
 def _auth_filters(auth: Auth) -> list[dict[str, Any]]:
@@ -437,6 +488,7 @@ def render(layout: Layout = Layout()) -> dict[str, Any]:
         },
         "http_filters": [
             _compressor(),
+            _header_name_check(),
             *(_auth_filters(layout.auth) if layout.auth is not None else []),
             {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder},
             {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},

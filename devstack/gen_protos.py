@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -91,6 +93,7 @@ def openapi(out: Path, includes: list[str]) -> None:
         if protoc.main(args) != 0:
             raise SystemExit("protoc failed (OpenAPI)")
         document = yaml.safe_load((Path(tmp) / "openapi.yaml").read_text())
+    document["paths"] = _plain_path_parameters(document["paths"])
     document["info"]["description"] = (
         "The JSON API of RunTrack, through Envoy. Every operation needs `authorization: Bearer <JWT>`; "
         "errors are a google.rpc.Status with its details."
@@ -100,6 +103,34 @@ def openapi(out: Path, includes: list[str]) -> None:
     }
     document["security"] = [{"bearerAuth": []}]
     (out / OPENAPI.name).write_text(json.dumps(document, indent=2) + "\n")
+
+
+def _plain_path_parameters(paths: dict[str, Any]) -> dict[str, Any]:
+    """`/v1/runs/{run.run_id}` (UpdateRun's path names a field of its body) becomes
+    `/v1/runs/{runId}`, merged with GetRun's and DeleteRun's: the same URL, and a parameter name
+    every OpenAPI tool can substitute. Envoy's transcoder still maps it to `run.run_id`. A run id
+    in a path is declared a UUID."""
+    merged: dict[str, Any] = {}
+    for path, item in paths.items():
+        renames = {name: _lower_camel(name.rsplit(".", 1)[1]) for name in re.findall(r"{([^}.]+\.[^}]+)}", path)}
+        for old, new in renames.items():
+            path = path.replace(f"{{{old}}}", f"{{{new}}}")
+            for operation in item.values():
+                for parameter in operation.get("parameters", []):
+                    if parameter["in"] == "path" and parameter["name"] == old:
+                        parameter["name"] = new
+                        parameter.setdefault("description", f"The run to change ({old} in the request).")
+        for operation in item.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "path" and parameter["name"] == "runId":
+                    parameter["schema"]["format"] = "uuid"  # chosen by the phone at START RUN
+        merged.setdefault(path, {}).update(item)
+    return merged
+
+
+def _lower_camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(word.capitalize() for word in rest)
 
 
 def main(argv: list[str] | None = None) -> int:
