@@ -273,7 +273,7 @@ def _compressor() -> dict[str, Any]:
                     "@type": GZIP,
                     "memory_level": 8,
                     "window_bits": 15,
-                    "compression_level": "BEST_SPEED",
+                    "compression_level": "DEFAULT_COMPRESSION",
                 },
             },
         },
