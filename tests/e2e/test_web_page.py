@@ -268,3 +268,17 @@ def test_the_page_and_its_bundle_are_served_open_and_gzipped(stack):
     with urllib.request.urlopen(request, timeout=10) as reply:
         assert reply.headers["content-encoding"] == "gzip"
         assert reply.headers["content-type"].startswith("application/javascript")
+
+
+async def test_more_than_a_page_of_runs_is_listed_by_asking_for_more(stack, channel, page, token):
+    now = dt.datetime.now(UTC).replace(microsecond=0)
+    ids = [str(uuid.uuid4()) for _ in range(23)]
+    for k, run_id in enumerate(ids):
+        await record(channel, run_id, [point(1)], stop_at=now - dt.timedelta(hours=k + 1))
+    await page.goto(page_url(stack, token))
+    items = page.locator("#runs li[data-run-id]")
+    await expect(items).to_have_count(20)
+    await page.locator("#more-runs").click()
+    await expect(items).to_have_count(23)
+    await expect(page.locator("#more-runs")).to_be_hidden()
+    assert [await item.get_attribute("data-run-id") for item in await items.all()] == ids
