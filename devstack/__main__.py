@@ -1,19 +1,82 @@
-"""scripts/dev: up | status | down | scale tracking=N summary=M | rollout | token USER."""
+"""scripts/dev: up [--autoscale] | status [--json] | down | scale tracking=N summary=M | rollout |
+autoscale [--min N] [--max N] [--target SERVICE=VALUE]... | token USER."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
+import signal
 import sys
+import threading
 
-from devstack.stack import SERVICES, Stack, dev_spec, test_spec
+from devstack.autoscale import DEFAULT_TARGETS, UNITS, Autoscaler, Policy
+from devstack.stack import SERVICES, Stack, dev_spec, metrics_port, test_spec
+
+
+def add_autoscale_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--min", type=int, default=1, help="fewest replicas of each service (default 1)")
+    parser.add_argument("--max", type=int, default=8, help="most replicas of each service (default 8)")
+    parser.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        metavar="SERVICE=VALUE",
+        help=f"load per replica to aim at: tracking in open streams (default {DEFAULT_TARGETS['tracking']:g}),"
+        f" summary in calls/s (default {DEFAULT_TARGETS['summary']:g})",
+    )
+    parser.add_argument("--interval", type=float, default=5.0, help="seconds between rounds (default 5)")
+    parser.add_argument(
+        "--window", type=float, default=60.0, help="scale-down stabilisation window in seconds (default 60)"
+    )
+
+
+def autoscale_args(args: argparse.Namespace) -> list[str]:
+    """The options again, for the background process `up --autoscale` starts."""
+    out = [
+        "--min",
+        str(args.min),
+        "--max",
+        str(args.max),
+        "--interval",
+        str(args.interval),
+        "--window",
+        str(args.window),
+    ]
+    for target in args.target:
+        out += ["--target", target]
+    return out
+
+
+def policies(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Policy]:
+    targets = dict(DEFAULT_TARGETS)
+    for item in args.target:
+        svc, _, value = item.partition("=")
+        try:
+            targets[svc] = float(value)
+        except ValueError:
+            parser.error(f"--target {item!r}: expected SERVICE=VALUE with a number")
+        if svc not in SERVICES or targets[svc] <= 0:
+            parser.error(f"--target {item!r}: SERVICE is tracking or summary, VALUE > 0")
+    if not 1 <= args.min <= args.max:
+        parser.error("--min and --max: 1 <= min <= max")
+    return {
+        svc: Policy(target=targets[svc], min_replicas=args.min, max_replicas=args.max, scale_down_window_s=args.window)
+        for svc in SERVICES
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/dev", description="Run RunTrack on this machine.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="install what is missing, start everything, wait until healthy")
-    sub.add_parser("status", help="what is running")
+    up = sub.add_parser("up", help="install what is missing, start everything, wait until healthy")
+    up.add_argument("--autoscale", action="store_true", help="also start the autoscaler in the background")
+    add_autoscale_options(up)
+    status = sub.add_parser("status", help="what is running, and each replica's load")
+    status.add_argument("--json", action="store_true", help="every process as JSON")
+    autoscale = sub.add_parser("autoscale", help="set replica counts from the replicas' metrics (foreground)")
+    add_autoscale_options(autoscale)
     sub.add_parser("down", help="stop everything scripts/dev started")
     scale = sub.add_parser("scale", help="add or remove replicas while traffic flows (Envoy keeps running)")
     scale.add_argument("counts", nargs="+", metavar="SERVICE=N", help="tracking=N and/or summary=M")
@@ -27,14 +90,36 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(test_spec() if os.environ.get("RUNTRACK_STACK") == "test" else dev_spec())
     if args.command == "up":
         stack.up()
+        if args.autoscale:
+            policies(args, parser)  # refuse bad options here, not in the background
+            pid = stack.start_autoscaler(autoscale_args(args))
+            print(f"  autoscaler:     pid {pid}, log {stack.spec.logs / 'autoscale.log'}")
         print(f"RunTrack is up.\n  gRPC and JSON:  {stack.envoy_address}  (Envoy)\n  Envoy admin:    {stack.admin_url}")
         print(
             f"  CQL store:      {stack.scylla_hosts} port {stack.scylla_port}\n  PostgreSQL:     {stack.database_url}"
         )
         print(f"  logs:           {stack.spec.logs}")
     elif args.command == "status":
-        for name, where, state in stack.status():
-            print(f"{name:18} {where:48} {state}")
+        if args.json:
+            print(json.dumps(stack.processes(), indent=2))
+        else:
+            for name, where, state in stack.status():
+                print(f"{name:18} {where:24} {state}")
+    elif args.command == "autoscale":
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        chosen = policies(args, parser)
+        for svc, policy in chosen.items():
+            print(f"autoscale {svc}: target {policy.target:g} {UNITS[svc]}", file=sys.stderr)
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        Autoscaler(
+            chosen,
+            replicas=stack.replica_ports,
+            scale=stack.scale,
+            metrics_port=metrics_port,
+            interval_s=args.interval,
+        ).run(stop)
     elif args.command == "scale":
         counts: dict[str, int] = {}
         for item in args.counts:

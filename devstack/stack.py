@@ -23,6 +23,8 @@ from devstack.paths import ROOT
 from devstack.pg_node import PgNode
 
 SERVICES = ("tracking", "summary")
+# A replica on port P serves its Prometheus metrics on P + METRICS_PORT_OFFSET.
+METRICS_PORT_OFFSET = 10_000
 MODULES = {"tracking": "tracking_service", "summary": "summary_service"}
 
 
@@ -105,6 +107,10 @@ def test_spec(env: Mapping[str, str] = os.environ) -> StackSpec:
         # Short limits so that the tests can watch them act.
         replica_settings={"TRACK_STREAM_IDLE_TIMEOUT_S": "4", "DRAIN_DELAY_S": "1.5"},
     )
+
+
+def metrics_port(port: int) -> int:
+    return port + METRICS_PORT_OFFSET
 
 
 def say(msg: str) -> None:
@@ -193,7 +199,7 @@ class Stack:
         if pid:
             return pid
         return procs.start(
-            [sys.executable, "-m", MODULES[svc], "--port", str(port)],
+            [sys.executable, "-m", MODULES[svc], "--port", str(port), "--metrics-port", str(metrics_port(port))],
             log=self.spec.logs / f"{svc}-{port}.log",
             pid_file=self._pid_file(svc, port),
             env=self.replica_env(),
@@ -333,7 +339,40 @@ class Stack:
         self.start_envoy()
         self.wait_healthy(ports)
 
+    # ---- the autoscaler ----------------------------------------------------------------------
+    @property
+    def autoscaler_pid_file(self) -> Path:
+        return self.run_dir / "autoscale.pid"
+
+    def autoscaler_pid(self) -> int | None:
+        pid = procs.read_pid(self.autoscaler_pid_file)
+        return pid if procs.alive(pid) else None
+
+    def start_autoscaler(self, args: list[str]) -> int:
+        """`scripts/dev autoscale ARGS` in the background, logging to autoscale.log."""
+        running = self.autoscaler_pid()
+        if running:
+            return running
+        env = dict(os.environ, RUNTRACK_STACK=self.spec.name)
+        return procs.start(
+            [sys.executable, "-m", "devstack", "autoscale", *args],
+            log=self.spec.logs / "autoscale.log",
+            pid_file=self.autoscaler_pid_file,
+            env=env,
+            cwd=ROOT,
+        )
+
+    def replica_load(self, port: int) -> dict[str, float] | None:
+        """What a replica's metrics say of its load now (None when it does not answer)."""
+        from devstack.autoscale import scrape
+
+        try:
+            return scrape(metrics_port(port), timeout_s=1.0)
+        except OSError:
+            return None
+
     def down(self) -> None:
+        procs.stop(self.autoscaler_pid(), timeout=10)
         procs.stop(self.envoy_pid(), timeout=10)
         ports = self.replica_ports()
         for svc in SERVICES:
@@ -367,7 +406,12 @@ class Stack:
         """Starts one more replica of `svc`; returns once Envoy routes to it."""
         ports = self.replica_ports()
         port = self.spec.base_ports[svc]
-        while port in ports[svc] or self.replica_pid(svc, port) or procs.port_open(port):
+        while (
+            port in ports[svc]
+            or self.replica_pid(svc, port)
+            or procs.port_open(port)
+            or procs.port_open(metrics_port(port))
+        ):
             port += 1
         self.start_replica(svc, port)
         self._wait_serving(svc, port)
@@ -404,23 +448,53 @@ class Stack:
                 self.retire_replica(svc, old)
         self.wait_healthy(self.replica_ports())
 
-    def status(self) -> list[tuple[str, str, str]]:
-        rows: list[tuple[str, str, str]] = []
+    def processes(self) -> list[dict[str, object]]:
+        """Every process the stack runs: kind, address, pid, metrics port, Envoy's health of it, load."""
         s = self.spec
+        out: list[dict[str, object]] = []
         if s.scylla_hosts is None:
-            rows.append(("cql-node", f"127.0.0.1:{s.cql_port}", "running" if self.cql.pid() else "stopped"))
+            out.append({"kind": "cql-node", "address": f"127.0.0.1:{s.cql_port}", "pid": self.cql.pid()})
         else:
-            rows.append(("cql-store", f"{s.scylla_hosts} port {s.cql_port}", "external"))
+            out.append({"kind": "cql-store", "address": f"{s.scylla_hosts}:{s.cql_port}", "pid": None})
         if s.database_url is None:
-            rows.append(("postgresql", f"127.0.0.1:{s.pg_port}", "running" if self.pg.pid() else "stopped"))
+            out.append({"kind": "postgresql", "address": f"127.0.0.1:{s.pg_port}", "pid": self.pg.pid()})
         else:
-            rows.append(("postgresql", "DATABASE_URL", "external"))
+            out.append({"kind": "postgresql", "address": "DATABASE_URL", "pid": None})
         health = self.host_health() if self.envoy_pid() else {svc: {} for svc in SERVICES}
         for svc, ports in self.replica_ports().items():
             for port in ports:
-                state = "running" if self.replica_pid(svc, port) else "stopped"
-                rows.append((f"{svc} replica", f"127.0.0.1:{port}", f"{state}, envoy: {health[svc].get(port, '-')}"))
-        rows.append(
-            ("envoy", f"{self.envoy_address} (admin {self.admin_url})", "running" if self.envoy_pid() else "stopped")
-        )
+                load = self.replica_load(port)
+                out.append(
+                    {
+                        "kind": f"{svc}-replica",
+                        "address": f"127.0.0.1:{port}",
+                        "pid": self.replica_pid(svc, port),
+                        "metrics_port": metrics_port(port),
+                        "envoy_health": health[svc].get(port, "-"),
+                        "load": None
+                        if load is None
+                        else {"streams_open": load["streams_open"], "calls_in_flight": load["in_flight"]},
+                    }
+                )
+        out.append({"kind": "envoy", "address": self.envoy_address, "pid": self.envoy_pid(), "admin": self.admin_url})
+        out.append({"kind": "autoscaler", "address": "-", "pid": self.autoscaler_pid()})
+        return out
+
+    def status(self) -> list[tuple[str, str, str]]:
+        rows: list[tuple[str, str, str]] = []
+        for p in self.processes():
+            state = "running" if p["pid"] else ("external" if p["kind"] == "cql-store" else "stopped")
+            if p["address"] == "DATABASE_URL":
+                state = "external"
+            if "metrics_port" in p:
+                load = p["load"]
+                what = (
+                    "no metrics"
+                    if not isinstance(load, dict)
+                    else (f"streams open {load['streams_open']:.0f}, calls in flight {load['calls_in_flight']:.0f}")
+                )
+                state += f", envoy: {p['envoy_health']}, metrics :{p['metrics_port']}, {what}"
+            if p["kind"] == "envoy":
+                state += f" (admin {p['admin']}, Prometheus: {p['admin']}/stats/prometheus)"
+            rows.append((str(p["kind"]), str(p["address"]), state))
         return rows

@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from runtrack.v1 import summary_pb2, tracking_pb2
-from runtrack_common import logs
+from runtrack_common import logs, metrics
 from runtrack_common.config import Settings
 
 log = logging.getLogger(__name__)
@@ -113,10 +113,12 @@ class Replica:
         backend: Backend,
         register: Callable[[grpc.aio.Server], None],
         on_drain: Callable[[], Awaitable[None]] | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.service_name = service_name
         self.settings = settings
         self.port = port
+        self.metrics_port = metrics_port
         self.backend = backend
         self.register = register
         self.on_drain = on_drain
@@ -172,6 +174,7 @@ class Replica:
                 ("grpc.http2.lookahead_bytes", 64 * 1024),
             ],
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
+            interceptors=[metrics.ServerMetrics()],
         )
         self.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -180,7 +183,11 @@ class Replica:
         server.add_insecure_port(address)
         await self._set_health(False)
         await server.start()
-        log.info("listening service=%s address=%s", self.service_name, address)
+        if self.metrics_port is not None:
+            metrics.serve(s.bind_host, self.metrics_port)
+        log.info(
+            "listening service=%s address=%s metrics_port=%s", self.service_name, address, self.metrics_port or "-"
+        )
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -213,6 +220,7 @@ def main(prog: str, service_name: str, build: Callable[[Settings], Parts]) -> No
     """The entry point of a replica process: `python -m <prog> --port N`."""
     parser = argparse.ArgumentParser(prog=prog, description=f"Run one {prog} replica.")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus text at /metrics on this port")
     args = parser.parse_args()
     logs.setup(f"{prog}:{args.port}")
 
@@ -227,6 +235,7 @@ def main(prog: str, service_name: str, build: Callable[[Settings], Parts]) -> No
             backend=parts.backend,
             register=parts.register,
             on_drain=parts.on_drain,
+            metrics_port=args.metrics_port,
         ).run()
 
     asyncio.run(serve())

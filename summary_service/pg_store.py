@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import Any
 
 import psycopg
+from prometheus_client import Gauge
 from psycopg.rows import DictRow, dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -27,6 +28,8 @@ from summary_service.domain import (
 )
 
 log = logging.getLogger(__name__)
+POOL_IN_USE = Gauge("runtrack_pg_pool_in_use", "PostgreSQL connections of this replica's pool in use now.")
+POOL_WAITING = Gauge("runtrack_pg_pool_waiting", "Calls waiting for a PostgreSQL connection of this replica now.")
 HERE = Path(__file__).parent
 MIGRATIONS = HERE / "migrations"
 # Any stable number: serialises migrations across replicas starting together.
@@ -100,6 +103,17 @@ class PgRunStore:
         self.pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] | None = None
         self._migrated = False
         self._lock = asyncio.Lock()
+        POOL_IN_USE.set_function(lambda: self._pool_stat("in_use"))
+        POOL_WAITING.set_function(lambda: self._pool_stat("requests_waiting"))
+
+    def _pool_stat(self, name: str) -> float:
+        """Read on each scrape, from the metrics thread (the pool's counters are plain ints)."""
+        if self.pool is None:
+            return 0.0
+        stats = self.pool.get_stats()
+        if name == "in_use":
+            return float(stats.get("pool_size", 0) - stats.get("pool_available", 0))
+        return float(stats.get(name, 0))
 
     def _new_pool(self) -> AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]:
         s = self.settings

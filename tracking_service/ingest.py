@@ -9,11 +9,26 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from prometheus_client import Counter, Histogram
+
 from runtrack_common.errors import FailedPrecondition, PermissionDenied, Unavailable
 from tracking_service.domain import MAX_REJECTIONS_LISTED, Point, Rejection, rejection_reason
 from tracking_service.store import TrackStore
 
 log = logging.getLogger(__name__)
+
+POINTS_STORED = Counter("runtrack_points_stored_total", "GPS points written to the CQL store.")
+POINTS_REJECTED = Counter("runtrack_points_rejected_total", "GPS points rejected (listed in `rejections`).")
+BATCH_WRITE = Histogram(
+    "runtrack_batch_write_seconds",
+    "One batch of points written to the CQL store (one round trip).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+POINT_DURABLE = Histogram(
+    "runtrack_point_durable_seconds",
+    "A point's arrival at the replica to durable in the store (linger, slots and the write).",
+    buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 
 
 @dataclass
@@ -59,6 +74,8 @@ class IngestStream:
         self._linger_s = linger_s
         self._clock_ms = clock_ms
         self._buffer: list[Point] = []
+        # When each buffered point arrived (time.monotonic()), in the buffer's order.
+        self._arrivals: list[float] = []
         self._timer: asyncio.TimerHandle | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._failure: Exception | None = None
@@ -91,10 +108,15 @@ class IngestStream:
             if len(r.rejections) < MAX_REJECTIONS_LISTED:
                 r.rejections.append(Rejection(p.seq, reason))
         r.points_received += len(points)
+        if len(accepted) < len(points):
+            POINTS_REJECTED.inc(len(points) - len(accepted))
         self._buffer.extend(accepted)
+        self._arrivals.extend([time.monotonic()] * len(accepted))
         while len(self._buffer) >= self._batch_points:
-            batch, self._buffer = self._buffer[: self._batch_points], self._buffer[self._batch_points :]
-            await self._submit(batch)
+            n = self._batch_points
+            batch, self._buffer = self._buffer[:n], self._buffer[n:]
+            arrivals, self._arrivals = self._arrivals[:n], self._arrivals[n:]
+            await self._submit(batch, arrivals)
         if self._buffer and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._linger_s, self._flush_buffer)
 
@@ -105,25 +127,32 @@ class IngestStream:
             self._timer = None
         if self._buffer:
             batch, self._buffer = self._buffer, []
-            self._track(asyncio.create_task(self._submit(batch)))
+            arrivals, self._arrivals = self._arrivals, []
+            self._track(asyncio.create_task(self._submit(batch, arrivals)))
 
     def _track(self, task: asyncio.Task[None]) -> None:
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
-    async def _submit(self, batch: list[Point]) -> None:
+    async def _submit(self, batch: list[Point], arrivals: list[float]) -> None:
         await self._stream_slots.acquire()
         try:
             await self._replica_slots.acquire()
         except BaseException:
             self._stream_slots.release()
             raise
-        self._track(asyncio.create_task(self._write(batch)))
+        self._track(asyncio.create_task(self._write(batch, arrivals)))
 
-    async def _write(self, batch: list[Point]) -> None:
+    async def _write(self, batch: list[Point], arrivals: list[float]) -> None:
         try:
+            start = time.monotonic()
             await self.store.write_points(self.result.run_id, batch)
+            durable = time.monotonic()
             self.result.points_stored += len(batch)
+            POINTS_STORED.inc(len(batch))
+            BATCH_WRITE.observe(durable - start)
+            for arrived in arrivals:  # in memory, once per point: no I/O
+                POINT_DURABLE.observe(durable - arrived)
         except Exception as err:  # noqa: BLE001 (kept, and raised where the stream ends)
             if self._failure is None:
                 self._failure = err

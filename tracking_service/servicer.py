@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client import Gauge
 
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from runtrack_common import status
@@ -28,6 +29,7 @@ from tracking_service.store import TrackStore
 from tracking_service.tracks import RunVisibility
 
 log = logging.getLogger(__name__)
+STREAMS_OPEN = Gauge("runtrack_streams_open", "RecordTrack streams open on this replica (what the autoscaler reads).")
 Context = grpc.aio.ServicerContext
 # Another replica is ready at once: a phone cut by a rollout may come back quickly.
 SHUTDOWN_RETRY_S = 0.1
@@ -119,6 +121,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         me = asyncio.current_task()
         assert me is not None
         self._open_streams.add(me)
+        STREAMS_OPEN.inc()
         messages = aiter(request_iterator)
         try:
             caller = status.caller_of(context)
@@ -160,6 +163,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
             if ingest is not None:
                 await ingest.drain()
             self._open_streams.discard(me)
+            STREAMS_OPEN.dec()
         log.info(
             "stream done run_id=%s received=%d stored=%d rejected=%d contiguous_seq=%d",
             r.run_id,

@@ -1,0 +1,75 @@
+"""The grpc_server_* families and the tracking metrics, from a grpc.aio server in-process."""
+
+import uuid
+
+import grpc
+import pytest
+from prometheus_client import REGISTRY
+
+from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
+from runtrack_common.config import Settings
+from runtrack_common.metrics import ServerMetrics
+from summary_service.servicer import SummaryServicer
+from tests.helpers import caller_channel
+from tests.unit.fakes import FakeRunsApi, FakeRunStore, FakeTracksApi, FakeTrackStore
+from tests.unit.test_servicers import point
+from tracking_service.servicer import TrackingServicer
+
+SUMMARY = "runtrack.v1.SummaryService"
+TRACKING = "runtrack.v1.TrackingService"
+
+
+def value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture
+async def channel():
+    tracks, runs = FakeTrackStore(), FakeRunStore()
+    server = grpc.aio.server(interceptors=[ServerMetrics()])
+    tracking_pb2_grpc.add_TrackingServiceServicer_to_server(
+        TrackingServicer(tracks, Settings(write_linger_ms=5), FakeRunsApi(runs)), server
+    )
+    summary_pb2_grpc.add_SummaryServiceServicer_to_server(SummaryServicer(runs, FakeTracksApi(tracks)), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    async with caller_channel(f"127.0.0.1:{port}", "ada") as ch:
+        yield ch
+    await server.stop(None)
+
+
+async def test_unary_calls_are_counted_by_status_and_timed(channel):
+    labels = {"grpc_type": "UNARY", "grpc_service": SUMMARY, "grpc_method": "GetRun"}
+    started = value("grpc_server_started_total", **labels)
+    not_found = value("grpc_server_handled_total", **labels, grpc_code="NOT_FOUND")
+    invalid = value("grpc_server_handled_total", **labels, grpc_code="INVALID_ARGUMENT")
+    timed = value("grpc_server_handling_seconds_count", **labels)
+    stub = summary_pb2_grpc.SummaryServiceStub(channel)
+    for run_id in (str(uuid.uuid4()), "not-a-uuid"):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.GetRun(summary_pb2.GetRunRequest(run_id=run_id))
+    assert value("grpc_server_started_total", **labels) == started + 2
+    assert value("grpc_server_handled_total", **labels, grpc_code="NOT_FOUND") == not_found + 1
+    assert value("grpc_server_handled_total", **labels, grpc_code="INVALID_ARGUMENT") == invalid + 1
+    assert value("grpc_server_handling_seconds_count", **labels) == timed + 2
+
+
+async def test_a_stream_counts_its_points_and_how_long_each_took_to_be_durable(channel):
+    labels = {"grpc_type": "CLIENT_STREAM", "grpc_service": TRACKING, "grpc_method": "RecordTrack"}
+    ok = value("grpc_server_handled_total", **labels, grpc_code="OK")
+    stored = value("runtrack_points_stored_total")
+    rejected = value("runtrack_points_rejected_total")
+    durable = value("runtrack_point_durable_seconds_count")
+    batches = value("runtrack_batch_write_seconds_count")
+    messages = [
+        tracking_pb2.RecordTrackRequest(run_id=str(uuid.uuid4()), points=[point(1), point(2)]),
+        tracking_pb2.RecordTrackRequest(points=[point(3), point(0)]),  # seq 0 is rejected
+    ]
+    reply = await tracking_pb2_grpc.TrackingServiceStub(channel).RecordTrack(iter(messages))
+    assert reply.points_stored == 3
+    assert value("grpc_server_handled_total", **labels, grpc_code="OK") == ok + 1
+    assert value("runtrack_points_stored_total") == stored + 3
+    assert value("runtrack_points_rejected_total") == rejected + 1
+    assert value("runtrack_point_durable_seconds_count") == durable + 3
+    assert value("runtrack_batch_write_seconds_count") > batches
+    assert value("runtrack_streams_open") == 0
