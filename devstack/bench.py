@@ -5,6 +5,9 @@ scripts/bench dashboard   seeds 10,000 users x 50 runs, then StopRun, GetRun, Li
                           16 concurrent clients, beside the same reads issued straight to PostgreSQL
 scripts/bench ingest      unlogged batches vs concurrent inserts on the CQL store; streams through
                           Envoy (points/s, stream latency); how long until a live point is durable
+scripts/bench day         a day of runners compressed into --minutes (default 10), run with a fixed
+                          fleet and then with the autoscaler: cost, latency per phase, points lost;
+                          JSON and a chart under .dev/bench/
 scripts/bench auth        the cost of the token check: GetRun and 1-point streams through Envoy with
                           jwt_authn, against a second Envoy without it (same replicas), interleaved
 
@@ -29,6 +32,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from devstack import procs
+from devstack.paths import ROOT
 from devstack.stack import Stack, dev_spec
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from runtrack_common import queries
@@ -535,6 +539,11 @@ def main(argv: list[str] | None = None) -> int:
     i = sub.add_parser("ingest")
     i.add_argument("--streams", type=int, default=64)
     i.add_argument("--points", type=int, default=2000)
+    day = sub.add_parser("day")
+    day.add_argument("--minutes", type=float, default=10.0, help="real minutes for one simulated day")
+    day.add_argument("--peak", type=float, default=1.2, help="new runs per second at the morning peak")
+    day.add_argument("--fixed", type=int, default=4, help="replicas of each service in the fixed fleet")
+    day.add_argument("--target", action="append", default=[], metavar="SERVICE=VALUE", help="autoscaler targets")
     a = sub.add_parser("auth")
     a.add_argument("--calls", type=int, default=2000, help="GetRun calls per round (streams: a quarter)")
     a.add_argument("--rounds", type=int, default=3)
@@ -550,6 +559,19 @@ def main(argv: list[str] | None = None) -> int:
             else "closed loop: no pause between calls"
         )
         asyncio.run(bench_dashboard(stack, args.calls))
+    elif args.what == "day":
+        from devstack.bench_day import DayConfig, run_day
+
+        config = DayConfig(minutes=args.minutes, peak_arrivals_per_s=args.peak, fixed=args.fixed)
+        for item in args.target:
+            svc, _, value = item.partition("=")
+            if svc == "tracking":
+                config.tracking_target = float(value)
+            elif svc == "summary":
+                config.summary_target = float(value)
+            else:
+                parser.error(f"--target {item!r}: tracking=N or summary=N")
+        run_day(stack, config, ROOT / ".dev" / "bench")
     elif args.what == "auth":
         asyncio.run(bench_auth(stack, args.calls, args.rounds))
     else:

@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar, cast
+from typing import TypeAlias, TypeVar, cast
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -99,6 +99,10 @@ class Backoff:
         return max(at_least_s, random.uniform(0, min(self.cap_s, self.base_s * 2**attempt)))
 
 
+# What a live source yields: one point, or several recorded together (one message either way).
+Live: TypeAlias = "tracking_pb2.TrackPoint | Sequence[tracking_pb2.TrackPoint]"
+
+
 @dataclass
 class UploadStats:
     streams: int = 0
@@ -133,7 +137,7 @@ class RunRecorder:
             self.pending[p.seq] = p
 
     async def _requests(
-        self, live: AsyncIterator[tracking_pb2.TrackPoint] | None, sent: list[int]
+        self, live: AsyncIterator[Live] | None, sent: list[int]
     ) -> AsyncIterator[tracking_pb2.RecordTrackRequest]:
         first = True
         batch: list[tracking_pb2.TrackPoint] = []
@@ -155,15 +159,15 @@ class RunRecorder:
         if batch or first:
             yield message()
         if live is not None:
-            async for p in live:
-                self.pending[p.seq] = p  # kept until known durable
-                batch.append(p)
+            async for item in live:  # a point, or the points recorded since the last message
+                for p in [item] if isinstance(item, tracking_pb2.TrackPoint) else item:
+                    self.pending[p.seq] = p  # kept until known durable
+                    batch.append(p)
                 yield message()
 
-    async def upload(
-        self, live: AsyncIterator[tracking_pb2.TrackPoint] | None = None
-    ) -> tracking_pb2.RecordTrackResponse:
-        """Streams what is pending, then `live` points as they come, until all are durable."""
+    async def upload(self, live: AsyncIterator[Live] | None = None) -> tracking_pb2.RecordTrackResponse:
+        """Streams what is pending, then `live` points as they come (one message per item: a point,
+        or the points recorded since the last message), until all are durable."""
         attempt = 0
         while True:
             sent: list[int] = []
