@@ -55,10 +55,15 @@ def stabilised(history: Sequence[tuple[float, int]], now: float, window_s: float
     return max(recent)
 
 
-def scrape(port: int, timeout_s: float = 2.0) -> dict[str, float]:
-    """A replica's metrics as {sample name with labels: value}; the families the loop reads summed."""
+def metrics_text(port: int, timeout_s: float = 2.0) -> str:
+    """What a replica's metrics port serves at /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as reply:
-        text = reply.read().decode()
+        return str(reply.read().decode())
+
+
+def scrape(port: int, timeout_s: float = 2.0) -> dict[str, float]:
+    """What the loop reads of a replica's metrics: open streams, calls completed, calls in flight."""
+    text = metrics_text(port, timeout_s)
     out: dict[str, float] = {"streams_open": 0.0, "handled": 0.0, "in_flight": 0.0}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from devstack.autoscale import Autoscaler, Policy
+from devstack.autoscale import Autoscaler, Policy, metrics_text
 from devstack.stack import Stack, metrics_port
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from runtrack_client import Backoff, RunRecorder
@@ -121,21 +121,18 @@ def quantile_from_buckets(buckets: dict[float, float], q: float) -> float | None
     return lower_bound + (bounds[i] - lower_bound) * ((rank - lower_count) / span if span else 1.0)
 
 
-def _durable_buckets(port: int) -> dict[float, float]:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port(port)}/metrics", timeout=2) as reply:
-        text = reply.read().decode()
-    out: dict[float, float] = {}
+def _tracking_sample(port: int) -> tuple[dict[float, float], float]:
+    """A tracking replica's durable histogram (cumulative buckets) and its open streams."""
+    text = metrics_text(metrics_port(port))
+    buckets: dict[float, float] = {}
     streams = 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "runtrack_point_durable_seconds_bucket":
-                out[float(sample.labels["le"])] = sample.value
+                buckets[float(sample.labels["le"])] = sample.value
             elif sample.name == "runtrack_streams_open":
                 streams += sample.value
-    out[-1.0] = streams  # open streams, carried along
-    return out
+    return buckets, streams
 
 
 class Day:
@@ -237,10 +234,10 @@ class Day:
             window: dict[float, float] = {}
             for port in ports["tracking"]:
                 try:
-                    buckets = await asyncio.to_thread(_durable_buckets, port)
+                    buckets, open_streams = await asyncio.to_thread(_tracking_sample, port)
                 except OSError:
                     continue
-                streams += buckets.pop(-1.0)
+                streams += open_streams
                 before = last.get(port, {})
                 for le, count in buckets.items():
                     delta = count - before.get(le, 0.0)

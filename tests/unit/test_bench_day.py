@@ -1,0 +1,37 @@
+"""The day's shape and the histogram quantiles the day's report is read from (pure logic)."""
+
+import math
+
+import pytest
+
+from devstack.bench_day import NIGHT_FLOOR, arrival_share, phase_of, quantile_from_buckets
+
+
+def test_the_day_has_a_morning_and_an_evening_peak_over_a_night_trough():
+    shares = {h / 4: arrival_share(h / 4) for h in range(96)}
+    assert max(shares, key=lambda h: shares[h]) == 7.0
+    evening = max((h for h in shares if h >= 12), key=lambda h: shares[h])
+    assert 18.0 <= evening <= 19.0 and shares[evening] == pytest.approx(0.9 * (1 - NIGHT_FLOOR) + NIGHT_FLOOR, rel=0.01)
+    assert shares[1.0] == pytest.approx(NIGHT_FLOOR, abs=0.001) and shares[3.0] < 0.035
+    assert shares[13.0] < 0.2
+
+
+def test_each_hour_belongs_to_one_phase():
+    assert [phase_of(h) for h in (0, 4.99, 5, 8.5, 12, 18, 23.9)] == [
+        "night",
+        "night",
+        "morning peak",
+        "morning peak",
+        "day",
+        "evening peak",
+        "late",
+    ]
+
+
+def test_quantiles_are_interpolated_within_cumulative_buckets():
+    buckets = {0.01: 0.0, 0.05: 50.0, 0.1: 90.0, 0.5: 100.0, math.inf: 100.0}
+    assert quantile_from_buckets(buckets, 0.5) == pytest.approx(0.05)
+    assert quantile_from_buckets(buckets, 0.25) == pytest.approx(0.03)
+    assert quantile_from_buckets(buckets, 0.99) == pytest.approx(0.1 + 0.4 * 0.9)
+    assert quantile_from_buckets({0.01: 0.0, math.inf: 0.0}, 0.5) is None
+    assert quantile_from_buckets({}, 0.5) is None
