@@ -4,6 +4,7 @@ autoscale [--min N] [--max N] [--target SERVICE=VALUE]... | token USER."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -12,7 +13,7 @@ import sys
 import threading
 
 from devstack.autoscale import DEFAULT_TARGETS, UNITS, Autoscaler, Policy
-from devstack.stack import SERVICES, Stack, dev_spec, metrics_port, test_spec
+from devstack.stack import SERVICES, Stack, cluster_test_spec, dev_spec, metrics_port, test_spec
 
 
 def add_autoscale_options(parser: argparse.ArgumentParser) -> None:
@@ -72,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="install what is missing, start everything, wait until healthy")
     up.add_argument("--autoscale", action="store_true", help="also start the autoscaler in the background")
+    up.add_argument(
+        "--cql-nodes", type=int, choices=(1, 3), help="local CQL nodes: 1, or 3 on 127.0.0.1-3 as one cluster (RF 3)"
+    )
     add_autoscale_options(up)
     status = sub.add_parser("status", help="what is running, and each replica's load")
     status.add_argument("--json", action="store_true", help="every process as JSON")
@@ -87,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--url", action="store_true", help="print the web page's sign-in URL instead")
     args = parser.parse_args(argv)
     # RUNTRACK_STACK=test: the stack scripts/test runs (its own ports and keys), e.g. for a look at it.
-    stack = Stack(test_spec() if os.environ.get("RUNTRACK_STACK") == "test" else dev_spec())
+    specs = {"test": test_spec, "test-cluster": cluster_test_spec}
+    spec = specs.get(os.environ.get("RUNTRACK_STACK", ""), dev_spec)()
+    if args.command == "up" and args.cql_nodes:
+        spec = dataclasses.replace(spec, cql_nodes=args.cql_nodes)
+    stack = Stack(spec)
     if args.command == "up":
         stack.up()
         if args.autoscale:

@@ -1,8 +1,10 @@
-"""A one-node Apache Cassandra 5.0 on 127.0.0.1 with a small heap: the local CQL store."""
+"""The local CQL store: Apache Cassandra 5.0 nodes with small heaps, one on 127.0.0.1, or three on
+127.0.0.1, .2 and .3 (same ports, one loopback address each) as one cluster."""
 
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 from devstack import procs, tools
@@ -47,11 +49,25 @@ LOGBACK = """<configuration>
 
 class CqlNode:
     def __init__(
-        self, home: Path, log: Path, *, native_port: int, storage_port: int, jmx_port: int, heap_mb: int = 1024
+        self,
+        home: Path,
+        log: Path,
+        *,
+        native_port: int,
+        storage_port: int,
+        jmx_port: int,
+        heap_mb: int = 1024,
+        address: str = "127.0.0.1",
+        seed: str = "127.0.0.1",
+        in_cluster: bool = False,
     ) -> None:
         self.home, self.log = home, log
         self.native_port, self.storage_port, self.jmx_port = native_port, storage_port, jmx_port
         self.heap_mb = heap_mb
+        self.address, self.seed = address, seed
+        # A new cluster's nodes start together, each taking its tokens without streaming (nothing
+        # to stream yet); a node that restarts rejoins with its own data and catches up by hints.
+        self.in_cluster = in_cluster
         self.pid_file = home / "pid"
 
     def pid(self) -> int | None:
@@ -76,15 +92,18 @@ commitlog_sync_period: 10000ms
 seed_provider:
   - class_name: org.apache.cassandra.locator.SimpleSeedProvider
     parameters:
-      - seeds: "127.0.0.1:{self.storage_port}"
-listen_address: 127.0.0.1
-rpc_address: 127.0.0.1
+      - seeds: "{self.seed}:{self.storage_port}"
+listen_address: {self.address}
+rpc_address: {self.address}
 storage_port: {self.storage_port}
 ssl_storage_port: {self.storage_port + 1}
 native_transport_port: {self.native_port}
 start_native_transport: true
 auto_snapshot: false
 concurrent_compactors: 1
+auto_bootstrap: {"false" if self.in_cluster else "true"}
+hinted_handoff_enabled: true
+max_hint_window: 3h
 """
         (conf / "cassandra.yaml").write_text(yaml_text)
         (conf / "logback.xml").write_text(LOGBACK)
@@ -112,6 +131,7 @@ concurrent_compactors: 1
             "-Dcassandra-foreground=yes",
             "-Dcassandra.skip_wait_for_gossip_to_settle=0",
             "-Dcassandra.ring_delay_ms=100",
+            *(["-Dcassandra.consistent.rangemovement=false"] if self.in_cluster else []),
             "-cp",
             classpath,
             "org.apache.cassandra.service.CassandraDaemon",
@@ -120,8 +140,8 @@ concurrent_compactors: 1
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         procs.wait_until(
-            f"CQL node on 127.0.0.1:{self.native_port}",
-            lambda: procs.port_open(self.native_port),
+            f"CQL node on {self.address}:{self.native_port}",
+            lambda: procs.port_open(self.native_port, self.address),
             timeout,
             log=self.log,
             pid=self.pid(),
@@ -129,3 +149,7 @@ concurrent_compactors: 1
 
     def stop(self) -> None:
         procs.stop(self.pid(), timeout=30)
+
+    def kill(self) -> None:
+        """SIGKILL: the node dies as a crashed machine would, mid-write."""
+        procs.stop(self.pid(), timeout=1, sig=signal.SIGKILL)

@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from devstack import procs, tools
@@ -51,6 +51,8 @@ class StackSpec:
     keyspace: str = "runtrack"
     # Settings the replicas get on top of the environment (see runtrack_common/config.py).
     replica_settings: dict[str, str] = field(default_factory=dict)
+    # Local CQL nodes: 1, or 3 on 127.0.0.1-3 as one cluster (None: as the last `up` left it).
+    cql_nodes: int | None = None
 
     @property
     def eds_dir(self) -> Path:
@@ -113,6 +115,25 @@ def metrics_port(port: int) -> int:
     return port + METRICS_PORT_OFFSET
 
 
+def cluster_test_spec(env: Mapping[str, str] = os.environ) -> StackSpec:
+    """The stack the cluster tests run: three CQL nodes (RF 3), on ports of its own."""
+    state = ROOT / ".dev" / "test-cluster"
+    return StackSpec(
+        name="test-cluster",
+        state=state,
+        logs=ROOT / ".dev" / "logs" / "test-cluster",
+        envoy_port=28080,
+        envoy_admin_port=29901,
+        cql_port=29042,
+        cql_storage_port=27000,
+        cql_jmx_port=27199,
+        pg_port=25432,
+        base_ports={"tracking": 52110, "summary": 52210},
+        replica_settings={"DRAIN_DELAY_S": "1.5"},
+        cql_nodes=3,
+    )
+
+
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -121,28 +142,40 @@ class Stack:
     def __init__(self, spec: StackSpec) -> None:
         self.spec = spec
         s = spec
-        self.cql = CqlNode(
-            s.state / "cassandra",
-            s.logs / "cassandra.log",
-            native_port=s.cql_port,
-            storage_port=s.cql_storage_port,
-            jmx_port=s.cql_jmx_port,
-        )
+        self.run_dir = s.state / "run"
+        nodes = s.cql_nodes or self._recorded_cql_nodes()
+        self.cql_nodes = [
+            CqlNode(
+                s.state / "cassandra" if nodes == 1 else s.state / "cql-cluster" / f"node{i + 1}",
+                s.logs / ("cassandra.log" if nodes == 1 else f"cassandra-node{i + 1}.log"),
+                native_port=s.cql_port,
+                storage_port=s.cql_storage_port,
+                jmx_port=s.cql_jmx_port + 100 * i,
+                heap_mb=1024 if nodes == 1 else 512,
+                address=f"127.0.0.{i + 1}",
+                in_cluster=nodes > 1,
+            )
+            for i in range(nodes)
+        ]
+        self.cql = self.cql_nodes[0]
         self.pg = PgNode(
             s.state / "postgres",
             s.logs / "postgres.log",
             port=s.pg_port,
             database="runtrack_test" if (s.database_url and s.name == "test") else "runtrack",
         )
-        self.run_dir = s.state / "run"
         self.envoy_pid_file = self.run_dir / "envoy.pid"
         self.replicas_file = self.run_dir / "replicas.json"
         self.issuer = LocalIssuer(s.keys_dir)
 
     # ---- addresses -------------------------------------------------------------------------
+    def _recorded_cql_nodes(self) -> int:
+        recorded = self.run_dir / "cql-nodes"
+        return int(recorded.read_text()) if recorded.exists() else 1
+
     @property
     def scylla_hosts(self) -> str:
-        return self.spec.scylla_hosts or "127.0.0.1"
+        return self.spec.scylla_hosts or ",".join(n.address for n in self.cql_nodes)
 
     @property
     def scylla_port(self) -> int:
@@ -170,8 +203,15 @@ class Stack:
             # Where a replica calls the other service's public API on a caller's behalf.
             RUNTRACK_API_ADDRESS=self.envoy_address,
             PYTHONUNBUFFERED="1",
+            **self.cluster_settings(),
             **self.spec.replica_settings,
         )
+
+    def cluster_settings(self) -> dict[str, str]:
+        """On the local three-node cluster: every run on all three nodes (RF 3), unless set."""
+        if self.spec.scylla_hosts is not None or len(self.cql_nodes) == 1 or "SCYLLA_REPLICATION" in os.environ:
+            return {}
+        return {"SCYLLA_REPLICATION": "{'class': 'NetworkTopologyStrategy', 'datacenter1': 3}"}
 
     # ---- replicas ----------------------------------------------------------------------------
     def replica_ports(self) -> dict[str, list[int]]:
@@ -319,10 +359,20 @@ class Stack:
         tools.web()  # Envoy serves the built page: built before Envoy starts
         self.issuer.ensure_keys()
         if s.scylla_hosts is None:
-            if not self.cql.pid():
-                say(f"starting CQL node (Apache Cassandra {tools.CASSANDRA_VERSION}) on 127.0.0.1:{s.cql_port}")
-                self.cql.start()
-            self.cql.wait_ready()
+            recorded = self._recorded_cql_nodes()
+            if recorded != len(self.cql_nodes) and Stack(replace(s, cql_nodes=recorded)).cql.pid():
+                raise SystemExit(
+                    f"{recorded} CQL node(s) run now: `scripts/dev down` first, then `up` with the new count"
+                )
+            (self.run_dir / "cql-nodes").write_text(str(len(self.cql_nodes)))
+            for node in self.cql_nodes:
+                if not node.pid():
+                    say(
+                        f"starting CQL node (Apache Cassandra {tools.CASSANDRA_VERSION}) on {node.address}:{s.cql_port}"
+                    )
+                    node.start()
+            for node in self.cql_nodes:
+                node.wait_ready()
         if s.database_url is None:
             if not self.pg.pid():
                 say(f"starting PostgreSQL on 127.0.0.1:{s.pg_port}")
@@ -379,7 +429,8 @@ class Stack:
             for port in ports[svc]:
                 procs.stop(self.replica_pid(svc, port), timeout=20)
         self.pg.stop()
-        self.cql.stop()
+        for node in self.cql_nodes:
+            node.stop()
 
     # ---- scaling and rollouts, with Envoy running on ----------------------------------------------
     def _wait_serving(self, svc: str, port: int, timeout: float = 60.0) -> None:
@@ -453,7 +504,10 @@ class Stack:
         s = self.spec
         out: list[dict[str, object]] = []
         if s.scylla_hosts is None:
-            out.append({"kind": "cql-node", "address": f"127.0.0.1:{s.cql_port}", "pid": self.cql.pid()})
+            out += [
+                {"kind": "cql-node", "address": f"{node.address}:{s.cql_port}", "pid": node.pid()}
+                for node in self.cql_nodes
+            ]
         else:
             out.append({"kind": "cql-store", "address": f"{s.scylla_hosts}:{s.cql_port}", "pid": None})
         if s.database_url is None:

@@ -48,6 +48,10 @@ class Settings:
     replication: str = "{'class': 'SimpleStrategy', 'replication_factor': 1}"
     cql_connect_timeout_s: float = 5.0
     cql_request_timeout_s: float = 5.0
+    # LOCAL_QUORUM: with RF 3, a write or read holds with one node of three down.
+    cql_consistency: str = "LOCAL_QUORUM"
+    # An idempotent statement not answered after this long is also sent to another replica.
+    cql_speculative_delay_s: float = 0.2
     # Writes in flight: per RecordTrack stream and per replica (backpressure bounds).
     stream_inflight_writes: int = 8
     replica_inflight_writes: int = 256
@@ -89,6 +93,8 @@ class Settings:
             replication=env.get("SCYLLA_REPLICATION", d.replication),
             cql_connect_timeout_s=_float(env, "SCYLLA_CONNECT_TIMEOUT_S", d.cql_connect_timeout_s),
             cql_request_timeout_s=_float(env, "SCYLLA_REQUEST_TIMEOUT_S", d.cql_request_timeout_s),
+            cql_consistency=env.get("SCYLLA_CONSISTENCY", d.cql_consistency).upper(),
+            cql_speculative_delay_s=_float(env, "SCYLLA_SPECULATIVE_DELAY_S", d.cql_speculative_delay_s),
             stream_inflight_writes=_int(env, "TRACK_STREAM_INFLIGHT_WRITES", d.stream_inflight_writes),
             replica_inflight_writes=_int(env, "TRACK_REPLICA_INFLIGHT_WRITES", d.replica_inflight_writes),
             write_batch_points=_int(env, "TRACK_WRITE_BATCH_POINTS", d.write_batch_points),

@@ -14,7 +14,13 @@ import cassandra
 from cassandra import ConsistencyLevel
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
 from cassandra.connection import ConnectionBusy, ConnectionException
-from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
+from cassandra.policies import (
+    ConstantSpeculativeExecutionPolicy,
+    DCAwareRoundRobinPolicy,
+    ExponentialReconnectionPolicy,
+    RetryPolicy,
+    TokenAwarePolicy,
+)
 from cassandra.pool import NoConnectionsAvailable
 from cassandra.protocol import IsBootstrappingErrorMessage, OverloadedErrorMessage
 from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStatement
@@ -31,6 +37,9 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # The write timestamp (microseconds) of a deletion: far above any real write's, so it shadows them all.
 DELETED_FOREVER_US = 2**62
 
+
+# A lightweight transaction: sent twice, the second answer says "not applied" (the first claimed it).
+NOT_IDEMPOTENT = frozenset({"claim_run"})
 
 # A retry can fix these: no node reachable, a timeout, a node overloaded, starting or rate-limiting.
 RETRYABLE: tuple[type[BaseException], ...] = (
@@ -100,6 +109,8 @@ async def _execute(session: Session, statement: Any, params: Any = None, *, all_
 
 class CqlTrackStore:
     def __init__(self, settings: Settings) -> None:
+        if settings.cql_consistency not in ConsistencyLevel.name_to_value:
+            raise ValueError(f"SCYLLA_CONSISTENCY: {settings.cql_consistency!r} is not a CQL consistency level")
         self.settings = settings
         self.cluster: Cluster | None = None
         self.session: Session | None = None
@@ -109,10 +120,19 @@ class CqlTrackStore:
     def _connect_blocking(self) -> None:
         s = self.settings
         profile = ExecutionProfile(
+            # Straight to a replica of the run's partition (ScyllaDB's driver also picks its shard).
             load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
-            consistency_level=ConsistencyLevel.LOCAL_QUORUM,
+            consistency_level=ConsistencyLevel.name_to_value[s.cql_consistency],
             serial_consistency_level=ConsistencyLevel.LOCAL_SERIAL,
+            # Below Envoy's 15 s route timeout: a slow node answers UNAVAILABLE before the call dies.
             request_timeout=s.cql_request_timeout_s,
+            # The driver's default policy: a read timeout retried once when enough replicas answered,
+            # an unavailable coordinator retried on the next host. Only idempotent statements (all but
+            # the ownership claim) are also tried on a second node when the first is slow.
+            retry_policy=RetryPolicy(),
+            speculative_execution_policy=ConstantSpeculativeExecutionPolicy(
+                delay=s.cql_speculative_delay_s, max_attempts=1
+            ),
         )
         cluster = Cluster(
             contact_points=list(s.scylla_hosts),
@@ -129,6 +149,9 @@ class CqlTrackStore:
                 session.execute(cql.format(keyspace=s.keyspace, replication=s.replication), timeout=60)
             session.set_keyspace(s.keyspace)
             prepared = {name: session.prepare(cql) for name, cql in queries.load(HERE / "queries.cql").items()}
+            for name, statement in prepared.items():
+                # Upserts of fixed values, reads and deletes at a fixed timestamp: safe to send twice.
+                statement.is_idempotent = name not in NOT_IDEMPOTENT
         except Exception:
             cluster.shutdown()
             raise
@@ -176,6 +199,7 @@ class CqlTrackStore:
         else:
             # One partition: an unlogged batch is a single mutation, applied atomically.
             statement = BatchStatement(batch_type=BatchType.UNLOGGED)
+            statement.is_idempotent = True  # the same points again: the same rows
             for p in points:
                 statement.add(insert, self._values(run_id, p))
         await _execute(session, statement)
