@@ -33,7 +33,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from devstack import procs
 from devstack.paths import ROOT
-from devstack.stack import Stack, dev_spec
+from devstack.stack import Stack, cluster_test_spec, dev_spec
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from runtrack_common import queries
 from summary_service.pg_store import HERE as SUMMARY_DIR
@@ -317,7 +317,7 @@ async def bench_store_modes(stack: Stack) -> None:
         await store.close()
 
 
-async def bench_streams(stack: Stack, streams: int, points: int) -> None:
+async def bench_streams(stack: Stack, streams: int, points: int, live_points: int = 40) -> dict[str, float]:
     channels = [grpc.aio.insecure_channel(stack.envoy_address) for _ in range(4)]
     start_s = int(time.time()) - 2 * 3600
     payload = _points(points, start_s)
@@ -343,6 +343,7 @@ async def bench_streams(stack: Stack, streams: int, points: int) -> None:
     await asyncio.gather(*(one(i) for i in range(streams)))
     took = time.perf_counter() - t0
     lat = sorted(latencies)
+    figures: dict[str, float] = {"points_per_s": streams * points / took}
     print(f"\nthrough Envoy: {streams} concurrent streams x {points} points (messages of 50)")
     print(
         f"  {streams * points / took:9.0f} points/s stored; whole-stream time p50 {statistics.median(lat):.0f} ms,"
@@ -352,7 +353,7 @@ async def bench_streams(stack: Stack, streams: int, points: int) -> None:
     # Durability delay: one point per message on a live stream, then poll the cursor until it is durable.
     stub = tracking_pb2_grpc.TrackingServiceStub(channels[0])
     rid = str(uuid.uuid4())
-    live = _points(40, start_s)
+    live = _points(live_points, start_s)
     owner = stack.issuer.metadata("bench-durability")
     call = stub.RecordTrack(metadata=owner)
     delays: list[float] = []
@@ -375,12 +376,14 @@ async def bench_streams(stack: Stack, streams: int, points: int) -> None:
     await call.done_writing()
     await call
     d = sorted(delays)
+    figures.update(durable_p50_ms=statistics.median(d), durable_p99_ms=_p99(d), durable_max_ms=d[-1])
     print(
-        f"  a live point durable after: p50 {statistics.median(d):.0f} ms, max {d[-1]:.0f} ms"
+        f"  a live point durable after: p50 {statistics.median(d):.0f} ms, p99 {_p99(d):.0f} ms, max {d[-1]:.0f} ms"
         f" (write linger + write + a cursor poll every 5 ms)"
     )
     for c in channels:
         await c.close()
+    return figures
 
 
 def replica_memory(stack: Stack) -> None:
@@ -398,6 +401,33 @@ async def bench_ingest(stack: Stack, streams: int, points: int) -> None:
     await bench_store_modes(stack)
     await bench_streams(stack, streams, points)
     replica_memory(stack)
+
+
+def bench_ingest_cluster(stack: Stack, streams: int, points: int) -> None:
+    """Streams through Envoy on the one-node store (RF 1), then on a three-node cluster (RF 3,
+    LOCAL_QUORUM) started beside it for the comparison: throughput and time to durable."""
+    one = asyncio.run(bench_streams(stack, streams, points, live_points=200))
+    spec = replace(
+        cluster_test_spec(),
+        name="bench-cluster",
+        state=ROOT / ".dev" / "bench-cluster",
+        logs=ROOT / ".dev" / "logs" / "bench-cluster",
+    )
+    cluster = Stack(spec)
+    say("starting a three-node CQL cluster beside the dev stack for the comparison")
+    cluster.up()
+    try:
+        three = asyncio.run(bench_streams(cluster, streams, points, live_points=200))
+    finally:
+        cluster.down()
+    print(f"\n{'':34} {'1 node, RF 1':>14} {'3 nodes, RF 3':>14}")
+    for key, label in (
+        ("points_per_s", "points/s through Envoy"),
+        ("durable_p50_ms", "live point durable p50 (ms)"),
+        ("durable_p99_ms", "live point durable p99 (ms)"),
+        ("durable_max_ms", "live point durable max (ms)"),
+    ):
+        print(f"{label:34} {one[key]:14.0f} {three[key]:14.0f}")
 
 
 # ---- auth -----------------------------------------------------------------------------------------
@@ -539,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     i = sub.add_parser("ingest")
     i.add_argument("--streams", type=int, default=64)
     i.add_argument("--points", type=int, default=2000)
+    i.add_argument("--cql-nodes", type=int, choices=(1, 3), default=1, help="3: also on a three-node cluster, beside")
     day = sub.add_parser("day")
     day.add_argument("--minutes", type=float, default=10.0, help="real minutes for one simulated day")
     day.add_argument("--peak", type=float, default=1.2, help="new runs per second at the morning peak")
@@ -574,6 +605,8 @@ def main(argv: list[str] | None = None) -> int:
         run_day(stack, config, ROOT / ".dev" / "bench")
     elif args.what == "auth":
         asyncio.run(bench_auth(stack, args.calls, args.rounds))
+    elif args.cql_nodes == 3:
+        bench_ingest_cluster(stack, args.streams, args.points)
     else:
         asyncio.run(bench_ingest(stack, args.streams, args.points))
     if args.what == "dashboard":

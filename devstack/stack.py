@@ -365,14 +365,15 @@ class Stack:
                     f"{recorded} CQL node(s) run now: `scripts/dev down` first, then `up` with the new count"
                 )
             (self.run_dir / "cql-nodes").write_text(str(len(self.cql_nodes)))
-            for node in self.cql_nodes:
-                if not node.pid():
-                    say(
-                        f"starting CQL node (Apache Cassandra {tools.CASSANDRA_VERSION}) on {node.address}:{s.cql_port}"
-                    )
-                    node.start()
-            for node in self.cql_nodes:
-                node.wait_ready()
+            # The seed first: the others learn the cluster from it, then start together.
+            for group in (self.cql_nodes[:1], self.cql_nodes[1:]):
+                for node in group:
+                    if not node.pid():
+                        version = tools.CASSANDRA_VERSION
+                        say(f"starting CQL node (Apache Cassandra {version}) on {node.address}:{s.cql_port}")
+                        node.start()
+                for node in group:
+                    node.wait_ready()
         if s.database_url is None:
             if not self.pg.pid():
                 say(f"starting PostgreSQL on 127.0.0.1:{s.pg_port}")
