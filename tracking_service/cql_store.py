@@ -22,7 +22,7 @@ from cassandra.policies import (
     TokenAwarePolicy,
 )
 from cassandra.pool import NoConnectionsAvailable
-from cassandra.protocol import IsBootstrappingErrorMessage, OverloadedErrorMessage
+from cassandra.protocol import ErrorMessage, IsBootstrappingErrorMessage, OverloadedErrorMessage
 from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStatement
 
 from runtrack_common import queries
@@ -57,11 +57,17 @@ RETRYABLE: tuple[type[BaseException], ...] = (
 )
 
 
+# A lightweight transaction whose outcome a coordinator could not learn (a node slow or lost mid-way);
+# the driver knows no class for this protocol-v5 code. Retrying the ownership claim is safe: if it
+# was applied, the retry reads the claimant back as the owner.
+CAS_WRITE_UNKNOWN = 0x1700
+
+
 def classify(err: Exception) -> RunTrackError:
     """What a failed CQL request means for the client. Unreachable or slow: UNAVAILABLE, retry.
     Anything else (a rejected statement, bad data, a refused login, a failed replica write): a
     bug or a misconfiguration that a retry cannot fix, INTERNAL."""
-    if isinstance(err, RETRYABLE):
+    if isinstance(err, RETRYABLE) or (isinstance(err, ErrorMessage) and err.code == CAS_WRITE_UNKNOWN):
         return Unavailable(f"CQL store unavailable: {type(err).__name__}", metadata={"store": "cql"})
     return Internal(f"CQL store rejected the request: {type(err).__name__}", metadata={"store": "cql"})
 

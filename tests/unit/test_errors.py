@@ -6,6 +6,7 @@ import grpc
 import psycopg
 import pytest
 from cassandra.cluster import NoHostAvailable
+from cassandra.protocol import ErrorMessage
 from google.protobuf import descriptor_pool
 from google.rpc import error_details_pb2
 from psycopg_pool import PoolTimeout
@@ -123,6 +124,11 @@ def test_an_overview_breaking_three_rules_names_all_three():
             False,
         ),
         (OSError("connection refused"), True),
+        (
+            ErrorMessage(0x1700, "CAS operation result is unknown - proposal accepted by 1 but not a quorum.", None),
+            True,
+        ),
+        (ErrorMessage(0x2200, "Invalid query", None), False),
     ],
 )
 def test_cql_errors_are_unavailable_only_when_a_retry_can_fix_them(error, retryable):
