@@ -58,13 +58,15 @@ class CqlNode:
         jmx_port: int,
         heap_mb: int = 1024,
         address: str = "127.0.0.1",
-        seed: str = "127.0.0.1",
+        seeds: tuple[str, ...] = ("127.0.0.1",),
         in_cluster: bool = False,
     ) -> None:
         self.home, self.log = home, log
         self.native_port, self.storage_port, self.jmx_port = native_port, storage_port, jmx_port
         self.heap_mb = heap_mb
-        self.address, self.seed = address, seed
+        # Every node of the local cluster is a seed: a node that restarts while another is down
+        # still finds a live one to gossip with.
+        self.address, self.seeds = address, seeds
         # A new cluster's nodes start together, each taking its tokens without streaming (nothing
         # to stream yet); a node that restarts rejoins with its own data and catches up by hints.
         self.in_cluster = in_cluster
@@ -92,7 +94,7 @@ commitlog_sync_period: 10000ms
 seed_provider:
   - class_name: org.apache.cassandra.locator.SimpleSeedProvider
     parameters:
-      - seeds: "{self.seed}:{self.storage_port}"
+      - seeds: "{",".join(f"{seed}:{self.storage_port}" for seed in self.seeds)}"
 listen_address: {self.address}
 rpc_address: {self.address}
 storage_port: {self.storage_port}
@@ -117,7 +119,11 @@ max_hint_window: 3h
         conf = self._write_config()
         classpath = os.pathsep.join([str(conf), *sorted(str(p) for p in lib.glob("*.jar"))])
         argv = [
+            # In a local cluster three JVMs share this machine's cores with the replicas: each sizes
+            # its pools for one core, and yields the CPU to the services (separate machines in production).
+            *(["nice", "-n", "5"] if self.in_cluster else []),
             "java",
+            *(["-XX:ActiveProcessorCount=1"] if self.in_cluster else []),
             f"-Xms{self.heap_mb // 2}m",
             f"-Xmx{self.heap_mb}m",
             "-XX:+UseG1GC",

@@ -420,12 +420,15 @@ def _cluster(c: Cluster, layout: Layout) -> dict[str, Any]:
                 },
             }
         },
+        # A replica that answers NOT_SERVING, or refuses the connection (it died), is out at once; one
+        # that answers slowly (the machine busy, a store node's JVM starting beside it) gets 2 s and
+        # three tries before it is taken out.
         "health_checks": [
             {
-                "timeout": "1s",
+                "timeout": "2s",
                 "interval": "1s",
                 "no_traffic_interval": "1s",
-                "unhealthy_threshold": 2,
+                "unhealthy_threshold": 3,
                 "healthy_threshold": 1,
                 "grpc_health_check": {"service_name": c.health_service},
             }

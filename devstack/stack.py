@@ -153,6 +153,7 @@ class Stack:
                 jmx_port=s.cql_jmx_port + 100 * i,
                 heap_mb=1024 if nodes == 1 else 512,
                 address=f"127.0.0.{i + 1}",
+                seeds=tuple(f"127.0.0.{k + 1}" for k in range(nodes)),
                 in_cluster=nodes > 1,
             )
             for i in range(nodes)

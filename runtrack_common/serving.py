@@ -139,18 +139,23 @@ class Replica:
         self.serving = serving
 
     async def _probe_forever(self) -> None:
+        failures = 0
         while not self._stop.is_set():
             try:
                 await asyncio.wait_for(
                     self.backend.ensure_ready(), timeout=max(2.0, self.settings.health_probe_interval_s * 3)
                 )
                 self._last_error = ""
+                failures = 0
                 await self._set_health(True)
             except Exception as err:  # noqa: BLE001 (any failure means: not able to serve now)
+                failures += 1
                 if repr(err) != self._last_error:
                     log.warning("database unreachable service=%s error=%r", self.service_name, err)
                     self._last_error = repr(err)
-                await self._set_health(False)
+                # Two in a row: one slow probe (a store node restarting, a busy machine) is not an outage.
+                if failures >= 2:
+                    await self._set_health(False)
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=self.settings.health_probe_interval_s)
             except TimeoutError:

@@ -128,9 +128,8 @@ def assert_caught_up(cluster, node, run_ids: list[str]) -> float:
             assert time.monotonic() - started < 120, f"node {node.address} holds {counts}"
             time.sleep(2)
     finally:
-        for other in others:
+        for other in others:  # one at a time, as an operator brings nodes back
             other.start()
-        for other in others:
             other.wait_ready()
         cluster.wait_healthy(cluster.replica_ports())
 
