@@ -17,7 +17,8 @@ from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
 from cassandra.policies import WhiteListRoundRobinPolicy
 from cassandra.query import SimpleStatement
 
-from devstack.stack import Stack, cluster_test_spec, test_spec
+from devstack.stack import Stack, cluster_test_spec
+from devstack.stack import test_spec as one_node_spec
 from tests.helpers import token_channel
 from tests.integration.faults import SERVICE, new_run, paced, replica_status, report, stored_trail
 
@@ -27,7 +28,7 @@ POINTS = 60  # a point a second: a minute of running per phone
 
 def record(name: str, **figures) -> None:
     """Into .dev/logs/test/faults.jsonl, beside the one-node fault tests' figures."""
-    report(Stack(test_spec()), name, **figures)
+    report(Stack(one_node_spec()), name, **figures)
 
 
 @pytest.fixture(scope="module")
