@@ -32,6 +32,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from devstack import procs
+from devstack.auth import token_channel
 from devstack.paths import ROOT
 from devstack.stack import Stack, cluster_test_spec, dev_spec
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
@@ -330,11 +331,7 @@ async def bench_streams(stack: Stack, streams: int, points: int, live_points: in
         """A phone uploading a backlog with the reference client: a store that times out under the
         load (UNAVAILABLE) is waited out and resumed from the cursor, as the app would."""
         nonlocal retries
-        credentials = grpc.composite_channel_credentials(
-            grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP),
-            grpc.access_token_call_credentials(stack.issuer.token(f"bench-ingest-{i}")),
-        )
-        async with grpc.aio.secure_channel(stack.envoy_address, credentials) as channel:
+        async with token_channel(stack.envoy_address, stack.issuer.token(f"bench-ingest-{i}")) as channel:
             recorder = RunRecorder(channel, str(uuid.uuid4()), "", points_per_message=50)
             recorder.record(payload)
             t0 = time.perf_counter()

@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from devstack.auth import token_channel
 from devstack.autoscale import Autoscaler, Policy, metrics_text
 from devstack.stack import Stack, metrics_port
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
@@ -170,12 +171,8 @@ class Day:
                 yield points[k : k + per_message]
                 await asyncio.sleep(0.25)
 
-        credentials = grpc.composite_channel_credentials(
-            grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP),
-            grpc.access_token_call_credentials(token),
-        )
         run_id = str(uuid.uuid4())
-        async with grpc.aio.secure_channel(self.stack.envoy_address, credentials) as channel:
+        async with token_channel(self.stack.envoy_address, token) as channel:
             recorder = RunRecorder(channel, run_id, "", backoff=Backoff(base_s=0.1, cap_s=2.0, max_attempts=100))
             phase = self.result.phases[phase_of(self.hour())]
             try:
