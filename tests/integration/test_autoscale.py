@@ -2,6 +2,7 @@
 removed after the window; no call fails and no point is lost. And the replicas' /metrics."""
 
 import asyncio
+import itertools
 import json
 import os
 import subprocess
@@ -82,6 +83,7 @@ async def test_phones_arriving_add_tracking_replicas_and_leaving_removes_them_wi
         runs = [new_run(channel, 200) for _ in range(10)]
         uploads = [asyncio.create_task(r.upload(paced(pts, 0.1))) for r, pts in runs]
         await asyncio.wait_for(asyncio.gather(*uploads), timeout=120)
+        phones_gone = time.monotonic() - start
         peak = max(n for _, n in counts)
         # The phones are gone: after the window the fleet shrinks to the minimum.
         deadline = time.monotonic() + 60
@@ -100,7 +102,14 @@ async def test_phones_arriving_add_tracking_replicas_and_leaving_removes_them_wi
         for recorder, pts in runs:
             assert list(await stored_trail(channel, recorder.run_id)) == pts, "a point was lost or changed"
         changes = [(round(t - start, 1), svc, a, b) for t, svc, a, b in scaler.decisions]
-        assert [(a, b) for _, _, a, b in changes] == [(2, 3), (3, 1)], changes
+        # Up once to the maximum while the phones are there; then only down (one step or several, as the
+        # streams close one by one), never back up, and not before the window has passed since they left.
+        assert changes[0][2:] == (2, 3), changes
+        downs = changes[1:]
+        assert downs and downs[-1][3] == policy.min_replicas, changes
+        assert all(b < a for _, _, a, b in downs), changes
+        assert all(d[2] == prev[3] for prev, d in itertools.pairwise(changes)), changes
+        assert downs[0][0] >= phones_gone + policy.scale_down_window_s / 2, (phones_gone, changes)
         report(
             stack,
             "autoscale",
