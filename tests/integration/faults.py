@@ -68,6 +68,19 @@ async def wait_status(stack, svc: str, want: str, timeout: float) -> float:  # n
         await asyncio.sleep(0.1)
 
 
+async def wait_envoy_unhealthy(stack, svc: str, timeout: float) -> float:  # noqa: ASYNC109
+    """Seconds until Envoy's health checks have taken every replica of `svc` out (a replica's own
+    NOT_SERVING reaches Envoy at its next check, up to an interval later)."""
+    start = time.monotonic()
+    while True:
+        health = await asyncio.to_thread(stack.host_health)
+        flags = [health[svc].get(p) for p in stack.replica_ports()[svc]]
+        if all(f is not None and f != "healthy" for f in flags):
+            return time.monotonic() - start
+        assert time.monotonic() - start < timeout, f"Envoy still sees {svc} replicas as {flags}"
+        await asyncio.sleep(0.1)
+
+
 def peak_rss_mb(pid: int) -> float:
     return procs.memory_mb(pid).get("VmHWM", 0.0)
 

@@ -19,7 +19,16 @@ from google.rpc import error_details_pb2
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from runtrack_client import Backoff, RunRecorder, error_status
 from tests.helpers import caller_channel, http_json, point
-from tests.integration.faults import busiest_replica, new_run, paced, peak_rss_mb, report, stored_trail, wait_status
+from tests.integration.faults import (
+    busiest_replica,
+    new_run,
+    paced,
+    peak_rss_mb,
+    report,
+    stored_trail,
+    wait_envoy_unhealthy,
+    wait_status,
+)
 
 
 async def assert_exactly_once(channel, recorder, sent):
@@ -60,14 +69,17 @@ async def test_cql_node_stopped_mid_stream_streams_resume_and_nothing_is_lost(st
     await asyncio.sleep(1.5)
 
     await asyncio.to_thread(stack.cql.stop)
-    await wait_status(stack, "tracking", "NOT_SERVING", timeout=20)
-    await assert_outage_is_retryable(stack, channel, runs[0][0].run_id)
-    await asyncio.sleep(1.0)
-    restarted = time.monotonic()
-    await asyncio.to_thread(stack.cql.start)
-    await asyncio.to_thread(stack.cql.wait_ready)
-    port_open_s = time.monotonic() - restarted
-    serving_s = await wait_status(stack, "tracking", "SERVING", timeout=60) + port_open_s
+    try:
+        not_serving_s = await wait_status(stack, "tracking", "NOT_SERVING", timeout=20)
+        envoy_out_s = not_serving_s + await wait_envoy_unhealthy(stack, "tracking", timeout=10)
+        await assert_outage_is_retryable(stack, channel, runs[0][0].run_id)
+        await asyncio.sleep(1.0)
+    finally:  # the node comes back whatever happened above: the tests after this one need it
+        restarted = time.monotonic()
+        await asyncio.to_thread(stack.cql.start)
+        await asyncio.to_thread(stack.cql.wait_ready)
+        port_open_s = time.monotonic() - restarted
+        serving_s = await wait_status(stack, "tracking", "SERVING", timeout=60) + port_open_s
 
     await asyncio.wait_for(asyncio.gather(*uploads), timeout=120)
     for recorder, pts in runs:
@@ -79,6 +91,8 @@ async def test_cql_node_stopped_mid_stream_streams_resume_and_nothing_is_lost(st
         "cql_node_stopped",
         points_sent=sum(len(p) for _, p in runs),
         points_lost=0,
+        replicas_not_serving_after_s=round(not_serving_s, 2),
+        envoy_took_them_out_after_s=round(envoy_out_s, 2),
         seconds_to_serving_after_node_start=round(serving_s, 2),
         cql_port_open_after_s=round(port_open_s, 2),
         streams_retried=sum(r.stats.retries for r, _ in runs),
