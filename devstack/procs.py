@@ -22,16 +22,33 @@ def alive(pid: int | None) -> bool:
         return True
     try:  # a zombie child is not alive
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
+            return f.read().rsplit(") ", 1)[1][0] != "Z"
     except OSError:
         return False
 
 
-def read_pid(pid_file: Path) -> int | None:
+def start_time(pid: int) -> str | None:
+    """When the process began, in clock ticks since boot (/proc/PID/stat field 22): with the pid, it
+    names one process, where a pid alone may have been given to another since."""
     try:
-        return int(pid_file.read_text().split()[0])
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def read_pid(pid_file: Path) -> int | None:
+    """The pid a pid file names, or None when that process is gone and the pid now belongs to another
+    (its first line holds the start time too). A first line with a pid alone (PostgreSQL's own file) is
+    taken as is."""
+    try:
+        fields = pid_file.read_text().split("\n", 1)[0].split()
+        pid = int(fields[0])
     except (OSError, ValueError, IndexError):
         return None
+    if len(fields) > 1 and start_time(pid) != fields[1]:
+        return None
+    return pid
 
 
 def start(
@@ -50,7 +67,7 @@ def start(
             cwd=cwd,
             start_new_session=True,
         )
-    pid_file.write_text(f"{proc.pid}\n")
+    pid_file.write_text(f"{proc.pid} {start_time(proc.pid)}\n")
     return proc.pid
 
 
