@@ -115,8 +115,9 @@ def metrics_port(port: int) -> int:
     return port + METRICS_PORT_OFFSET
 
 
-def cluster_test_spec(env: Mapping[str, str] = os.environ) -> StackSpec:
-    """The stack the cluster tests run: three CQL nodes (RF 3), on ports of its own."""
+def cluster_test_spec() -> StackSpec:
+    """The stack the cluster tests run: three local CQL nodes (RF 3) and a local PostgreSQL, on ports of
+    its own, whatever SCYLLA_HOSTS or DATABASE_URL say."""
     state = ROOT / ".dev" / "test-cluster"
     return StackSpec(
         name="test-cluster",
