@@ -1,8 +1,13 @@
 """One typed description of Envoy in front of RunTrack: listener, routes, clusters.
 
-`render(layout)` turns it into Envoy's v3 bootstrap; `scripts/gen-envoy` writes the render of the
-default layout to envoy/envoy.yaml. Replica addresses are not in it: they live in file-based EDS
-documents (`eds_document`) that `scripts/dev` rewrites as replicas come and go.
+`render(layout)` turns it into Envoy's v3 bootstrap. Two targets share it; only discovery and a few
+paths differ:
+
+- the local stack (`Layout()`, written by `scripts/gen-envoy` to envoy/envoy.yaml): replica addresses
+  live in file-based EDS documents (`eds_document`) that `scripts/dev` rewrites as replicas come and go;
+- Kubernetes (`render_k8s`, written to the chart's files/): each service's replicas are what its
+  headless Service's DNS name resolves to, i.e. its ready pods. The chart replaces the placeholders
+  (`NAMESPACE`, `JWT_ISSUER`...) with the release's values when it loads the file.
 """
 
 from __future__ import annotations
@@ -40,6 +45,10 @@ HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProto
 # Unary calls are safe to repeat (StopRun is idempotent by contract): retry them on another replica.
 RETRY_ON = "unavailable,reset,connect-failure,refused-stream"
 PREVIOUS_HOSTS = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+DNS_CLUSTER = "type.googleapis.com/envoy.extensions.clusters.dns.v3.DnsCluster"
+CARES = "type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig"
+HEALTH_CHECK = "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck"
+TLS_CONTEXT = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 
 
 @dataclass(frozen=True)
@@ -75,13 +84,21 @@ class StaticFile:
     content_type: str
 
 
-STATIC_FILES = (
-    StaticFile("/", "web/dist/index.html", "text/html; charset=utf-8"),
-    StaticFile("/index.html", "web/dist/index.html", "text/html; charset=utf-8"),
-    StaticFile("/assets/app.js", "web/dist/assets/app.js", "application/javascript; charset=utf-8"),
-    StaticFile("/assets/app.css", "web/dist/assets/app.css", "text/css; charset=utf-8"),
-    StaticFile("/openapi.json", "generated/openapi.json", "application/json"),
-)
+def static_files(web_dist: str, generated: str) -> tuple[StaticFile, ...]:
+    """The page as built in `web_dist` and the OpenAPI document in `generated`."""
+    html = "text/html; charset=utf-8"
+    return (
+        StaticFile("/", f"{web_dist}/index.html", html),
+        StaticFile("/index.html", f"{web_dist}/index.html", html),
+        StaticFile("/assets/app.js", f"{web_dist}/assets/app.js", "application/javascript; charset=utf-8"),
+        StaticFile("/assets/app.css", f"{web_dist}/assets/app.css", "text/css; charset=utf-8"),
+        StaticFile("/openapi.json", f"{generated}/openapi.json", "application/json"),
+    )
+
+
+# Relative to the repository root, Envoy's working directory in the local stack.
+STATIC_FILES = static_files("web/dist", "generated")
+DESCRIPTOR_SET_NAME = "runtrack_descriptor.pb"
 TRANSCODED_RESPONSE_MAX_BYTES = 16 * 1024 * 1024
 # Envoy keeps a direct response's body in memory; the page's bundle is a few hundred KB.
 MAX_STATIC_BYTES = 2 * 1024 * 1024
@@ -176,13 +193,28 @@ LOCAL_REPLIES = (
 
 
 @dataclass(frozen=True)
+class RemoteJwks:
+    """The identity provider's JWKS, fetched over HTTPS by Envoy and cached, instead of a file."""
+
+    url: str
+    # The provider's host and port, for the cluster Envoy fetches through (and the TLS SNI).
+    host: str
+    port: int | str
+    # The CA bundle that verifies the provider's certificate.
+    ca_file: str
+    cache_duration_s: int = 300
+    cluster: str = "jwks"
+
+
+@dataclass(frozen=True)
 class Auth:
     """Tokens checked at the edge: who signs them, for whom, and where Envoy finds the keys."""
 
     issuer: str = ISSUER
     audience: str = AUDIENCE
-    # A JWKS file, relative to Envoy's working directory.
+    # A JWKS file, relative to Envoy's working directory (unless `remote_jwks` is set).
     jwks_file: str = ".dev/keys/jwks.json"
+    remote_jwks: RemoteJwks | None = None
     clock_skew_s: int = 30
     # Open without a token: health, reflection, the web page and the API description.
     open_prefixes: tuple[str, ...] = (f"/{HEALTH.full_name}/", "/grpc.reflection.", "/assets/")
@@ -190,12 +222,33 @@ class Auth:
 
 
 @dataclass(frozen=True)
+class DnsDiscovery:
+    """Replicas found by DNS: every address `name_pattern` (with `{cluster}` replaced by the
+    cluster's name) resolves to is a replica on `port`. A Kubernetes headless Service's name
+    resolves to its ready pods, so a pod joins once its readiness probe passes."""
+
+    name_pattern: str
+    port: int
+    # Asked again every second (not after the record's TTL): a new pod is found within a second of
+    # the DNS server knowing it. A pod leaving stays until its health check fails (it reports
+    # NOT_SERVING on SIGTERM), as with EDS.
+    refresh_s: int = 1
+
+
+@dataclass(frozen=True)
 class Layout:
     listen_port: int = 8080
     admin_port: int = 9901
+    # Loopback in the local stack; every interface in a pod.
+    listen_address: str = "127.0.0.1"
     # Paths are relative to Envoy's working directory, the repository root.
-    descriptor_set: str = "generated/runtrack_descriptor.pb"
+    descriptor_set: str = f"generated/{DESCRIPTOR_SET_NAME}"
     eds_dir: str = ".dev/run/eds"
+    # When set, replicas are found by DNS instead of file-based EDS.
+    dns: DnsDiscovery | None = None
+    # When set, Envoy answers this path itself: 200, or 503 once its admin's /healthcheck/fail was
+    # posted (a pod leaving), so a readiness probe takes the pod out before its listener drains.
+    ready_path: str | None = None
     # A phone that sends nothing for this long has its stream reset.
     stream_idle_timeout_s: int = 600
     max_concurrent_streams: int = 10_000
@@ -221,8 +274,8 @@ class Layout:
     auth: Auth | None = field(default_factory=Auth)
 
 
-def _addr(port: int) -> dict[str, Any]:
-    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+def _addr(port: int | str, address: str = "127.0.0.1") -> dict[str, Any]:
+    return {"socket_address": {"address": address, "port_value": port}}
 
 
 def _route(r: Route) -> dict[str, Any]:
@@ -362,13 +415,28 @@ def _auth_filters(auth: Auth) -> list[dict[str, Any]]:
     from its `sub`. Runs before the transcoder, so JSON calls are matched on their own paths."""
     open_rules = [{"match": {"prefix": p}} for p in auth.open_prefixes]
     open_rules += [{"match": {"path": p}} for p in auth.open_paths]
+    keys: dict[str, Any]
+    if auth.remote_jwks is None:
+        keys = {"local_jwks": {"filename": auth.jwks_file}}
+    else:
+        remote = auth.remote_jwks
+        keys = {
+            "remote_jwks": {
+                "http_uri": {"uri": remote.url, "cluster": remote.cluster, "timeout": "5s"},
+                "cache_duration": f"{remote.cache_duration_s}s",
+                # Fetched when Envoy starts (and again before the cache expires), not on the first
+                # call; a failed fetch is retried.
+                "async_fetch": {"fast_listener": False},
+                "retry_policy": {"num_retries": 3},
+            }
+        }
     jwt_authn = {
         "@type": JWT_AUTHN,
         "providers": {
             "runtrack": {
                 "issuer": auth.issuer,
                 "audiences": [auth.audience],
-                "local_jwks": {"filename": auth.jwks_file},
+                **keys,
                 "forward": True,  # replicas call each other on the caller's behalf with it
                 # Only the header: a token in a URL's query string ends up in logs and histories.
                 "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
@@ -387,9 +455,37 @@ def _auth_filters(auth: Auth) -> list[dict[str, Any]]:
     ]
 
 
-def _cluster(c: Cluster, layout: Layout) -> dict[str, Any]:
+def _dns_cluster_type(refresh_s: int, *, logical: bool = False) -> dict[str, Any]:
+    """Envoy's DNS cluster (what STRICT_DNS was: one host per address; LOGICAL_DNS when `logical`),
+    asked every `refresh_s` whatever the record's TTL. The name is asked as written: a pod's
+    resolv.conf search list (ndots 5) would otherwise send each refresh through every search domain
+    first, so names must be fully qualified."""
+    config: dict[str, Any] = {
+        "@type": DNS_CLUSTER,
+        "dns_refresh_rate": f"{refresh_s}s",
+        "respect_dns_ttl": False,
+        "dns_lookup_family": "V4_PREFERRED",
+        "typed_dns_resolver_config": {
+            "name": "envoy.network.dns_resolver.cares",
+            "typed_config": {"@type": CARES, "dns_resolver_options": {"no_default_search_domain": True}},
+        },
+    }
+    if logical:
+        config["all_addresses_in_single_endpoint"] = True
+    return {"name": "envoy.cluster.dns", "typed_config": config}
+
+
+def _discovery(c: Cluster, layout: Layout) -> dict[str, Any]:
+    if layout.dns is not None:
+        host = layout.dns.name_pattern.format(cluster=c.name)
+        return {
+            "cluster_type": _dns_cluster_type(layout.dns.refresh_s),
+            "load_assignment": {
+                "cluster_name": c.name,
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _addr(layout.dns.port, host)}}]}],
+            },
+        }
     return {
-        "name": c.name,
         "type": "EDS",
         "eds_cluster_config": {
             "service_name": c.name,
@@ -401,6 +497,50 @@ def _cluster(c: Cluster, layout: Layout) -> dict[str, Any]:
                 },
             },
         },
+    }
+
+
+def _jwks_cluster(remote: RemoteJwks) -> dict[str, Any]:
+    """The identity provider, for jwt_authn's key fetches: HTTPS, its certificate verified."""
+    tls = {
+        "@type": TLS_CONTEXT,
+        "sni": remote.host,
+        "common_tls_context": {
+            "validation_context": {
+                "trusted_ca": {"filename": remote.ca_file},
+                "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": remote.host}}],
+            }
+        },
+    }
+    return {
+        "name": remote.cluster,
+        "cluster_type": _dns_cluster_type(30, logical=True),
+        "connect_timeout": "5s",
+        "load_assignment": {
+            "cluster_name": remote.cluster,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _addr(remote.port, remote.host)}}]}],
+        },
+        "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
+    }
+
+
+def _ready_check(path: str) -> dict[str, Any]:
+    """Envoy answers `path` itself (no token, no replica): 200 while it takes traffic, 503 once
+    told to fail its health checks."""
+    return {
+        "name": "envoy.filters.http.health_check",
+        "typed_config": {
+            "@type": HEALTH_CHECK,
+            "pass_through_mode": False,
+            "headers": [{"name": ":path", "string_match": {"exact": path}}],
+        },
+    }
+
+
+def _cluster(c: Cluster, layout: Layout) -> dict[str, Any]:
+    return {
+        "name": c.name,
+        **_discovery(c, layout),
         "connect_timeout": "1s",
         "per_connection_buffer_limit_bytes": layout.buffer_limit_bytes,
         "lb_policy": c.lb_policy,
@@ -449,6 +589,10 @@ def _cluster(c: Cluster, layout: Layout) -> dict[str, Any]:
     }
 
 
+def _remote_jwks(layout: Layout) -> RemoteJwks | None:
+    return layout.auth.remote_jwks if layout.auth is not None else None
+
+
 def render(layout: Layout = Layout()) -> dict[str, Any]:
     transcoder = {
         "@type": TRANSCODER,
@@ -490,6 +634,7 @@ def render(layout: Layout = Layout()) -> dict[str, Any]:
             ],
         },
         "http_filters": [
+            *([_ready_check(layout.ready_path)] if layout.ready_path is not None else []),
             _compressor(),
             _header_name_check(),
             *(_auth_filters(layout.auth) if layout.auth is not None else []),
@@ -504,14 +649,17 @@ def render(layout: Layout = Layout()) -> dict[str, Any]:
             "listeners": [
                 {
                     "name": "public",
-                    "address": _addr(layout.listen_port),
+                    "address": _addr(layout.listen_port, layout.listen_address),
                     "per_connection_buffer_limit_bytes": layout.buffer_limit_bytes,
                     "filter_chains": [
                         {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
                     ],
                 }
             ],
-            "clusters": [_cluster(c, layout) for c in layout.clusters],
+            "clusters": [
+                *(_cluster(c, layout) for c in layout.clusters),
+                *([_jwks_cluster(remote)] if (remote := _remote_jwks(layout)) is not None else []),
+            ],
         },
     }
 
@@ -530,8 +678,63 @@ def eds_document(cluster: str, ports: list[int]) -> dict[str, Any]:
     }
 
 
+# ---- Kubernetes ------------------------------------------------------------------------------
+# Placeholders in the chart's copy, replaced by the chart (templates/envoy/configmap.yaml) with the
+# release's values. Those standing for a whole YAML value get a JSON string (valid YAML); the others
+# sit inside a DNS name and get the bare label.
+NAMESPACE = "__NAMESPACE__"
+CLUSTER_DOMAIN = "__CLUSTER_DOMAIN__"
+JWT_ISSUER = "__JWT_ISSUER__"
+JWT_AUDIENCE = "__JWT_AUDIENCE__"
+JWKS_URL = "__JWKS_URL__"
+JWKS_HOST = "__JWKS_HOST__"
+JWKS_PORT = "__JWKS_PORT__"
+JWKS_CA_FILE = "__JWKS_CA_FILE__"
+K8S_PLACEHOLDERS = (NAMESPACE, CLUSTER_DOMAIN, JWT_ISSUER, JWT_AUDIENCE, JWKS_URL, JWKS_HOST, JWKS_PORT, JWKS_CA_FILE)
+
+# The replicas' gRPC port in their pods, behind the headless Services `tracking` and `summary`.
+REPLICA_PORT = 50051
+# Where the chart mounts the JWKS (its ConfigMap's key `jwks.json`).
+K8S_JWKS_DIR = "/etc/runtrack/jwks"
+K8S_JWKS_FILE = f"{K8S_JWKS_DIR}/jwks.json"
+# Envoy's own answer to the pod's readiness probe.
+K8S_READY_PATH = "/healthz"
+
+
+@dataclass(frozen=True)
+class ImagePaths:
+    """Where the Envoy image keeps the built web page and the generated files (the descriptor set,
+    the OpenAPI document): see deploy/images/README.md."""
+
+    web_dist: str = "/srv/runtrack/web/dist"
+    generated: str = "/srv/runtrack/generated"
+
+
+def k8s_layout(*, remote_jwks: bool = False, paths: ImagePaths = ImagePaths()) -> Layout:
+    """The same Envoy in a pod: listening on every interface, replicas found through their headless
+    Services' DNS names, the page and descriptor set from the image, the JWKS from the chart's mount
+    (or fetched from the identity provider when `remote_jwks`)."""
+    remote = RemoteJwks(url=JWKS_URL, host=JWKS_HOST, port=JWKS_PORT, ca_file=JWKS_CA_FILE) if remote_jwks else None
+    return Layout(
+        listen_address="0.0.0.0",
+        descriptor_set=f"{paths.generated}/{DESCRIPTOR_SET_NAME}",
+        dns=DnsDiscovery(f"{{cluster}}.{NAMESPACE}.svc.{CLUSTER_DOMAIN}", REPLICA_PORT),
+        ready_path=K8S_READY_PATH,
+        static_files=static_files(paths.web_dist, paths.generated),
+        auth=Auth(issuer=JWT_ISSUER, audience=JWT_AUDIENCE, jwks_file=K8S_JWKS_FILE, remote_jwks=remote),
+    )
+
+
+def render_k8s(*, remote_jwks: bool = False, paths: ImagePaths = ImagePaths()) -> dict[str, Any]:
+    return render(k8s_layout(remote_jwks=remote_jwks, paths=paths))
+
+
 HEADER = "# Generated by scripts/gen-envoy from devstack/envoy_config.py; do not edit by hand.\n"
+K8S_HEADER = HEADER + (
+    "# The chart loads it into the envoy ConfigMap and replaces the __UPPERCASE__ placeholders with the release's\n"
+    "# namespace, cluster domain, token issuer and audience (and the JWKS URL's parts).\n"
+)
 
 
-def to_yaml(doc: dict[str, Any]) -> str:
-    return HEADER + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=120)
+def to_yaml(doc: dict[str, Any], header: str = HEADER) -> str:
+    return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=120)
