@@ -411,6 +411,8 @@ state = "{self.containerd_state}"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{PAUSE_IMAGE}"
   enable_unprivileged_ports = false
+  # This machine denies CAP_SYS_RESOURCE: no process may lower its OOM score below containerd's own.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -566,50 +568,29 @@ state = "{self.containerd_state}"
         self._start("coredns", [tools_bin() / "coredns", "-conf", corefile])
 
     # ---- metrics for the HPAs ------------------------------------------------------------------
-    def start_prometheus(self, certs: dict[str, Pair]) -> None:
-        admin = self.pki.dir
+    def start_prometheus(self) -> None:
+        targets = self.state / "prometheus-targets.json"
+        if not targets.exists():
+            targets.write_text("[]")
+        self._start(
+            "pod-discovery",
+            [
+                sys.executable,
+                "-m",
+                "devstack.k8s_sd",
+                "--kubeconfig",
+                self.admin_kubeconfig,
+                "--out",
+                targets,
+            ],
+            env={"PYTHONPATH": str(ROOT)},
+        )
         config = {
-            "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
+            "global": {"scrape_interval": "5s", "evaluation_interval": "5s", "scrape_timeout": "4s"},
             "scrape_configs": [
                 {
                     "job_name": "runtrack-pods",
-                    "kubernetes_sd_configs": [
-                        {
-                            "role": "pod",
-                            "api_server": f"https://{NODE_IP}:{API_PORT}",
-                            "tls_config": {
-                                "ca_file": str(certs["ca"].cert),
-                                "cert_file": str(admin / "admin.crt"),
-                                "key_file": str(admin / "admin.key"),
-                            },
-                        }
-                    ],
-                    "relabel_configs": [
-                        {
-                            "source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"],
-                            "action": "keep",
-                            "regex": "true",
-                        },
-                        {
-                            "source_labels": ["__address__", "__meta_kubernetes_pod_annotation_prometheus_io_port"],
-                            "action": "replace",
-                            "regex": "([^:]+)(?::\\d+)?;(\\d+)",
-                            "replacement": "$1:$2",
-                            "target_label": "__address__",
-                        },
-                        {
-                            "source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_path"],
-                            "action": "replace",
-                            "regex": "(.+)",
-                            "target_label": "__metrics_path__",
-                        },
-                        {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-                        {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-                        {
-                            "source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_component"],
-                            "target_label": "component",
-                        },
-                    ],
+                    "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "5s"}],
                 }
             ],
         }
@@ -715,7 +696,7 @@ state = "{self.containerd_state}"
         self.start_kube_proxy()
         self.start_coredns()
         self.start_stores()
-        self.start_prometheus(certs)
+        self.start_prometheus()
         self.start_adapter(certs)
         self.wait_node_ready()
         say(f"cluster up in {time.monotonic() - started:.0f} s")
@@ -744,6 +725,7 @@ state = "{self.containerd_state}"
         for name in (
             "prometheus-adapter",
             "prometheus",
+            "pod-discovery",
             "coredns",
             "kube-proxy",
             "kubelet",
@@ -832,6 +814,7 @@ def status(cluster: Cluster) -> dict[str, Any]:
 
 PROCESSES = (
     "etcd",
+    "pod-discovery",
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
