@@ -1,0 +1,603 @@
+"""The Helm chart deploy/helm/runtrack, rendered with `helm template` and read back as objects.
+
+helm comes from RUNTRACK_HELM or the cluster tools' cache (~/.cache/runtrack/k8s/tools/bin/helm). Without
+it these tests skip on a workstation and fail under CI (CI set). The test that the chart's Envoy
+configurations are the generator's render needs no helm.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from devstack import tools
+from devstack.auth import ISSUER, LocalIssuer
+from devstack.envoy_config import K8S_JWKS_FILE, K8S_PLACEHOLDERS, K8S_READY_PATH, REPLICA_PORT, ImagePaths
+from devstack.gen_envoy import K8S_ENVOY_REMOTE_JWKS_YAML, K8S_ENVOY_YAML, outputs
+from devstack.paths import DESCRIPTOR_SET, OPENAPI, ROOT, cache_dir
+
+CHART = ROOT / "deploy" / "helm" / "runtrack"
+DRAIN_HOOK = CHART / "files" / "envoy-drain.sh"
+NAMESPACE = "runtrack-test"
+REPLICAS = ("tracking", "summary")
+COMPONENTS = (*REPLICAS, "envoy")
+
+Objects = list[dict[str, Any]]
+
+
+def _find_helm() -> Path | None:
+    named = os.environ.get("RUNTRACK_HELM")
+    if named:
+        if not Path(named).is_file():
+            pytest.fail(f"RUNTRACK_HELM={named} is not a file")
+        return Path(named)
+    cached = cache_dir() / "k8s" / "tools" / "bin" / "helm"
+    if cached.is_file():
+        return cached
+    found = shutil.which("helm")
+    return Path(found) if found else None
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    found = _find_helm()
+    if found is None:
+        where = cache_dir() / "k8s" / "tools" / "bin" / "helm"
+        message = f"helm not found: set RUNTRACK_HELM or build it into {where} (scripts/k8s up does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+@cache
+def _template(helm: Path, values_json: str = "{}", *files: tuple[str, str]) -> tuple[str, ...]:
+    """The chart's manifests (as YAML documents) for these values (JSON) and --set-file pairs."""
+    command = [str(helm), "template", "rt", str(CHART), "--namespace", NAMESPACE, "--values", "-"]
+    for key, path in files:
+        command += ["--set-file", f"{key}={path}"]
+    out = subprocess.run(command, input=values_json, capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise ChartError(out.stderr)
+    return tuple(doc for doc in out.stdout.split("\n---\n") if doc.strip())
+
+
+class ChartError(Exception):
+    """helm refused to render (a `fail` in a template or a value against values.schema.json)."""
+
+
+@pytest.fixture(scope="session")
+def render(helm: Path) -> Callable[..., Objects]:
+    def render(values: dict[str, Any] | None = None, **files: str | Path) -> Objects:
+        docs = _template(helm, json.dumps(values or {}, sort_keys=True), *sorted((k, str(v)) for k, v in files.items()))
+        return [doc for doc in (yaml.safe_load(text) for text in docs) if doc]
+
+    return render
+
+
+def one(objects: Objects, kind: str, name: str) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
+    return found[0]
+
+
+def names(objects: Objects, kind: str) -> set[str]:
+    return {o["metadata"]["name"] for o in objects if o["kind"] == kind}
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (only,) = deployment["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def env(deployment: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(deployment)["env"]}
+
+
+def envoy_config(objects: Objects) -> str:
+    return str(one(objects, "ConfigMap", "envoy")["data"]["envoy.yaml"])
+
+
+def cluster(config: dict[str, Any], name: str) -> dict[str, Any]:
+    (found,) = [c for c in config["static_resources"]["clusters"] if c["name"] == name]
+    return found
+
+
+def jwt_provider(config: dict[str, Any]) -> dict[str, Any]:
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    (jwt,) = [f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.jwt_authn"]
+    return dict(jwt["typed_config"]["providers"]["runtrack"])
+
+
+# ---- the Envoy configuration the chart carries ------------------------------------------------------
+
+
+def test_the_charts_envoy_configs_are_the_generators_render():
+    for path in (K8S_ENVOY_YAML, K8S_ENVOY_REMOTE_JWKS_YAML):
+        assert path.read_text() == outputs()[path], f"{path.relative_to(ROOT)} is stale: run scripts/gen-envoy"
+
+
+def test_the_charts_envoy_configs_hold_every_placeholder_the_chart_replaces():
+    local, remote = K8S_ENVOY_YAML.read_text(), K8S_ENVOY_REMOTE_JWKS_YAML.read_text()
+    for placeholder in K8S_PLACEHOLDERS:
+        assert placeholder in remote
+    assert {p for p in K8S_PLACEHOLDERS if p in local} == {
+        "__NAMESPACE__",
+        "__CLUSTER_DOMAIN__",
+        "__JWT_ISSUER__",
+        "__JWT_AUDIENCE__",
+    }
+    templates = "".join(p.read_text() for p in (CHART / "templates").rglob("*.yaml"))
+    for placeholder in K8S_PLACEHOLDERS:
+        assert f'"{placeholder}"' in templates, f"the chart never replaces {placeholder}"
+
+
+# ---- the chart ----------------------------------------------------------------------------------
+
+
+def test_helm_lint_passes(helm):
+    out = subprocess.run([str(helm), "lint", "--strict", str(CHART)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_defaults_render_every_object_under_its_fixed_name(render):
+    objects = render()
+    assert names(objects, "Deployment") == set(COMPONENTS)
+    assert names(objects, "Service") == set(COMPONENTS)
+    assert names(objects, "HorizontalPodAutoscaler") == set(REPLICAS)
+    assert names(objects, "PodDisruptionBudget") == set(COMPONENTS)
+    assert names(objects, "NetworkPolicy") == set(REPLICAS)
+    assert names(objects, "ConfigMap") == {"envoy", "envoy-jwks"}
+    assert names(objects, "Secret") == {"runtrack-postgres"}
+    for o in objects:
+        labels = o["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "runtrack"
+        assert labels["app.kubernetes.io/instance"] == "rt"
+        assert labels["app.kubernetes.io/component"] in COMPONENTS
+        assert o["metadata"]["namespace"] == NAMESPACE
+
+
+def test_each_replica_runs_its_service_on_the_grpc_port_with_metrics_beside_it(render):
+    objects = render()
+    for name in REPLICAS:
+        deployment = one(objects, "Deployment", name)
+        c = container(deployment)
+        assert c["image"] == "runtrack/app:dev" and c["imagePullPolicy"] == "Never"
+        assert c["command"] == ["python", "-m", f"{name}_service"]
+        assert c["args"] == ["--port", "50051", "--metrics-port", "9100"]
+        assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"grpc": REPLICA_PORT, "metrics": 9100}
+        variables = env(deployment)
+        assert variables["RUNTRACK_BIND_HOST"] == "0.0.0.0"
+        assert variables["RUNTRACK_API_ADDRESS"] == f"envoy.{NAMESPACE}.svc.cluster.local:8080"
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == "9100"
+        assert annotations["prometheus.io/path"] == "/metrics"
+        assert deployment["spec"]["template"]["spec"]["enableServiceLinks"] is False
+
+
+def test_the_store_settings_come_from_values_and_the_url_from_a_secret(render):
+    objects = render(
+        {
+            "cql": {
+                "hosts": ["10.244.0.1", "10.244.0.2"],
+                "port": 19042,
+                "keyspace": "rt",
+                "consistency": "ONE",
+                "replication": "{'class': 'SimpleStrategy', 'replication_factor': 1}",
+            },
+            "postgres": {"url": "postgresql://runtrack:secret@10.244.0.1:5432/runtrack"},
+        }
+    )
+    tracking = env(one(objects, "Deployment", "tracking"))
+    assert tracking["SCYLLA_HOSTS"] == "10.244.0.1,10.244.0.2"
+    assert tracking["SCYLLA_PORT"] == "19042"
+    assert tracking["SCYLLA_KEYSPACE"] == "rt"
+    assert tracking["SCYLLA_CONSISTENCY"] == "ONE"
+    assert tracking["SCYLLA_REPLICATION"] == "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+    assert "DATABASE_URL" not in tracking
+    summary = env(one(objects, "Deployment", "summary"))
+    assert summary["DATABASE_URL"] == {"secretKeyRef": {"name": "runtrack-postgres", "key": "uri"}}
+    assert one(objects, "Secret", "runtrack-postgres")["stringData"]["uri"] == (
+        "postgresql://runtrack:secret@10.244.0.1:5432/runtrack"
+    )
+
+
+def test_a_cloudnativepg_secret_replaces_the_charts_own(render):
+    objects = render({"postgres": {"existingSecret": "pg-app", "existingSecretKey": "uri"}})
+    assert "Secret" not in {o["kind"] for o in objects}
+    summary = env(one(objects, "Deployment", "summary"))
+    assert summary["DATABASE_URL"] == {"secretKeyRef": {"name": "pg-app", "key": "uri"}}
+
+
+def test_replicas_are_probed_with_kubernetes_grpc_probes_on_the_overall_health(render):
+    objects = render()
+    for name in REPLICAS:
+        c = container(one(objects, "Deployment", name))
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert c[probe]["grpc"] == {"port": REPLICA_PORT, "service": ""}
+        # A store outage (NOT_SERVING) must not restart a replica within a minute.
+        liveness = c["livenessProbe"]
+        assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 60
+
+
+def test_envoy_is_ready_by_its_own_health_answer_on_the_listener(render):
+    c = container(one(render(), "Deployment", "envoy"))
+    assert c["readinessProbe"]["httpGet"] == {"path": K8S_READY_PATH, "port": "http"}
+    assert c["command"] == ["envoy"]
+    assert c["args"][:2] == ["-c", "/etc/envoy/envoy.yaml"]
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8080}
+
+
+def test_the_grace_period_covers_the_prestop_sleep_the_drain_and_the_shutdown(render):
+    shutdown = {"preStopSleepSeconds": 4, "drainDelaySeconds": 2.5, "shutdownGraceSeconds": 12, "marginSeconds": 3}
+    objects = render({"shutdown": shutdown})
+    for name in REPLICAS:
+        deployment = one(objects, "Deployment", name)
+        spec = deployment["spec"]["template"]["spec"]
+        assert container(deployment)["lifecycle"]["preStop"] == {"sleep": {"seconds": 4}}
+        assert spec["terminationGracePeriodSeconds"] == 4 + 3 + 12 + 3
+        assert env(deployment)["DRAIN_DELAY_S"] == "2.5"
+        assert env(deployment)["SHUTDOWN_GRACE_S"] == "12"
+    defaults = one(render(), "Deployment", "tracking")["spec"]["template"]["spec"]
+    assert defaults["terminationGracePeriodSeconds"] >= 3 + 2 + 10
+
+
+def test_envoy_drains_before_it_stops(render):
+    deployment = one(render({"envoy": {"drain": {"seconds": 7}}}), "Deployment", "envoy")
+    c = container(deployment)
+    assert c["args"][2:] == ["--drain-time-s", "7"]
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > 7
+    shell, flag, script, name, seconds = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert (shell, flag, name, seconds) == ("/bin/bash", "-c", "envoy-drain", "7")
+    assert script.strip() == DRAIN_HOOK.read_text().strip()
+    no_shell = container(one(render({"envoy": {"drain": {"seconds": 7, "shell": ""}}}), "Deployment", "envoy"))
+    assert no_shell["lifecycle"]["preStop"] == {"sleep": {"seconds": 7}}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_the_drain_hook_fails_envoys_readiness_and_drains_its_listener(tmp_path):
+    """The hook against a real Envoy (the Kubernetes config, on free loopback ports): /healthz turns
+    503 at once, the hook waits the drain time, and the listener is closed by then."""
+    listen, admin = _free_port(), _free_port()
+    text = outputs()[K8S_ENVOY_YAML]
+    config = yaml.safe_load(text)
+    assert config["admin"]["address"]["socket_address"]["port_value"] == 9901
+    assert "/dev/tcp/127.0.0.1/9901" in DRAIN_HOOK.read_text()
+    config["admin"]["address"]["socket_address"]["port_value"] = admin
+    listener = config["static_resources"]["listeners"][0]
+    listener["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": listen}
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    # Only what the readiness answer needs: no token check, no transcoder, no replicas.
+    hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"].endswith(("health_check", "router"))]
+    hcm["route_config"]["virtual_hosts"][0]["routes"] = []
+    config["static_resources"]["clusters"] = []
+    (tmp_path / "envoy.yaml").write_text(yaml.safe_dump(config))
+    envoy = subprocess.Popen(
+        [str(tools.envoy()), "-c", str(tmp_path / "envoy.yaml"), "--drain-time-s", "2", "--base-id", str(admin)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        ready = f"http://127.0.0.1:{listen}{K8S_READY_PATH}"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if _get(ready) == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        assert _get(ready) == 200
+        hook = DRAIN_HOOK.read_text().replace("127.0.0.1/9901", f"127.0.0.1/{admin}")
+        started = time.monotonic()
+        drain = subprocess.Popen(["bash", "-c", hook, "envoy-drain", "2"])
+        time.sleep(0.5)
+        assert _get(ready) == 503
+        assert drain.wait(timeout=10) == 0
+        assert time.monotonic() - started >= 2
+        with pytest.raises(OSError):
+            _get(ready)
+    finally:
+        envoy.terminate()
+        envoy.wait(timeout=10)
+
+
+def test_rollouts_surge_one_pod_and_never_go_below_the_count(render):
+    for name in COMPONENTS:
+        spec = one(render(), "Deployment", name)["spec"]
+        assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+        assert spec["minReadySeconds"] > 0
+
+
+def test_every_container_runs_as_a_numbered_user_with_nothing_it_does_not_need(render):
+    for name in COMPONENTS:
+        deployment = one(render(), "Deployment", name)
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] == 10001
+        assert pod["automountServiceAccountToken"] is False
+        security = container(deployment)["securityContext"]
+        assert security["runAsNonRoot"] is True
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"] == {"drop": ["ALL"]}
+        assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+        mounts = {m["mountPath"]: m["name"] for m in container(deployment)["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert "emptyDir" in volumes[mounts["/tmp"]]
+
+
+def test_resources_come_from_values(render):
+    objects = render({"tracking": {"resources": {"requests": {"cpu": "500m"}, "limits": {"memory": "1Gi"}}}})
+    assert container(one(objects, "Deployment", "tracking"))["resources"] == {
+        "requests": {"cpu": "500m", "memory": "256Mi"},
+        "limits": {"cpu": "1", "memory": "1Gi"},
+    }
+    envoy = container(one(objects, "Deployment", "envoy"))["resources"]
+    assert envoy == {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}}
+
+
+def test_the_hpas_scale_tracking_on_open_streams_and_summary_on_calls_per_second(render):
+    objects = render(
+        {
+            "hpa": {
+                "tracking": {"minReplicas": 1, "maxReplicas": 9, "targetStreams": 50},
+                "summary": {"targetCallsPerSecond": 75},
+                "scaleDown": {"stabilizationWindowSeconds": 5},
+            }
+        }
+    )
+    expected = {"tracking": ("runtrack_streams_open", "50"), "summary": ("runtrack_grpc_calls_per_second", "75")}
+    for name, (metric, target) in expected.items():
+        spec = one(objects, "HorizontalPodAutoscaler", name)["spec"]
+        assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+        assert spec["metrics"] == [
+            {
+                "type": "Pods",
+                "pods": {"metric": {"name": metric}, "target": {"type": "AverageValue", "averageValue": target}},
+            }
+        ]
+        assert spec["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 5
+        assert spec["behavior"]["scaleUp"]["policies"]
+    assert one(objects, "HorizontalPodAutoscaler", "tracking")["spec"]["minReplicas"] == 1
+    assert one(objects, "HorizontalPodAutoscaler", "tracking")["spec"]["maxReplicas"] == 9
+    assert one(objects, "HorizontalPodAutoscaler", "summary")["spec"]["maxReplicas"] == 4
+
+
+def test_the_hpa_defaults_are_the_contracts(render):
+    objects = render()
+    tracking = one(objects, "HorizontalPodAutoscaler", "tracking")["spec"]
+    summary = one(objects, "HorizontalPodAutoscaler", "summary")["spec"]
+    assert (tracking["minReplicas"], tracking["maxReplicas"]) == (2, 6)
+    assert (summary["minReplicas"], summary["maxReplicas"]) == (2, 4)
+    assert tracking["metrics"][0]["pods"]["target"]["averageValue"] == "300"
+    assert summary["metrics"][0]["pods"]["target"]["averageValue"] == "200"
+    assert tracking["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 60
+
+
+def test_the_replica_count_is_the_hpas_unless_it_is_off(render):
+    for name in REPLICAS:
+        assert "replicas" not in one(render(), "Deployment", name)["spec"]
+    objects = render({"hpa": {"enabled": False}, "tracking": {"replicas": 3}, "summary": {"replicas": 1}})
+    assert "HorizontalPodAutoscaler" not in {o["kind"] for o in objects}
+    assert one(objects, "Deployment", "tracking")["spec"]["replicas"] == 3
+    assert one(objects, "Deployment", "summary")["spec"]["replicas"] == 1
+
+
+def test_the_replicas_services_are_headless_and_list_only_ready_pods(render):
+    objects = render()
+    for name in REPLICAS:
+        spec = one(objects, "Service", name)["spec"]
+        assert spec["clusterIP"] == "None"
+        assert spec["publishNotReadyAddresses"] is False
+        assert {p["name"]: p["port"] for p in spec["ports"]} == {"grpc": REPLICA_PORT, "metrics": 9100}
+        assert spec["selector"]["app.kubernetes.io/component"] == name
+
+
+def test_envoy_is_a_node_port_with_tls_only_when_a_secret_is_named(render):
+    spec = one(render({"envoy": {"nodePort": 31080}}), "Service", "envoy")["spec"]
+    assert spec["type"] == "NodePort"
+    assert [(p["name"], p["port"], p["nodePort"]) for p in spec["ports"]] == [("http", 8080, 31080)]
+    objects = render({"tls": {"secretName": "runtrack-tls"}})
+    spec = one(objects, "Service", "envoy")["spec"]
+    assert [(p["name"], p["port"], p["nodePort"]) for p in spec["ports"]] == [
+        ("http", 8080, 30080),
+        ("https", 8443, 30443),
+    ]
+    pod = one(objects, "Deployment", "envoy")["spec"]["template"]["spec"]
+    assert {"name": "tls", "secret": {"secretName": "runtrack-tls"}} in pod["volumes"]
+
+
+def test_only_envoy_and_the_node_reach_the_replicas(render):
+    objects = render({"networkPolicy": {"scrapeFrom": ["10.0.0.1/32", "10.0.0.2/32"]}})
+    for name in REPLICAS:
+        spec = one(objects, "NetworkPolicy", name)["spec"]
+        assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == name
+        assert spec["policyTypes"] == ["Ingress"]
+        grpc_rule, metrics_rule = spec["ingress"]
+        assert grpc_rule["ports"] == [{"port": REPLICA_PORT, "protocol": "TCP"}]
+        (envoy,) = [peer for peer in grpc_rule["from"] if "podSelector" in peer]
+        assert envoy["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "envoy"
+        node = [{"ipBlock": {"cidr": "10.0.0.1/32"}}, {"ipBlock": {"cidr": "10.0.0.2/32"}}]
+        assert [peer for peer in grpc_rule["from"] if "ipBlock" in peer] == node  # the kubelet's probes
+        assert metrics_rule == {"from": node, "ports": [{"port": 9100, "protocol": "TCP"}]}
+    # No source for the metrics port: no rule (an empty `from` would let everyone in).
+    spec = one(render({"networkPolicy": {"scrapeFrom": []}}), "NetworkPolicy", "tracking")["spec"]
+    assert [rule["ports"][0]["port"] for rule in spec["ingress"]] == [REPLICA_PORT]
+    assert "NetworkPolicy" not in {o["kind"] for o in render({"networkPolicy": {"enabled": False}})}
+
+
+def test_a_disruption_leaves_one_pod_of_each_component(render):
+    objects = render()
+    for name in COMPONENTS:
+        spec = one(objects, "PodDisruptionBudget", name)["spec"]
+        assert spec["minAvailable"] == 1
+        assert spec["selector"]["matchLabels"]["app.kubernetes.io/component"] == name
+    assert "PodDisruptionBudget" not in {o["kind"] for o in render({"pdb": {"enabled": False}})}
+
+
+def test_envoys_config_finds_the_replicas_in_the_release_namespace_and_checks_the_issuer(render):
+    objects = render({"jwt": {"issuer": "https://id.example.com/realms/run", "audience": "runtrack-web"}})
+    text = envoy_config(objects)
+    assert not [p for p in K8S_PLACEHOLDERS if p in text]
+    config = yaml.safe_load(text)
+    for name in REPLICAS:
+        (endpoint,) = cluster(config, name)["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        assert endpoint["endpoint"]["address"]["socket_address"] == {
+            "address": f"{name}.{NAMESPACE}.svc.cluster.local",
+            "port_value": REPLICA_PORT,
+        }
+        dns = cluster(config, name)["cluster_type"]["typed_config"]
+        assert dns["dns_refresh_rate"] == "1s" and dns["respect_dns_ttl"] is False
+    provider = jwt_provider(config)
+    assert provider["issuer"] == "https://id.example.com/realms/run"
+    assert provider["audiences"] == ["runtrack-web"]
+    assert config["static_resources"]["listeners"][0]["address"]["socket_address"]["address"] == "0.0.0.0"
+    assert config["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9901}
+    defaults = jwt_provider(yaml.safe_load(envoy_config(render())))
+    assert (defaults["issuer"], defaults["audiences"]) == (ISSUER, ["runtrack"])
+
+
+def test_envoy_reads_the_jwks_where_the_chart_mounts_it(render, tmp_path):
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys": [{"kty": "EC", "kid": "k1"}]}')
+    objects = render(**{"jwks.content": jwks})
+    provider = jwt_provider(yaml.safe_load(envoy_config(objects)))
+    assert provider["local_jwks"] == {"filename": K8S_JWKS_FILE}
+    pod = one(objects, "Deployment", "envoy")["spec"]["template"]["spec"]
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    directory, key = K8S_JWKS_FILE.rsplit("/", 1)
+    assert mounts["jwks"] == directory
+    mounted = one(objects, "ConfigMap", volumes["jwks"]["configMap"]["name"])
+    assert json.loads(mounted["data"][key]) == json.loads(jwks.read_text())
+    assert mounts["config"] == "/etc/envoy" and volumes["config"]["configMap"]["name"] == "envoy"
+
+
+def test_without_keys_envoy_gets_one_that_signs_nothing(render):
+    keys = json.loads(one(render(), "ConfigMap", "envoy-jwks")["data"]["jwks.json"])["keys"]
+    assert [k["kid"] for k in keys] == ["runtrack-no-signer"]
+
+
+def test_a_jwks_url_has_envoy_fetch_the_keys_from_the_identity_provider(render):
+    objects = render({"jwks": {"url": "https://id.example.com:8443/realms/run/certs"}})
+    config = yaml.safe_load(envoy_config(objects))
+    remote = jwt_provider(config)["remote_jwks"]
+    assert remote["http_uri"]["uri"] == "https://id.example.com:8443/realms/run/certs"
+    idp = cluster(config, remote["http_uri"]["cluster"])
+    address = idp["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert address["socket_address"] == {"address": "id.example.com", "port_value": 8443}
+    assert idp["transport_socket"]["typed_config"]["sni"] == "id.example.com"
+    assert names(objects, "ConfigMap") == {"envoy"}
+    pod = one(objects, "Deployment", "envoy")["spec"]["template"]["spec"]
+    assert "jwks" not in {v["name"] for v in pod["volumes"]}
+    default_port = yaml.safe_load(envoy_config(render({"jwks": {"url": "https://id.example.com/certs"}})))
+    endpoint = cluster(default_port, "jwks")["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint["address"]["socket_address"]["port_value"] == 443
+
+
+def test_a_new_envoy_config_or_key_rolls_the_envoy_pods(render, tmp_path):
+    def checksum(objects: Objects) -> str:
+        annotations = one(objects, "Deployment", "envoy")["spec"]["template"]["metadata"]["annotations"]
+        return str(annotations["checksum/config"])
+
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys": []}')
+    assert checksum(render()) != checksum(render(**{"jwks.content": jwks}))
+    assert checksum(render()) != checksum(render({"jwt": {"issuer": "https://other"}}))
+
+
+def test_wrong_values_are_refused_before_anything_is_installed(render):
+    for values in (
+        {"cql": {"consistency": "SOMETIMES"}},
+        {"envoy": {"nodePort": 8080}},
+        {"jwks": {"url": "http://id.example.com/certs"}},
+        {"hpa": {"tracking": {"targetStreams": 0}}},
+        {"postgres": {"url": ""}},
+        {"replicaCount": 3},
+    ):
+        with pytest.raises(ChartError):
+            render(values)
+
+
+def _self_signed_ca(path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "runtrack test CA")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+
+
+@pytest.mark.parametrize("remote_jwks", [False, True], ids=["jwks-file", "jwks-url"])
+def test_envoy_validates_the_config_the_chart_renders(render, tmp_path, remote_jwks):
+    """`envoy --mode validate` on the ConfigMap's content, with the image's paths moved under tmp_path
+    (the page, the OpenAPI document and the descriptor set, and the mounted JWKS)."""
+    issuer = LocalIssuer(tmp_path / "keys")
+    issuer.ensure_keys()
+    if remote_jwks:
+        _self_signed_ca(tmp_path / "ca.pem")
+        values = {"jwks": {"url": "https://id.example.com/certs", "caFile": str(tmp_path / "ca.pem")}}
+        text = envoy_config(render(values))
+    else:
+        text = envoy_config(render(**{"jwks.content": issuer.jwks_file}))
+    paths = ImagePaths()
+    web, generated, jwks = tmp_path / "web", tmp_path / "generated", tmp_path / "jwks"
+    for directory in (web / "assets", generated, jwks):
+        directory.mkdir(parents=True)
+    for page in ("index.html", "assets/app.js", "assets/app.css"):
+        (web / page).write_text("served by Envoy")
+    shutil.copy(DESCRIPTOR_SET, generated / DESCRIPTOR_SET.name)
+    shutil.copy(OPENAPI, generated / OPENAPI.name)
+    shutil.copy(issuer.jwks_file, jwks / Path(K8S_JWKS_FILE).name)
+    text = text.replace(paths.web_dist, str(web)).replace(paths.generated, str(generated))
+    text = text.replace(str(Path(K8S_JWKS_FILE).parent), str(jwks))
+    config = tmp_path / "envoy.yaml"
+    config.write_text(text)
+    out = subprocess.run(
+        [str(tools.envoy()), "--mode", "validate", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
