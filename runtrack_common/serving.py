@@ -30,6 +30,9 @@ API_SERVICE_NAMES = (
 )
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# A health name that is SERVING while the process runs, whatever its store says: what a liveness probe
+# asks (a store outage takes a replica out of the balancer, it is no reason to restart it).
+LIVENESS = "liveness"
 
 
 def file_containing_symbol(pool: descriptor_pool.DescriptorPool, name: str) -> FileDescriptor:
@@ -187,6 +190,7 @@ class Replica:
         address = f"{s.bind_host}:{self.port}"
         server.add_insecure_port(address)
         await self._set_health(False)
+        await self.health.set(LIVENESS, SERVING)
         await server.start()
         if self.metrics_port is not None:
             metrics.serve(s.bind_host, self.metrics_port)

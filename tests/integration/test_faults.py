@@ -20,6 +20,7 @@ from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb
 from runtrack_client import Backoff, RunRecorder, error_status
 from tests.helpers import caller_channel, http_json, point
 from tests.integration.faults import (
+    replica_status,
     busiest_replica,
     new_run,
     paced,
@@ -92,6 +93,9 @@ async def test_cql_node_stopped_mid_stream_streams_resume_and_nothing_is_lost(st
     await asyncio.to_thread(stack.cql.stop)
     try:
         not_serving_s = await wait_status(stack, "tracking", "NOT_SERVING", timeout=20)
+        # What a liveness probe asks stays SERVING: an outage is no reason to restart a replica.
+        for port in stack.replica_ports()["tracking"]:
+            assert await replica_status(port, "liveness") == "SERVING"
         envoy_out_s = not_serving_s + await wait_envoy_unhealthy(stack, "tracking", timeout=10)
         rounds_answered_by_a_replica = await assert_outage_is_retryable(stack, channel, runs[0][0].run_id)
         await asyncio.sleep(1.0)

@@ -232,9 +232,9 @@ def test_replicas_are_probed_with_kubernetes_grpc_probes_on_the_overall_health(r
     objects = render()
     for name in REPLICAS:
         c = container(one(objects, "Deployment", name))
-        for probe in ("readinessProbe", "livenessProbe"):
-            assert c[probe]["grpc"] == {"port": REPLICA_PORT, "service": ""}
-        # A store outage (NOT_SERVING) must not restart a replica within a minute.
+        assert c["readinessProbe"]["grpc"] == {"port": REPLICA_PORT, "service": ""}
+        # Liveness asks a name that stays SERVING through a store outage (the replica is not restarted).
+        assert c["livenessProbe"]["grpc"] == {"port": REPLICA_PORT, "service": "liveness"}
         liveness = c["livenessProbe"]
         assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 60
 
