@@ -20,11 +20,11 @@ from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb
 from runtrack_client import Backoff, RunRecorder, error_status
 from tests.helpers import caller_channel, http_json, point
 from tests.integration.faults import (
-    replica_status,
     busiest_replica,
     new_run,
     paced,
     peak_rss_mb,
+    replica_status,
     report,
     stored_trail,
     wait_envoy_unhealthy,
