@@ -34,6 +34,8 @@ K8S_VERSION = "v1.34.4"
 GOMOD = ROOT / "deploy" / "k8s" / "gomod"
 CHART = ROOT / "deploy" / "helm" / "runtrack"
 ADAPTER_RULES = ROOT / "deploy" / "k8s" / "adapter-rules.yaml"
+VALUES_LOCAL = ROOT / "deploy" / "k8s" / "values-local.yaml"
+RELEASE = "runtrack"
 
 NODE_NAME = "runtrack-node"
 BRIDGE = "rtk0"
@@ -237,7 +239,7 @@ class Cluster:
                 {"type": "portmap", "capabilities": {"portMappings": True}},
             ],
         }
-        (cni / "10-runtrack.conflist").write_text(json.dumps(conf, indent=1))
+        _write((cni / "10-runtrack.conflist"), json.dumps(conf, indent=1))
 
     def certificates(self) -> dict[str, Pair]:
         ca = self.pki.ca("ca")
@@ -400,7 +402,8 @@ class Cluster:
     # ---- the node ----------------------------------------------------------------------------
     def containerd_config(self) -> Path:
         conf = self.state / "containerd.toml"
-        conf.write_text(
+        _write(
+            conf,
             f"""version = 2
 root = "{self.containerd_root}"
 state = "{self.containerd_state}"
@@ -423,7 +426,7 @@ state = "{self.containerd_state}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{self.state / "cni"}"
-"""
+""",
         )
         return conf
 
@@ -509,7 +512,7 @@ state = "{self.containerd_state}"
             "localStorageCapacityIsolation": False,
         }
         path = self.state / "kubelet-config.json"
-        path.write_text(json.dumps(config, indent=1))
+        _write(path, json.dumps(config, indent=1))
         self._start(
             "kubelet",
             [
@@ -526,7 +529,7 @@ state = "{self.containerd_state}"
     def _resolv_conf(self) -> Path:
         """Pods' resolv.conf beyond the cluster's names: none (nothing outside this machine)."""
         path = self.state / "resolv.conf"
-        path.write_text(f"nameserver {NODE_IP}\n")
+        _write(path, f"nameserver {NODE_IP}\n")
         return path
 
     def start_kube_proxy(self) -> None:
@@ -544,12 +547,13 @@ state = "{self.containerd_state}"
             "conntrack": {"maxPerCore": 0},
         }
         path = self.state / "kube-proxy-config.json"
-        path.write_text(json.dumps(config, indent=1))
+        _write(path, json.dumps(config, indent=1))
         self._start("kube-proxy", [k8s_bin() / "kube-proxy", f"--config={path}", "--v=1"])
 
     def start_coredns(self) -> None:
         corefile = self.state / "Corefile"
-        corefile.write_text(
+        _write(
+            corefile,
             f""".:53 {{
     bind {NODE_IP}
     errors
@@ -563,7 +567,7 @@ state = "{self.containerd_state}"
     }}
     cache 5
 }}
-"""
+""",
         )
         self._start("coredns", [tools_bin() / "coredns", "-conf", corefile])
 
@@ -571,7 +575,7 @@ state = "{self.containerd_state}"
     def start_prometheus(self) -> None:
         targets = self.state / "prometheus-targets.json"
         if not targets.exists():
-            targets.write_text("[]")
+            _write(targets, "[]")
         self._start(
             "pod-discovery",
             [
@@ -595,7 +599,7 @@ state = "{self.containerd_state}"
             ],
         }
         path = self.state / "prometheus.yml"
-        path.write_text(json.dumps(config, indent=1))
+        _write(path, json.dumps(config, indent=1))
         self._start(
             "prometheus",
             [
@@ -700,6 +704,61 @@ state = "{self.containerd_state}"
         self.start_adapter(certs)
         self.wait_node_ready()
         say(f"cluster up in {time.monotonic() - started:.0f} s")
+        refs = self.load_images()
+        self.install_chart(refs)
+        self.wait_deployments()
+        say(f"chart ready in {time.monotonic() - started:.0f} s; Envoy at {NODE_IP}:{ENVOY_NODE_PORT}")
+
+    def load_images(self) -> dict[str, str]:
+        """Builds the images (cached by content) and imports them into the node's containerd."""
+        from devstack import images
+
+        built = images.build_all()
+        for image in built.values():
+            self.import_image(image.archive, image.containerd_ref)
+        return {name: image.containerd_ref for name, image in built.items()}
+
+    def helm(self, *args: str | Path, capture: bool = False) -> str:
+        proc = run(
+            tools_bin() / "helm",
+            "--kubeconfig",
+            self.admin_kubeconfig,
+            *args,
+            stdout=subprocess.PIPE if capture else None,
+        )
+        return proc.stdout or ""
+
+    def chart_values(self, refs: dict[str, str]) -> list[str | Path]:
+        """helm's value options for this cluster: the local file, then what only this machine knows."""
+        self.issuer.ensure_keys()
+        return [
+            "-f",
+            VALUES_LOCAL,
+            "--set",
+            f"images.app={refs['app']}",
+            "--set",
+            f"images.envoy={refs['envoy']}",
+            "--set-file",
+            f"jwks.content={self.issuer.jwks_file}",
+        ]
+
+    def install_chart(self, refs: dict[str, str], *extra: str) -> None:
+        say(f"installing the chart in namespace {NAMESPACE}")
+        self.helm(
+            "upgrade",
+            "--install",
+            RELEASE,
+            CHART,
+            "--namespace",
+            NAMESPACE,
+            "--create-namespace",
+            *self.chart_values(refs),
+            *extra,
+        )
+
+    def wait_deployments(self, timeout_s: int = 300) -> None:
+        for name in ("tracking", "summary", "envoy"):
+            self.kubectl("rollout", "status", f"deployment/{name}", "-n", NAMESPACE, f"--timeout={timeout_s}s")
 
     def wait_node_ready(self, timeout: float = 180.0) -> None:
         def ready() -> bool:
@@ -760,6 +819,16 @@ state = "{self.containerd_state}"
                 quiet=True,
                 stderr=subprocess.DEVNULL,
             )
+
+
+def _write(path: Path, text: str) -> Path:
+    """Writes a configuration file only when its content changes: kube-proxy, for one, exits when
+    its file is touched."""
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return path
 
 
 def _b64(path: Path) -> str:
