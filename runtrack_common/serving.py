@@ -193,6 +193,7 @@ class Replica:
         await self.health.set(LIVENESS, SERVING)
         await server.start()
         if self.metrics_port is not None:
+            metrics.initialize(descriptor_pool.Default().FindServiceByName(self.service_name))
             metrics.serve(s.bind_host, self.metrics_port)
         log.info(
             "listening service=%s address=%s metrics_port=%s", self.service_name, address, self.metrics_port or "-"

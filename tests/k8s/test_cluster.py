@@ -49,7 +49,7 @@ def pods(k8s: Cluster, component: str) -> list[dict]:
             "get", "pods", "-n", NAMESPACE, "-l", f"app.kubernetes.io/component={component}", "-o", "json", capture=True
         )
     )
-    return doc["items"]
+    return [p for p in doc["items"] if not p["metadata"].get("deletionTimestamp")]  # not those leaving
 
 
 # ---- phones and readers ------------------------------------------------------------------------

@@ -73,3 +73,19 @@ async def test_a_stream_counts_its_points_and_how_long_each_took_to_be_durable(c
     assert value("runtrack_point_durable_seconds_count") == durable + 3
     assert value("runtrack_batch_write_seconds_count") > batches
     assert value("runtrack_streams_open") == 0
+
+
+def test_every_counted_method_has_its_series_at_zero_before_its_first_call():
+    from runtrack_common.metrics import initialize
+
+    initialize(tracking_pb2.DESCRIPTOR.services_by_name["TrackingService"])
+    initialize(summary_pb2.DESCRIPTOR.services_by_name["SummaryService"])
+    handled = {"grpc_service": "runtrack.v1.SummaryService", "grpc_method": "GetRun", "grpc_code": "OK"}
+    assert REGISTRY.get_sample_value("grpc_server_handled_total", {"grpc_type": "UNARY", **handled}) is not None
+    stream = {"grpc_type": "CLIENT_STREAM", "grpc_service": "runtrack.v1.TrackingService", "grpc_method": "RecordTrack"}
+    assert REGISTRY.get_sample_value("grpc_server_started_total", stream) is not None
+    # A server-streaming method is not counted by the interceptor, so it gets no series either.
+    watch = [m for m in tracking_pb2.DESCRIPTOR.services_by_name["TrackingService"].methods if m.server_streaming]
+    for m in watch:
+        labels = {"grpc_type": "UNARY", "grpc_service": "runtrack.v1.TrackingService", "grpc_method": m.name}
+        assert REGISTRY.get_sample_value("grpc_server_started_total", labels) is None
