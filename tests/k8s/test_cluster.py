@@ -234,7 +234,7 @@ def _cluster_schemas(k8s: Cluster, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name, schema in defs.items():
         for gvk in schema.get("x-kubernetes-group-version-kind", []) if isinstance(schema, dict) else []:
-            group = gvk["group"] or "core"
+            group = gvk["group"] or gvk["version"]  # kubeconform names the core group by its version
             path = folder / f"{gvk['kind'].lower()}_{group}_{gvk['version']}.json"
             path.write_text(json.dumps({"$ref": f"#/definitions/{name}", "definitions": defs}))
     return folder
