@@ -170,8 +170,15 @@ class Cluster:
         pid = procs.read_pid(self._pid_file(name))
         return pid if procs.alive(pid) else None
 
-    def _start(self, name: str, argv: list[str | Path], env: dict[str, str] | None = None) -> int:
+    def _start(
+        self, name: str, argv: list[str | Path], env: dict[str, str] | None = None, *, changed: bool = False
+    ) -> int:
+        """Starts a host process unless it runs; one whose configuration `changed` starts again."""
         pid = self.pid(name)
+        if pid and changed:
+            say(f"restarting {name}: its configuration changed")
+            procs.stop(pid, timeout=15)
+            pid = None
         if pid:
             return pid
         say(f"starting {name}")
@@ -512,7 +519,7 @@ state = "{self.containerd_state}"
             "localStorageCapacityIsolation": False,
         }
         path = self.state / "kubelet-config.json"
-        _write(path, json.dumps(config, indent=1))
+        changed = _write(path, json.dumps(config, indent=1))
         self._start(
             "kubelet",
             [
@@ -524,6 +531,7 @@ state = "{self.containerd_state}"
                 f"--root-dir={self.kubelet_dir}",
                 "--v=1",
             ],
+            changed=changed,
         )
 
     def _resolv_conf(self) -> Path:
@@ -543,16 +551,18 @@ state = "{self.containerd_state}"
             "bindAddress": "127.0.0.1",
             "healthzBindAddress": "127.0.0.1:10256",
             "metricsBindAddress": "127.0.0.1:10249",
-            "nodePortAddresses": [f"{NODE_IP}/32"],
+            # NodePorts on loopback too (kube-proxy lets 127.0.0.1 through to the pods), where clients
+            # that send tokens in the clear insist on being.
+            "nodePortAddresses": [f"{NODE_IP}/32", "127.0.0.1/32"],
             "conntrack": {"maxPerCore": 0},
         }
         path = self.state / "kube-proxy-config.json"
-        _write(path, json.dumps(config, indent=1))
-        self._start("kube-proxy", [k8s_bin() / "kube-proxy", f"--config={path}", "--v=1"])
+        changed = _write(path, json.dumps(config, indent=1))
+        self._start("kube-proxy", [k8s_bin() / "kube-proxy", f"--config={path}", "--v=1"], changed=changed)
 
     def start_coredns(self) -> None:
         corefile = self.state / "Corefile"
-        _write(
+        changed = _write(
             corefile,
             f""".:53 {{
     bind {NODE_IP}
@@ -569,7 +579,7 @@ state = "{self.containerd_state}"
 }}
 """,
         )
-        self._start("coredns", [tools_bin() / "coredns", "-conf", corefile])
+        self._start("coredns", [tools_bin() / "coredns", "-conf", corefile], changed=changed)
 
     # ---- metrics for the HPAs ------------------------------------------------------------------
     def start_prometheus(self) -> None:
@@ -599,7 +609,7 @@ state = "{self.containerd_state}"
             ],
         }
         path = self.state / "prometheus.yml"
-        _write(path, json.dumps(config, indent=1))
+        changed = _write(path, json.dumps(config, indent=1))
         self._start(
             "prometheus",
             [
@@ -609,6 +619,7 @@ state = "{self.containerd_state}"
                 "--storage.tsdb.retention.time=6h",
                 f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}",
             ],
+            changed=changed,
         )
 
     def start_adapter(self, certs: dict[str, Pair]) -> None:
@@ -707,7 +718,7 @@ state = "{self.containerd_state}"
         refs = self.load_images()
         self.install_chart(refs)
         self.wait_deployments()
-        say(f"chart ready in {time.monotonic() - started:.0f} s; Envoy at {NODE_IP}:{ENVOY_NODE_PORT}")
+        say(f"chart ready in {time.monotonic() - started:.0f} s; Envoy at 127.0.0.1:{ENVOY_NODE_PORT}")
 
     def load_images(self) -> dict[str, str]:
         """Builds the images (cached by content) and imports them into the node's containerd."""
@@ -821,14 +832,15 @@ state = "{self.containerd_state}"
             )
 
 
-def _write(path: Path, text: str) -> Path:
-    """Writes a configuration file only when its content changes: kube-proxy, for one, exits when
-    its file is touched."""
-    if not path.exists() or path.read_text() != text:
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-    return path
+def _write(path: Path, text: str) -> bool:
+    """Writes a configuration file only when its content changes (kube-proxy, for one, exits when its
+    file is touched); True when it did, and the process reading it must start again."""
+    if path.exists() and path.read_text() == text:
+        return False
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return True
 
 
 def _b64(path: Path) -> str:
@@ -858,7 +870,7 @@ def _buildah_image(rootfs: Path, archive: Path, ref: str, *, entrypoint: list[st
 def status(cluster: Cluster) -> dict[str, Any]:
     """What `scripts/k8s status --json` prints (CONTRACT §11)."""
     out: dict[str, Any] = {
-        "envoy_address": f"{NODE_IP}:{ENVOY_NODE_PORT}",
+        "envoy_address": f"127.0.0.1:{ENVOY_NODE_PORT}",
         "kubernetes_version": K8S_VERSION,
         "nodes": 0,
         "deployments": {},
