@@ -1,0 +1,259 @@
+"""The chart's NetworkPolicies, enforced on the local cluster: only Envoy's pods (and the node, for
+probes and scrapes) reach the replicas' gRPC port 50051, only the node their metrics port 9100.
+
+A pod of the app image that is not Envoy tries both ports of every tracking and summary pod, by
+address and through the headless Services' names, and must be refused or time out; a connection to
+an Envoy pod (which no policy selects) shows that pod can connect at all. Every Envoy pod connects to
+every replica's 50051, a call of each service goes through the cluster's Envoy, and the node reaches
+both ports. With nothing enforcing the policies the attacker connects, and the first test fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from devstack.auth import LocalIssuer, token_channel
+from devstack.k8s import NAMESPACE, Cluster
+from devstack.paths import ROOT
+from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
+
+GRPC_PORT = 50051
+METRICS_PORT = 9100
+ENVOY_PORT = 8080
+REPLICAS = ("tracking", "summary")
+ATTACKER = "netpol-attacker"
+CONNECT_TIMEOUT_S = 3
+
+# Run inside a pod with the image's python: tries a TCP connection to each "host:port" of argv[1] (a
+# JSON list), every address a name resolves to, and prints {target: [outcome, ...]} as JSON.
+PROBE = """
+import json, socket, sys
+out = {}
+for target in json.loads(sys.argv[1]):
+    host, port = target.rsplit(":", 1)
+    try:
+        addrs = sorted({a[4][0] for a in socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)})
+    except OSError as err:
+        out[target] = ["unresolved: %s" % err]
+        continue
+    results = []
+    for addr in addrs:
+        s = socket.socket()
+        s.settimeout(TIMEOUT)
+        try:
+            s.connect((addr, int(port)))
+            results.append("connected")
+        except ConnectionRefusedError:
+            results.append("refused")
+        except (TimeoutError, socket.timeout):
+            results.append("timeout")
+        except OSError as err:
+            results.append("error: %s" % err)
+        finally:
+            s.close()
+    out[target] = results
+print(json.dumps(out))
+""".replace("TIMEOUT", str(CONNECT_TIMEOUT_S))
+
+# Run in an Envoy pod (bash, coreutils): "connected" or "failed" for each host:port argument.
+BASH_PROBE = f"""
+for target in "$@"; do
+  if timeout {CONNECT_TIMEOUT_S} bash -c "exec 3<>/dev/tcp/${{target%:*}}/${{target##*:}}" 2>/dev/null; then
+    echo "$target connected"
+  else
+    echo "$target failed"
+  fi
+done
+"""
+
+
+def _pods(k8s: Cluster, component: str) -> list[dict[str, Any]]:
+    doc = json.loads(
+        k8s.kubectl(
+            "get", "pods", "-n", NAMESPACE, "-l", f"app.kubernetes.io/component={component}", "-o", "json", capture=True
+        )
+    )
+    ready = []
+    for pod in doc["items"]:
+        conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
+        if conditions.get("Ready") == "True" and not pod["metadata"].get("deletionTimestamp"):
+            ready.append(pod)
+    assert ready, f"no Ready {component} pod in namespace {NAMESPACE}"
+    return ready
+
+
+def _ips(k8s: Cluster, component: str) -> list[str]:
+    return [str(p["status"]["podIP"]) for p in _pods(k8s, component)]
+
+
+def _app_image(k8s: Cluster) -> str:
+    image = k8s.kubectl(
+        "get",
+        "deploy",
+        "tracking",
+        "-n",
+        NAMESPACE,
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image}",
+        capture=True,
+    ).strip()
+    assert image, "deployment/tracking has no image"
+    return image
+
+
+def _attacker_manifest(image: str) -> dict[str, Any]:
+    """A pod of the replicas' own image that is not Envoy: no label any policy admits."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": ATTACKER,
+            "namespace": NAMESPACE,
+            "labels": {"app.kubernetes.io/name": ATTACKER},
+        },
+        "spec": {
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 2,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 10001,
+                "runAsGroup": 10001,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [
+                {
+                    "name": "probe",
+                    "image": image,
+                    "imagePullPolicy": "Never",
+                    "command": [
+                        "python",
+                        "-c",
+                        "import signal, sys, time\n"
+                        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+                        "time.sleep(900)\n",
+                    ],
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "readOnlyRootFilesystem": True,
+                        "allowPrivilegeEscalation": False,
+                        "privileged": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                    "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+                }
+            ],
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def attacker(k8s: Cluster) -> Iterator[str]:
+    k8s.kubectl("delete", "pod", ATTACKER, "-n", NAMESPACE, "--ignore-not-found", "--wait=true")
+    k8s.kubectl("apply", "-f", "-", input=json.dumps(_attacker_manifest(_app_image(k8s))))
+    try:
+        k8s.kubectl("wait", "--for=condition=Ready", f"pod/{ATTACKER}", "-n", NAMESPACE, "--timeout=90s")
+        yield ATTACKER
+    finally:
+        k8s.kubectl("delete", "pod", ATTACKER, "-n", NAMESPACE, "--ignore-not-found", "--wait=false")
+
+
+def _probe_from(k8s: Cluster, pod: str, targets: list[str]) -> dict[str, list[str]]:
+    out = k8s.kubectl("exec", "-n", NAMESPACE, pod, "--", "python", "-c", PROBE, json.dumps(targets), capture=True)
+    result: dict[str, list[str]] = json.loads(out)
+    return result
+
+
+def _connect_from_node(host: str, port: int) -> str:
+    with socket.socket() as s:
+        s.settimeout(CONNECT_TIMEOUT_S)
+        try:
+            s.connect((host, port))
+        except ConnectionRefusedError:
+            return "refused"
+        except TimeoutError:
+            return "timeout"
+        except OSError as err:
+            return f"error: {err}"
+        return "connected"
+
+
+def test_a_pod_that_is_not_envoy_reaches_no_replica(k8s: Cluster, attacker: str) -> None:
+    names = [f"{c}.{NAMESPACE}.svc.cluster.local" for c in REPLICAS]
+    targets = [f"{ip}:{port}" for c in REPLICAS for ip in _ips(k8s, c) for port in (GRPC_PORT, METRICS_PORT)]
+    targets += [f"{name}:{port}" for name in names for port in (GRPC_PORT, METRICS_PORT)]
+    # The control: Envoy's pods are selected by no policy, so the same probe connects to them.
+    controls = [f"{ip}:{ENVOY_PORT}" for ip in _ips(k8s, "envoy")]
+    started = time.monotonic()
+    results = _probe_from(k8s, attacker, targets + controls)
+    for target in controls:
+        assert results[target] == ["connected"], f"the probe pod cannot connect to Envoy at all: {results}"
+    for name in names:
+        for port in (GRPC_PORT, METRICS_PORT):
+            outcomes = results[f"{name}:{port}"]
+            assert outcomes and not outcomes[0].startswith("unresolved"), f"{name}: {outcomes}"
+    let_in = {t: r for t, r in results.items() if t not in controls and any(o == "connected" for o in r)}
+    assert not let_in, f"NetworkPolicy not enforced: a pod that is not Envoy connected to {let_in}"
+    others = {t: r for t, r in results.items() if t not in controls and set(r) - {"refused", "timeout"}}
+    assert not others, others
+    print(f"attacker: {len(targets)} targets refused or timed out in {time.monotonic() - started:.1f} s: {results}")
+
+
+def test_every_envoy_pod_reaches_every_replicas_grpc_port_and_not_its_metrics(k8s: Cluster) -> None:
+    grpc_targets = [f"{ip}:{GRPC_PORT}" for c in REPLICAS for ip in _ips(k8s, c)]
+    metrics_targets = [f"{ip}:{METRICS_PORT}" for c in REPLICAS for ip in _ips(k8s, c)]
+    for envoy in _pods(k8s, "envoy"):
+        name = envoy["metadata"]["name"]
+        out = k8s.kubectl(
+            "exec",
+            "-n",
+            NAMESPACE,
+            name,
+            "-c",
+            "envoy",
+            "--",
+            "bash",
+            "-c",
+            BASH_PROBE,
+            "probe",
+            *grpc_targets,
+            *metrics_targets,
+            capture=True,
+        )
+        outcome = dict(line.split() for line in out.splitlines() if line.strip())
+        assert all(outcome[t] == "connected" for t in grpc_targets), f"{name}: {outcome}"
+        assert all(outcome[t] == "failed" for t in metrics_targets), f"{name}: {outcome}"
+
+
+async def test_calls_through_the_clusters_envoy_reach_both_services(k8s: Cluster, k8s_envoy: str) -> None:
+    issuer = LocalIssuer(ROOT / ".dev" / "keys")
+    token = issuer.token(f"netpol-{uuid.uuid4().hex[:8]}", ttl_s=600)
+    async with token_channel(k8s_envoy, token) as channel:
+        tracking = tracking_pb2_grpc.TrackingServiceStub(channel)
+        summary = summary_pb2_grpc.SummaryServiceStub(channel)
+        for _ in range(4):  # Envoy spreads the calls over its replicas
+            zones = await tracking.GetPrivacyZones(tracking_pb2.GetPrivacyZonesRequest(user_id="me"), timeout=15)
+            assert list(zones.zones) == []
+            runs = await summary.ListRuns(summary_pb2.ListRunsRequest(user_id="me"), timeout=15)
+            assert list(runs.runs) == []
+            await asyncio.sleep(0.1)
+
+
+def test_the_node_reaches_the_grpc_and_metrics_ports(k8s: Cluster) -> None:
+    """The kubelet's probes and Prometheus come from the node's address on the pod network."""
+    outcomes = {
+        f"{ip}:{port}": _connect_from_node(ip, port)
+        for c in REPLICAS
+        for ip in _ips(k8s, c)
+        for port in (GRPC_PORT, METRICS_PORT)
+    }
+    assert set(outcomes.values()) == {"connected"}, outcomes
