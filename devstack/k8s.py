@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from devstack import procs
+from devstack import k8s_netpol, procs
 from devstack.auth import LocalIssuer
 from devstack.cql_node import CqlNode
 from devstack.k8s_pki import Pair, Pki, kubeconfig
@@ -67,6 +67,7 @@ DEBIAN_PACKAGES = {
     "/usr/lib/cni/bridge": "containernetworking-plugins",
     "prometheus": "prometheus",
     "conntrack": "conntrack",
+    "ipset": "ipset",
     "iptables": "iptables",
     "buildah": "buildah",
     "mmdebstrap": "mmdebstrap",
@@ -714,6 +715,7 @@ state = "{self.containerd_state}"
         self.start_prometheus()
         self.start_adapter(certs)
         self.wait_node_ready()
+        k8s_netpol.start(self)  # NetworkPolicy enforced before any replica starts
         say(f"cluster up in {time.monotonic() - started:.0f} s")
         refs = self.load_images()
         self.install_chart(refs)
@@ -797,6 +799,7 @@ state = "{self.containerd_state}"
             "prometheus",
             "pod-discovery",
             "coredns",
+            "kube-router",
             "kube-proxy",
             "kubelet",
             "kube-scheduler",
@@ -810,26 +813,44 @@ state = "{self.containerd_state}"
         self.pg.stop()
         self.cql.stop()
 
+    def _ctr_quiet(self, *args: str) -> None:
+        run(
+            "ctr",
+            "--address",
+            self.containerd_sock,
+            "--namespace",
+            "k8s.io",
+            *args,
+            check=False,
+            quiet=True,
+            stderr=subprocess.DEVNULL,
+        )
+
     def _stop_pods(self) -> None:
-        """Containers outlive the kubelet: stop every pod sandbox containerd still runs."""
-        if not self.pid("containerd"):
-            return
-        for task in self.ctr("tasks", "list", "--quiet", capture=True).split():
-            run(
-                "ctr",
-                "--address",
-                self.containerd_sock,
-                "--namespace",
-                "k8s.io",
-                "tasks",
-                "kill",
-                "-s",
-                "SIGKILL",
-                task,
-                check=False,
-                quiet=True,
-                stderr=subprocess.DEVNULL,
-            )
+        """Containers outlive the kubelet: kill and remove every one containerd still has, then what the
+        pods left on the host (the kubelet's volume mounts, the pods' network namespaces)."""
+        if self.pid("containerd"):
+            tasks = self.ctr("tasks", "list", "--quiet", capture=True).split()
+            for task in tasks:
+                self._ctr_quiet("tasks", "kill", "--signal", "SIGKILL", task)
+            time.sleep(1)
+            for task in tasks:
+                self._ctr_quiet("tasks", "delete", "--force", task)
+            for container in self.ctr("containers", "list", "--quiet", capture=True).split():
+                self._ctr_quiet("containers", "delete", container)
+        with open("/proc/mounts") as f:
+            mounts = [line.split()[1] for line in f]
+        ours = (str(self.kubelet_dir), str(self.containerd_state))
+        for mount in sorted((m for m in mounts if m.startswith(ours)), key=len, reverse=True):
+            run("umount", "-l", mount, check=False, quiet=True, stderr=subprocess.DEVNULL)
+        netns = run("ip", "netns", "list", stdout=subprocess.PIPE, check=False).stdout or ""
+        for line in netns.splitlines():
+            name = line.split()[0] if line.split() else ""
+            if name.startswith("cni-"):
+                run("ip", "netns", "delete", name, check=False, quiet=True, stderr=subprocess.DEVNULL)
+        # kube-proxy's own clean-up of its iptables rules.
+        if (k8s_bin() / "kube-proxy").exists():
+            run(k8s_bin() / "kube-proxy", "--cleanup", check=False, quiet=True, stderr=subprocess.DEVNULL)
 
 
 def _write(path: Path, text: str) -> bool:
@@ -902,6 +923,7 @@ PROCESSES = (
     "containerd",
     "kubelet",
     "kube-proxy",
+    "kube-router",
     "coredns",
     "prometheus",
     "prometheus-adapter",
@@ -932,6 +954,7 @@ def main(argv: list[str]) -> int:
         cluster.down()
     elif args.cmd == "build":
         build()
+        k8s_netpol.build()
     elif args.cmd == "status":
         info = status(cluster)
         if args.json:
