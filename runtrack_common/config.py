@@ -58,6 +58,8 @@ class Settings:
     # Points per unlogged single-partition batch, and how long a partial batch may wait.
     write_batch_points: int = 100
     write_linger_ms: int = 50
+    # How long a batch the store did not take is sent again (jittered backoff) before the stream ends.
+    write_retry_budget_s: float = 3.0
     # "batch": one unlogged single-partition batch per write; "concurrent": one insert per point.
     write_mode: str = "batch"
     # A RecordTrack stream that sends nothing for this long is ended (DEADLINE_EXCEEDED).
@@ -99,6 +101,7 @@ class Settings:
             replica_inflight_writes=_int(env, "TRACK_REPLICA_INFLIGHT_WRITES", d.replica_inflight_writes),
             write_batch_points=_int(env, "TRACK_WRITE_BATCH_POINTS", d.write_batch_points),
             write_linger_ms=_int(env, "TRACK_WRITE_LINGER_MS", d.write_linger_ms),
+            write_retry_budget_s=_float(env, "TRACK_WRITE_RETRY_BUDGET_S", d.write_retry_budget_s),
             write_mode=_choice(env, "TRACK_WRITE_MODE", ("batch", "concurrent"), d.write_mode),
             stream_idle_timeout_s=_float(env, "TRACK_STREAM_IDLE_TIMEOUT_S", d.stream_idle_timeout_s),
             max_concurrent_rpcs=_int(env, "GRPC_MAX_CONCURRENT_RPCS", d.max_concurrent_rpcs),

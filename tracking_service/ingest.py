@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -23,6 +24,10 @@ BATCH_WRITE = Histogram(
     "runtrack_batch_write_seconds",
     "One batch of points written to the CQL store (one round trip).",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+WRITE_RETRIES = Counter(
+    "runtrack_write_retries_total",
+    "Batch writes sent again within the stream after the store did not answer (a write is idempotent).",
 )
 POINT_DURABLE = Histogram(
     "runtrack_point_durable_seconds",
@@ -65,6 +70,9 @@ class IngestStream:
         replica_slots: asyncio.Semaphore,
         linger_s: float = 0.1,
         clock_ms: Callable[[], int] = _now_ms,
+        retry_budget_s: float = 3.0,
+        retry_base_s: float = 0.1,
+        retry_cap_s: float = 1.0,
     ) -> None:
         self.store = store
         self.result = IngestResult(run_id)
@@ -79,6 +87,11 @@ class IngestStream:
         self._timer: asyncio.TimerHandle | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._failure: Exception | None = None
+        # A batch the store did not take (a node lost, a timeout) is sent again, jittered, for up to this
+        # long, before the stream ends with UNAVAILABLE: a hiccup costs the phone nothing.
+        self._retry_budget_s = retry_budget_s
+        self._retry_base_s = retry_base_s
+        self._retry_cap_s = retry_cap_s
 
     async def claim(self, user_id: str) -> None:
         """Binds the run to `user_id` (the first claim wins); refused for a deleted run."""
@@ -146,7 +159,7 @@ class IngestStream:
     async def _write(self, batch: list[Point], arrivals: list[float]) -> None:
         try:
             start = time.monotonic()
-            await self.store.write_points(self.result.run_id, batch)
+            await self._write_with_retries(batch, start + self._retry_budget_s)
             durable = time.monotonic()
             self.result.points_stored += len(batch)
             POINTS_STORED.inc(len(batch))
@@ -161,6 +174,28 @@ class IngestStream:
         finally:
             self._replica_slots.release()
             self._stream_slots.release()
+
+    async def _write_with_retries(self, batch: list[Point], deadline: float) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self.store.write_points(self.result.run_id, batch)
+                return
+            except Unavailable as err:
+                delay = min(self._retry_cap_s, self._retry_base_s * 2**attempt) * random.uniform(0.5, 1.0)
+                if time.monotonic() + delay > deadline:
+                    raise
+                attempt += 1
+                WRITE_RETRIES.inc()
+                log.info(
+                    "write retry run_id=%s points=%d attempt=%d in=%.2fs error=%s",
+                    self.result.run_id,
+                    len(batch),
+                    attempt,
+                    delay,
+                    err,
+                )
+                await asyncio.sleep(delay)
 
     def _raise_if_failed(self) -> None:
         """A failed write ends the stream: UNAVAILABLE (resume later) when a retry can fix it, the

@@ -143,6 +143,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
                         batch_points=self.settings.write_batch_points,
                         replica_slots=self.replica_slots,
                         linger_s=self.settings.write_linger_ms / 1000,
+                        retry_budget_s=self.settings.write_retry_budget_s,
                     )
                     await ingest.claim(identity.user_id)
                 else:
@@ -159,6 +160,17 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
                 stored = ingest.result.points_stored if ingest else 0
                 log.info("stream ended run_id=%s reason=%s stored=%d: %s", run_id, err.reason, stored, err.message)
             await status.abort(context, err, rpc="RecordTrack", run_id=run_id)
+        except asyncio.CancelledError:  # the phone went away (or cancelled): logged like any other end
+            if ingest is not None:
+                await ingest.drain()
+            so_far = ingest.result if ingest is not None else None
+            log.info(
+                "stream cancelled by the client run_id=%s received=%d stored=%d",
+                identity.run_id if identity else "-",
+                so_far.points_received if so_far else 0,
+                so_far.points_stored if so_far else 0,
+            )
+            raise
         finally:
             if ingest is not None:
                 await ingest.drain()

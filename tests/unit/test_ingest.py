@@ -25,6 +25,7 @@ def stream(store, run_id=None, *, inflight=4, batch=100, replica=64):
         batch_points=batch,
         replica_slots=asyncio.Semaphore(replica),
         clock_ms=lambda: NOW,
+        retry_budget_s=0.0,  # a failed write fails at once here (the retries have tests of their own)
     )
 
 
@@ -115,3 +116,62 @@ async def test_contiguous_seq_counts_points_from_other_streams_of_the_run():
     await second.claim("u")
     await second.add(pts([3]))
     assert (await second.finish()).contiguous_seq == 4
+
+
+class FlakyStore(FakeTrackStore):
+    """Refuses the first `failures` writes as a store losing a node would, then takes them."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.attempts = 0
+
+    async def write_points(self, run_id, points):
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise Unavailable("CQL store unavailable: WriteTimeout")
+        await super().write_points(run_id, points)
+
+
+async def test_a_write_the_store_did_not_take_is_sent_again_and_the_stream_goes_on():
+    from tracking_service.ingest import WRITE_RETRIES
+
+    store = FlakyStore(failures=3)
+    s = IngestStream(
+        store,
+        uuid.uuid4(),
+        max_inflight=4,
+        batch_points=10,
+        replica_slots=asyncio.Semaphore(8),
+        clock_ms=lambda: NOW,
+        retry_budget_s=2.0,
+        retry_base_s=0.01,
+        retry_cap_s=0.05,
+    )
+    retried = WRITE_RETRIES._value.get()
+    await s.claim("u")
+    await s.add(pts(range(1, 11)))
+    r = await s.finish()
+    assert r.points_stored == 10 and sorted(store.points[s.result.run_id]) == list(range(1, 11))
+    assert store.attempts == 4
+    assert WRITE_RETRIES._value.get() - retried == 3
+
+
+async def test_a_store_down_past_the_retry_budget_ends_the_stream_with_unavailable():
+    store = FlakyStore(failures=10_000)
+    s = IngestStream(
+        store,
+        uuid.uuid4(),
+        max_inflight=4,
+        batch_points=10,
+        replica_slots=asyncio.Semaphore(8),
+        clock_ms=lambda: NOW,
+        retry_budget_s=0.2,
+        retry_base_s=0.01,
+        retry_cap_s=0.05,
+    )
+    await s.claim("u")
+    await s.add(pts(range(1, 11)))
+    with pytest.raises(Unavailable, match="resume from GetTrackCursor"):
+        await s.finish()
+    assert 2 <= store.attempts < 50  # retried, within a bounded budget

@@ -197,3 +197,29 @@ async def test_reflection_answers_for_methods_as_grpcurl_and_ghz_ask(replica):
     answers = await asyncio.to_thread(describe)
     assert set(API_SERVICE_NAMES) <= set(answers)
     assert answers[-3:] == ["runtrack/v1/summary.proto", "runtrack/v1/tracking.proto", "google/rpc/error_details.proto"]
+
+
+async def test_a_stream_the_client_cancels_is_logged_with_its_run_id_and_what_was_stored(replica, channel, caplog):
+    run_id = str(uuid.uuid4())
+    stub = tracking_pb2_grpc.TrackingServiceStub(channel)
+    sent = asyncio.Event()
+
+    async def messages():
+        yield tracking_pb2.RecordTrackRequest(run_id=run_id, user_id="ada", points=[point(1), point(2)])
+        sent.set()
+        await asyncio.sleep(3600)  # the phone goes quiet, then cancels
+
+    with caplog.at_level(logging.INFO, logger="tracking_service"):
+        call = stub.RecordTrack(messages())
+        await sent.wait()
+        deadline = time.monotonic() + 5
+        while len(replica.tracks.points.get(uuid.UUID(run_id), {})) < 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        call.cancel()
+        deadline = time.monotonic() + 5
+        while not any("stream cancelled by the client" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "no log line for the cancelled stream"
+            await asyncio.sleep(0.01)
+    line = next(r.getMessage() for r in caplog.records if "stream cancelled by the client" in r.getMessage())
+    assert f"run_id={run_id}" in line and "received=2" in line and "stored=2" in line
