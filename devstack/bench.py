@@ -578,6 +578,11 @@ def main(argv: list[str] | None = None) -> int:
     day.add_argument("--peak", type=float, default=1.2, help="new runs per second at the morning peak")
     day.add_argument("--fixed", type=int, default=4, help="replicas of each service in the fixed fleet")
     day.add_argument("--target", action="append", default=[], metavar="SERVICE=VALUE", help="autoscaler targets")
+    ph = sub.add_parser("phones", help="live phones at 1 Hz through Envoy, stepped up to the ceiling")
+    ph.add_argument("--max", type=int, default=4000, help="most phones (default 4000)")
+    ph.add_argument("--step", type=int, default=1000, help="phones added each step (default 1000)")
+    ph.add_argument("--start", type=int, default=0, help="phones of the first step (default: --step)")
+    ph.add_argument("--seconds", type=float, default=30.0, help="seconds each phone streams in a step")
     a = sub.add_parser("auth")
     a.add_argument("--calls", type=int, default=2000, help="GetRun calls per round (streams: a quarter)")
     a.add_argument("--rounds", type=int, default=3)
@@ -606,6 +611,12 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 parser.error(f"--target {item!r}: tracking=N or summary=N")
         run_day(stack, config, ROOT / ".dev" / "bench")
+    elif args.what == "phones":
+        from devstack import bench_phones
+
+        first = args.start or args.step
+        steps = list(range(first, args.max + 1, args.step)) or [args.max]
+        bench_phones.run(stack, steps, args.seconds, ROOT / ".dev" / "bench")
     elif args.what == "auth":
         asyncio.run(bench_auth(stack, args.calls, args.rounds))
     elif args.cql_nodes == 3:

@@ -1,0 +1,265 @@
+"""scripts/bench phones: live phones at 1 Hz (one point a message) through Envoy, stepped up.
+
+Each step runs the compiled phone generator (`devstack/phonegen.py`) for `--seconds` with N phones, each
+one RecordTrack stream sending one point a second, then reads every run back from the CQL store. Per
+step: streams failed, points durable / sent, arrival-to-durable p50/p99 (the tracking replicas' own
+histogram, the step's increase), the generator's lag behind its schedule, CPU microseconds per point of
+each component (from /proc: Envoy, the tracking replicas, the CQL node, the generator), and resident
+memory per open stream of the replicas and Envoy (mid-step minus idle, over the phones). The ceiling is
+the most phones with no failed stream, every point durable and p99 ≤ 1 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from devstack import procs
+from devstack.bench_day import _tracking_sample, quantile_from_buckets
+from devstack.stack import Stack
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+P99_LIMIT_S = 1.0
+USERS = 200  # phones share this many runners' tokens
+
+
+@dataclass
+class Step:
+    phones: int
+    seconds: float
+    streams_ok: int = 0
+    streams_failed: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    points_sent: int = 0
+    points_durable: int = 0
+    durable_p50_ms: float | None = None
+    durable_p99_ms: float | None = None
+    lag_p50_ms: float | None = None
+    lag_p99_ms: float | None = None
+    cpu_us_per_point: dict[str, float] = field(default_factory=dict)
+    cpu_cores: dict[str, float] = field(default_factory=dict)
+    kib_per_stream: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.streams_failed == 0
+            and self.points_sent > 0
+            and self.points_durable == self.points_sent
+            and self.durable_p99_ms is not None
+            and self.durable_p99_ms <= P99_LIMIT_S * 1000
+        )
+
+
+def ceiling(steps: list[Step]) -> int:
+    """The most phones of a step that held: no failed stream, every point durable, p99 within 1 s."""
+    return max((s.phones for s in steps if s.ok), default=0)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (its reaped children left out)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(") ", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_kib(pid: int) -> float:
+    return procs.memory_mb(pid).get("VmRSS", 0.0) * 1024
+
+
+def per_point_us(cpu_s: float, points: int) -> float:
+    return round(cpu_s / points * 1e6, 1) if points else 0.0
+
+
+def components(stack: Stack) -> dict[str, list[int]]:
+    """The processes whose CPU a step is charged to, by component."""
+    out: dict[str, list[int]] = {"envoy": [], "tracking": [], "cql": []}
+    envoy = stack.envoy_pid()
+    if envoy:
+        out["envoy"].append(envoy)
+    for port in stack.replica_ports()["tracking"]:
+        pid = stack.replica_pid("tracking", port)
+        if pid:
+            out["tracking"].append(pid)
+    for node in stack.cql_nodes:
+        pid = node.pid()
+        if pid:
+            out["cql"].append(pid)
+    return out
+
+
+def _cpu(pids: dict[str, list[int]]) -> dict[str, float]:
+    return {name: sum(cpu_seconds(p) for p in group) for name, group in pids.items()}
+
+
+def _rss(pids: dict[str, list[int]]) -> dict[str, float]:
+    return {name: sum(rss_kib(p) for p in group) for name, group in pids.items() if name in ("envoy", "tracking")}
+
+
+def _histogram(stack: Stack) -> dict[float, float]:
+    total: dict[float, float] = {}
+    for port in stack.replica_ports()["tracking"]:
+        buckets, _ = _tracking_sample(port)
+        for bound, count in buckets.items():
+            total[bound] = total.get(bound, 0.0) + count
+    return total
+
+
+def durable_points(stack: Stack, run_ids: list[str]) -> int:
+    """Points of these runs in the CQL store, every run read back (counted by the store)."""
+    from cassandra.cluster import Cluster as CqlCluster  # scylla-driver
+    from cassandra.concurrent import execute_concurrent_with_args
+
+    hosts = stack.scylla_hosts.split(",")
+    cluster = CqlCluster(hosts, port=stack.scylla_port)
+    try:
+        session = cluster.connect(stack.spec.keyspace)
+        query = session.prepare("SELECT count(*) FROM track_points WHERE run_id = ?")
+        results = execute_concurrent_with_args(
+            session, query, [(uuid.UUID(r),) for r in run_ids], concurrency=64, raise_on_first_error=True
+        )
+        return sum(int(result.one()[0]) for ok, result in results if ok)
+    finally:
+        cluster.shutdown()
+
+
+def run_step(stack: Stack, generator: Path, tokens: Path, phones: int, seconds: float, work: Path) -> Step:
+    step = Step(phones, seconds)
+    ramp = min(10.0, max(1.0, phones / 2000))
+    pids = components(stack)
+    idle_rss = _rss(pids)
+    before_cpu = _cpu(pids)
+    before_hist = _histogram(stack)
+    out, run_ids = work / f"step-{phones}.json", work / f"runs-{phones}.txt"
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [
+            str(generator),
+            "--address",
+            stack.envoy_address,
+            "--token-file",
+            str(tokens),
+            "--phones",
+            str(phones),
+            "--seconds",
+            str(seconds),
+            "--ramp",
+            f"{ramp}s",
+            "--out",
+            str(out),
+            "--run-ids",
+            str(run_ids),
+        ],
+        stderr=sys.stderr,
+    )
+    mid: dict[str, float] = {}
+
+    def sample_mid() -> None:
+        time.sleep(ramp + seconds / 2)
+        if proc.poll() is None:
+            mid.update(_rss(pids))
+
+    sampler = threading.Thread(target=sample_mid, daemon=True)
+    sampler.start()
+    proc.wait()
+    sampler.join(timeout=1)
+    wall = time.monotonic() - started
+    time.sleep(1.0)  # the last lingering batches
+    after_cpu = _cpu(pids)
+    after_hist = _histogram(stack)
+    result: dict[str, Any] = json.loads(out.read_text())
+    step.streams_ok = int(result["streams_ok"])
+    step.streams_failed = int(result["streams_failed"])
+    step.failures = dict(result.get("failures") or {})
+    step.points_sent = int(result["points_sent"])
+    step.lag_p50_ms = result["lag_ms"]["p50"]
+    step.lag_p99_ms = result["lag_ms"]["p99"]
+    delta = {b: after_hist.get(b, 0.0) - before_hist.get(b, 0.0) for b in after_hist}
+    for q, name in ((0.5, "durable_p50_ms"), (0.99, "durable_p99_ms")):
+        value = quantile_from_buckets(delta, q)
+        setattr(step, name, None if value is None else round(value * 1000, 1))
+    generator_cpu = float(result["cpu_s"]["user"]) + float(result["cpu_s"]["system"])
+    cpu = {name: after_cpu[name] - before_cpu[name] for name in after_cpu} | {"generator": generator_cpu}
+    step.cpu_us_per_point = {name: per_point_us(s, step.points_sent) for name, s in cpu.items()}
+    step.cpu_cores = {name: round(s / wall, 2) for name, s in cpu.items()}
+    if mid:
+        step.kib_per_stream = {name: round((mid[name] - idle_rss[name]) / phones, 1) for name in mid}
+    step.points_durable = durable_points(stack, run_ids.read_text().split())
+    return step
+
+
+def row(s: Step) -> str:
+    cpu = " ".join(f"{k}={v:g}" for k, v in s.cpu_us_per_point.items())
+    mem = " ".join(f"{k}={v:g}" for k, v in s.kib_per_stream.items())
+    return (
+        f"{s.phones:>7} {s.streams_failed:>6} {s.points_durable:>9}/{s.points_sent:<9}"
+        f" {s.durable_p50_ms!s:>7}/{s.durable_p99_ms!s:<7} {s.lag_p99_ms!s:>7}  {'yes' if s.ok else 'no ':3}"
+        f"  cpu µs/pt: {cpu}  KiB/stream: {mem}"
+    )
+
+
+def chart(steps: list[Step], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    phones = [s.phones for s in steps]
+    for name in ("tracking", "cql", "envoy", "generator"):
+        a.plot(phones, [s.cpu_us_per_point.get(name, 0) for s in steps], marker="o", label=name)
+    a.set_xlabel("phones at 1 Hz")
+    a.set_ylabel("CPU µs per point")
+    a.legend()
+    b.plot(phones, [s.durable_p99_ms or 0 for s in steps], marker="o", label="p99 arrival to durable")
+    b.axhline(P99_LIMIT_S * 1000, color="grey", linestyle="--", label="1 s")
+    b.set_xlabel("phones at 1 Hz")
+    b.set_ylabel("ms")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def run(stack: Stack, steps: list[int], seconds: float, out_dir: Path) -> list[Step]:
+    from devstack.phonegen import phonegen
+
+    generator = phonegen()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="phones-") as tmp:
+        work = Path(tmp)
+        tokens = work / "tokens.txt"
+        tokens.write_text("\n".join(stack.issuer.token(f"phone-{i}", ttl_s=6 * 3600) for i in range(USERS)) + "\n")
+        print(
+            f"{'phones':>7} {'failed':>6} {'durable/sent':>19} {'p50/p99 ms':>15} {'lag p99':>7}  held",
+            flush=True,
+        )
+        results: list[Step] = []
+        for phones in steps:
+            step = run_step(stack, generator, tokens, phones, seconds, work)
+            results.append(step)
+            print(row(step), flush=True)
+            (out_dir / "phones.json").write_text(
+                json.dumps(
+                    {"steps": [asdict(s) | {"held": s.ok} for s in results], "ceiling": ceiling(results)}, indent=2
+                )
+            )
+            if not step.ok and step.streams_failed > step.phones // 10:
+                print(f"stopping: {step.streams_failed} of {phones} streams failed", flush=True)
+                break
+    chart(results, out_dir / "phones.png")
+    last = results[-1] if results else None
+    print(f"ceiling: {ceiling(results)} phones")
+    if last and last.cpu_us_per_point.get("envoy"):
+        ratio = last.cpu_us_per_point["tracking"] / last.cpu_us_per_point["envoy"]
+        print(f"replica CPU per point / Envoy's per message, at {last.phones} phones: {ratio:.1f}x")
+    print(f"JSON: {out_dir / 'phones.json'}; chart: {out_dir / 'phones.png'}")
+    return results
