@@ -6,6 +6,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -64,6 +65,16 @@ def point_to_proto(p: Point) -> tracking_pb2.TrackPoint:
     return out
 
 
+@dataclass(slots=True)
+class OpenStream:
+    """What the replica knows of one open RecordTrack stream, for the idle limit and the drain."""
+
+    task: asyncio.Task[Any]
+    last_message: float  # the event loop's clock
+    reading: bool = False  # waiting for the phone's next message
+    end: str | None = None  # why the replica ends it: "idle" or "drain"
+
+
 class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
     def __init__(self, store: TrackStore, settings: Settings, visibility: RunVisibility) -> None:
         self.store = store
@@ -71,42 +82,49 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         self.visibility = visibility
         self.replica_slots = asyncio.Semaphore(settings.replica_inflight_writes)
         self._draining = asyncio.Event()
-        self._open_streams: set[asyncio.Task[Any]] = set()
+        self._open_streams: dict[asyncio.Task[Any], OpenStream] = {}
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def drain(self) -> None:
         """Replica shutting down: every open stream is flushed, then ended with UNAVAILABLE."""
         self._draining.set()
         if self._open_streams:
             log.info("draining open_streams=%d", len(self._open_streams))
+            for stream in list(self._open_streams.values()):
+                self._end(stream, "drain")
             await asyncio.wait(list(self._open_streams), timeout=self.settings.shutdown_grace_s)
 
-    async def _next_message(
-        self, messages: AsyncIterator[tracking_pb2.RecordTrackRequest], run_id: str
-    ) -> tracking_pb2.RecordTrackRequest | None:
-        """The next message, None at the end; ends the stream when idle too long or draining."""
-        read = asyncio.ensure_future(anext(messages, None))
-        stop = asyncio.ensure_future(self._draining.wait())
-        try:
-            done, _ = await asyncio.wait(
-                {read, stop}, timeout=self.settings.stream_idle_timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            stop.cancel()
-        if read in done:
-            try:
-                return read.result()
-            except DecodeError:
-                raise InvalidArgument(
-                    "request", "is not a valid RecordTrackRequest (corrupt wire format)", reason="MALFORMED_MESSAGE"
-                ) from None
-        read.cancel()
-        if self._draining.is_set():
-            raise Unavailable(
+    # One task for the whole replica watches the idle limit (the stream loop itself awaits only the next
+    # message): a stream is ended by cancelling it while it waits for a message, or, busy writing, when it
+    # next comes back for one.
+    def _end(self, stream: OpenStream, why: str) -> None:
+        if stream.end is None:
+            stream.end = why
+            if stream.reading:
+                stream.task.cancel()
+
+    def _watch(self) -> None:
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        idle = self.settings.stream_idle_timeout_s
+        loop = asyncio.get_running_loop()
+        while self._open_streams:
+            await asyncio.sleep(min(1.0, idle / 4))
+            now = loop.time()
+            for stream in list(self._open_streams.values()):
+                if now - stream.last_message > idle:
+                    self._end(stream, "idle")
+
+    def _ended(self, stream: OpenStream, run_id: str) -> RunTrackError:
+        if stream.end == "drain":
+            return Unavailable(
                 f"replica shutting down; resume from GetTrackCursor (run_id {run_id})",
                 reason="REPLICA_SHUTTING_DOWN",
                 retry_after_s=SHUTDOWN_RETRY_S,
             )
-        raise DeadlineExceeded(
+        return DeadlineExceeded(
             f"points: no message for {self.settings.stream_idle_timeout_s:g}s (the idle limit); "
             f"resume from GetTrackCursor (run_id {run_id})"
         )
@@ -120,7 +138,10 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         ingest: IngestStream | None = None
         me = asyncio.current_task()
         assert me is not None
-        self._open_streams.add(me)
+        loop = asyncio.get_running_loop()
+        stream = OpenStream(me, loop.time())
+        self._open_streams[me] = stream
+        self._watch()
         STREAMS_OPEN.inc()
         messages = aiter(request_iterator)
         try:
@@ -131,24 +152,51 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
                     reason="REPLICA_SHUTTING_DOWN",
                     retry_after_s=SHUTDOWN_RETRY_S,
                 )
-            while (
-                message := await self._next_message(messages, str(identity.run_id) if identity else "-")
-            ) is not None:
-                if identity is None or ingest is None:
-                    identity = StreamIdentity.from_first(message.run_id, message.user_id, len(message.points), caller)
-                    ingest = IngestStream(
-                        self.store,
-                        identity.run_id,
-                        max_inflight=self.settings.stream_inflight_writes,
-                        batch_points=self.settings.write_batch_points,
-                        replica_slots=self.replica_slots,
-                        linger_s=self.settings.write_linger_ms / 1000,
-                        retry_budget_s=self.settings.write_retry_budget_s,
-                    )
-                    await ingest.claim(identity.user_id)
-                else:
-                    identity.check_later(message.run_id, message.user_id, len(message.points))
-                await ingest.add([point_from_proto(p) for p in message.points])
+            try:
+                while True:
+                    if stream.end is not None:
+                        raise self._ended(stream, str(identity.run_id) if identity else "-")
+                    stream.reading = True
+                    try:
+                        message = await anext(messages, None)  # the one await per message
+                    except DecodeError:
+                        raise InvalidArgument(
+                            "request",
+                            "is not a valid RecordTrackRequest (corrupt wire format)",
+                            reason="MALFORMED_MESSAGE",
+                        ) from None
+                    finally:
+                        stream.reading = False
+                    if message is None:
+                        # The end of the stream, or the phone cancelled it (or went away): a cancel reads as
+                        # the end first, and is known once the loop has run its callbacks.
+                        await asyncio.sleep(0)
+                        if context.cancelled():
+                            raise asyncio.CancelledError
+                        break
+                    stream.last_message = loop.time()
+                    if identity is None or ingest is None:
+                        identity = StreamIdentity.from_first(
+                            message.run_id, message.user_id, len(message.points), caller
+                        )
+                        ingest = IngestStream(
+                            self.store,
+                            identity.run_id,
+                            max_inflight=self.settings.stream_inflight_writes,
+                            batch_points=self.settings.write_batch_points,
+                            replica_slots=self.replica_slots,
+                            linger_s=self.settings.write_linger_ms / 1000,
+                            retry_budget_s=self.settings.write_retry_budget_s,
+                        )
+                        await ingest.claim(identity.user_id)
+                    else:
+                        identity.check_later(message.run_id, message.user_id, len(message.points))
+                    await ingest.add([point_from_proto(p) for p in message.points])
+            except asyncio.CancelledError:
+                if stream.end is None:
+                    raise  # the phone's own cancel
+                me.uncancel()  # ours: the idle limit or the drain, answered with a status
+                raise self._ended(stream, str(identity.run_id) if identity else "-") from None
             if ingest is None:
                 raise InvalidArgument("run_id", "is required in the first message (the stream sent none)")
             r = await ingest.finish()
@@ -174,7 +222,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         finally:
             if ingest is not None:
                 await ingest.drain()
-            self._open_streams.discard(me)
+            self._open_streams.pop(me, None)
             STREAMS_OPEN.dec()
         log.info(
             "stream done run_id=%s received=%d stored=%d rejected=%d contiguous_seq=%d",
