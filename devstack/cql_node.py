@@ -106,6 +106,11 @@ concurrent_compactors: 1
 auto_bootstrap: {"false" if self.in_cluster else "true"}
 hinted_handoff_enabled: true
 max_hint_window: 3h
+# A replica writes the points of many runs in one unlogged batch (tracking_service/writer.py):
+# 100 points of up to 100 runs, about 10 KiB.
+batch_size_warn_threshold: 64KiB
+batch_size_fail_threshold: 640KiB
+unlogged_batch_across_partitions_warn_threshold: 1000
 """
         (conf / "cassandra.yaml").write_text(yaml_text)
         (conf / "logback.xml").write_text(LOGBACK)

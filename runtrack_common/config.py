@@ -52,10 +52,13 @@ class Settings:
     cql_consistency: str = "LOCAL_QUORUM"
     # An idempotent statement not answered after this long is also sent to another replica.
     cql_speculative_delay_s: float = 0.2
-    # Writes in flight: per RecordTrack stream and per replica (backpressure bounds).
-    stream_inflight_writes: int = 8
-    replica_inflight_writes: int = 256
-    # Points per unlogged single-partition batch, and how long a partial batch may wait.
+    # Store writes in flight per replica, and the most points it holds before streams wait (backpressure).
+    replica_inflight_writes: int = 64
+    max_pending_points: int = 50_000
+    # Points one stream may have waiting for the store before it is not read (a backlog, not 1 Hz).
+    stream_max_pending_points: int = 800
+    # Points per store write (the points of every stream, gathered), and how long a point may wait for
+    # others before it is written.
     write_batch_points: int = 100
     write_linger_ms: int = 50
     # How long a batch the store did not take is sent again (jittered backoff) before the stream ends.
@@ -97,8 +100,9 @@ class Settings:
             cql_request_timeout_s=_float(env, "SCYLLA_REQUEST_TIMEOUT_S", d.cql_request_timeout_s),
             cql_consistency=env.get("SCYLLA_CONSISTENCY", d.cql_consistency).upper(),
             cql_speculative_delay_s=_float(env, "SCYLLA_SPECULATIVE_DELAY_S", d.cql_speculative_delay_s),
-            stream_inflight_writes=_int(env, "TRACK_STREAM_INFLIGHT_WRITES", d.stream_inflight_writes),
             replica_inflight_writes=_int(env, "TRACK_REPLICA_INFLIGHT_WRITES", d.replica_inflight_writes),
+            max_pending_points=_int(env, "TRACK_MAX_PENDING_POINTS", d.max_pending_points),
+            stream_max_pending_points=_int(env, "TRACK_STREAM_MAX_PENDING_POINTS", d.stream_max_pending_points),
             write_batch_points=_int(env, "TRACK_WRITE_BATCH_POINTS", d.write_batch_points),
             write_linger_ms=_int(env, "TRACK_WRITE_LINGER_MS", d.write_linger_ms),
             write_retry_budget_s=_float(env, "TRACK_WRITE_RETRY_BUDGET_S", d.write_retry_budget_s),

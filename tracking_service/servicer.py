@@ -28,6 +28,7 @@ from tracking_service.ingest import IngestStream
 from tracking_service.privacy import Zone
 from tracking_service.store import TrackStore
 from tracking_service.tracks import RunVisibility
+from tracking_service.writer import PointWriter
 
 log = logging.getLogger(__name__)
 STREAMS_OPEN = Gauge("runtrack_streams_open", "RecordTrack streams open on this replica (what the autoscaler reads).")
@@ -80,7 +81,14 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         self.store = store
         self.settings = settings
         self.visibility = visibility
-        self.replica_slots = asyncio.Semaphore(settings.replica_inflight_writes)
+        self.writer = PointWriter(
+            store,
+            batch_points=settings.write_batch_points,
+            linger_s=settings.write_linger_ms / 1000,
+            max_inflight=settings.replica_inflight_writes,
+            max_pending_points=settings.max_pending_points,
+            retry_budget_s=settings.write_retry_budget_s,
+        )
         self._draining = asyncio.Event()
         self._open_streams: dict[asyncio.Task[Any], OpenStream] = {}
         self._sweeper: asyncio.Task[None] | None = None
@@ -182,11 +190,8 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
                         ingest = IngestStream(
                             self.store,
                             identity.run_id,
-                            max_inflight=self.settings.stream_inflight_writes,
-                            batch_points=self.settings.write_batch_points,
-                            replica_slots=self.replica_slots,
-                            linger_s=self.settings.write_linger_ms / 1000,
-                            retry_budget_s=self.settings.write_retry_budget_s,
+                            writer=self.writer,
+                            max_pending=self.settings.stream_max_pending_points,
                         )
                         await ingest.claim(identity.user_id)
                     else:

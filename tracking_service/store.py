@@ -24,6 +24,9 @@ class TrackStore(Protocol):
     async def write_points(self, run_id: uuid.UUID, points: Sequence[Point]) -> None:
         """Returns once every point is durable; raises Unavailable when it cannot be."""
 
+    async def write_rows(self, rows: Sequence[tuple[uuid.UUID, Sequence[Point]]]) -> None:
+        """The points of several runs in one write (one request to the store); durable when it returns."""
+
     async def cursor(self, run_id: uuid.UUID) -> Cursor: ...
 
     async def points_after(self, run_id: uuid.UUID, after_seq: int, limit: int) -> list[Point]:

@@ -53,6 +53,23 @@ class FakeTrackStore:
         finally:
             self.inflight -= 1
 
+    async def write_rows(self, rows: Sequence[tuple[uuid.UUID, Sequence[Point]]]) -> None:
+        self.inflight += 1
+        self.max_inflight = max(self.max_inflight, self.inflight)
+        try:
+            await asyncio.sleep(self.write_delay)
+            if self.fail_with is not None:
+                raise self.fail_with
+            self.batches.append(sum(len(points) for _, points in rows))
+            for run_id, points in rows:
+                if run_id in self.deleted:
+                    continue  # shadowed by the deletion, as in the CQL store
+                stored = self.points.setdefault(run_id, {})
+                for p in points:
+                    stored[p.seq] = p
+        finally:
+            self.inflight -= 1
+
     async def cursor(self, run_id: uuid.UUID) -> Cursor:
         return cursor_from_seqs(sorted(self.points.get(run_id, {})))
 

@@ -7,6 +7,7 @@ from runtrack_common.errors import PermissionDenied, Unavailable
 from tests.unit.fakes import FakeTrackStore
 from tracking_service.domain import Point
 from tracking_service.ingest import IngestStream
+from tracking_service.writer import WRITE_RETRIES, PointWriter
 
 NOW = 1_790_000_000_000
 
@@ -17,16 +18,22 @@ def pts(seqs, **changes):
     ]
 
 
-def stream(store, run_id=None, *, inflight=4, batch=100, replica=64):
-    return IngestStream(
+def writer(store, *, batch=100, inflight=64, linger=0.01, pending=50_000, budget=0.0, base=0.01, cap=0.05):
+    # retry_budget_s 0: a failed write fails at once (the retries have tests of their own).
+    return PointWriter(
         store,
-        run_id or uuid.uuid4(),
-        max_inflight=inflight,
         batch_points=batch,
-        replica_slots=asyncio.Semaphore(replica),
-        clock_ms=lambda: NOW,
-        retry_budget_s=0.0,  # a failed write fails at once here (the retries have tests of their own)
+        linger_s=linger,
+        max_inflight=inflight,
+        max_pending_points=pending,
+        retry_budget_s=budget,
+        retry_base_s=base,
+        retry_cap_s=cap,
     )
+
+
+def stream(store, run_id=None, *, w=None):
+    return IngestStream(store, run_id or uuid.uuid4(), writer=w or writer(store), clock_ms=lambda: NOW)
 
 
 async def test_valid_points_are_stored_and_bad_ones_listed():
@@ -48,33 +55,34 @@ async def test_rejections_listed_are_capped_at_100_but_all_are_counted():
     assert r.points_rejected == 250 and len(r.rejections) == 100
 
 
-async def test_points_are_written_in_batches_of_the_configured_size():
+async def test_one_point_from_each_of_many_streams_goes_to_the_store_in_one_write():
+    """The 1 Hz case: fifty phones' points arriving within the linger cost one request, not fifty."""
     store = FakeTrackStore()
-    s = stream(store, batch=100)
+    w = writer(store, batch=100, linger=0.05)
+    streams = [stream(store, w=w) for _ in range(50)]
+    for s in streams:
+        await s.claim("u")
+    for s in streams:
+        await s.add(pts([1]))
+    results = await asyncio.gather(*(s.finish() for s in streams))
+    assert all(r.points_stored == 1 and r.contiguous_seq == 1 for r in results)
+    assert store.batches == [50]
+
+
+async def test_writes_hold_at_most_the_configured_points_and_split_a_large_message():
+    store = FakeTrackStore()
+    s = stream(store, w=writer(store, batch=100))
     await s.claim("u")
     await s.add(pts(range(1, 1001)))
-    await s.finish()
+    r = await s.finish()
+    assert r.points_stored == 1000 and r.contiguous_seq == 1000
     assert sorted(store.batches) == [100] * 10
 
 
-async def test_in_flight_writes_never_exceed_the_stream_bound():
+async def test_writes_in_flight_never_exceed_the_replica_bound_across_streams():
     store = FakeTrackStore(write_delay=0.01)
-    s = stream(store, inflight=3, batch=10)
-    await s.claim("u")
-    for start in range(1, 500, 50):
-        await s.add(pts(range(start, start + 50)))
-    r = await s.finish()
-    assert r.points_stored == 500
-    assert store.max_inflight == 3
-
-
-async def test_in_flight_writes_never_exceed_the_replica_bound_across_streams():
-    store = FakeTrackStore(write_delay=0.01)
-    shared = asyncio.Semaphore(5)
-    streams = [
-        IngestStream(store, uuid.uuid4(), max_inflight=4, batch_points=10, replica_slots=shared, clock_ms=lambda: NOW)
-        for _ in range(4)
-    ]
+    w = writer(store, batch=10, inflight=5)
+    streams = [stream(store, w=w) for _ in range(4)]
 
     async def feed(s):
         await s.claim("u")
@@ -84,6 +92,18 @@ async def test_in_flight_writes_never_exceed_the_replica_bound_across_streams():
     results = await asyncio.gather(*(feed(s) for s in streams))
     assert all(r.points_stored == 200 for r in results)
     assert store.max_inflight == 5
+
+
+async def test_a_stream_waits_while_the_writer_holds_all_it_may_and_loses_nothing():
+    store = FakeTrackStore(write_delay=0.05)
+    w = writer(store, batch=10, inflight=1, pending=30)
+    s = stream(store, w=w)
+    await s.claim("u")
+    for start in range(1, 200, 10):
+        await s.add(pts(range(start, start + 10)))
+        assert w._pending_points <= 30 + 10  # bounded: a stream waits before it hands over more
+    r = await s.finish()
+    assert r.points_stored == 200 and r.contiguous_seq == 200
 
 
 async def test_a_failed_write_ends_the_stream_with_unavailable():
@@ -126,28 +146,16 @@ class FlakyStore(FakeTrackStore):
         self.failures = failures
         self.attempts = 0
 
-    async def write_points(self, run_id, points):
+    async def write_rows(self, rows):
         self.attempts += 1
         if self.attempts <= self.failures:
             raise Unavailable("CQL store unavailable: WriteTimeout")
-        await super().write_points(run_id, points)
+        await super().write_rows(rows)
 
 
 async def test_a_write_the_store_did_not_take_is_sent_again_and_the_stream_goes_on():
-    from tracking_service.ingest import WRITE_RETRIES
-
     store = FlakyStore(failures=3)
-    s = IngestStream(
-        store,
-        uuid.uuid4(),
-        max_inflight=4,
-        batch_points=10,
-        replica_slots=asyncio.Semaphore(8),
-        clock_ms=lambda: NOW,
-        retry_budget_s=2.0,
-        retry_base_s=0.01,
-        retry_cap_s=0.05,
-    )
+    s = stream(store, w=writer(store, batch=10, budget=2.0))
     retried = WRITE_RETRIES._value.get()
     await s.claim("u")
     await s.add(pts(range(1, 11)))
@@ -159,19 +167,23 @@ async def test_a_write_the_store_did_not_take_is_sent_again_and_the_stream_goes_
 
 async def test_a_store_down_past_the_retry_budget_ends_the_stream_with_unavailable():
     store = FlakyStore(failures=10_000)
-    s = IngestStream(
-        store,
-        uuid.uuid4(),
-        max_inflight=4,
-        batch_points=10,
-        replica_slots=asyncio.Semaphore(8),
-        clock_ms=lambda: NOW,
-        retry_budget_s=0.2,
-        retry_base_s=0.01,
-        retry_cap_s=0.05,
-    )
+    s = stream(store, w=writer(store, batch=10, budget=0.2))
     await s.claim("u")
     await s.add(pts(range(1, 11)))
     with pytest.raises(Unavailable, match="resume from GetTrackCursor"):
         await s.finish()
     assert 2 <= store.attempts < 50  # retried, within a bounded budget
+
+
+async def test_one_stream_holds_at_most_its_share_of_points_waiting_for_the_store():
+    store = FakeTrackStore(write_delay=0.02)
+    w = writer(store, batch=100, inflight=64)
+    s = IngestStream(store, uuid.uuid4(), writer=w, max_pending=300, clock_ms=lambda: NOW)
+    await s.claim("u")
+    most = 0
+    for start in range(1, 2001, 100):
+        await s.add(pts(range(start, start + 100)))
+        most = max(most, s._pending)
+    assert most <= 300 + 100  # its mark, plus the message that took it there
+    r = await s.finish()
+    assert r.points_stored == 2000 and r.contiguous_seq == 2000
