@@ -361,7 +361,7 @@ def test_every_container_runs_as_a_numbered_user_with_nothing_it_does_not_need(r
 def test_resources_come_from_values(render):
     objects = render({"tracking": {"resources": {"requests": {"cpu": "500m"}, "limits": {"memory": "1Gi"}}}})
     assert container(one(objects, "Deployment", "tracking"))["resources"] == {
-        "requests": {"cpu": "500m", "memory": "256Mi"},
+        "requests": {"cpu": "500m", "memory": "128Mi"},
         "limits": {"cpu": "1", "memory": "1Gi"},
     }
     envoy = container(one(objects, "Deployment", "envoy"))["resources"]
