@@ -701,6 +701,18 @@ state = "{self.containerd_state}"
         build()
         self.state.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
+        procs.reserve_ports(
+            [
+                (ETCD_PORT, ETCD_PORT + 20),
+                (API_PORT, ADAPTER_PORT),
+                (PROMETHEUS_PORT, PROMETHEUS_PORT),
+                (CQL_PORT - 2042, CQL_PORT - 2041),  # the CQL node's storage ports
+                (CQL_PORT - 1843, CQL_PORT - 1843),  # its JMX port
+                (CQL_PORT, CQL_PORT),
+                (PG_PORT, PG_PORT),
+                (30000, 32767),  # NodePorts
+            ]
+        )
         self.host_network()
         certs = self.certificates()
         self.start_etcd()

@@ -134,3 +134,36 @@ def memory_mb(pid: int) -> dict[str, float]:
             if line.startswith(("VmHWM:", "VmRSS:")):
                 out[line.split(":")[0]] = int(line.split()[1]) / 1024
     return out
+
+
+RESERVED_PORTS = Path("/proc/sys/net/ipv4/ip_local_reserved_ports")
+
+
+def merge_port_ranges(current: str, ranges: list[tuple[int, int]]) -> str:
+    """`current` (the kernel's "a,b-c" list) with `ranges` added, merged and sorted."""
+    spans: list[tuple[int, int]] = list(ranges)
+    for part in current.replace("\n", "").split(","):
+        part = part.strip()
+        if part:
+            low, _, high = part.partition("-")
+            spans.append((int(low), int(high or low)))
+    merged: list[tuple[int, int]] = []
+    for low, high in sorted(spans):
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+        else:
+            merged.append((low, high))
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in merged)
+
+
+def reserve_ports(ranges: list[tuple[int, int]]) -> None:
+    """Keeps the kernel from handing these ports out as the local end of outgoing connections, where
+    it can (as root): a busy machine (thousands of client connections) then never takes a port a
+    server of ours is about to listen on. Without root, nothing changes."""
+    try:
+        current = RESERVED_PORTS.read_text()
+        wanted = merge_port_ranges(current, ranges)
+        if wanted != current.strip():
+            RESERVED_PORTS.write_text(wanted)
+    except OSError:
+        pass

@@ -352,8 +352,19 @@ class Stack:
         raise RuntimeError(f"Envoy did not see every replica healthy within {timeout:.0f}s: {self.host_health()}")
 
     # ---- the commands --------------------------------------------------------------------------
+    def listening_ports(self) -> list[tuple[int, int]]:
+        """Every port this stack's servers may listen on (replicas: a hundred from each base, and their
+        metrics ports)."""
+        s = self.spec
+        out = [(p, p) for p in (s.envoy_port, s.envoy_admin_port, s.cql_port, s.pg_port)]
+        out += [(s.cql_storage_port, s.cql_storage_port + 1), (s.cql_jmx_port, s.cql_jmx_port + 200)]
+        for base in s.base_ports.values():
+            out += [(base, base + 99), (metrics_port(base), metrics_port(base) + 99)]
+        return out
+
     def up(self) -> None:
         s = self.spec
+        procs.reserve_ports(self.listening_ports())
         s.logs.mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tools.envoy()

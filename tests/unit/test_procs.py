@@ -38,3 +38,11 @@ def test_a_missing_or_garbled_pid_file_names_no_process(tmp_path):
     assert procs.read_pid(tmp_path / "none.pid") is None
     (tmp_path / "bad.pid").write_text("not-a-pid\n")
     assert procs.read_pid(tmp_path / "bad.pid") is None
+
+
+def test_reserved_port_ranges_merge_with_what_the_kernel_has():
+    from devstack.procs import merge_port_ranges
+
+    assert merge_port_ranges("", [(51110, 51209), (18080, 18080)]) == "18080,51110-51209"
+    assert merge_port_ranges("8080,51200-51300\n", [(51110, 51209), (8081, 8081)]) == "8080-8081,51110-51300"
+    assert merge_port_ranges("1-5", []) == "1-5"
