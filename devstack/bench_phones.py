@@ -97,12 +97,39 @@ def components(stack: Stack) -> dict[str, list[int]]:
     return out
 
 
+def with_descendants(pids: list[int]) -> list[int]:
+    """The processes and every process below them (Envoy runs under a small shell, for one)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(") ", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], list(pids)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+def _alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
 def _cpu(pids: dict[str, list[int]]) -> dict[str, float]:
-    return {name: sum(cpu_seconds(p) for p in group) for name, group in pids.items()}
+    return {name: sum(cpu_seconds(p) for p in group if _alive(p)) for name, group in pids.items()}
 
 
 def _rss(pids: dict[str, list[int]]) -> dict[str, float]:
-    return {name: sum(rss_kib(p) for p in group) for name, group in pids.items() if name in ("envoy", "tracking")}
+    return {
+        name: sum(rss_kib(p) for p in group if _alive(p))
+        for name, group in pids.items()
+        if name in ("envoy", "tracking")
+    }
 
 
 def _histogram(stack: Stack) -> dict[float, float]:
@@ -135,7 +162,7 @@ def durable_points(stack: Stack, run_ids: list[str]) -> int:
 def run_step(stack: Stack, generator: Path, tokens: Path, phones: int, seconds: float, work: Path) -> Step:
     step = Step(phones, seconds)
     ramp = min(10.0, max(1.0, phones / 2000))
-    pids = components(stack)
+    pids = {name: with_descendants(group) for name, group in components(stack).items()}
     idle_rss = _rss(pids)
     before_cpu = _cpu(pids)
     before_hist = _histogram(stack)
