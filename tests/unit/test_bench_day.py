@@ -35,3 +35,18 @@ def test_quantiles_are_interpolated_within_cumulative_buckets():
     assert quantile_from_buckets(buckets, 0.99) == pytest.approx(0.1 + 0.4 * 0.9)
     assert quantile_from_buckets({0.01: 0.0, math.inf: 0.0}, 0.5) is None
     assert quantile_from_buckets({}, 0.5) is None
+
+
+def test_both_days_replay_one_arrival_schedule_drawn_before_the_day():
+    from devstack.bench_day import DayConfig, arrival_schedule
+
+    config = DayConfig(minutes=6, peak_arrivals_per_s=1.2, seed=7)
+    first, again = arrival_schedule(config), arrival_schedule(config)
+    assert first == again and len(first) > 50
+    assert first == sorted(first) and first[0] >= 0 and first[-1] < config.day_s
+    # More runs start in the morning peak's hour than in a night hour.
+    hour = config.day_s / 24
+    morning = sum(1 for t in first if 6.5 * hour <= t < 7.5 * hour)
+    night = sum(1 for t in first if 2 * hour <= t < 3 * hour)
+    assert morning > 3 * max(1, night)
+    assert arrival_schedule(DayConfig(minutes=6, seed=8)) != first
