@@ -13,6 +13,7 @@ from prometheus_client import Counter
 
 from runtrack_common.errors import FailedPrecondition, PermissionDenied, Unavailable
 from tracking_service.domain import MAX_REJECTIONS_LISTED, Point, Rejection, rejection_reason
+from tracking_service.retry import retry_unavailable
 from tracking_service.store import TrackStore
 from tracking_service.writer import PointWriter
 
@@ -51,6 +52,7 @@ class IngestStream:
         *,
         writer: PointWriter,
         max_pending: int = 800,
+        retry_budget_s: float = 3.0,
         clock_ms: Callable[[], int] = _now_ms,
     ) -> None:
         self.store = store
@@ -61,6 +63,7 @@ class IngestStream:
         # One stream holds at most this many of them (a backlog uploaded fast waits its turn; a 1 Hz
         # phone never gets near it): no phone fills the replica's writer alone.
         self._max_pending = max_pending
+        self._retry_budget_s = retry_budget_s
         self._settled: asyncio.Event | None = None  # set when _pending falls to a waiter's mark
         self._wait_below = 0
         self._failure: Exception | None = None
@@ -68,11 +71,24 @@ class IngestStream:
     async def claim(self, user_id: str) -> None:
         """Binds the run to `user_id` (the first claim wins); refused for a deleted run."""
         run_id = self.result.run_id
-        if await self.store.deleted_by(run_id) is not None:
+        # Both are safe to send again (a read; a claim whose first answer was lost finds its own owner):
+        # a store slow to answer at the stream's start costs the phone nothing either.
+        deleted_by = await retry_unavailable(
+            lambda: self.store.deleted_by(run_id),
+            what="deleted_by",
+            context=f"run_id={run_id}",
+            budget_s=self._retry_budget_s,
+        )
+        if deleted_by is not None:
             raise FailedPrecondition(
                 f"run_id: run {run_id} was deleted; it takes no more points", metadata={"run_id": str(run_id)}
             )
-        owner = await self.store.claim_run(run_id, user_id)
+        owner = await retry_unavailable(
+            lambda: self.store.claim_run(run_id, user_id),
+            what="claim",
+            context=f"run_id={run_id}",
+            budget_s=self._retry_budget_s,
+        )
         if owner != user_id:
             raise PermissionDenied(
                 f"run_id: run {self.result.run_id} belongs to another user",

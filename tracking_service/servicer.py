@@ -192,6 +192,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
                             identity.run_id,
                             writer=self.writer,
                             max_pending=self.settings.stream_max_pending_points,
+                            retry_budget_s=self.settings.write_retry_budget_s,
                         )
                         await ingest.claim(identity.user_id)
                     else:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 import uuid
 from collections import deque
@@ -30,6 +29,7 @@ from prometheus_client import Counter, Histogram
 
 from runtrack_common.errors import Unavailable
 from tracking_service.domain import Point
+from tracking_service.retry import retry_unavailable
 from tracking_service.store import TrackStore
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,6 @@ POINT_DURABLE = Histogram(
     "runtrack_point_durable_seconds",
     "A point's arrival at the replica to durable in the store (linger, slots and the write).",
     buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10),
-)
-WRITE_RETRIES = Counter(
-    "runtrack_write_retries_total",
-    "Batch writes sent again after the store did not answer (a write is idempotent).",
 )
 
 
@@ -158,7 +154,7 @@ class PointWriter:
             rows.setdefault(item.run_id, []).extend(item.points)
         start = time.monotonic()
         try:
-            await self._write_with_retries(list(rows.items()), n, start + self.retry_budget_s)
+            await self._write_with_retries(list(rows.items()), n)
         except Exception as err:  # noqa: BLE001 (every stream whose points it held is told)
             for item in batch:
                 item.sink.failed(len(item.points), err)
@@ -176,25 +172,20 @@ class PointWriter:
             if self._pending:
                 self._flush()
 
-    async def _write_with_retries(
-        self, rows: Sequence[tuple[uuid.UUID, Sequence[Point]]], n: int, deadline: float
-    ) -> None:
-        attempt = 0
-        while True:
-            try:
-                await self.store.write_rows(rows)
-                return
-            except Unavailable as err:
-                delay = min(self.retry_cap_s, self.retry_base_s * 2**attempt) * random.uniform(0.5, 1.0)
-                if time.monotonic() + delay > deadline:
-                    log.warning("write failed runs=%d points=%d attempts=%d error=%s", len(rows), n, attempt + 1, err)
-                    raise
-                attempt += 1
-                WRITE_RETRIES.inc()
-                log.info(
-                    "write retry runs=%d points=%d attempt=%d in=%.2fs error=%s", len(rows), n, attempt, delay, err
-                )
-                await asyncio.sleep(delay)
+    async def _write_with_retries(self, rows: Sequence[tuple[uuid.UUID, Sequence[Point]]], n: int) -> None:
+        """The budget runs from the first failure: one attempt may itself take seconds (a timeout)."""
+        try:
+            await retry_unavailable(
+                lambda: self.store.write_rows(rows),
+                what="write",
+                context=f"runs={len(rows)} points={n}",
+                budget_s=self.retry_budget_s,
+                base_s=self.retry_base_s,
+                cap_s=self.retry_cap_s,
+            )
+        except Unavailable as err:
+            log.warning("write failed runs=%d points=%d error=%s", len(rows), n, err)
+            raise
 
     async def close(self) -> None:
         self._flush()

@@ -7,7 +7,8 @@ from runtrack_common.errors import PermissionDenied, Unavailable
 from tests.unit.fakes import FakeTrackStore
 from tracking_service.domain import Point
 from tracking_service.ingest import IngestStream
-from tracking_service.writer import WRITE_RETRIES, PointWriter
+from tracking_service.retry import STORE_RETRIES
+from tracking_service.writer import PointWriter
 
 NOW = 1_790_000_000_000
 
@@ -156,13 +157,13 @@ class FlakyStore(FakeTrackStore):
 async def test_a_write_the_store_did_not_take_is_sent_again_and_the_stream_goes_on():
     store = FlakyStore(failures=3)
     s = stream(store, w=writer(store, batch=10, budget=2.0))
-    retried = WRITE_RETRIES._value.get()
+    retried = STORE_RETRIES.labels("write")._value.get()
     await s.claim("u")
     await s.add(pts(range(1, 11)))
     r = await s.finish()
     assert r.points_stored == 10 and sorted(store.points[s.result.run_id]) == list(range(1, 11))
     assert store.attempts == 4
-    assert WRITE_RETRIES._value.get() - retried == 3
+    assert STORE_RETRIES.labels("write")._value.get() - retried == 3
 
 
 async def test_a_store_down_past_the_retry_budget_ends_the_stream_with_unavailable():
@@ -187,3 +188,24 @@ async def test_one_stream_holds_at_most_its_share_of_points_waiting_for_the_stor
     assert most <= 300 + 100  # its mark, plus the message that took it there
     r = await s.finish()
     assert r.points_stored == 2000 and r.contiguous_seq == 2000
+
+
+class SlowToClaim(FakeTrackStore):
+    """The claim's lightweight transaction times out twice under load, then answers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claims = 0
+
+    async def claim_run(self, run_id, user_id):
+        self.claims += 1
+        if self.claims <= 2:
+            raise Unavailable("CQL store unavailable: WriteTimeout")
+        return await super().claim_run(run_id, user_id)
+
+
+async def test_a_claim_the_store_did_not_answer_is_sent_again():
+    store = SlowToClaim()
+    s = IngestStream(store, uuid.uuid4(), writer=writer(store), retry_budget_s=2.0, clock_ms=lambda: NOW)
+    await s.claim("u")
+    assert store.claims == 3 and store.owners[s.result.run_id] == "u"
