@@ -95,3 +95,32 @@ def grpcurl(*args: str, token: str | None = None) -> subprocess.CompletedProcess
     return subprocess.run(
         [str(tools.grpcurl()), "-plaintext", *auth, *args], capture_output=True, text=True, timeout=30
     )
+
+
+def run_readme_demo(envoy_address: str, env: dict[str, str], timeout_s: float = 60) -> list[Any]:
+    """The README's demo (its first bash block under "## Demo"), run verbatim but for Envoy's address;
+    the JSON documents it prints, in order (grpcurl's RecordTrack answer, then one per curl)."""
+    import os
+    import re
+
+    from devstack.paths import ROOT
+
+    demo = (ROOT / "README.md").read_text().split("## Demo", 1)[1]
+    match = re.search(r"```bash\n(.*?)```", demo, re.S)
+    assert match, "no bash block under ## Demo"
+    script = match.group(1).replace("127.0.0.1:8080", envoy_address)
+    out = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, **env},
+    )
+    assert out.returncode == 0, out.stderr
+    decoder, text, docs = json.JSONDecoder(), out.stdout.strip(), []
+    while text:
+        doc, end = decoder.raw_decode(text)
+        docs.append(doc)
+        text = text[end:].strip()
+    return docs

@@ -1,33 +1,12 @@
 """The README's demo, run verbatim against the test stack (only Envoy's address differs)."""
 
-import json
-import os
-import re
-import subprocess
-
-from devstack.paths import ROOT
-
-
-def _demo_script() -> str:
-    readme = (ROOT / "README.md").read_text()
-    demo = readme.split("## Demo", 1)[1]
-    return re.search(r"```bash\n(.*?)```", demo, re.S).group(1)
+from tests.helpers import run_readme_demo
 
 
 def test_the_readme_demo_streams_a_run_and_reads_it_back_as_json(stack):
     # `scripts/dev token` signs with the test stack's key when RUNTRACK_STACK=test.
-    script = _demo_script().replace("127.0.0.1:8080", stack.envoy_address)
-    env = dict(os.environ, RUNTRACK_STACK="test")
-    out = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env
-    )
-    assert out.returncode == 0, out.stderr
     # grpcurl prints the RecordTrack response (multi-line JSON), then one JSON document per curl.
-    decoder, text, docs = json.JSONDecoder(), out.stdout.strip(), []
-    while text:
-        doc, end = decoder.raw_decode(text)
-        docs.append(doc)
-        text = text[end:].strip()
+    docs = run_readme_demo(stack.envoy_address, {"RUNTRACK_STACK": "test"})
     recorded, stopped, listed, track, stats, zones, shared, seen_by_bob, refused = docs
     # grpcurl prints proto field names; Envoy's JSON uses lowerCamelCase.
     assert recorded["points_stored"] == 3 and recorded["contiguous_seq"] == 3

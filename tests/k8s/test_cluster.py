@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import subprocess
 import time
@@ -22,7 +21,7 @@ from devstack.k8s import NAMESPACE, Cluster, status
 from devstack.paths import ROOT
 from runtrack.v1 import summary_pb2, summary_pb2_grpc
 from runtrack_client import Backoff, RunRecorder
-from tests.helpers import point
+from tests.helpers import point, run_readme_demo
 from tests.integration.faults import stored_trail
 
 REPORT = ROOT / ".dev" / "logs" / "k8s" / "k8s-tests.jsonl"
@@ -187,27 +186,9 @@ def test_the_hpas_read_the_replicas_own_metrics(k8s: Cluster) -> None:
         time.sleep(3)
 
 
-def _demo_script() -> str:
-    readme = (ROOT / "README.md").read_text()
-    demo = readme.split("## Demo", 1)[1]
-    match = re.search(r"```bash\n(.*?)```", demo, re.S)
-    assert match
-    return match.group(1)
-
-
 def test_the_readme_demo_through_the_clusters_envoy(k8s: Cluster, k8s_envoy: str) -> None:
     # `scripts/dev token` signs with the dev stack's key, which the cluster's Envoy trusts.
-    script = _demo_script().replace("127.0.0.1:8080", k8s_envoy)
-    env = {k: v for k, v in os.environ.items() if k != "RUNTRACK_STACK"}
-    out = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env
-    )
-    assert out.returncode == 0, out.stderr
-    decoder, text, docs = json.JSONDecoder(), out.stdout.strip(), []
-    while text:
-        doc, end = decoder.raw_decode(text)
-        docs.append(doc)
-        text = text[end:].strip()
+    docs = run_readme_demo(k8s_envoy, {"RUNTRACK_STACK": "dev"}, timeout_s=120)
     recorded, stopped, listed, track, _stats, _zones, shared, seen_by_bob, refused = docs
     assert recorded["points_stored"] == 3
     assert stopped in listed["runs"]

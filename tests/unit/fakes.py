@@ -38,20 +38,7 @@ class FakeTrackStore:
         return self.owners.get(run_id)
 
     async def write_points(self, run_id: uuid.UUID, points: Sequence[Point]) -> None:
-        self.inflight += 1
-        self.max_inflight = max(self.max_inflight, self.inflight)
-        try:
-            await asyncio.sleep(self.write_delay)
-            if self.fail_with is not None:
-                raise self.fail_with
-            self.batches.append(len(points))
-            if run_id in self.deleted:
-                return  # shadowed by the deletion, as in the CQL store
-            stored = self.points.setdefault(run_id, {})
-            for p in points:
-                stored[p.seq] = p
-        finally:
-            self.inflight -= 1
+        await self.write_rows([(run_id, points)])
 
     async def write_rows(self, rows: Sequence[tuple[uuid.UUID, Sequence[Point]]]) -> None:
         self.inflight += 1
