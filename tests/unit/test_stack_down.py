@@ -7,11 +7,14 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from devstack.stack import Stack, test_spec
+from devstack.stack import Stack
+from devstack.stack import test_spec as stack_spec_for_tests
 
 
 def test_down_forgets_the_node_count_and_the_replica_counts(tmp_path: Path) -> None:
-    spec = replace(test_spec({}), name="forget", state=tmp_path / "state", logs=tmp_path / "logs", cql_nodes=None)
+    spec = replace(
+        stack_spec_for_tests({}), name="forget", state=tmp_path / "state", logs=tmp_path / "logs", cql_nodes=None
+    )
     run = spec.state / "run"
     run.mkdir(parents=True)
     (run / "cql-nodes").write_text("3")
