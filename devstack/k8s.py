@@ -26,7 +26,7 @@ from typing import Any
 from devstack import k8s_netpol, procs
 from devstack.auth import LocalIssuer
 from devstack.cql_node import CqlNode
-from devstack.k8s_pki import Pair, Pki, kubeconfig
+from devstack.k8s_pki import Pair, Pki, b64, kubeconfig
 from devstack.paths import ROOT, cache_dir
 from devstack.pg_node import PgNode
 
@@ -444,7 +444,9 @@ state = "{self.containerd_state}"
         self._wait("containerd", "containerd", lambda: self.containerd_sock.exists(), 60)
         time.sleep(0.5)
 
-    def ctr(self, *args: str | Path, capture: bool = False) -> str:
+    def ctr(self, *args: str | Path, capture: bool = False, check: bool = True) -> str:
+        """containerd's own client on the node's namespace; with check=False, a failure is ignored quietly."""
+        quiet = None if check else subprocess.DEVNULL
         proc = run(
             "ctr",
             "--address",
@@ -452,7 +454,9 @@ state = "{self.containerd_state}"
             "--namespace",
             "k8s.io",
             *args,
-            stdout=subprocess.PIPE if capture else None,
+            check=check,
+            stdout=subprocess.PIPE if capture else quiet,
+            stderr=quiet,
         )
         return proc.stdout or ""
 
@@ -643,7 +647,7 @@ state = "{self.containerd_state}"
                 "--v=1",
             ],
         )
-        ca_bundle = _b64(certs["ca"].cert)
+        ca_bundle = b64(certs["ca"].cert)
         self.apply(
             [
                 {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "monitoring"}},
@@ -825,31 +829,18 @@ state = "{self.containerd_state}"
         self.pg.stop()
         self.cql.stop()
 
-    def _ctr_quiet(self, *args: str) -> None:
-        run(
-            "ctr",
-            "--address",
-            self.containerd_sock,
-            "--namespace",
-            "k8s.io",
-            *args,
-            check=False,
-            quiet=True,
-            stderr=subprocess.DEVNULL,
-        )
-
     def _stop_pods(self) -> None:
         """Containers outlive the kubelet: kill and remove every one containerd still has, then what the
         pods left on the host (the kubelet's volume mounts, the pods' network namespaces)."""
         if self.pid("containerd"):
             tasks = self.ctr("tasks", "list", "--quiet", capture=True).split()
             for task in tasks:
-                self._ctr_quiet("tasks", "kill", "--signal", "SIGKILL", task)
+                self.ctr("tasks", "kill", "--signal", "SIGKILL", task, check=False)
             time.sleep(1)
             for task in tasks:
-                self._ctr_quiet("tasks", "delete", "--force", task)
+                self.ctr("tasks", "delete", "--force", task, check=False)
             for container in self.ctr("containers", "list", "--quiet", capture=True).split():
-                self._ctr_quiet("containers", "delete", container)
+                self.ctr("containers", "delete", container, check=False)
         with open("/proc/mounts") as f:
             mounts = [line.split()[1] for line in f]
         ours = (str(self.kubelet_dir), str(self.containerd_state))
@@ -874,12 +865,6 @@ def _write(path: Path, text: str) -> bool:
     tmp.write_text(text)
     tmp.replace(path)
     return True
-
-
-def _b64(path: Path) -> str:
-    import base64
-
-    return base64.b64encode(path.read_bytes()).decode()
 
 
 def _module_dir(module: str, version: str) -> Path:

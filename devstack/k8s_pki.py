@@ -45,6 +45,23 @@ def _name(cn: str, orgs: tuple[str, ...] = ()) -> x509.Name:
     return x509.Name([*attrs, x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
+def _builder(
+    subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey, *, ca: bool
+) -> x509.CertificateBuilder:
+    """What every certificate here has: names, key, a random serial, ten years from five minutes ago."""
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+
+
 class Pki:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
@@ -55,17 +72,9 @@ class Pki:
             return pair
         self.dir.mkdir(parents=True, exist_ok=True)
         key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
         subject = _name(f"runtrack-{name}")
         cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            _builder(subject, subject, key, ca=True)
             .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
             .sign(key, hashes.SHA256())
         )
@@ -91,19 +100,11 @@ class Pki:
         ca_key = _load_key(ca.key)
         ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
         key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
         usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
             [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
         )
         builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(cn, orgs))
-            .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            _builder(_name(cn, orgs), ca_cert.subject, key, ca=False)
             .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True)
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         )
@@ -130,7 +131,7 @@ class Pki:
         return pair
 
 
-def _b64(path: Path) -> str:
+def b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
 
@@ -141,9 +142,9 @@ def kubeconfig(path: Path, *, server: str, ca: Pair, user: Pair, name: str) -> P
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "runtrack", "cluster": {"server": server, "certificate-authority-data": _b64(ca.cert)}}],
+        "clusters": [{"name": "runtrack", "cluster": {"server": server, "certificate-authority-data": b64(ca.cert)}}],
         "users": [
-            {"name": name, "user": {"client-certificate-data": _b64(user.cert), "client-key-data": _b64(user.key)}}
+            {"name": name, "user": {"client-certificate-data": b64(user.cert), "client-key-data": b64(user.key)}}
         ],
         "contexts": [{"name": "runtrack", "context": {"cluster": "runtrack", "user": name}}],
         "current-context": "runtrack",

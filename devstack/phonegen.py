@@ -19,7 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from devstack.paths import ROOT, VENV_BIN, cache_dir
+from devstack.paths import ROOT, cache_dir
+from devstack.tools import link_into_venv
 
 NAME = "phonegen"
 SOURCE = ROOT / "deploy" / "bench" / "phonegen"
@@ -51,9 +52,4 @@ def phonegen() -> Path:
         build = ["go", "build", "-trimpath", "-buildvcs=false", "-o", str(tmp), "."]
         subprocess.run(build, cwd=SOURCE, check=True, stdout=sys.stderr, env=env)
         tmp.replace(exe)
-    link = VENV_BIN / NAME
-    if os.path.realpath(link) != str(exe):
-        if os.path.lexists(link):
-            link.unlink()
-        link.symlink_to(exe)
-    return exe
+    return link_into_venv(NAME, exe)

@@ -83,6 +83,11 @@ def _go_tool(name: str, module: str, version: str) -> Path:
             subprocess.run(["go", "install", f"{module}@{version}"], check=True, stdout=sys.stderr, env=env)
             exe.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(Path(gobin) / name), exe)
+    return link_into_venv(name, exe)
+
+
+def link_into_venv(name: str, exe: Path) -> Path:
+    """Links a cached command into .venv/bin under `name` (so that it is at hand); returns `exe`."""
     link = VENV_BIN / name
     if os.path.realpath(link) != str(exe):
         if os.path.lexists(link):

@@ -186,8 +186,3 @@ class PointWriter:
         except Unavailable as err:
             log.warning("write failed runs=%d points=%d error=%s", len(rows), n, err)
             raise
-
-    async def close(self) -> None:
-        self._flush()
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
