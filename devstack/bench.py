@@ -583,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     ph.add_argument("--step", type=int, default=1000, help="phones added each step (default 1000)")
     ph.add_argument("--start", type=int, default=0, help="phones of the first step (default: --step)")
     ph.add_argument("--seconds", type=float, default=30.0, help="seconds each phone streams in a step")
+    ph.add_argument("--ramp-rate", type=float, default=1000.0, help="phones starting per second (default 1000)")
     a = sub.add_parser("auth")
     a.add_argument("--calls", type=int, default=2000, help="GetRun calls per round (streams: a quarter)")
     a.add_argument("--rounds", type=int, default=3)
@@ -616,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
 
         first = args.start or args.step
         steps = list(range(first, args.max + 1, args.step)) or [args.max]
-        bench_phones.run(stack, steps, args.seconds, ROOT / ".dev" / "bench")
+        bench_phones.run(stack, steps, args.seconds, ROOT / ".dev" / "bench", args.ramp_rate)
     elif args.what == "auth":
         asyncio.run(bench_auth(stack, args.calls, args.rounds))
     elif args.cql_nodes == 3:

@@ -7,6 +7,12 @@ histogram, the step's increase), the generator's lag behind its schedule, CPU mi
 each component (from /proc: Envoy, the tracking replicas, the CQL node, the generator), and resident
 memory per open stream of the replicas and Envoy (mid-step minus idle, over the phones). The ceiling is
 the most phones with no failed stream, every point durable and p99 ≤ 1 s.
+
+Phones arrive at `--ramp-rate` per second (a peak builds up over minutes, not in one second; a burst
+is `scripts/bench day`'s and the autoscaler's case). CPU per point is given twice: over the whole step
+(stream starts, ownership claims and ends included) and in the steady window once every phone streams,
+points counted by the replicas' own counter; the difference, spread over the phones, is what one
+stream's start and end cost.
 """
 
 from __future__ import annotations
@@ -23,9 +29,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from devstack import procs
+from devstack.autoscale import metrics_text
 from devstack.bench_day import _tracking_sample, quantile_from_buckets
-from devstack.stack import Stack
+from devstack.stack import Stack, metrics_port
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 P99_LIMIT_S = 1.0
@@ -43,9 +52,12 @@ class Step:
     points_durable: int = 0
     durable_p50_ms: float | None = None
     durable_p99_ms: float | None = None
+    steady_p99_ms: float | None = None  # the steady window's alone (no stream starting)
     lag_p50_ms: float | None = None
     lag_p99_ms: float | None = None
     cpu_us_per_point: dict[str, float] = field(default_factory=dict)
+    steady_us_per_point: dict[str, float] = field(default_factory=dict)
+    setup_ms_per_stream: dict[str, float] = field(default_factory=dict)
     cpu_cores: dict[str, float] = field(default_factory=dict)
     kib_per_stream: dict[str, float] = field(default_factory=dict)
 
@@ -132,6 +144,17 @@ def _rss(pids: dict[str, list[int]]) -> dict[str, float]:
     }
 
 
+def _points_stored(stack: Stack) -> float:
+    """Points the tracking replicas have written so far (their own counter)."""
+    total = 0.0
+    for port in stack.replica_ports()["tracking"]:
+        for family in text_string_to_metric_families(metrics_text(metrics_port(port))):
+            for sample in family.samples:
+                if sample.name == "runtrack_points_stored_total":
+                    total += sample.value
+    return total
+
+
 def _histogram(stack: Stack) -> dict[float, float]:
     total: dict[float, float] = {}
     for port in stack.replica_ports()["tracking"]:
@@ -159,9 +182,11 @@ def durable_points(stack: Stack, run_ids: list[str]) -> int:
         cluster.shutdown()
 
 
-def run_step(stack: Stack, generator: Path, tokens: Path, phones: int, seconds: float, work: Path) -> Step:
+def run_step(
+    stack: Stack, generator: Path, tokens: Path, phones: int, seconds: float, work: Path, ramp_rate: float
+) -> Step:
     step = Step(phones, seconds)
-    ramp = min(10.0, max(1.0, phones / 2000))
+    ramp = max(1.0, phones / ramp_rate)
     pids = {name: with_descendants(group) for name, group in components(stack).items()}
     idle_rss = _rss(pids)
     before_cpu = _cpu(pids)
@@ -189,11 +214,22 @@ def run_step(stack: Stack, generator: Path, tokens: Path, phones: int, seconds: 
         stderr=sys.stderr,
     )
     mid: dict[str, float] = {}
+    # The steady window: from a few seconds after the last phone started to a few before the first ends.
+    window = (ramp + 3.0, seconds - 2.0)
+    # (time, cpu by component, points stored, durable histogram)
+    steady: list[tuple[float, dict[str, float], float, dict[float, float]]] = []
 
     def sample_mid() -> None:
-        time.sleep(ramp + seconds / 2)
+        if window[1] - window[0] >= 5.0:
+            time.sleep(window[0])
+            steady.append((time.monotonic(), _cpu(pids), _points_stored(stack), _histogram(stack)))
+        time.sleep(max(0.0, ramp + seconds / 2 - (time.monotonic() - started)))
         if proc.poll() is None:
             mid.update(_rss(pids))
+        if steady:
+            time.sleep(max(0.0, window[1] - (time.monotonic() - started)))
+            if proc.poll() is None:
+                steady.append((time.monotonic(), _cpu(pids), _points_stored(stack), _histogram(stack)))
 
     sampler = threading.Thread(target=sample_mid, daemon=True)
     sampler.start()
@@ -218,6 +254,15 @@ def run_step(stack: Stack, generator: Path, tokens: Path, phones: int, seconds: 
     cpu = {name: after_cpu[name] - before_cpu[name] for name in after_cpu} | {"generator": generator_cpu}
     step.cpu_us_per_point = {name: per_point_us(s, step.points_sent) for name, s in cpu.items()}
     step.cpu_cores = {name: round(s / wall, 2) for name, s in cpu.items()}
+    if len(steady) == 2 and steady[1][2] > steady[0][2]:
+        (_, cpu0, n0, hist0), (_, cpu1, n1, hist1) = steady
+        p99 = quantile_from_buckets({b: hist1.get(b, 0.0) - hist0.get(b, 0.0) for b in hist1}, 0.99)
+        step.steady_p99_ms = None if p99 is None else round(p99 * 1000, 1)
+        points = int(n1 - n0)
+        step.steady_us_per_point = {name: per_point_us(cpu1[name] - cpu0[name], points) for name in cpu1}
+        for name, us in step.steady_us_per_point.items():
+            setup_s = cpu[name] - us / 1e6 * step.points_sent
+            step.setup_ms_per_stream[name] = round(setup_s / phones * 1000, 2)
     if mid:
         step.kib_per_stream = {name: round((mid[name] - idle_rss[name]) / phones, 1) for name in mid}
     step.points_durable = durable_points(stack, run_ids.read_text().split())
@@ -226,6 +271,10 @@ def run_step(stack: Stack, generator: Path, tokens: Path, phones: int, seconds: 
 
 def row(s: Step) -> str:
     cpu = " ".join(f"{k}={v:g}" for k, v in s.cpu_us_per_point.items())
+    if s.steady_us_per_point:
+        steady = " ".join(f"{k}={v:g}" for k, v in s.steady_us_per_point.items())
+        setup = " ".join(f"{k}={v:g}" for k, v in s.setup_ms_per_stream.items())
+        cpu += f"  steady µs/pt: {steady} (p99 {s.steady_p99_ms} ms)  start+end ms/stream: {setup}"
     mem = " ".join(f"{k}={v:g}" for k, v in s.kib_per_stream.items())
     return (
         f"{s.phones:>7} {s.streams_failed:>6} {s.points_durable:>9}/{s.points_sent:<9}"
@@ -256,7 +305,15 @@ def chart(steps: list[Step], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def run(stack: Stack, steps: list[int], seconds: float, out_dir: Path) -> list[Step]:
+def ratio(s: Step) -> tuple[float, str] | None:
+    """Replica CPU per point over Envoy's per proxied message: the steady window's when there is one."""
+    for figures, what in ((s.steady_us_per_point, "steady"), (s.cpu_us_per_point, "whole step")):
+        if figures.get("envoy"):
+            return figures["tracking"] / figures["envoy"], what
+    return None
+
+
+def run(stack: Stack, steps: list[int], seconds: float, out_dir: Path, ramp_rate: float = 1000.0) -> list[Step]:
     from devstack.phonegen import phonegen
 
     generator = phonegen()
@@ -271,7 +328,7 @@ def run(stack: Stack, steps: list[int], seconds: float, out_dir: Path) -> list[S
         )
         results: list[Step] = []
         for phones in steps:
-            step = run_step(stack, generator, tokens, phones, seconds, work)
+            step = run_step(stack, generator, tokens, phones, seconds, work, ramp_rate)
             results.append(step)
             print(row(step), flush=True)
             (out_dir / "phones.json").write_text(
@@ -283,10 +340,11 @@ def run(stack: Stack, steps: list[int], seconds: float, out_dir: Path) -> list[S
                 print(f"stopping: {step.streams_failed} of {phones} streams failed", flush=True)
                 break
     chart(results, out_dir / "phones.png")
-    last = results[-1] if results else None
     print(f"ceiling: {ceiling(results)} phones")
-    if last and last.cpu_us_per_point.get("envoy"):
-        ratio = last.cpu_us_per_point["tracking"] / last.cpu_us_per_point["envoy"]
-        print(f"replica CPU per point / Envoy's per message, at {last.phones} phones: {ratio:.1f}x")
+    held = [s for s in results if s.ok]
+    for s in {id(x): x for x in (held[-1:] + results[-1:])}.values():
+        r = ratio(s)
+        if r is not None:
+            print(f"replica CPU per point / Envoy's per message, at {s.phones} phones ({r[1]}): {r[0]:.1f}x")
     print(f"JSON: {out_dir / 'phones.json'}; chart: {out_dir / 'phones.png'}")
     return results

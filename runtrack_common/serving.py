@@ -180,6 +180,12 @@ class Replica:
                 # (its store is slow) holds back its sender instead of filling this process.
                 ("grpc.http2.bdp_probe", 0),
                 ("grpc.http2.lookahead_bytes", 64 * 1024),
+                # Calls that arrived but the service has not picked up yet (a burst of phones starting):
+                # past the soft limit gRPC refuses a growing share of new calls with RST_STREAM (the
+                # phone sees CANCELLED), past the hard one every new call. Refuse only beyond what the
+                # replica takes at all.
+                ("grpc.server.max_pending_requests", s.max_concurrent_rpcs),
+                ("grpc.server.max_pending_requests_hard_limit", s.max_concurrent_rpcs),
             ],
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
             interceptors=[metrics.ServerMetrics()],
