@@ -582,8 +582,10 @@ def main(argv: list[str] | None = None) -> int:
     ph.add_argument("--max", type=int, default=4000, help="most phones (default 4000)")
     ph.add_argument("--step", type=int, default=1000, help="phones added each step (default 1000)")
     ph.add_argument("--start", type=int, default=0, help="phones of the first step (default: --step)")
-    ph.add_argument("--seconds", type=float, default=30.0, help="seconds each phone streams in a step")
-    ph.add_argument("--ramp-rate", type=float, default=1000.0, help="phones starting per second (default 1000)")
+    ph.add_argument(
+        "--seconds", type=float, default=30.0, help="seconds each phone streams (at least the ramp plus 20)"
+    )
+    ph.add_argument("--ramp-rate", type=float, default=250.0, help="phones starting per second (default 250)")
     a = sub.add_parser("auth")
     a.add_argument("--calls", type=int, default=2000, help="GetRun calls per round (streams: a quarter)")
     a.add_argument("--rounds", type=int, default=3)

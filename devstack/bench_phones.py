@@ -185,8 +185,10 @@ def durable_points(stack: Stack, run_ids: list[str]) -> int:
 def run_step(
     stack: Stack, generator: Path, tokens: Path, phones: int, seconds: float, work: Path, ramp_rate: float
 ) -> Step:
-    step = Step(phones, seconds)
     ramp = max(1.0, phones / ramp_rate)
+    # Every phone streams long enough for a steady window of 15 s once the last one has started.
+    seconds = max(seconds, ramp + 20.0)
+    step = Step(phones, seconds)
     pids = {name: with_descendants(group) for name, group in components(stack).items()}
     idle_rss = _rss(pids)
     before_cpu = _cpu(pids)
@@ -313,7 +315,7 @@ def ratio(s: Step) -> tuple[float, str] | None:
     return None
 
 
-def run(stack: Stack, steps: list[int], seconds: float, out_dir: Path, ramp_rate: float = 1000.0) -> list[Step]:
+def run(stack: Stack, steps: list[int], seconds: float, out_dir: Path, ramp_rate: float = 250.0) -> list[Step]:
     from devstack.phonegen import phonegen
 
     generator = phonegen()

@@ -23,7 +23,7 @@ from cassandra.policies import (
 )
 from cassandra.pool import NoConnectionsAvailable
 from cassandra.protocol import ErrorMessage, IsBootstrappingErrorMessage, OverloadedErrorMessage
-from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStatement
+from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStatement, dict_factory
 
 from runtrack_common import queries
 from runtrack_common.config import Settings
@@ -136,6 +136,9 @@ class CqlTrackStore:
             # an unavailable coordinator retried on the next host. Only idempotent statements (all but
             # the ownership claim) are also tried on a second node when the first is slow.
             retry_policy=RetryPolicy(),
+            # Rows as dicts: the driver's default builds a new namedtuple class for every answer, which
+            # cost a stream's start and end more CPU than all of its other work together.
+            row_factory=dict_factory,
             speculative_execution_policy=ConstantSpeculativeExecutionPolicy(
                 delay=s.cql_speculative_delay_s, max_attempts=1
             ),
@@ -188,11 +191,11 @@ class CqlTrackStore:
         now = dt.datetime.now(dt.UTC)
         rows = await _execute(self._ready(), self.q["claim_run"], (run_id, user_id, now))
         row = rows[0]
-        return user_id if row.applied else row.user_id
+        return user_id if row["[applied]"] else str(row["user_id"])
 
     async def run_owner(self, run_id: uuid.UUID) -> str | None:
         rows = await _execute(self._ready(), self.q["run_owner"], (run_id,))
-        return rows[0].user_id if rows else None
+        return str(rows[0]["user_id"]) if rows else None
 
     async def write_points(self, run_id: uuid.UUID, points: Sequence[Point]) -> None:
         session = self._ready()
@@ -251,9 +254,9 @@ class CqlTrackStore:
         """Reads only the seqs after the run's last known contiguous_seq, then moves that mark up."""
         session = self._ready()
         hint_rows = await _execute(session, self.q["cursor_hint"], (run_id,))
-        known = (hint_rows[0].contiguous_hint or 0) if hint_rows else 0
+        known = (hint_rows[0]["contiguous_hint"] or 0) if hint_rows else 0
         rows = await _execute(session, self.q["seqs_after"], (run_id, known), all_pages=True)
-        cursor = cursor_from_seqs((r.seq for r in rows), known)
+        cursor = cursor_from_seqs((r["seq"] for r in rows), known)
         if cursor.contiguous_seq > known:
             await _execute(session, self.q["save_cursor_hint"], (cursor.contiguous_seq, run_id))
         return cursor
@@ -268,7 +271,7 @@ class CqlTrackStore:
 
     async def deleted_by(self, run_id: uuid.UUID) -> str | None:
         rows = await _execute(self._ready(), self.q["deleted_by"], (run_id,))
-        return rows[0].user_id if rows else None
+        return str(rows[0]["user_id"]) if rows else None
 
     async def mark_deleted(self, run_id: uuid.UUID, user_id: str) -> None:
         await _execute(self._ready(), self.q["mark_deleted"], (run_id, user_id, dt.datetime.now(dt.UTC)))
@@ -280,24 +283,24 @@ class CqlTrackStore:
 
     async def privacy_zones(self, user_id: str) -> list[Zone]:
         rows = await _execute(self._ready(), self.q["privacy_zones"], (user_id,))
-        return [Zone(*zone) for zone in (rows[0].zones or [])] if rows else []
+        return [Zone(*zone) for zone in (rows[0]["zones"] or [])] if rows else []
 
     async def set_privacy_zones(self, user_id: str, zones: Sequence[Zone]) -> None:
         values = [(z.latitude, z.longitude, z.radius_m) for z in zones]
         await _execute(self._ready(), self.q["set_privacy_zones"], (user_id, values))
 
 
-def _point(r: Any) -> Point:
+def _point(r: dict[str, Any]) -> Point:
     return Point(
-        seq=r.seq,
-        time_ms=_to_ms(r.recorded_at),
-        latitude=r.latitude,
-        longitude=r.longitude,
-        altitude_m=r.altitude_m,
-        horizontal_accuracy_m=r.horizontal_accuracy_m,
-        speed_mps=r.speed_mps,
-        heart_rate_bpm=r.heart_rate_bpm,
-        cadence_spm=r.cadence_spm,
+        seq=r["seq"],
+        time_ms=_to_ms(r["recorded_at"]),
+        latitude=r["latitude"],
+        longitude=r["longitude"],
+        altitude_m=r["altitude_m"],
+        horizontal_accuracy_m=r["horizontal_accuracy_m"],
+        speed_mps=r["speed_mps"],
+        heart_rate_bpm=r["heart_rate_bpm"],
+        cadence_spm=r["cadence_spm"],
     )
 
 
