@@ -236,7 +236,7 @@ class Stack:
         pid = procs.read_pid(self._pid_file(svc, port))
         return pid if procs.alive(pid) else None
 
-    def start_replica(self, svc: str, port: int) -> int:
+    def start_replica(self, svc: str, port: int, extra_env: dict[str, str] | None = None) -> int:
         pid = self.replica_pid(svc, port)
         if pid:
             return pid
@@ -244,7 +244,7 @@ class Stack:
             [sys.executable, "-m", MODULES[svc], "--port", str(port), "--metrics-port", str(metrics_port(port))],
             log=self.spec.logs / f"{svc}-{port}.log",
             pid_file=self._pid_file(svc, port),
-            env=self.replica_env(),
+            env=self.replica_env() | (extra_env or {}),
             cwd=ROOT,
         )
 
@@ -470,8 +470,9 @@ class Stack:
             pid=self.replica_pid(svc, port),
         )
 
-    def add_replica(self, svc: str) -> int:
-        """Starts one more replica of `svc`; returns once Envoy routes to it."""
+    def add_replica(self, svc: str, extra_env: dict[str, str] | None = None) -> int:
+        """Starts one more replica of `svc` (with settings of its own on top of the stack's, if any);
+        returns once Envoy routes to it."""
         ports = self.replica_ports()
         port = self.spec.base_ports[svc]
         while (
@@ -481,7 +482,7 @@ class Stack:
             or procs.port_open(metrics_port(port))
         ):
             port += 1
-        self.start_replica(svc, port)
+        self.start_replica(svc, port, extra_env)
         self._wait_serving(svc, port)
         ports[svc].append(port)
         self._save_replica_ports(ports)

@@ -67,6 +67,14 @@ class Settings:
     write_mode: str = "batch"
     # A RecordTrack stream that sends nothing for this long is ended (DEADLINE_EXCEEDED).
     stream_idle_timeout_s: float = 300.0
+    # A stream ends after about this long (jittered -20 %) with UNAVAILABLE STREAM_LIFETIME and the phone
+    # resumes: streams are re-balanced over the replicas there are now (a burst that landed on the night
+    # fleet spreads over the replicas added since). 0: no limit.
+    stream_lifetime_s: float = 600.0
+    # Above this many open streams a replica ends its newest ones (at most `stream_shed_per_s` a second)
+    # with UNAVAILABLE REPLICA_OVERLOADED; they resume on the replica with the fewest. 0: never.
+    stream_shed_above: int = 0
+    stream_shed_per_s: int = 50
     max_concurrent_rpcs: int = 20_000
     # PostgreSQL.
     database_url: str = "postgresql://postgres@127.0.0.1:5432/runtrack"
@@ -108,6 +116,9 @@ class Settings:
             write_retry_budget_s=_float(env, "TRACK_WRITE_RETRY_BUDGET_S", d.write_retry_budget_s),
             write_mode=_choice(env, "TRACK_WRITE_MODE", ("batch", "concurrent"), d.write_mode),
             stream_idle_timeout_s=_float(env, "TRACK_STREAM_IDLE_TIMEOUT_S", d.stream_idle_timeout_s),
+            stream_lifetime_s=_float(env, "TRACK_STREAM_LIFETIME_S", d.stream_lifetime_s),
+            stream_shed_above=_int(env, "TRACK_SHED_ABOVE_STREAMS", d.stream_shed_above),
+            stream_shed_per_s=_int(env, "TRACK_SHED_PER_S", d.stream_shed_per_s),
             max_concurrent_rpcs=_int(env, "GRPC_MAX_CONCURRENT_RPCS", d.max_concurrent_rpcs),
             database_url=env.get("DATABASE_URL", d.database_url),
             pg_pool_min=_int(env, "PG_POOL_MIN", d.pg_pool_min),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from runtrack_common import status
@@ -31,6 +32,9 @@ from tracking_service.tracks import RunVisibility
 from tracking_service.writer import PointWriter
 
 log = logging.getLogger(__name__)
+STREAMS_SHED = Counter(
+    "runtrack_streams_shed_total", "RecordTrack streams ended because the replica held more than its limit."
+)
 STREAMS_OPEN = Gauge("runtrack_streams_open", "RecordTrack streams open on this replica (what the autoscaler reads).")
 Context = grpc.aio.ServicerContext
 # Another replica is ready at once: a phone cut by a rollout may come back quickly.
@@ -72,8 +76,9 @@ class OpenStream:
 
     task: asyncio.Task[Any]
     last_message: float  # the event loop's clock
+    ends_at: float  # the stream's lifetime runs out (the event loop's clock)
     reading: bool = False  # waiting for the phone's next message
-    end: str | None = None  # why the replica ends it: "idle" or "drain"
+    end: str | None = None  # why the replica ends it: "idle", "drain", "lifetime" or "shed"
 
 
 class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
@@ -124,12 +129,52 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
             for stream in list(self._open_streams.values()):
                 if now - stream.last_message > idle:
                     self._end(stream, "idle")
+                elif now >= stream.ends_at:
+                    self._end(stream, "lifetime")
+            self._shed()
+
+    def _shed(self) -> None:
+        """Over its stream limit, the replica ends its newest streams (a few a second) with the resumable
+        status: the phones come back through Envoy, which sends them to the replica with the fewest."""
+        limit = self.settings.stream_shed_above
+        excess = len(self._open_streams) - limit
+        if not limit or excess <= 0:
+            return
+        shed = 0
+        for stream in reversed(list(self._open_streams.values())):  # newest first: the fewest points
+            if shed >= min(excess, self.settings.stream_shed_per_s):
+                break
+            if stream.end is None:
+                self._end(stream, "shed")
+                shed += 1
+        STREAMS_SHED.inc(shed)
+        log.info("shedding streams=%d open=%d limit=%d", shed, len(self._open_streams), limit)
+
+    def _lifetime(self, now: float) -> float:
+        """When a stream starting now ends: the lifetime, jittered by up to a fifth so that the streams of
+        a burst do not all come back at once."""
+        life = self.settings.stream_lifetime_s
+        return now + life * (0.8 + 0.2 * random.random()) if life > 0 else float("inf")
 
     def _ended(self, stream: OpenStream, run_id: str) -> RunTrackError:
         if stream.end == "drain":
             return Unavailable(
                 f"replica shutting down; resume from GetTrackCursor (run_id {run_id})",
                 reason="REPLICA_SHUTTING_DOWN",
+                retry_after_s=SHUTDOWN_RETRY_S,
+            )
+        if stream.end == "lifetime":
+            return Unavailable(
+                f"stream reached its lifetime of about {self.settings.stream_lifetime_s:g}s; "
+                f"resume from GetTrackCursor (run_id {run_id})",
+                reason="STREAM_LIFETIME",
+                retry_after_s=SHUTDOWN_RETRY_S,
+            )
+        if stream.end == "shed":
+            return Unavailable(
+                f"replica over its limit of {self.settings.stream_shed_above} streams; "
+                f"resume from GetTrackCursor (run_id {run_id})",
+                reason="REPLICA_OVERLOADED",
                 retry_after_s=SHUTDOWN_RETRY_S,
             )
         return DeadlineExceeded(
@@ -147,7 +192,8 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         me = asyncio.current_task()
         assert me is not None
         loop = asyncio.get_running_loop()
-        stream = OpenStream(me, loop.time())
+        now = loop.time()
+        stream = OpenStream(me, now, self._lifetime(now))
         self._open_streams[me] = stream
         self._watch()
         STREAMS_OPEN.inc()

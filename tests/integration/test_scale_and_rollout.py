@@ -1,10 +1,14 @@
 """Scaling and rolling out while traffic flows: no failed request, no lost point, Envoy untouched."""
 
 import asyncio
+import time
 import uuid
 
 import grpc
+import pytest
 
+from devstack.autoscale import scrape
+from devstack.stack import metrics_port
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from tests.integration.faults import new_run, paced, report, stored_trail
 
@@ -87,3 +91,62 @@ async def test_a_rollout_under_traffic_fails_no_request_and_loses_no_point(stack
         points_lost=0,
         streams_resumed=sum(r.stats.retries for r, _ in runs),
     )
+
+
+def _streams_open(port: int) -> int:
+    return int(scrape(metrics_port(port))["streams_open"])
+
+
+async def _wait_for(what: str, check, timeout_s: float) -> float:
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout_s, f"{what}: not within {timeout_s} s"
+        await asyncio.sleep(0.1)
+    return time.monotonic() - start
+
+
+@pytest.mark.parametrize(
+    ("mode", "settings"),
+    [("lifetime", {"TRACK_STREAM_LIFETIME_S": "2"}), ("shed", {"TRACK_SHED_ABOVE_STREAMS": "4"})],
+)
+async def test_a_burst_on_one_replica_spreads_over_a_replica_added_later_and_loses_no_point(
+    stack, channel, mode, settings
+):
+    """A burst lands on the one replica there is. Streams have a bounded lifetime (ended with UNAVAILABLE
+    STREAM_LIFETIME), or a replica over its limit ends its newest (REPLICA_OVERLOADED): each phone
+    resumes through Envoy, which sends it to the replica with the fewest requests, the one added later."""
+    original = stack.replica_ports()["tracking"]
+    burst = await asyncio.to_thread(stack.add_replica, "tracking", settings)
+    for port in original:
+        await asyncio.to_thread(stack.retire_replica, "tracking", port)
+    added = None
+    try:
+        runs = [new_run(channel, 160) for _ in range(12)]
+        uploads = [asyncio.create_task(r.upload(paced(pts, 0.05))) for r, pts in runs]  # 8 s each
+        await _wait_for("the burst on one replica", lambda: _streams_open(burst) == len(runs), 5)
+        adding = time.monotonic()
+        added = await asyncio.to_thread(stack.add_replica, "tracking")
+        await _wait_for("a stream on the added replica", lambda: _streams_open(added) > 0, 6)
+        moved_after_s = time.monotonic() - adding
+        await asyncio.sleep(2.5)  # one more lifetime: most streams have come back by now
+        on_added = _streams_open(added)
+        assert on_added >= len(runs) // 3, f"{on_added} of {len(runs)} streams on the added replica"
+        await asyncio.wait_for(asyncio.gather(*uploads), timeout=120)
+        for recorder, pts in runs:
+            assert list(await stored_trail(channel, recorder.run_id)) == pts
+        resumed = sum(r.stats.retries for r, _ in runs)
+        assert resumed >= (len(runs) if mode == "lifetime" else len(runs) - 4), resumed
+        report(
+            stack,
+            f"burst_spreads_{mode}",
+            streams=len(runs),
+            first_moved_s=round(moved_after_s, 2),
+            on_added_a_lifetime_later=on_added,
+            streams_resumed=resumed,
+            points_lost=0,
+        )
+    finally:
+        for port in (burst, added):
+            if port is not None:
+                await asyncio.to_thread(stack.retire_replica, "tracking", port)
+        await asyncio.to_thread(stack.scale, {"tracking": len(original)})
