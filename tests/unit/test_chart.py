@@ -401,7 +401,7 @@ def test_the_hpa_defaults_are_the_contracts(render):
     summary = one(objects, "HorizontalPodAutoscaler", "summary")["spec"]
     assert (tracking["minReplicas"], tracking["maxReplicas"]) == (2, 6)
     assert (summary["minReplicas"], summary["maxReplicas"]) == (2, 4)
-    assert tracking["metrics"][0]["pods"]["target"]["averageValue"] == "300"
+    assert tracking["metrics"][0]["pods"]["target"]["averageValue"] == "3000"
     assert summary["metrics"][0]["pods"]["target"]["averageValue"] == "200"
     assert tracking["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 60
 
