@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # A health name that is SERVING while the process runs, whatever its store says: what a liveness probe
 # asks (a store outage takes a replica out of the balancer, it is no reason to restart it).
 LIVENESS = "liveness"
+GC_THRESHOLDS = (100_000, 50, 100)
 
 
 def file_containing_symbol(pool: descriptor_pool.DescriptorPool, name: str) -> FileDescriptor:
@@ -254,4 +256,9 @@ def main(prog: str, service_name: str, build: Callable[[Settings], Parts]) -> No
             metrics_port=args.metrics_port,
         ).run()
 
+    # The cycle collector's young generation is collected after 100,000 new container objects instead of
+    # 700, and the whole heap rarely: with thousands of streams open every collection walks all their
+    # objects, and at the default thresholds it took a third of a loaded tracking replica's CPU
+    # (`scripts/bench phones`: 10 s of 50 at 8,000 phones; 1.8 s with these).
+    gc.set_threshold(*GC_THRESHOLDS)
     asyncio.run(serve())

@@ -111,6 +111,20 @@ async def _execute(session: Session, statement: Any, params: Any = None, *, all_
         raise
     except Exception as err:
         raise classify(err) from err
+    finally:
+        # The callbacks refer to the response and it to them: unlinked, the request and what it carried
+        # are freed at once instead of by the cycle collector (which cost a loaded replica a third of
+        # its CPU).
+        response.clear_callbacks()
+
+
+async def _execute_batch(session: Session, statement: Any) -> None:
+    """Writes a batch (or one bound statement); its rows are let go once written, for the same reason."""
+    try:
+        await _execute(session, statement)
+    finally:
+        if isinstance(statement, BatchStatement):
+            statement.clear()
 
 
 class CqlTrackStore:
@@ -211,7 +225,7 @@ class CqlTrackStore:
             statement.is_idempotent = True  # the same points again: the same rows
             for p in points:
                 statement.add(insert, self._values(run_id, p))
-        await _execute(session, statement)
+        await _execute_batch(session, statement)
 
     async def write_rows(self, rows: Sequence[tuple[uuid.UUID, Sequence[Point]]]) -> None:
         if len(rows) == 1:
@@ -231,7 +245,7 @@ class CqlTrackStore:
         for run_id, points in rows:
             for p in points:
                 statement.add(insert, self._values(run_id, p))
-        await _execute(session, statement)
+        await _execute_batch(session, statement)
 
     @staticmethod
     def _values(run_id: uuid.UUID, p: Point) -> tuple[Any, ...]:
