@@ -137,6 +137,15 @@ def quantile_from_buckets(buckets: dict[float, float], q: float) -> float | None
     return lower_bound + (bounds[i] - lower_bound) * ((rank - lower_count) / span if span else 1.0)
 
 
+def histogram_increase(before: dict[float, float], now: dict[float, float]) -> dict[float, float]:
+    """How much each cumulative bucket grew since `before`. A replica retired and a new one started on
+    its port counts from zero again: a fall is a reset, as Prometheus reads counters (taken as negative
+    growth, it had emptied whole phases of the day)."""
+    if now.get(math.inf, 0.0) < before.get(math.inf, 0.0):
+        return dict(now)
+    return {le: count - before.get(le, 0.0) for le, count in now.items()}
+
+
 def _tracking_sample(port: int) -> tuple[dict[float, float], float]:
     """A tracking replica's durable histogram (cumulative buckets) and its open streams."""
     text = metrics_text(metrics_port(port))
@@ -250,9 +259,7 @@ class Day:
                 except OSError:
                     continue
                 streams += open_streams
-                before = last.get(port, {})
-                for le, count in buckets.items():
-                    delta = count - before.get(le, 0.0)
+                for le, delta in histogram_increase(last.get(port, {}), buckets).items():
                     phase.durable_buckets[le] = phase.durable_buckets.get(le, 0.0) + delta
                     window[le] = window.get(le, 0.0) + delta
                 last[port] = buckets

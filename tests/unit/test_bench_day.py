@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from devstack.bench_day import NIGHT_FLOOR, arrival_share, phase_of, quantile_from_buckets
+from devstack.bench_day import NIGHT_FLOOR, arrival_share, histogram_increase, phase_of, quantile_from_buckets
 
 
 def test_the_day_has_a_morning_and_an_evening_peak_over_a_night_trough():
@@ -50,3 +50,15 @@ def test_both_days_replay_one_arrival_schedule_drawn_before_the_day():
     night = sum(1 for t in first if 2 * hour <= t < 3 * hour)
     assert morning > 3 * max(1, night)
     assert arrival_schedule(DayConfig(minutes=6, seed=8)) != first
+
+
+def test_a_histogram_that_counts_from_zero_again_is_a_reset_not_a_fall():
+    before = {0.1: 80.0, 1.0: 95.0, math.inf: 100.0}
+    assert histogram_increase(before, {0.1: 90.0, 1.0: 110.0, math.inf: 120.0}) == {
+        0.1: 10.0,
+        1.0: 15.0,
+        math.inf: 20.0,
+    }
+    # A new replica on the port of a retired one: its own counts are the growth.
+    assert histogram_increase(before, {0.1: 3.0, 1.0: 4.0, math.inf: 5.0}) == {0.1: 3.0, 1.0: 4.0, math.inf: 5.0}
+    assert histogram_increase({}, {0.1: 1.0, math.inf: 2.0}) == {0.1: 1.0, math.inf: 2.0}
