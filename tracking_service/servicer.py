@@ -157,25 +157,16 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         return now + life * (0.8 + 0.2 * random.random()) if life > 0 else float("inf")
 
     def _ended(self, stream: OpenStream, run_id: str) -> RunTrackError:
-        if stream.end == "drain":
+        s = self.settings
+        resumable = {  # why the replica ended a stream the phone resumes elsewhere: (reason, what happened)
+            "drain": ("REPLICA_SHUTTING_DOWN", "replica shutting down"),
+            "lifetime": ("STREAM_LIFETIME", f"stream reached its lifetime of about {s.stream_lifetime_s:g}s"),
+            "shed": ("REPLICA_OVERLOADED", f"replica over its limit of {s.stream_shed_above} streams"),
+        }
+        if stream.end in resumable:
+            reason, what = resumable[stream.end]
             return Unavailable(
-                f"replica shutting down; resume from GetTrackCursor (run_id {run_id})",
-                reason="REPLICA_SHUTTING_DOWN",
-                retry_after_s=SHUTDOWN_RETRY_S,
-            )
-        if stream.end == "lifetime":
-            return Unavailable(
-                f"stream reached its lifetime of about {self.settings.stream_lifetime_s:g}s; "
-                f"resume from GetTrackCursor (run_id {run_id})",
-                reason="STREAM_LIFETIME",
-                retry_after_s=SHUTDOWN_RETRY_S,
-            )
-        if stream.end == "shed":
-            return Unavailable(
-                f"replica over its limit of {self.settings.stream_shed_above} streams; "
-                f"resume from GetTrackCursor (run_id {run_id})",
-                reason="REPLICA_OVERLOADED",
-                retry_after_s=SHUTDOWN_RETRY_S,
+                f"{what}; resume from GetTrackCursor (run_id {run_id})", reason=reason, retry_after_s=SHUTDOWN_RETRY_S
             )
         return DeadlineExceeded(
             f"points: no message for {self.settings.stream_idle_timeout_s:g}s (the idle limit); "
