@@ -2,7 +2,7 @@
 
 When anyone but the owner reads a trail, the points from the start up to the first point outside
 every zone are left out, and likewise at the end; the points in between stay, even where the run
-crosses a zone. Distances are great-circle (haversine) on a sphere of the Earth's mean radius.
+crosses a zone. Distances are geodesics on the WGS84 ellipsoid (geographiclib, Karney's algorithm).
 """
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from geographiclib.geodesic import Geodesic
+
 from runtrack_common.errors import Violations
 from tracking_service.domain import Point
 
 MAX_ZONES = 10
 MIN_RADIUS_M = 100.0
 MAX_RADIUS_M = 5000.0
-EARTH_RADIUS_M = 6_371_008.8
+WGS84 = Geodesic.WGS84
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +45,8 @@ def validate_zones(zones: Sequence[Zone]) -> None:
 
 
 def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    phi1, phi2 = math.radians(lat1), math.radians(lat2)
-    dphi, dlambda = phi2 - phi1, math.radians(lon2 - lon1)
-    a = math.sin(dphi / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlambda / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))
+    """Metres along the geodesic between two points (WGS84, as GPS positions are)."""
+    return float(WGS84.Inverse(lat1, lon1, lat2, lon2, Geodesic.DISTANCE)["s12"])
 
 
 def inside_any(p: Point, zones: Sequence[Zone]) -> bool:

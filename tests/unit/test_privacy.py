@@ -28,11 +28,14 @@ def at(seq: int, metres_north: float) -> Point:
     )
 
 
-def test_distance_is_great_circle_metres():
+def test_distance_is_metres_on_the_wgs84_ellipsoid():
     assert distance_m(48.8566, 2.3522, 48.8566, 2.3522) == 0.0
-    assert distance_m(0.0, 0.0, 1.0, 0.0) == pytest.approx(111_195, rel=1e-3)
-    # Paris to London, about 343.5 km.
-    assert distance_m(48.8566, 2.3522, 51.5074, -0.1278) == pytest.approx(343_500, rel=5e-3)
+    # A degree of latitude is 110,574 m at the equator and 111,694 m at the poles on WGS84 (a sphere gives
+    # 111,195 m everywhere).
+    assert distance_m(0.0, 0.0, 1.0, 0.0) == pytest.approx(110_574.4, abs=0.1)
+    assert distance_m(89.0, 0.0, 90.0, 0.0) == pytest.approx(111_693.9, abs=0.1)
+    # Paris to London, about 344 km.
+    assert distance_m(48.8566, 2.3522, 51.5074, -0.1278) == pytest.approx(343_923, rel=1e-4)
 
 
 @pytest.mark.parametrize(
