@@ -137,16 +137,15 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         """Over its stream limit, the replica ends its newest streams (a few a second) with the resumable
         status: the phones come back through Envoy, which sends them to the replica with the fewest."""
         limit = self.settings.stream_shed_above
-        excess = len(self._open_streams) - limit
-        if not limit or excess <= 0:
+        if not limit:
             return
-        shed = 0
-        for stream in reversed(list(self._open_streams.values())):  # newest first: the fewest points
-            if shed >= min(excess, self.settings.stream_shed_per_s):
-                break
-            if stream.end is None:
-                self._end(stream, "shed")
-                shed += 1
+        # Streams already told to end are on their way out: counting them would shed more than the excess.
+        staying = [s for s in self._open_streams.values() if s.end is None]
+        shed = min(len(staying) - limit, self.settings.stream_shed_per_s)
+        if shed <= 0:
+            return
+        for stream in staying[-shed:]:  # the newest: the fewest points
+            self._end(stream, "shed")
         STREAMS_SHED.inc(shed)
         log.info("shedding streams=%d open=%d limit=%d", shed, len(self._open_streams), limit)
 
