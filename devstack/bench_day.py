@@ -24,7 +24,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -146,18 +146,26 @@ def histogram_increase(before: dict[float, float], now: dict[float, float]) -> d
     return {le: count - before.get(le, 0.0) for le, count in now.items()}
 
 
-def _tracking_sample(port: int) -> tuple[dict[float, float], float]:
-    """A tracking replica's durable histogram (cumulative buckets) and its open streams."""
+class TrackingSample(NamedTuple):
+    buckets: dict[float, float]  # the durable histogram, cumulative
+    streams_open: float
+    points_stored: float
+
+
+def _tracking_sample(port: int) -> TrackingSample:
+    """A tracking replica's durable histogram (cumulative buckets), open streams and points stored."""
     text = metrics_text(metrics_port(port))
     buckets: dict[float, float] = {}
-    streams = 0.0
+    streams = stored = 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "runtrack_point_durable_seconds_bucket":
                 buckets[float(sample.labels["le"])] = sample.value
             elif sample.name == "runtrack_streams_open":
                 streams += sample.value
-    return buckets, streams
+            elif sample.name == "runtrack_points_stored_total":
+                stored += sample.value
+    return TrackingSample(buckets, streams, stored)
 
 
 class Day:
@@ -255,7 +263,7 @@ class Day:
             window: dict[float, float] = {}
             for port in ports["tracking"]:
                 try:
-                    buckets, open_streams = await asyncio.to_thread(_tracking_sample, port)
+                    buckets, open_streams, _ = await asyncio.to_thread(_tracking_sample, port)
                 except OSError:
                     continue
                 streams += open_streams

@@ -30,12 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from devstack import procs
-from devstack.autoscale import metrics_text
 from devstack.bench_day import _tracking_sample, quantile_from_buckets
-from devstack.stack import Stack, metrics_port
+from devstack.stack import Stack
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 P99_LIMIT_S = 1.0
@@ -147,24 +144,16 @@ def _rss(pids: dict[str, list[int]]) -> dict[str, float]:
     }
 
 
-def _points_stored(stack: Stack) -> float:
-    """Points the tracking replicas have written so far (their own counter)."""
-    total = 0.0
-    for port in stack.replica_ports()["tracking"]:
-        for family in text_string_to_metric_families(metrics_text(metrics_port(port))):
-            for sample in family.samples:
-                if sample.name == "runtrack_points_stored_total":
-                    total += sample.value
-    return total
-
-
-def _histogram(stack: Stack) -> dict[float, float]:
+def _histogram(stack: Stack) -> tuple[dict[float, float], float]:
+    """The tracking replicas' durable histogram, summed, and the points they have written so far."""
     total: dict[float, float] = {}
+    stored = 0.0
     for port in stack.replica_ports()["tracking"]:
-        buckets, _ = _tracking_sample(port)
-        for bound, count in buckets.items():
+        sample = _tracking_sample(port)
+        stored += sample.points_stored
+        for bound, count in sample.buckets.items():
             total[bound] = total.get(bound, 0.0) + count
-    return total
+    return total, stored
 
 
 def durable_points(stack: Stack, run_ids: list[str]) -> int:
@@ -195,7 +184,7 @@ def run_step(
     pids = {name: with_descendants(group) for name, group in components(stack).items()}
     idle_rss = _rss(pids)
     before_cpu = _cpu(pids)
-    before_hist = _histogram(stack)
+    before_hist, _ = _histogram(stack)
     out, run_ids = work / f"step-{phones}.json", work / f"runs-{phones}.txt"
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -221,20 +210,20 @@ def run_step(
     mid: dict[str, float] = {}
     # The steady window: from a few seconds after the last phone started to a few before the first ends.
     window = (ramp + 3.0, seconds - 2.0)
-    # (time, cpu by component, points stored, durable histogram)
-    steady: list[tuple[float, dict[str, float], float, dict[float, float]]] = []
+    # (time, cpu by component, durable histogram, points stored)
+    steady: list[tuple[float, dict[str, float], dict[float, float], float]] = []
 
     def sample_mid() -> None:
         if window[1] - window[0] >= 5.0:
             time.sleep(window[0])
-            steady.append((time.monotonic(), _cpu(pids), _points_stored(stack), _histogram(stack)))
+            steady.append((time.monotonic(), _cpu(pids), *_histogram(stack)))
         time.sleep(max(0.0, ramp + seconds / 2 - (time.monotonic() - started)))
         if proc.poll() is None:
             mid.update(_rss(pids))
         if steady:
             time.sleep(max(0.0, window[1] - (time.monotonic() - started)))
             if proc.poll() is None:
-                steady.append((time.monotonic(), _cpu(pids), _points_stored(stack), _histogram(stack)))
+                steady.append((time.monotonic(), _cpu(pids), *_histogram(stack)))
 
     sampler = threading.Thread(target=sample_mid, daemon=True)
     sampler.start()
@@ -243,7 +232,7 @@ def run_step(
     wall = time.monotonic() - started
     time.sleep(1.0)  # the last lingering batches
     after_cpu = _cpu(pids)
-    after_hist = _histogram(stack)
+    after_hist, _ = _histogram(stack)
     result: dict[str, Any] = json.loads(out.read_text())
     step.streams_ok = int(result["streams_ok"])
     step.streams_failed = int(result["streams_failed"])
@@ -259,8 +248,8 @@ def run_step(
     cpu = {name: after_cpu[name] - before_cpu[name] for name in after_cpu} | {"generator": generator_cpu}
     step.cpu_us_per_point = {name: per_point_us(s, step.points_sent) for name, s in cpu.items()}
     step.cpu_cores = {name: round(s / wall, 2) for name, s in cpu.items()}
-    if len(steady) == 2 and steady[1][2] > steady[0][2]:
-        (_, cpu0, n0, hist0), (_, cpu1, n1, hist1) = steady
+    if len(steady) == 2 and steady[1][3] > steady[0][3]:
+        (_, cpu0, hist0, n0), (_, cpu1, hist1, n1) = steady
         p99 = quantile_from_buckets({b: hist1.get(b, 0.0) - hist0.get(b, 0.0) for b in hist1}, 0.99)
         step.steady_p99_ms = None if p99 is None else round(p99 * 1000, 1)
         points = int(n1 - n0)
