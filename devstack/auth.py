@@ -21,15 +21,21 @@ ISSUER = "https://auth.runtrack.local"
 AUDIENCE = "runtrack"
 ALGORITHM = "ES256"
 KEY_ID = "runtrack-local-1"
+# Live links: signed by the tracking replicas with their own key (LIVE_LINK_KEY_FILE), verified by
+# Envoy's second provider; the same defaults as the replicas' settings.
+LINK_ISSUER = "https://live.runtrack.local"
+LINK_AUDIENCE = "runtrack-live"
+LINK_KEY_ID = "runtrack-live-1"
 
 
 class LocalIssuer:
     """Signs tokens for the local stack with the key kept in `keys_dir`."""
 
-    def __init__(self, keys_dir: Path) -> None:
+    def __init__(self, keys_dir: Path, *, prefix: str = "", key_id: str = KEY_ID) -> None:
         self.keys_dir = keys_dir
-        self.private_key_file = keys_dir / "signing-key.pem"
-        self.jwks_file = keys_dir / "jwks.json"
+        self.private_key_file = keys_dir / f"{prefix}signing-key.pem"
+        self.jwks_file = keys_dir / f"{prefix}jwks.json"
+        self.key_id = key_id
         self._key: PrivateKeyTypes | None = None
 
     def ensure_keys(self) -> None:
@@ -42,7 +48,7 @@ class LocalIssuer:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
-        jwk.update({"kid": KEY_ID, "alg": ALGORITHM, "use": "sig"})
+        jwk.update({"kid": self.key_id, "alg": ALGORITHM, "use": "sig"})
         tmp = self.jwks_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"keys": [jwk]}, indent=2))
         self.private_key_file.write_bytes(pem)
@@ -56,7 +62,7 @@ class LocalIssuer:
         claims.update(overrides)
         if self._key is None:
             self._key = serialization.load_pem_private_key(self.private_key_file.read_bytes(), password=None)
-        return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": KEY_ID})  # type: ignore[arg-type]
+        return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self.key_id})  # type: ignore[arg-type]
 
     def metadata(self, user: str, *, ttl_s: int = 3600) -> tuple[tuple[str, str]]:
         """gRPC call metadata carrying a token for `user`."""

@@ -24,7 +24,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 
-from devstack.auth import AUDIENCE, ISSUER
+from devstack.auth import AUDIENCE, ISSUER, LINK_AUDIENCE, LINK_ISSUER
 from runtrack.v1 import summary_pb2, tracking_pb2
 
 TRACKING = tracking_pb2.DESCRIPTOR.services_by_name["TrackingService"]
@@ -35,11 +35,14 @@ TRANSCODER = "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transc
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 JWT_AUTHN = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
 HEADER_MUTATION = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
-# The verified caller, as Envoy hands it to the replicas.
+# The verified caller, as Envoy hands it to the replicas; for a live link, its run and its id.
 CALLER_HEADER = "x-runtrack-user"
+LINK_RUN_HEADER = "x-runtrack-link-run"
+LINK_ID_HEADER = "x-runtrack-link"
 LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 FILTER_CONFIG = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
 COMPRESSOR = "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor"
+COMPRESSOR_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.CompressorPerRoute"
 GZIP = "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip"
 HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 # Unary calls are safe to repeat (StopRun is idempotent by contract): retry them on another replica.
@@ -72,6 +75,8 @@ class Route:
     # Bounds a long stream when timeout_s is 0.
     max_stream_s: int | None = None
     retries: int = 0
+    # Off for a stream of events: gzip would hold small messages back.
+    compress: bool = True
 
 
 @dataclass(frozen=True)
@@ -216,6 +221,10 @@ class Auth:
     jwks_file: str = ".dev/keys/jwks.json"
     remote_jwks: RemoteJwks | None = None
     clock_skew_s: int = 30
+    # Live links (their own issuer and key): accepted on WatchRun and GetRun only. None: no links.
+    link_jwks_file: str | None = None
+    link_issuer: str = LINK_ISSUER
+    link_audience: str = LINK_AUDIENCE
     # Open without a token: health, reflection, the web page and the API description.
     open_prefixes: tuple[str, ...] = (f"/{HEALTH.full_name}/", "/grpc.reflection.", "/assets/")
     open_paths: tuple[str, ...] = ("/", "/index.html", "/openapi.json", "/favicon.ico")
@@ -261,6 +270,9 @@ class Layout:
     routes: tuple[Route, ...] = field(
         default_factory=lambda: (
             Route(f"/{TRACKING.full_name}/RecordTrack", "tracking", timeout_s=0, max_stream_s=6 * 3600),
+            # A watcher follows a run for as long as it lasts; after an hour it reconnects (with
+            # after_seq), which checks its credentials again.
+            Route(f"/{TRACKING.full_name}/WatchRun", "tracking", timeout_s=0, max_stream_s=3600, compress=False),
             Route(f"/{TRACKING.full_name}/", "tracking", retries=2),
             Route(f"/{SUMMARY.full_name}/", "summary", retries=2),
             Route("/grpc.reflection.", "tracking", retries=2),
@@ -294,7 +306,12 @@ def _route(r: Route) -> dict[str, Any]:
             ],
             "host_selection_retry_max_attempts": 3,
         }
-    return {"match": {"prefix": r.prefix}, "route": action}
+    route: dict[str, Any] = {"match": {"prefix": r.prefix}, "route": action}
+    if not r.compress:
+        route["typed_per_filter_config"] = {
+            "envoy.filters.http.compressor": {"@type": COMPRESSOR_PER_ROUTE, "disabled": True}
+        }
+    return route
 
 
 def _static_route(f: StaticFile) -> dict[str, Any]:
@@ -448,7 +465,40 @@ def _auth_filters(auth: Auth) -> list[dict[str, Any]]:
         # The first matching rule applies: the open paths, then everything else needs a token.
         "rules": [*open_rules, {"match": {"prefix": "/"}, "requires": {"provider_name": "runtrack"}}],
     }
-    strip = {"@type": HEADER_MUTATION, "mutations": {"request_mutations": [{"remove": CALLER_HEADER}]}}
+    if auth.link_jwks_file is not None:
+        jwt_authn["providers"]["runlink"] = {
+            "issuer": auth.link_issuer,
+            "audiences": [auth.link_audience],
+            "local_jwks": {"filename": auth.link_jwks_file},
+            # GetRun forwards it to CheckLiveLink, which says whether the link still stands.
+            "forward": True,
+            "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+            "claim_to_headers": [
+                {"header_name": LINK_RUN_HEADER, "claim_name": "run_id"},
+                {"header_name": LINK_ID_HEADER, "claim_name": "jti"},
+            ],
+            "clock_skew_seconds": auth.clock_skew_s,
+            "require_expiration": True,
+        }
+        either = {"requires_any": {"requirements": [{"provider_name": "runtrack"}, {"provider_name": "runlink"}]}}
+        # Before the catch-all: a link opens its run (GET /v1/runs/{id}) and its watch, as JSON and as
+        # gRPC, and nothing else ("[^/:]+" leaves out /track, /cursor, :stop...).
+        link_rules = [
+            {
+                "match": {
+                    "safe_regex": {"regex": "^/v1/runs/[^/:]+(:watch)?$"},
+                    "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+                },
+                "requires": either,
+            },
+            *(
+                {"match": {"path": f"/{service.full_name}/{method}"}, "requires": either}
+                for service, method in ((TRACKING, "WatchRun"), (SUMMARY, "GetRun"), (TRACKING, "CheckLiveLink"))
+            ),
+        ]
+        jwt_authn["rules"] = [*open_rules, *link_rules, jwt_authn["rules"][-1]]
+    removed = [{"remove": h} for h in (CALLER_HEADER, LINK_RUN_HEADER, LINK_ID_HEADER)]
+    strip = {"@type": HEADER_MUTATION, "mutations": {"request_mutations": removed}}
     return [
         {"name": "envoy.filters.http.header_mutation", "typed_config": strip},
         {"name": "envoy.filters.http.jwt_authn", "typed_config": jwt_authn},
@@ -599,7 +649,8 @@ def render(layout: Layout = Layout()) -> dict[str, Any]:
         "proto_descriptor": layout.descriptor_set,
         "services": [TRACKING.full_name, SUMMARY.full_name],
         "convert_grpc_status": True,
-        "print_options": {"always_print_primitive_fields": True},
+        # A server stream (WatchRun) as one JSON message per line, each sent as it arrives.
+        "print_options": {"always_print_primitive_fields": True, "stream_newline_delimited": True},
         "request_validation_options": {"reject_unknown_method": True, "reject_unknown_query_parameters": True},
         # A whole GetTrack page (10,000 points, ~1 MB as protobuf) is transcoded at once; the default
         # limit is the connection's buffer (256 KiB here), which refused pages over ~2,500 points.

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from devstack import procs, tools
-from devstack.auth import LocalIssuer
+from devstack.auth import LINK_KEY_ID, LocalIssuer
 from devstack.cql_node import CqlNode
 from devstack.envoy_config import Auth, Layout, eds_document, render, to_yaml
 from devstack.paths import ROOT
@@ -65,7 +65,10 @@ class StackSpec:
     @property
     def layout(self) -> Layout:
         return Layout(
-            auth=Auth(jwks_file=str((self.keys_dir / "jwks.json").relative_to(ROOT))),
+            auth=Auth(
+                jwks_file=str((self.keys_dir / "jwks.json").relative_to(ROOT)),
+                link_jwks_file=str((self.keys_dir / "live-jwks.json").relative_to(ROOT)),
+            ),
             listen_port=self.envoy_port,
             admin_port=self.envoy_admin_port,
             eds_dir=str(self.eds_dir.relative_to(ROOT)),
@@ -169,6 +172,8 @@ class Stack:
         self.envoy_pid_file = self.run_dir / "envoy.pid"
         self.replicas_file = self.run_dir / "replicas.json"
         self.issuer = LocalIssuer(s.keys_dir)
+        # The live links' key pair: the tracking replicas sign with it, Envoy verifies.
+        self.link_keys = LocalIssuer(s.keys_dir, prefix="live-", key_id=LINK_KEY_ID)
 
     # ---- addresses -------------------------------------------------------------------------
     def _recorded_cql_nodes(self) -> int:
@@ -204,6 +209,10 @@ class Stack:
             DATABASE_URL=self.database_url,
             # Where a replica calls the other service's public API on a caller's behalf.
             RUNTRACK_API_ADDRESS=self.envoy_address,
+            LIVE_LINK_KEY_FILE=str(self.link_keys.private_key_file),
+            PUBLIC_ORIGIN=f"http://{self.envoy_address}",
+            # Webhooks to the developer's own machine are the point here.
+            LIVE_WEBHOOK_ALLOW_PRIVATE="1",
             PYTHONUNBUFFERED="1",
             **self.cluster_settings(),
             **self.spec.replica_settings,
@@ -371,6 +380,7 @@ class Stack:
         tools.grpcurl()
         tools.web()  # Envoy serves the built page: built before Envoy starts
         self.issuer.ensure_keys()
+        self.link_keys.ensure_keys()
         if s.scylla_hosts is None:
             recorded = self._recorded_cql_nodes()
             if recorded != len(self.cql_nodes) and Stack(replace(s, cql_nodes=recorded)).cql.pid():

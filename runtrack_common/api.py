@@ -21,7 +21,7 @@ from runtrack_common.errors import (
     Unauthenticated,
     Unavailable,
 )
-from runtrack_common.identity import Caller
+from runtrack_common.identity import Caller, LinkHolder
 
 Response = TypeVar("Response")
 RETRYABLE = frozenset(
@@ -64,7 +64,9 @@ class PublicApi:
             self._channel = grpc.aio.insecure_channel(self.address)
         return self._channel
 
-    async def call(self, method: Callable[..., Awaitable[Response]], request: Any, caller: Caller) -> Response:
+    async def call(
+        self, method: Callable[..., Awaitable[Response]], request: Any, caller: Caller | LinkHolder
+    ) -> Response:
         try:
             return await method(request, metadata=(("authorization", caller.authorization),), timeout=self.timeout_s)
         except grpc.aio.AioRpcError as err:

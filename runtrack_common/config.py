@@ -92,6 +92,26 @@ class Settings:
     # On SIGTERM: report NOT_SERVING, wait this long for Envoy to notice, then stop.
     drain_delay_s: float = 2.0
     shutdown_grace_s: float = 10.0
+    # Following a run live: each watched run's new points are read once per poll per replica, its live
+    # state and links once per state poll; STALLED after no point (or under stall_m of movement) for stall_s.
+    live_poll_s: float = 1.0
+    live_state_poll_s: float = 2.0
+    live_stall_s: float = 180.0
+    live_stall_m: float = 20.0
+    # Events a watcher may fall behind by before its stream is ended (it reconnects with after_seq).
+    watch_queue_events: int = 300
+    # Live links: signed with this key (PEM, ES256); Envoy verifies them with its public half.
+    live_link_key_file: str = ""
+    live_link_issuer: str = "https://live.runtrack.local"
+    live_link_audience: str = "runtrack-live"
+    # The page's origin for a link's url; empty: from the call's authority (http://<host:port>).
+    public_origin: str = ""
+    # Webhooks: attempts per state change (backoff base doubling), and whether loopback and private
+    # addresses may be targets (development only: otherwise a link could make the server call inside).
+    webhook_attempts: int = 6
+    webhook_backoff_s: float = 1.0
+    webhook_timeout_s: float = 5.0
+    webhook_allow_private: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -131,4 +151,20 @@ class Settings:
             health_probe_interval_s=_float(env, "HEALTH_PROBE_INTERVAL_S", d.health_probe_interval_s),
             drain_delay_s=_float(env, "DRAIN_DELAY_S", d.drain_delay_s),
             shutdown_grace_s=_float(env, "SHUTDOWN_GRACE_S", d.shutdown_grace_s),
+            live_poll_s=_float(env, "LIVE_POLL_S", d.live_poll_s),
+            live_state_poll_s=_float(env, "LIVE_STATE_POLL_S", d.live_state_poll_s),
+            live_stall_s=_float(env, "LIVE_STALL_S", d.live_stall_s),
+            live_stall_m=_float(env, "LIVE_STALL_M", d.live_stall_m),
+            watch_queue_events=_int(env, "WATCH_QUEUE_EVENTS", d.watch_queue_events),
+            live_link_key_file=env.get("LIVE_LINK_KEY_FILE", d.live_link_key_file),
+            live_link_issuer=env.get("LIVE_LINK_ISSUER", d.live_link_issuer),
+            live_link_audience=env.get("LIVE_LINK_AUDIENCE", d.live_link_audience),
+            public_origin=env.get("PUBLIC_ORIGIN", d.public_origin),
+            webhook_attempts=_int(env, "LIVE_WEBHOOK_ATTEMPTS", d.webhook_attempts),
+            webhook_backoff_s=_float(env, "LIVE_WEBHOOK_BACKOFF_S", d.webhook_backoff_s),
+            webhook_timeout_s=_float(env, "LIVE_WEBHOOK_TIMEOUT_S", d.webhook_timeout_s),
+            webhook_allow_private=_choice(
+                env, "LIVE_WEBHOOK_ALLOW_PRIVATE", ("0", "1"), "1" if d.webhook_allow_private else "0"
+            )
+            == "1",
         )

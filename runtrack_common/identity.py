@@ -8,6 +8,9 @@ from runtrack_common.errors import PermissionDenied
 
 # Set by Envoy from the token's `sub` after removing any the client sent; replicas trust nothing else.
 CALLER_HEADER = "x-runtrack-user"
+# Set by Envoy from a verified live link's claims (its run and its id), after removing any the client sent.
+LINK_RUN_HEADER = "x-runtrack-link-run"
+LINK_ID_HEADER = "x-runtrack-link"
 # In a path or a user_id field: the caller (`/v1/users/me/runs`).
 ME = "me"
 
@@ -17,6 +20,15 @@ class Caller:
     """The verified user, and the credentials to call the other service's API on their behalf."""
 
     user_id: str
+    authorization: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkHolder:
+    """Whoever holds a live link Envoy verified: no account, only the link's run."""
+
+    link_id: str
+    run_id: str
     authorization: str = ""
 
 

@@ -32,7 +32,7 @@ from runtrack_common.errors import (
     Unauthenticated,
     Unavailable,
 )
-from runtrack_common.identity import CALLER_HEADER, Caller
+from runtrack_common.identity import CALLER_HEADER, LINK_ID_HEADER, LINK_RUN_HEADER, Caller, LinkHolder
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,27 @@ def caller_of(context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
             f"no verified caller ({CALLER_HEADER}): call through Envoy with authorization: Bearer <JWT>"
         )
     return Caller(user, authorization)
+
+
+def viewer_of(context: grpc.aio.ServicerContext[Any, Any]) -> Caller | LinkHolder:
+    """A verified user, or else the holder of a verified live link (WatchRun and GetRun only)."""
+    link_run, link_id, user, authorization = "", "", "", ""
+    for key, value in context.invocation_metadata() or ():
+        if not isinstance(value, str):
+            continue
+        if key == LINK_RUN_HEADER:
+            link_run = value
+        elif key == LINK_ID_HEADER:
+            link_id = value
+        elif key == CALLER_HEADER:
+            user = value
+        elif key == "authorization":
+            authorization = value
+    if user:
+        return Caller(user, authorization)
+    if link_run and link_id:
+        return LinkHolder(link_id, link_run, authorization)
+    return caller_of(context)
 
 
 Request = TypeVar("Request")

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from runtrack_common import page_tokens
 from runtrack_common.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied, Violations
-from runtrack_common.identity import Caller, require_self, resolve_user
+from runtrack_common.identity import Caller, LinkHolder, require_self, resolve_user
 from summary_service.domain import (
     Overview,
     Run,
@@ -34,6 +34,13 @@ class TrailDeleter(Protocol):
     """Deletes a run's trail on the tracking service, as the caller; True when it had one."""
 
     async def delete_trail(self, run_id: uuid.UUID, caller: Caller) -> bool: ...
+
+    async def mark_stopped(self, run_id: uuid.UUID, stop_us: int, caller: Caller) -> None:
+        """Tells the run's live watchers it stopped (STOPPED); safe to repeat."""
+
+    async def check_link(self, run_id: uuid.UUID, holder: LinkHolder) -> None:
+        """Raises UNAUTHENTICATED (revoked, expired) or PERMISSION_DENIED (another run) unless the
+        holder's live link grants the run."""
 
 
 def _no_run(run_id: uuid.UUID) -> NotFound:
@@ -72,6 +79,15 @@ async def stop_run(store: RunStore, caller: Caller, run_id: uuid.UUID, user_id: 
             f"run_id: run {run_id} was already stopped with a different overview", metadata={"run_id": str(run_id)}
         )
     return run
+
+
+async def get_run_by_link(store: RunStore, trails: TrailDeleter, holder: LinkHolder, run_id: uuid.UUID) -> Run:
+    """A live link's holder sees its run as anyone else would (without the polyline), shared or not."""
+    await trails.check_link(run_id, holder)
+    run = await store.get_run(run_id)
+    if run is None:
+        raise _no_run(run_id)
+    return run.as_seen_by("")
 
 
 async def get_run(store: RunStore, caller: Caller, run_id: uuid.UUID) -> Run:

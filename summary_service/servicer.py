@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import grpc
@@ -12,8 +13,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from runtrack_common import status
 from runtrack_common.api import PublicApi
-from runtrack_common.errors import Violations
-from runtrack_common.identity import Caller
+from runtrack_common.errors import RunTrackError, Violations
+from runtrack_common.identity import Caller, LinkHolder
 from runtrack_common.ids import parse_run_id
 from runtrack_common.status import maps_errors
 from summary_service import runs
@@ -83,6 +84,7 @@ def run_to_proto(run: Run) -> summary_pb2.Run:
 
 
 Context = grpc.aio.ServicerContext
+log = logging.getLogger(__name__)
 
 
 class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
@@ -106,14 +108,21 @@ class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
         found.raise_if_any()
         assert run_id is not None and user_id is not None and overview is not None
         run = await runs.stop_run(self.store, caller, run_id, user_id, overview)
+        try:  # the run's live watchers see STOPPED; the run is stored whatever happens here
+            await self.trails.mark_stopped(run_id, run.stopped_at_us, caller)
+        except RunTrackError as err:
+            log.warning("live stop not marked run_id=%s reason=%s: %s", run_id, err.reason, err.message)
         return run_to_proto(run)
 
     @maps_errors
     async def GetRun(
         self, request: summary_pb2.GetRunRequest, context: Context[summary_pb2.GetRunRequest, summary_pb2.Run]
     ) -> summary_pb2.Run:
-        caller = status.caller_of(context)
-        return run_to_proto(await runs.get_run(self.store, caller, parse_run_id(request.run_id)))
+        viewer = status.viewer_of(context)
+        run_id = parse_run_id(request.run_id)
+        if isinstance(viewer, LinkHolder):
+            return run_to_proto(await runs.get_run_by_link(self.store, self.trails, viewer, run_id))
+        return run_to_proto(await runs.get_run(self.store, viewer, run_id))
 
     @maps_errors
     async def ListRuns(
@@ -178,3 +187,12 @@ class TrackingApi(PublicApi):
         stub = tracking_pb2_grpc.TrackingServiceStub(self.channel)
         reply = await self.call(stub.DeleteTrack, tracking_pb2.DeleteTrackRequest(run_id=str(run_id)), caller)
         return reply.existed
+
+    async def mark_stopped(self, run_id: uuid.UUID, stop_us: int, caller: Caller) -> None:
+        stub = tracking_pb2_grpc.TrackingServiceStub(self.channel)
+        request = tracking_pb2.MarkRunStoppedRequest(run_id=str(run_id), stop_time=_us_to_ts(stop_us))
+        await self.call(stub.MarkRunStopped, request, caller)
+
+    async def check_link(self, run_id: uuid.UUID, holder: LinkHolder) -> None:
+        stub = tracking_pb2_grpc.TrackingServiceStub(self.channel)
+        await self.call(stub.CheckLiveLink, tracking_pb2.CheckLiveLinkRequest(run_id=str(run_id)), holder)

@@ -4,14 +4,17 @@ from runtrack.v1 import tracking_pb2, tracking_pb2_grpc
 from runtrack_common import serving
 from runtrack_common.config import Settings
 from tracking_service.cql_store import CqlTrackStore
+from tracking_service.hub import LiveHub
 from tracking_service.servicer import SummaryApi, TrackingServicer
+from tracking_service.webhooks import Webhooks
 
 SERVICE_NAME = tracking_pb2.DESCRIPTOR.services_by_name["TrackingService"].full_name
 
 
 def build(settings: Settings) -> serving.Parts:
     store = CqlTrackStore(settings)
-    servicer = TrackingServicer(store, settings, SummaryApi(settings.api_address, settings.api_timeout_s))
+    hub = LiveHub(store, settings, Webhooks(settings))
+    servicer = TrackingServicer(store, settings, SummaryApi(settings.api_address, settings.api_timeout_s), hub)
     return serving.Parts(
         backend=store,
         register=lambda server: tracking_pb2_grpc.add_TrackingServiceServicer_to_server(servicer, server),

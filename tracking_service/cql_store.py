@@ -29,6 +29,7 @@ from runtrack_common import queries
 from runtrack_common.config import Settings
 from runtrack_common.errors import Internal, RunTrackError, Unavailable
 from tracking_service.domain import Cursor, Point, cursor_from_seqs
+from tracking_service.live import LinkRecord, LiveRow
 from tracking_service.privacy import Zone
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ DELETED_FOREVER_US = 2**62
 
 
 # A lightweight transaction: sent twice, the second answer says "not applied" (the first claimed it).
-NOT_IDEMPOTENT = frozenset({"claim_run"})
+NOT_IDEMPOTENT = frozenset({"claim_run", "change_state"})
 
 # A retry can fix these: no node reachable, a timeout, a node overloaded, starting or rate-limiting.
 RETRYABLE: tuple[type[BaseException], ...] = (
@@ -305,6 +306,54 @@ class CqlTrackStore:
     async def set_privacy_zones(self, user_id: str, zones: Sequence[Zone]) -> None:
         values = [(z.latitude, z.longitude, z.radius_m) for z in zones]
         await _execute(self._ready(), self.q["set_privacy_zones"], (user_id, values))
+
+    async def live_row(self, run_id: uuid.UUID) -> LiveRow:
+        rows = await _execute(self._ready(), self.q["live_row"], (run_id,), all_pages=True)
+        if not rows:
+            return LiveRow()
+        first = rows[0]
+        links = {
+            r["link_id"]: LinkRecord(
+                link_id=r["link_id"],
+                created_at=_utc(r["created_at"]),
+                expire_at=_utc(r["expire_at"]) if r["expire_at"] is not None else None,
+                webhook_url=r["webhook_url"] or "",
+                webhook_secret=r["webhook_secret"] or "",
+            )
+            for r in rows
+            if r["link_id"] is not None and r["created_at"] is not None
+        }
+        return LiveRow(
+            state=first["state"],
+            state_at=_utc(first["state_at"]) if first["state_at"] is not None else None,
+            stopped_at=_utc(first["stopped_at"]) if first["stopped_at"] is not None else None,
+            links=links,
+        )
+
+    async def add_link(self, run_id: uuid.UUID, link: LinkRecord) -> None:
+        values = (run_id, link.link_id, link.created_at, link.expire_at, link.webhook_url, link.webhook_secret)
+        await _execute(self._ready(), self.q["insert_link"], values)
+
+    async def delete_link(self, run_id: uuid.UUID, link_id: str) -> None:
+        await _execute(self._ready(), self.q["delete_link"], (run_id, link_id))
+
+    async def change_state(self, run_id: uuid.UUID, new: str, at: dt.datetime, expected: str | None) -> str | None:
+        rows = await _execute(self._ready(), self.q["change_state"], (new, at, run_id, expected))
+        row = rows[0]
+        return new if row["[applied]"] else row.get("state")
+
+    async def mark_stopped(self, run_id: uuid.UUID, at: dt.datetime) -> None:
+        await _execute(self._ready(), self.q["mark_stopped"], (at, at, run_id))
+
+    async def mark_live_deleted(self, run_id: uuid.UUID, at: dt.datetime, link_ids: Sequence[str]) -> None:
+        session = self._ready()
+        await _execute(session, self.q["mark_live_deleted"], (at, run_id))
+        for link_id in link_ids:
+            await _execute(session, self.q["delete_link"], (run_id, link_id))
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 def _point(r: dict[str, Any]) -> Point:

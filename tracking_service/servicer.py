@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import random
 import uuid
@@ -11,24 +12,39 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.empty_pb2 import Empty
 from google.protobuf.message import DecodeError
-from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import Counter, Gauge
 
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from runtrack_common import status
 from runtrack_common.api import PublicApi
 from runtrack_common.config import Settings
-from runtrack_common.errors import DeadlineExceeded, Internal, InvalidArgument, NotFound, RunTrackError, Unavailable
-from runtrack_common.identity import Caller
+from runtrack_common.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    RunTrackError,
+    Unavailable,
+    Violations,
+)
+from runtrack_common.identity import Caller, LinkHolder
 from runtrack_common.ids import parse_run_id
 from runtrack_common.status import maps_errors
 from tracking_service import tracks
-from tracking_service.domain import Point, StreamIdentity
+from tracking_service.convert import point_from_proto, point_to_proto
+from tracking_service.domain import StreamIdentity
+from tracking_service.hub import LiveHub, link_refused
 from tracking_service.ingest import IngestStream
+from tracking_service.links import LinkSigner, new_link_id, new_webhook_secret
+from tracking_service.live import DELETED, ENDED, STOPPED, LinkRecord, LiveRow, link_expiry
 from tracking_service.privacy import Zone
 from tracking_service.store import TrackStore
 from tracking_service.tracks import RunVisibility
+from tracking_service.webhooks import check_url
 from tracking_service.writer import PointWriter
 
 log = logging.getLogger(__name__)
@@ -39,35 +55,6 @@ STREAMS_OPEN = Gauge("runtrack_streams_open", "RecordTrack streams open on this 
 Context = grpc.aio.ServicerContext
 # Another replica is ready at once: a phone cut by a rollout may come back quickly.
 SHUTDOWN_RETRY_S = 0.1
-
-
-def point_from_proto(p: tracking_pb2.TrackPoint) -> Point:
-    return Point(
-        seq=p.seq,
-        time_ms=p.time.seconds * 1000 + p.time.nanos // 1_000_000 if p.HasField("time") else None,
-        latitude=p.latitude,
-        longitude=p.longitude,
-        altitude_m=p.altitude_m if p.HasField("altitude_m") else None,
-        horizontal_accuracy_m=p.horizontal_accuracy_m if p.HasField("horizontal_accuracy_m") else None,
-        speed_mps=p.speed_mps if p.HasField("speed_mps") else None,
-        heart_rate_bpm=p.heart_rate_bpm if p.HasField("heart_rate_bpm") else None,
-        cadence_spm=p.cadence_spm if p.HasField("cadence_spm") else None,
-    )
-
-
-def point_to_proto(p: Point) -> tracking_pb2.TrackPoint:
-    ms = p.time_ms or 0
-    out = tracking_pb2.TrackPoint(
-        seq=p.seq,
-        time=Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000),
-        latitude=p.latitude,
-        longitude=p.longitude,
-    )
-    for name in ("altitude_m", "horizontal_accuracy_m", "speed_mps", "heart_rate_bpm", "cadence_spm"):
-        value = getattr(p, name)
-        if value is not None:
-            setattr(out, name, value)
-    return out
 
 
 @dataclass(slots=True)
@@ -82,8 +69,12 @@ class OpenStream:
 
 
 class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
-    def __init__(self, store: TrackStore, settings: Settings, visibility: RunVisibility) -> None:
+    def __init__(
+        self, store: TrackStore, settings: Settings, visibility: RunVisibility, hub: LiveHub | None = None
+    ) -> None:
         self.store = store
+        self.hub = hub
+        self.signer = LinkSigner(settings)
         self.settings = settings
         self.visibility = visibility
         self.writer = PointWriter(
@@ -101,6 +92,8 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
     async def drain(self) -> None:
         """Replica shutting down: every open stream is flushed, then ended with UNAVAILABLE."""
         self._draining.set()
+        if self.hub is not None:
+            await self.hub.close()
         if self._open_streams:
             log.info("draining open_streams=%d", len(self._open_streams))
             for stream in list(self._open_streams.values()):
@@ -335,9 +328,181 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         context: Context[tracking_pb2.DeleteTrackRequest, tracking_pb2.DeleteTrackResponse],
     ) -> tracking_pb2.DeleteTrackResponse:
         caller = status.caller_of(context)
-        existed = await tracks.delete_track(self.store, caller, parse_run_id(request.run_id))
+        run_id = parse_run_id(request.run_id)
+        existed = await tracks.delete_track(self.store, caller, run_id)
+        if self.hub is not None:
+            # The run's watchers see DELETED; its links' webhooks are told, then the links go.
+            row = await self.hub.store.live_row(run_id)
+            if row.current != DELETED:
+                now = dt.datetime.now(dt.UTC)
+                self.hub.notify(run_id, row, DELETED, now, "deleted by its owner")
+                await self.hub.store.mark_live_deleted(run_id, now, list(row.links))
         log.info("track deleted run_id=%s user_id=%s existed=%s", request.run_id, caller.user_id, existed)
         return tracking_pb2.DeleteTrackResponse(existed=existed)
+
+    # ---- following a run live ------------------------------------------------------------------
+
+    def _hub(self) -> LiveHub:
+        if self.hub is None:
+            raise Unavailable("live following is off on this replica", reason="LIVE_OFF")
+        return self.hub
+
+    async def _owned(self, caller: Caller, run_id: uuid.UUID) -> None:
+        """The caller's run, or NOT_FOUND (as for the cursor, someone else's run is not revealed)."""
+        if await self.store.run_owner(run_id) != caller.user_id:
+            raise NotFound(f"run_id: no track for run {run_id}", metadata={"run_id": str(run_id)})
+
+    async def WatchRun(
+        self,
+        request: tracking_pb2.WatchRunRequest,
+        context: Context[tracking_pb2.WatchRunRequest, tracking_pb2.RunEvent],
+    ) -> AsyncIterator[tracking_pb2.RunEvent]:
+        run_id_text = request.run_id or "-"
+        try:
+            hub = self._hub()
+            viewer = status.viewer_of(context)
+            run_id = parse_run_id(request.run_id)
+            if isinstance(viewer, LinkHolder) and viewer.run_id != str(run_id):
+                raise PermissionDenied(
+                    f"run_id: this live link grants run {viewer.run_id} only, not {run_id}", reason="LINK_OTHER_RUN"
+                )
+            owner = await self.store.run_owner(run_id)
+            if owner is None:
+                raise NotFound(f"run_id: no track for run {run_id}", metadata={"run_id": str(run_id)})
+            if isinstance(viewer, LinkHolder):
+                row = await hub.store.live_row(run_id)
+                if (why := row.refusal(viewer.link_id, dt.datetime.now(dt.UTC))) is not None:
+                    raise link_refused(why, run_id)
+                owner_view, link_id = False, viewer.link_id
+            else:
+                owner_view, link_id = owner == viewer.user_id, None
+                if not owner_view and not await self.visibility.visible(run_id, viewer):
+                    raise NotFound(f"run_id: no track for run {run_id}", metadata={"run_id": str(run_id)})
+            log.info("watch opened run_id=%s owner=%s link=%s", run_id, owner_view, link_id or "-")
+            async for event in hub.watch(
+                run_id, owner, owner_view=owner_view, link_id=link_id, after_seq=request.after_seq
+            ):
+                yield event
+        except Exception as err:  # noqa: BLE001 (every failure leaves with a status; cancellation passes)
+            if isinstance(err, RunTrackError) and not isinstance(err, Internal):
+                log.info("watch ended run_id=%s reason=%s: %s", run_id_text, err.reason, err.message)
+            await status.abort(context, err, rpc="WatchRun", run_id=run_id_text)
+
+    @maps_errors
+    async def CreateLiveLink(
+        self,
+        request: tracking_pb2.CreateLiveLinkRequest,
+        context: Context[tracking_pb2.CreateLiveLinkRequest, tracking_pb2.LiveLink],
+    ) -> tracking_pb2.LiveLink:
+        hub = self._hub()
+        caller = status.caller_of(context)
+        found = Violations()
+        run_id = found.check(lambda: parse_run_id(request.run_id))
+        now = dt.datetime.now(dt.UTC)
+        expire_at = None
+        if request.HasField("expire_time"):
+            try:
+                expire_at = link_expiry(request.expire_time.ToDatetime(dt.UTC), now)
+            except ValueError as err:
+                found.add("expire_time", str(err))
+        url = request.webhook_url.strip()
+        if url and (rule := check_url(url, allow_private=self.settings.webhook_allow_private)) is not None:
+            found.add("webhook_url", rule)
+        found.raise_if_any()
+        assert run_id is not None
+        await self._owned(caller, run_id)
+        row = await hub.store.live_row(run_id)
+        if len(row.links) >= MAX_LINKS_PER_RUN:
+            raise FailedPrecondition(
+                f"run_id: a run has at most {MAX_LINKS_PER_RUN} live links; revoke one first", reason="TOO_MANY_LINKS"
+            )
+        link = LinkRecord(new_link_id(), now, expire_at, url, new_webhook_secret() if url else "")
+        token = self.signer.token(str(run_id), link.link_id, now, expire_at)
+        await hub.store.add_link(run_id, link)
+        origin = (self.settings.public_origin or f"http://{self.settings.api_address}").rstrip("/")
+        log.info("live link created run_id=%s link_id=%s webhook=%s", run_id, link.link_id, bool(url))
+        out = link_to_proto(str(run_id), row, link)
+        out.url, out.token, out.webhook_secret = f"{origin}/#live={token}", token, link.webhook_secret
+        return out
+
+    @maps_errors
+    async def ListLiveLinks(
+        self,
+        request: tracking_pb2.ListLiveLinksRequest,
+        context: Context[tracking_pb2.ListLiveLinksRequest, tracking_pb2.ListLiveLinksResponse],
+    ) -> tracking_pb2.ListLiveLinksResponse:
+        hub = self._hub()
+        run_id = parse_run_id(request.run_id)
+        await self._owned(status.caller_of(context), run_id)
+        row = await hub.store.live_row(run_id)
+        links = sorted(row.links.values(), key=lambda link: (link.created_at, link.link_id))
+        return tracking_pb2.ListLiveLinksResponse(links=[link_to_proto(str(run_id), row, link) for link in links])
+
+    @maps_errors
+    async def DeleteLiveLink(
+        self,
+        request: tracking_pb2.DeleteLiveLinkRequest,
+        context: Context[tracking_pb2.DeleteLiveLinkRequest, Empty],
+    ) -> Empty:
+        hub = self._hub()
+        run_id = parse_run_id(request.run_id)
+        await self._owned(status.caller_of(context), run_id)
+        row = await hub.store.live_row(run_id)
+        if request.link_id not in row.links:
+            raise NotFound(f"link_id: run {run_id} has no live link {request.link_id!r}", reason="NO_SUCH_LINK")
+        await hub.store.delete_link(run_id, request.link_id)
+        hub.revoke(run_id, request.link_id)
+        log.info("live link revoked run_id=%s link_id=%s", run_id, request.link_id)
+        return Empty()
+
+    @maps_errors
+    async def CheckLiveLink(
+        self,
+        request: tracking_pb2.CheckLiveLinkRequest,
+        context: Context[tracking_pb2.CheckLiveLinkRequest, tracking_pb2.LiveLinkGrant],
+    ) -> tracking_pb2.LiveLinkGrant:
+        hub = self._hub()
+        viewer = status.viewer_of(context)
+        run_id = parse_run_id(request.run_id)
+        if not isinstance(viewer, LinkHolder):
+            raise PermissionDenied("only a live link's holder asks whether it grants a run", reason="NOT_A_LIVE_LINK")
+        if viewer.run_id != str(run_id):
+            raise PermissionDenied(
+                f"run_id: this live link grants run {viewer.run_id} only, not {run_id}", reason="LINK_OTHER_RUN"
+            )
+        row = await hub.store.live_row(run_id)
+        if (why := row.refusal(viewer.link_id, dt.datetime.now(dt.UTC))) is not None:
+            raise link_refused(why, run_id)
+        return tracking_pb2.LiveLinkGrant(link_id=viewer.link_id, run_id=str(run_id))
+
+    @maps_errors
+    async def MarkRunStopped(
+        self,
+        request: tracking_pb2.MarkRunStoppedRequest,
+        context: Context[tracking_pb2.MarkRunStoppedRequest, Empty],
+    ) -> Empty:
+        hub = self._hub()
+        run_id = parse_run_id(request.run_id)
+        await self._owned(status.caller_of(context), run_id)
+        at = request.stop_time.ToDatetime(dt.UTC) if request.HasField("stop_time") else dt.datetime.now(dt.UTC)
+        row = await hub.store.live_row(run_id)
+        if row.current not in ENDED:
+            await hub.store.mark_stopped(run_id, at)
+            hub.notify(run_id, row, STOPPED, at, "stopped")
+            log.info("live state run_id=%s state=STOPPED links=%d", run_id, len(row.links))
+        return Empty()
+
+
+MAX_LINKS_PER_RUN = 20
+
+
+def link_to_proto(run_id: str, row: LiveRow, link: LinkRecord) -> tracking_pb2.LiveLink:
+    out = tracking_pb2.LiveLink(link_id=link.link_id, run_id=run_id, webhook_url=link.webhook_url)
+    out.create_time.FromDatetime(link.created_at)
+    expiry = row.expiry(link)
+    if expiry is not None:
+        out.expire_time.FromDatetime(expiry)
+    return out
 
 
 def zones_to_proto(user_id: str, zones: list[Zone]) -> tracking_pb2.PrivacyZones:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Sequence
 from typing import Protocol
 
 from tracking_service.domain import Cursor, Point
+from tracking_service.live import LinkRecord, LiveRow
 from tracking_service.privacy import Zone
 
 
@@ -46,3 +48,22 @@ class TrackStore(Protocol):
     async def privacy_zones(self, user_id: str) -> list[Zone]: ...
 
     async def set_privacy_zones(self, user_id: str, zones: Sequence[Zone]) -> None: ...
+
+
+class LiveStore(Protocol):
+    """A run's live state and live links (one partition per run)."""
+
+    async def live_row(self, run_id: uuid.UUID) -> LiveRow: ...
+
+    async def add_link(self, run_id: uuid.UUID, link: LinkRecord) -> None: ...
+
+    async def delete_link(self, run_id: uuid.UUID, link_id: str) -> None: ...
+
+    async def change_state(self, run_id: uuid.UUID, new: str, at: dt.datetime, expected: str | None) -> str | None:
+        """Moves the state from `expected` to `new` unless someone did first; returns the state now
+        stored (`new` when this call won)."""
+
+    async def mark_stopped(self, run_id: uuid.UUID, at: dt.datetime) -> None: ...
+
+    async def mark_live_deleted(self, run_id: uuid.UUID, at: dt.datetime, link_ids: Sequence[str]) -> None:
+        """State DELETED, and the links gone."""

@@ -145,6 +145,7 @@ class FakeTracksApi:
     def __init__(self, tracks: FakeTrackStore) -> None:
         self.tracks = tracks
         self.fail_with: Exception | None = None
+        self.stopped: list[tuple[uuid.UUID, int]] = []
 
     async def delete_trail(self, run_id: uuid.UUID, caller: Caller) -> bool:
         from tracking_service import tracks
@@ -152,6 +153,12 @@ class FakeTracksApi:
         if self.fail_with is not None:
             raise self.fail_with
         return await tracks.delete_track(self.tracks, caller, run_id)
+
+    async def mark_stopped(self, run_id: uuid.UUID, stop_us: int, caller: Caller) -> None:
+        self.stopped.append((run_id, stop_us))
+
+    async def check_link(self, run_id: uuid.UUID, holder: object) -> None:
+        raise AssertionError("no live links in the unit tests' fakes")
 
 
 class FakeRunsApi:

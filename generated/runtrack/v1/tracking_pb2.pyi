@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +19,396 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _LiveState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LiveStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LiveState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LIVE_STATE_UNSPECIFIED: _LiveState.ValueType  # 0
+    """Not used."""
+    LIVE: _LiveState.ValueType  # 1
+    """Points are arriving and the runner moves."""
+    STALLED: _LiveState.ValueType  # 2
+    """No point for the stall time (default 3 minutes), or the runner moved less than 20 m in it."""
+    RESUMED: _LiveState.ValueType  # 3
+    """The runner moves again after STALLED."""
+    STOPPED: _LiveState.ValueType  # 4
+    """StopRun arrived: the run is over; the stream ends after this event."""
+    DELETED: _LiveState.ValueType  # 5
+    """The run was deleted: the stream ends after this event."""
+
+class LiveState(_LiveState, metaclass=_LiveStateEnumTypeWrapper):
+    """Where a run being followed stands."""
+
+LIVE_STATE_UNSPECIFIED: LiveState.ValueType  # 0
+"""Not used."""
+LIVE: LiveState.ValueType  # 1
+"""Points are arriving and the runner moves."""
+STALLED: LiveState.ValueType  # 2
+"""No point for the stall time (default 3 minutes), or the runner moved less than 20 m in it."""
+RESUMED: LiveState.ValueType  # 3
+"""The runner moves again after STALLED."""
+STOPPED: LiveState.ValueType  # 4
+"""StopRun arrived: the run is over; the stream ends after this event."""
+DELETED: LiveState.ValueType  # 5
+"""The run was deleted: the stream ends after this event."""
+Global___LiveState: _TypeAlias = LiveState  # noqa: Y015
+
+@_typing.final
+class WatchRunRequest(_message.Message):
+    """Asks to follow a run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run to follow."""
+    after_seq: _builtins.int
+    """Only points with a higher seq (a reconnecting watcher sends the last seq it holds); 0: all."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        after_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRunRequest: _TypeAlias = WatchRunRequest  # noqa: Y015
+
+@_typing.final
+class RunStateChange(_message.Message):
+    """A change of a run's live state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    state: Global___LiveState.ValueType
+    """The new state."""
+    reason: _builtins.str
+    """Why, in words ("no point for 180s", "moved 4 m in 180s", "stopped")."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the server saw it change."""
+
+    def __init__(
+        self,
+        *,
+        state: Global___LiveState.ValueType = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "state", b"state", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunStateChange: _TypeAlias = RunStateChange  # noqa: Y015
+
+@_typing.final
+class TrackPoints(_message.Message):
+    """New points of a run, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POINTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrackPoint]:
+        """Trimmed as GetTrack trims them for anyone but the owner."""
+
+    def __init__(
+        self,
+        *,
+        points: _abc.Iterable[Global___TrackPoint] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["points", b"points"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrackPoints: _TypeAlias = TrackPoints  # noqa: Y015
+
+@_typing.final
+class RunEvent(_message.Message):
+    """One message of a WatchRun stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run."""
+    @_builtins.property
+    def points(self) -> Global___TrackPoints:
+        """Points, stored before the watch or since the last event."""
+
+    @_builtins.property
+    def state(self) -> Global___RunStateChange:
+        """The run's live state: the first event of every stream, then each change."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        points: Global___TrackPoints | None = ...,
+        state: Global___RunStateChange | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "points", b"points", "state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "points", b"points", "run_id", b"run_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["points", "state"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___RunEvent: _TypeAlias = RunEvent  # noqa: Y015
+
+@_typing.final
+class CreateLiveLinkRequest(_message.Message):
+    """Asks for a live link."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    WEBHOOK_URL_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The caller's run (in progress or not)."""
+    webhook_url: _builtins.str
+    """Optional https (or, in development, http) URL: each state change of the run is POSTed
+    there, signed with HMAC-SHA256 (header webhook-signature, see the README).
+    """
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """Default: one hour after the run is stopped; at most 7 days from now."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        webhook_url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "run_id", b"run_id", "webhook_url", b"webhook_url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateLiveLinkRequest: _TypeAlias = CreateLiveLinkRequest  # noqa: Y015
+
+@_typing.final
+class LiveLink(_message.Message):
+    """A link to follow a run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINK_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    WEBHOOK_URL_FIELD_NUMBER: _builtins.int
+    WEBHOOK_SECRET_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    link_id: _builtins.str
+    """The link's id (its token's jti)."""
+    run_id: _builtins.str
+    """The run it grants."""
+    url: _builtins.str
+    """`<origin>/#live=<token>`; only in CreateLiveLink's answer."""
+    webhook_url: _builtins.str
+    """Where state changes are POSTed, if anywhere."""
+    webhook_secret: _builtins.str
+    """The webhook's signing secret; only in CreateLiveLink's answer, once."""
+    token: _builtins.str
+    """The bearer token alone (also in `url`); only in CreateLiveLink's answer."""
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the link stops working; unset while it ends one hour after a run not yet stopped."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the link was made."""
+
+    def __init__(
+        self,
+        *,
+        link_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        url: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        webhook_url: _builtins.str = ...,
+        webhook_secret: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "link_id", b"link_id", "run_id", b"run_id", "token", b"token", "url", b"url", "webhook_secret", b"webhook_secret", "webhook_url", b"webhook_url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LiveLink: _TypeAlias = LiveLink  # noqa: Y015
+
+@_typing.final
+class ListLiveLinksRequest(_message.Message):
+    """Asks for a run's live links."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The caller's run."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLiveLinksRequest: _TypeAlias = ListLiveLinksRequest  # noqa: Y015
+
+@_typing.final
+class ListLiveLinksResponse(_message.Message):
+    """A run's live links, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def links(self) -> _containers.RepeatedCompositeFieldContainer[Global___LiveLink]:
+        """Without url, token or webhook_secret."""
+
+    def __init__(
+        self,
+        *,
+        links: _abc.Iterable[Global___LiveLink] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["links", b"links"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLiveLinksResponse: _TypeAlias = ListLiveLinksResponse  # noqa: Y015
+
+@_typing.final
+class DeleteLiveLinkRequest(_message.Message):
+    """Asks to revoke a live link."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    LINK_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The caller's run."""
+    link_id: _builtins.str
+    """The link to revoke."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        link_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["link_id", b"link_id", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteLiveLinkRequest: _TypeAlias = DeleteLiveLinkRequest  # noqa: Y015
+
+@_typing.final
+class CheckLiveLinkRequest(_message.Message):
+    """Asks whether the caller's link grants a run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run asked about."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckLiveLinkRequest: _TypeAlias = CheckLiveLinkRequest  # noqa: Y015
+
+@_typing.final
+class LiveLinkGrant(_message.Message):
+    """The link grants the run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINK_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    link_id: _builtins.str
+    """The link."""
+    run_id: _builtins.str
+    """Its run."""
+    def __init__(
+        self,
+        *,
+        link_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["link_id", b"link_id", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LiveLinkGrant: _TypeAlias = LiveLinkGrant  # noqa: Y015
+
+@_typing.final
+class MarkRunStoppedRequest(_message.Message):
+    """Tells the run's watchers it was stopped."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    STOP_TIME_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The caller's run."""
+    @_builtins.property
+    def stop_time(self) -> _timestamp_pb2.Timestamp:
+        """When it stopped."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        stop_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["stop_time", b"stop_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "stop_time", b"stop_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkRunStoppedRequest: _TypeAlias = MarkRunStoppedRequest  # noqa: Y015
 
 @_typing.final
 class PrivacyZone(_message.Message):

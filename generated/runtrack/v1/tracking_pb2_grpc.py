@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from runtrack.v1 import tracking_pb2 as runtrack_dot_v1_dot_tracking__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -65,6 +66,36 @@ class TrackingServiceStub:
                 request_serializer=runtrack_dot_v1_dot_tracking__pb2.DeleteTrackRequest.SerializeToString,
                 response_deserializer=runtrack_dot_v1_dot_tracking__pb2.DeleteTrackResponse.FromString,
                 _registered_method=True)
+        self.WatchRun = channel.unary_stream(
+                '/runtrack.v1.TrackingService/WatchRun',
+                request_serializer=runtrack_dot_v1_dot_tracking__pb2.WatchRunRequest.SerializeToString,
+                response_deserializer=runtrack_dot_v1_dot_tracking__pb2.RunEvent.FromString,
+                _registered_method=True)
+        self.CreateLiveLink = channel.unary_unary(
+                '/runtrack.v1.TrackingService/CreateLiveLink',
+                request_serializer=runtrack_dot_v1_dot_tracking__pb2.CreateLiveLinkRequest.SerializeToString,
+                response_deserializer=runtrack_dot_v1_dot_tracking__pb2.LiveLink.FromString,
+                _registered_method=True)
+        self.ListLiveLinks = channel.unary_unary(
+                '/runtrack.v1.TrackingService/ListLiveLinks',
+                request_serializer=runtrack_dot_v1_dot_tracking__pb2.ListLiveLinksRequest.SerializeToString,
+                response_deserializer=runtrack_dot_v1_dot_tracking__pb2.ListLiveLinksResponse.FromString,
+                _registered_method=True)
+        self.DeleteLiveLink = channel.unary_unary(
+                '/runtrack.v1.TrackingService/DeleteLiveLink',
+                request_serializer=runtrack_dot_v1_dot_tracking__pb2.DeleteLiveLinkRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.CheckLiveLink = channel.unary_unary(
+                '/runtrack.v1.TrackingService/CheckLiveLink',
+                request_serializer=runtrack_dot_v1_dot_tracking__pb2.CheckLiveLinkRequest.SerializeToString,
+                response_deserializer=runtrack_dot_v1_dot_tracking__pb2.LiveLinkGrant.FromString,
+                _registered_method=True)
+        self.MarkRunStopped = channel.unary_unary(
+                '/runtrack.v1.TrackingService/MarkRunStopped',
+                request_serializer=runtrack_dot_v1_dot_tracking__pb2.MarkRunStoppedRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class TrackingServiceServicer:
@@ -114,6 +145,53 @@ class TrackingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchRun(self, request, context):
+        """Follows a run as it happens: the points stored after `after_seq`, then each new point once it
+        is durable, and the run's state changes, until the run is stopped or deleted. For the owner, a
+        holder of one of the run's live links, or anyone for a shared run; privacy zones apply to all
+        but the owner. Over HTTP: newline-delimited JSON, one RunEvent per line.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateLiveLink(self, request, context):
+        """A link that lets anyone holding it follow the run (WatchRun and GetRun of this run only). Owner only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLiveLinks(self, request, context):
+        """The run's live links, without their tokens or secrets. Owner only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteLiveLink(self, request, context):
+        """Revokes a live link: refused within seconds, open WatchRun streams included. Owner only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckLiveLink(self, request, context):
+        """Whether the caller's live link grants its run (for SummaryService.GetRun, which forwards the
+        link's token): OK, or UNAUTHENTICATED (revoked, expired) or PERMISSION_DENIED (another run).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkRunStopped(self, request, context):
+        """Marks a run stopped for its watchers (STOPPED). Called by SummaryService.StopRun on behalf of
+        the owner; safe to retry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrackingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +224,36 @@ def add_TrackingServiceServicer_to_server(servicer, server):
                     servicer.DeleteTrack,
                     request_deserializer=runtrack_dot_v1_dot_tracking__pb2.DeleteTrackRequest.FromString,
                     response_serializer=runtrack_dot_v1_dot_tracking__pb2.DeleteTrackResponse.SerializeToString,
+            ),
+            'WatchRun': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRun,
+                    request_deserializer=runtrack_dot_v1_dot_tracking__pb2.WatchRunRequest.FromString,
+                    response_serializer=runtrack_dot_v1_dot_tracking__pb2.RunEvent.SerializeToString,
+            ),
+            'CreateLiveLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateLiveLink,
+                    request_deserializer=runtrack_dot_v1_dot_tracking__pb2.CreateLiveLinkRequest.FromString,
+                    response_serializer=runtrack_dot_v1_dot_tracking__pb2.LiveLink.SerializeToString,
+            ),
+            'ListLiveLinks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLiveLinks,
+                    request_deserializer=runtrack_dot_v1_dot_tracking__pb2.ListLiveLinksRequest.FromString,
+                    response_serializer=runtrack_dot_v1_dot_tracking__pb2.ListLiveLinksResponse.SerializeToString,
+            ),
+            'DeleteLiveLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteLiveLink,
+                    request_deserializer=runtrack_dot_v1_dot_tracking__pb2.DeleteLiveLinkRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'CheckLiveLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckLiveLink,
+                    request_deserializer=runtrack_dot_v1_dot_tracking__pb2.CheckLiveLinkRequest.FromString,
+                    response_serializer=runtrack_dot_v1_dot_tracking__pb2.LiveLinkGrant.SerializeToString,
+            ),
+            'MarkRunStopped': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkRunStopped,
+                    request_deserializer=runtrack_dot_v1_dot_tracking__pb2.MarkRunStoppedRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +419,168 @@ class TrackingService:
             '/runtrack.v1.TrackingService/DeleteTrack',
             runtrack_dot_v1_dot_tracking__pb2.DeleteTrackRequest.SerializeToString,
             runtrack_dot_v1_dot_tracking__pb2.DeleteTrackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/runtrack.v1.TrackingService/WatchRun',
+            runtrack_dot_v1_dot_tracking__pb2.WatchRunRequest.SerializeToString,
+            runtrack_dot_v1_dot_tracking__pb2.RunEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateLiveLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtrack.v1.TrackingService/CreateLiveLink',
+            runtrack_dot_v1_dot_tracking__pb2.CreateLiveLinkRequest.SerializeToString,
+            runtrack_dot_v1_dot_tracking__pb2.LiveLink.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLiveLinks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtrack.v1.TrackingService/ListLiveLinks',
+            runtrack_dot_v1_dot_tracking__pb2.ListLiveLinksRequest.SerializeToString,
+            runtrack_dot_v1_dot_tracking__pb2.ListLiveLinksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteLiveLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtrack.v1.TrackingService/DeleteLiveLink',
+            runtrack_dot_v1_dot_tracking__pb2.DeleteLiveLinkRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckLiveLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtrack.v1.TrackingService/CheckLiveLink',
+            runtrack_dot_v1_dot_tracking__pb2.CheckLiveLinkRequest.SerializeToString,
+            runtrack_dot_v1_dot_tracking__pb2.LiveLinkGrant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkRunStopped(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtrack.v1.TrackingService/MarkRunStopped',
+            runtrack_dot_v1_dot_tracking__pb2.MarkRunStoppedRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,6 +4,7 @@ isort:skip_file
 Live GPS ingest: the phone streams each point as it is recorded."""
 
 from collections import abc as _abc
+from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
 from runtrack.v1 import tracking_pb2 as _tracking_pb2
 import abc as _abc_1
@@ -47,6 +48,26 @@ class TrackingServiceStub:
     """Deletes a run's whole trail for good (its points, owner and cursor); a later stream for it is
     refused. Called by SummaryService.DeleteRun on behalf of the owner; safe to retry.
     """
+    WatchRun: _grpc.UnaryStreamMultiCallable[_tracking_pb2.WatchRunRequest, _tracking_pb2.RunEvent]
+    """Follows a run as it happens: the points stored after `after_seq`, then each new point once it
+    is durable, and the run's state changes, until the run is stopped or deleted. For the owner, a
+    holder of one of the run's live links, or anyone for a shared run; privacy zones apply to all
+    but the owner. Over HTTP: newline-delimited JSON, one RunEvent per line.
+    """
+    CreateLiveLink: _grpc.UnaryUnaryMultiCallable[_tracking_pb2.CreateLiveLinkRequest, _tracking_pb2.LiveLink]
+    """A link that lets anyone holding it follow the run (WatchRun and GetRun of this run only). Owner only."""
+    ListLiveLinks: _grpc.UnaryUnaryMultiCallable[_tracking_pb2.ListLiveLinksRequest, _tracking_pb2.ListLiveLinksResponse]
+    """The run's live links, without their tokens or secrets. Owner only."""
+    DeleteLiveLink: _grpc.UnaryUnaryMultiCallable[_tracking_pb2.DeleteLiveLinkRequest, _empty_pb2.Empty]
+    """Revokes a live link: refused within seconds, open WatchRun streams included. Owner only."""
+    CheckLiveLink: _grpc.UnaryUnaryMultiCallable[_tracking_pb2.CheckLiveLinkRequest, _tracking_pb2.LiveLinkGrant]
+    """Whether the caller's live link grants its run (for SummaryService.GetRun, which forwards the
+    link's token): OK, or UNAUTHENTICATED (revoked, expired) or PERMISSION_DENIED (another run).
+    """
+    MarkRunStopped: _grpc.UnaryUnaryMultiCallable[_tracking_pb2.MarkRunStoppedRequest, _empty_pb2.Empty]
+    """Marks a run stopped for its watchers (STOPPED). Called by SummaryService.StopRun on behalf of
+    the owner; safe to retry.
+    """
 
 @_typing.type_check_only
 class TrackingServiceAsyncStub(TrackingServiceStub):
@@ -66,6 +87,26 @@ class TrackingServiceAsyncStub(TrackingServiceStub):
     DeleteTrack: _aio.UnaryUnaryMultiCallable[_tracking_pb2.DeleteTrackRequest, _tracking_pb2.DeleteTrackResponse]  # type: ignore[assignment]
     """Deletes a run's whole trail for good (its points, owner and cursor); a later stream for it is
     refused. Called by SummaryService.DeleteRun on behalf of the owner; safe to retry.
+    """
+    WatchRun: _aio.UnaryStreamMultiCallable[_tracking_pb2.WatchRunRequest, _tracking_pb2.RunEvent]  # type: ignore[assignment]
+    """Follows a run as it happens: the points stored after `after_seq`, then each new point once it
+    is durable, and the run's state changes, until the run is stopped or deleted. For the owner, a
+    holder of one of the run's live links, or anyone for a shared run; privacy zones apply to all
+    but the owner. Over HTTP: newline-delimited JSON, one RunEvent per line.
+    """
+    CreateLiveLink: _aio.UnaryUnaryMultiCallable[_tracking_pb2.CreateLiveLinkRequest, _tracking_pb2.LiveLink]  # type: ignore[assignment]
+    """A link that lets anyone holding it follow the run (WatchRun and GetRun of this run only). Owner only."""
+    ListLiveLinks: _aio.UnaryUnaryMultiCallable[_tracking_pb2.ListLiveLinksRequest, _tracking_pb2.ListLiveLinksResponse]  # type: ignore[assignment]
+    """The run's live links, without their tokens or secrets. Owner only."""
+    DeleteLiveLink: _aio.UnaryUnaryMultiCallable[_tracking_pb2.DeleteLiveLinkRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Revokes a live link: refused within seconds, open WatchRun streams included. Owner only."""
+    CheckLiveLink: _aio.UnaryUnaryMultiCallable[_tracking_pb2.CheckLiveLinkRequest, _tracking_pb2.LiveLinkGrant]  # type: ignore[assignment]
+    """Whether the caller's live link grants its run (for SummaryService.GetRun, which forwards the
+    link's token): OK, or UNAUTHENTICATED (revoked, expired) or PERMISSION_DENIED (another run).
+    """
+    MarkRunStopped: _aio.UnaryUnaryMultiCallable[_tracking_pb2.MarkRunStoppedRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Marks a run stopped for its watchers (STOPPED). Called by SummaryService.StopRun on behalf of
+    the owner; safe to retry.
     """
 
 class TrackingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -119,6 +160,62 @@ class TrackingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_tracking_pb2.DeleteTrackResponse, _abc.Awaitable[_tracking_pb2.DeleteTrackResponse]]:
         """Deletes a run's whole trail for good (its points, owner and cursor); a later stream for it is
         refused. Called by SummaryService.DeleteRun on behalf of the owner; safe to retry.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchRun(
+        self,
+        request: _tracking_pb2.WatchRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_tracking_pb2.RunEvent], _abc.AsyncIterator[_tracking_pb2.RunEvent]]:
+        """Follows a run as it happens: the points stored after `after_seq`, then each new point once it
+        is durable, and the run's state changes, until the run is stopped or deleted. For the owner, a
+        holder of one of the run's live links, or anyone for a shared run; privacy zones apply to all
+        but the owner. Over HTTP: newline-delimited JSON, one RunEvent per line.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateLiveLink(
+        self,
+        request: _tracking_pb2.CreateLiveLinkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracking_pb2.LiveLink, _abc.Awaitable[_tracking_pb2.LiveLink]]:
+        """A link that lets anyone holding it follow the run (WatchRun and GetRun of this run only). Owner only."""
+
+    @_abc_1.abstractmethod
+    def ListLiveLinks(
+        self,
+        request: _tracking_pb2.ListLiveLinksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracking_pb2.ListLiveLinksResponse, _abc.Awaitable[_tracking_pb2.ListLiveLinksResponse]]:
+        """The run's live links, without their tokens or secrets. Owner only."""
+
+    @_abc_1.abstractmethod
+    def DeleteLiveLink(
+        self,
+        request: _tracking_pb2.DeleteLiveLinkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Revokes a live link: refused within seconds, open WatchRun streams included. Owner only."""
+
+    @_abc_1.abstractmethod
+    def CheckLiveLink(
+        self,
+        request: _tracking_pb2.CheckLiveLinkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracking_pb2.LiveLinkGrant, _abc.Awaitable[_tracking_pb2.LiveLinkGrant]]:
+        """Whether the caller's live link grants its run (for SummaryService.GetRun, which forwards the
+        link's token): OK, or UNAUTHENTICATED (revoked, expired) or PERMISSION_DENIED (another run).
+        """
+
+    @_abc_1.abstractmethod
+    def MarkRunStopped(
+        self,
+        request: _tracking_pb2.MarkRunStoppedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Marks a run stopped for its watchers (STOPPED). Called by SummaryService.StopRun on behalf of
+        the owner; safe to retry.
         """
 
 def add_TrackingServiceServicer_to_server(servicer: TrackingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
