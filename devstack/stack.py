@@ -110,7 +110,14 @@ def test_spec(env: Mapping[str, str] = os.environ) -> StackSpec:
         database_url=env.get("DATABASE_URL") or None,
         keyspace="runtrack_test" if env.get("SCYLLA_HOSTS") else "runtrack",
         # Short limits so that the tests can watch them act.
-        replica_settings={"TRACK_STREAM_IDLE_TIMEOUT_S": "4", "DRAIN_DELAY_S": "1.5"},
+        replica_settings={
+            "TRACK_STREAM_IDLE_TIMEOUT_S": "4",
+            "DRAIN_DELAY_S": "1.5",
+            # A runner counts as stalled after 3 s (not 3 minutes), seen within half a second.
+            "LIVE_STALL_S": "3",
+            "LIVE_STATE_POLL_S": "0.5",
+            "LIVE_WEBHOOK_BACKOFF_S": "0.2",
+        },
     )
 
 

@@ -8,9 +8,11 @@ API through Envoy with the caller's own token, so the other side applies its own
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from runtrack_common.errors import (
     FailedPrecondition,
@@ -34,17 +36,30 @@ RETRYABLE = frozenset(
 )
 
 
+def _reason(err: grpc.aio.AioRpcError) -> str | None:
+    """The ErrorInfo reason the other service gave, passed on as it is."""
+    try:
+        status = rpc_status.from_call(cast(grpc.Call, err))
+    except ValueError:
+        return None
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason or None
+    return None
+
+
 def classify(err: grpc.aio.AioRpcError) -> RunTrackError:
     """The other service's answer, as the error this service passes on."""
     code, details = err.code(), err.details() or ""
     if code == grpc.StatusCode.NOT_FOUND:
-        return NotFound(details)
+        return NotFound(details, reason=_reason(err))
     if code == grpc.StatusCode.PERMISSION_DENIED:
-        return PermissionDenied(details)
+        return PermissionDenied(details, reason=_reason(err))
     if code == grpc.StatusCode.FAILED_PRECONDITION:
-        return FailedPrecondition(details)
+        return FailedPrecondition(details, reason=_reason(err))
     if code == grpc.StatusCode.UNAUTHENTICATED:
-        return Unauthenticated(details)
+        return Unauthenticated(details, reason=_reason(err))
     if code in RETRYABLE:
         return Unavailable(f"the other RunTrack service is unavailable: {details}", reason="UPSTREAM_UNAVAILABLE")
     return Internal(f"the other RunTrack service failed: {code.name}", reason="UPSTREAM_FAILED")
