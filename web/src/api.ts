@@ -36,6 +36,11 @@ export interface TrackPoint {
   time?: string;
   latitude?: number;
   longitude?: number;
+  altitudeM?: number;
+  horizontalAccuracyM?: number;
+  speedMps?: number;
+  heartRateBpm?: number;
+  cadenceSpm?: number;
 }
 
 export interface Track {
@@ -63,6 +68,37 @@ export interface UserStats {
   totalDistanceM?: number;
 }
 
+export type LiveState = "LIVE_STATE_UNSPECIFIED" | "LIVE" | "STALLED" | "RESUMED" | "STOPPED" | "DELETED";
+
+export interface RunStateChange {
+  state?: LiveState;
+  time?: string;
+  reason?: string;
+}
+
+/** One object of a WatchRun stream: new points, or the run's live state. */
+export interface RunEvent {
+  runId?: string;
+  points?: { points?: TrackPoint[] };
+  state?: RunStateChange;
+}
+
+/** A link to follow a run; `url`, `token` and `webhookSecret` only in CreateLiveLink's answer. */
+export interface LiveLink {
+  linkId: string;
+  runId: string;
+  url?: string;
+  expireTime?: string;
+  webhookUrl?: string;
+  webhookSecret?: string;
+  createTime?: string;
+  token?: string;
+}
+
+export interface ListLiveLinksResponse {
+  links?: LiveLink[];
+}
+
 export interface PrivacyZone {
   latitude: number;
   longitude: number;
@@ -82,13 +118,15 @@ interface FieldViolation {
 interface StatusDetail {
   "@type"?: string;
   fieldViolations?: FieldViolation[];
+  reason?: string;
 }
 
-/** A google.rpc.Status answered by the API, or a failure to reach it. */
+/** A google.rpc.Status answered by the API, or a failure to reach it; `reason` is its ErrorInfo's. */
 export class ApiError extends Error {
   constructor(
     readonly httpStatus: number,
     message: string,
+    readonly reason = "",
   ) {
     super(message);
   }
@@ -118,26 +156,42 @@ export function describe(body: unknown, fallback: string): string {
   return extra.length ? `${message} (${extra.join("; ")})` : message;
 }
 
-export async function call<T>(method: string, path: string, body?: unknown): Promise<T> {
-  const headers: Record<string, string> = { authorization: `Bearer ${token() ?? ""}` };
+/** The ErrorInfo reason of a google.rpc.Status body ("LINK_REVOKED"), or "". */
+export function reasonOf(body: unknown): string {
+  if (!body || typeof body !== "object") return "";
+  const details = (body as { details?: StatusDetail[] }).details ?? [];
+  return details.find((d) => d["@type"]?.endsWith("google.rpc.ErrorInfo"))?.reason ?? "";
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return text ? JSON.parse(text) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The refusal a response that is not ok carries (its body is read). */
+export async function errorOf(response: Response): Promise<ApiError> {
+  const text = await response.text().catch(() => "");
+  const parsed = parseJson(text);
+  return new ApiError(response.status, describe(parsed, text || response.statusText), reasonOf(parsed));
+}
+
+const UNREACHABLE = "RunTrack cannot be reached; check your connection and try again.";
+
+/** One JSON call, as the signed-in runner unless `bearer` names another token (a live link's). */
+export async function call<T>(method: string, path: string, body?: unknown, bearer = token() ?? ""): Promise<T> {
+  const headers: Record<string, string> = { authorization: `Bearer ${bearer}` };
   if (body !== undefined) headers["content-type"] = "application/json";
   let response: Response;
   try {
     response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   } catch {
-    throw new ApiError(0, "RunTrack cannot be reached; check your connection and try again.");
+    throw new ApiError(0, UNREACHABLE);
   }
-  const text = await response.text();
-  let parsed: unknown = null;
-  try {
-    parsed = text ? JSON.parse(text) : null;
-  } catch {
-    parsed = null;
-  }
-  if (!response.ok) {
-    throw new ApiError(response.status, describe(parsed, text || response.statusText));
-  }
-  return parsed as T;
+  if (!response.ok) throw await errorOf(response);
+  return parseJson(await response.text()) as T;
 }
 
 export const runPath = (runId: string): string => `/v1/runs/${encodeURIComponent(runId)}`;

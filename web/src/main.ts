@@ -1,12 +1,16 @@
-// The RunTrack dashboard: sign-in by token, the caller's runs, a run's overview and trail (redrawn
-// while it is being recorded), weekly stats, sharing, privacy zones and deletion.
+// The RunTrack dashboard: sign-in by token, the caller's runs, a run's overview and trail (followed
+// while it is being recorded), weekly stats, sharing, live links, privacy zones and deletion; and
+// the spectator's view of a run followed through one of its live links.
 //
 // The URL fragment carries state: `#token=<jwt>` signs in once (the token moves to sessionStorage
-// and leaves the URL), `#run=<run_id>` opens a run; both may come together.
+// and leaves the URL), `#run=<run_id>` opens a run; both may come together. `#live=<token>` is a
+// live link: it opens the spectator's view, signed in or not, and never touches the stored token.
 import {
   ApiError,
   call,
+  type ListLiveLinksResponse,
   type ListRunsResponse,
+  type LiveLink,
   type PrivacyZone,
   type PrivacyZones,
   type Run,
@@ -19,24 +23,27 @@ import {
   token,
   type UserStats,
 } from "./api";
+import { $ } from "./dom";
 import { clock, km, pace, seconds, timeZone, when } from "./format";
+import { LiveView } from "./live";
 import { drawStats } from "./stats";
 import { TrailMap } from "./trail";
+import { HeldPoints, RunWatch } from "./watch";
 import "./style.css";
 
 const LIVE_POLL_MS = 2000;
 const TRACK_PAGE = 10000;
 
-const $ = <T extends HTMLElement>(id: string): T => {
-  const element = document.getElementById(id);
-  if (!element) throw new Error(`#${id} is missing from the page`);
-  return element as T;
-};
-
 let me = "";
 let nextRunsPage = "";
 let trail: TrailMap | null = null;
+// What keeps the open view current: a stopped run's cursor check, the watch on a run being
+// recorded, or the spectator's view. At most one at a time; stopLive() ends it, and counts a new
+// view, so that a run still loading for a view left meanwhile is not shown over the next one.
 let livePoll: number | undefined;
+let runWatch: RunWatch | null = null;
+let spectator: LiveView | null = null;
+let view = 0;
 
 function fragment(): URLSearchParams {
   return new URLSearchParams(location.hash.replace(/^#/, ""));
@@ -53,8 +60,8 @@ function takeTokenFromUrl(): void {
   history.replaceState(null, "", `${location.pathname}${location.search}${rest ? `#${rest}` : ""}`);
 }
 
-function show(view: "sign-in" | "runs-view" | "run-view"): void {
-  for (const id of ["sign-in", "runs-view", "run-view"]) $(id).hidden = id !== view;
+function show(view: "sign-in" | "runs-view" | "run-view" | "live-view"): void {
+  for (const id of ["sign-in", "runs-view", "run-view", "live-view"]) $(id).hidden = id !== view;
 }
 
 function showError(message: string): void {
@@ -64,8 +71,13 @@ function showError(message: string): void {
 }
 
 function stopLive(): void {
+  view++;
   if (livePoll !== undefined) window.clearInterval(livePoll);
   livePoll = undefined;
+  runWatch?.stop();
+  runWatch = null;
+  spectator?.stop();
+  spectator = null;
 }
 
 function showSignIn(reason = ""): void {
@@ -218,11 +230,14 @@ function showOverview(run: Run): void {
   );
 }
 
-async function showRun(runId: string): Promise<void> {
+/** `afterStop`: opened again because its watch said STOPPED (so a 404 means "not summed up yet"). */
+async function showRun(runId: string, afterStop = false): Promise<void> {
   stopLive();
+  const mine = view;
   show("run-view");
   $("run-title").textContent = `Run ${runId}`;
   $("run-view").dataset.runId = runId;
+  $("live-links").hidden = true;
   let run: Run | null = null;
   try {
     run = await call<Run>("GET", runPath(runId));
@@ -230,8 +245,14 @@ async function showRun(runId: string): Promise<void> {
     // Not stopped yet: no overview, but the owner's trail may be arriving.
     if (!(err instanceof ApiError && err.httpStatus === 404)) throw err;
   }
+  if (mine !== view) return;
   const owner = run ? run.userId === me : true;
-  $("run-state").textContent = run ? `Stopped ${when(run.stoppedAt)} · by ${run.userId}` : "Being recorded…";
+  const recording = !run && !afterStop;
+  $("run-state").textContent = run
+    ? `Stopped ${when(run.stoppedAt)} · by ${run.userId}`
+    : recording
+      ? "Being recorded…"
+      : "Stopped; its overview is not ready yet.";
   $("run-overview").replaceChildren();
   if (run) showOverview(run);
   $("run-owner-actions").hidden = !(run && owner);
@@ -239,26 +260,67 @@ async function showRun(runId: string): Promise<void> {
 
   trail?.remove();
   trail = new TrailMap($("map"));
-  let points = await wholeTrack(runId);
+  const points = await wholeTrack(runId);
+  if (mine !== view) return;
   trail.draw(points);
-  if (owner) {
-    // Points may still arrive (a live run, or the trail finishing its sync after STOP RUN):
-    // the cursor is cheap; the trail is read again only when it grew.
-    livePoll = window.setInterval(async () => {
-      if ($("run-view").dataset.runId !== runId) return stopLive();
-      try {
-        const cursor = await call<TrackCursor>("GET", `${runPath(runId)}/cursor`);
-        if ((cursor.pointCount ?? 0) !== points.length) {
-          points = await wholeTrack(runId);
-          trail?.draw(points);
-          if (!run) $("run-state").textContent = `Being recorded… ${points.length} points so far`;
+  if (owner && recording) followRecording(runId, points);
+  else if (owner) pollStopped(runId, points);
+  if (owner) await showLiveLinks(runId, mine);
+}
+
+/** A run being recorded, followed from its last point read: the watch stream brings each point once
+ * it is durable, and the run's end, when the run is opened again with its overview. */
+function followRecording(runId: string, points: TrackPoint[]): void {
+  const held = new HeldPoints();
+  held.add(points);
+  let stalled = "";
+  const showCount = () => {
+    $("run-state").textContent = `Being recorded… ${held.list.length} points so far${stalled}`;
+  };
+  runWatch = new RunWatch(
+    runId,
+    token() ?? "",
+    {
+      points: (fresh) => {
+        if (!held.add(fresh).added.length) return;
+        trail?.follow(held.list);
+        showCount();
+      },
+      state: (change) => {
+        // (The watch is stopped whenever the view changes: these are about the run on screen.)
+        if (change.state === "STOPPED" || change.state === "DELETED") {
+          stopLive();
+          if (change.state === "STOPPED") showRun(runId, true).catch(failed);
+          else $("run-state").textContent = "This run was deleted.";
+          return;
         }
-      } catch (err) {
-        stopLive();
-        failed(err);
+        stalled = change.state === "STALLED" ? ` · not moving (${change.reason ?? "stalled"})` : "";
+        showCount();
+      },
+      refused: failed,
+    },
+    held.last?.seq ?? 0,
+  );
+}
+
+/** A stopped run: points may still arrive (the trail finishing its sync after STOP RUN). The cursor
+ * is cheap; the trail is read again only when it grew. */
+function pollStopped(runId: string, points: TrackPoint[]): void {
+  let count = points.length;
+  livePoll = window.setInterval(async () => {
+    if ($("run-view").dataset.runId !== runId) return stopLive();
+    try {
+      const cursor = await call<TrackCursor>("GET", `${runPath(runId)}/cursor`);
+      if ((cursor.pointCount ?? 0) !== count) {
+        const fresh = await wholeTrack(runId);
+        count = fresh.length;
+        trail?.draw(fresh);
       }
-    }, LIVE_POLL_MS);
-  }
+    } catch (err) {
+      stopLive();
+      failed(err);
+    }
+  }, LIVE_POLL_MS);
 }
 
 async function setVisibility(runId: string, isPublic: boolean): Promise<void> {
@@ -274,10 +336,100 @@ async function deleteRun(runId: string): Promise<void> {
   location.hash = "";
 }
 
+// ---- live links -----------------------------------------------------------------------------
+
+const liveLinksPath = (runId: string): string => `${runPath(runId)}/liveLinks`;
+
+function linkItem(runId: string, link: LiveLink): HTMLLIElement {
+  const li = document.createElement("li");
+  li.dataset.linkId = link.linkId;
+  const expiry = link.expireTime ? `expires ${when(link.expireTime)}` : "expires an hour after the run stops";
+  const webhook = link.webhookUrl ? `webhook ${link.webhookUrl}` : "no webhook";
+  li.textContent = `${link.linkId} · created ${when(link.createTime)} · ${expiry} · ${webhook}`;
+  const revoke = document.createElement("button");
+  revoke.type = "button";
+  revoke.className = "revoke-link";
+  revoke.textContent = "Revoke";
+  revoke.addEventListener("click", guarded(() => revokeLiveLink(runId, link.linkId)));
+  li.append(revoke);
+  return li;
+}
+
+async function loadLiveLinks(runId: string): Promise<void> {
+  const links = (await call<ListLiveLinksResponse>("GET", liveLinksPath(runId))).links ?? [];
+  $("live-link-list").replaceChildren(...links.map((link) => linkItem(runId, link)));
+  $("no-live-links").hidden = links.length > 0;
+}
+
+async function showLiveLinks(runId: string, mine: number): Promise<void> {
+  $("live-link-created").hidden = true;
+  try {
+    await loadLiveLinks(runId);
+  } catch (err) {
+    // Someone else's run in progress (its owner is not known before it stops): nothing to manage.
+    if (err instanceof ApiError && (err.httpStatus === 403 || err.httpStatus === 404)) return;
+    throw err;
+  }
+  if (mine === view) $("live-links").hidden = false;
+}
+
+async function createLiveLink(runId: string): Promise<void> {
+  const webhookUrl = $<HTMLInputElement>("live-link-webhook").value.trim();
+  const expiry = $<HTMLInputElement>("live-link-expiry").value;
+  const body: { webhookUrl?: string; expireTime?: string } = {};
+  if (webhookUrl) body.webhookUrl = webhookUrl;
+  // datetime-local is a wall-clock time in the browser's zone; the API takes an instant.
+  if (expiry) body.expireTime = new Date(expiry).toISOString();
+  const link = await call<LiveLink>("POST", liveLinksPath(runId), body);
+  // The token (in the URL) and the webhook's secret are answered this once: shown now or never.
+  const url = $<HTMLAnchorElement>("live-link-url");
+  url.href = link.url ?? "";
+  url.textContent = link.url ?? "";
+  $("live-link-secret").textContent = link.webhookSecret ?? "";
+  $("live-link-secret-row").hidden = !link.webhookSecret;
+  $("live-link-copied").textContent = "";
+  const created = $("live-link-created");
+  created.dataset.linkId = link.linkId;
+  created.hidden = false;
+  $<HTMLFormElement>("live-link-form").reset();
+  await loadLiveLinks(runId);
+}
+
+async function revokeLiveLink(runId: string, linkId: string): Promise<void> {
+  await call<unknown>("DELETE", `${liveLinksPath(runId)}/${encodeURIComponent(linkId)}`);
+  const created = $("live-link-created");
+  if (created.dataset.linkId === linkId) created.hidden = true;
+  await loadLiveLinks(runId);
+}
+
+async function copyLiveLink(): Promise<void> {
+  const url = $("live-link-url");
+  try {
+    await navigator.clipboard.writeText(url.textContent ?? "");
+    $("live-link-copied").textContent = "Copied.";
+  } catch {
+    // No clipboard here (it needs https, or localhost): the link is selected for a Ctrl+C.
+    const range = document.createRange();
+    range.selectNodeContents(url);
+    getSelection()?.removeAllRanges();
+    getSelection()?.addRange(range);
+    $("live-link-copied").textContent = "Selected: copy it with Ctrl+C.";
+  }
+}
+
 // ---- routing --------------------------------------------------------------------------------
+
+/** The spectator's view: the live link's token alone, whoever is signed in in this browser. */
+function showLive(linkToken: string): void {
+  stopLive();
+  show("live-view");
+  spectator = new LiveView(linkToken);
+}
 
 async function route(): Promise<void> {
   showError("");
+  const live = fragment().get("live");
+  if (live) return showLive(live);
   takeTokenFromUrl();
   if (!token()) return showSignIn();
   try {
@@ -325,6 +477,11 @@ function start(): void {
     guarded(() => setVisibility($("run-view").dataset.runId ?? "", $<HTMLInputElement>("public-switch").checked)),
   );
   $("delete-run").addEventListener("click", guarded(() => deleteRun($("run-view").dataset.runId ?? "")));
+  $("live-link-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    guarded(() => createLiveLink($("run-view").dataset.runId ?? ""))();
+  });
+  $("copy-live-link").addEventListener("click", guarded(copyLiveLink));
   window.addEventListener("hashchange", () => void route());
   void route();
 }
