@@ -1,0 +1,157 @@
+"""The pure logic of following a run: the stall watch, the state machine, what a spectator may see
+of points still arriving, a link's life, and the webhook's signature and target rules."""
+
+import datetime as dt
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tracking_service.domain import Point
+from tracking_service.live import (
+    LIVE,
+    RESUMED,
+    STALLED,
+    STOPPED,
+    LinkRecord,
+    LiveRow,
+    Movement,
+    ZoneTrim,
+    link_expiry,
+    next_state,
+)
+from tracking_service.privacy import Zone, trim
+from tracking_service.webhooks import check_url, signature, verify
+
+NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
+M_PER_DEG_LAT = 111_200
+
+
+def walk(n: int, step_m: float, *, every_s: float = 1.0, start_s: float = 0.0) -> list[Point]:
+    return [
+        Point(
+            seq=i + 1,
+            time_ms=int((start_s + i * every_s) * 1000),
+            latitude=48.0 + i * step_m / M_PER_DEG_LAT,
+            longitude=2.0,
+        )
+        for i in range(n)
+    ]
+
+
+def test_a_runner_standing_still_for_the_stall_time_is_stalled():
+    m = Movement(stall_s=180, stall_m=20)
+    m.add(walk(200, 0.05), seen_at=200)
+    assert m.verdict(now=200) == "moved 9 m in 180s"  # the last 180 s: 180 steps of 5 cm
+
+
+def test_a_runner_moving_is_not_stalled_and_a_short_watch_cannot_tell():
+    moving = Movement(stall_s=180, stall_m=20)
+    moving.add(walk(200, 3.0), seen_at=200)
+    assert moving.verdict(now=200) is None
+    short = Movement(stall_s=180, stall_m=20)
+    short.add(walk(60, 0.0), seen_at=60)  # a minute of standing still: not yet three
+    assert short.verdict(now=60) is None
+
+
+def test_no_point_for_the_stall_time_is_stalled_whatever_the_last_movement():
+    m = Movement(stall_s=180, stall_m=20)
+    m.add(walk(10, 5.0), seen_at=1000)
+    assert m.verdict(now=1179) is None
+    assert m.verdict(now=1181) == "no point for 181s"
+
+
+def test_the_window_keeps_only_the_stall_time_and_one_point_before_it():
+    m = Movement(stall_s=10, stall_m=20)
+    m.add(walk(100, 1.0), seen_at=100)
+    assert len(m.window) == 11
+    m.add(walk(1, 0.0, start_s=99.5), seen_at=101)
+    assert m.window[0][0] <= m.window[-1][0] - 10_000
+
+
+def test_moving_again_resumes_and_ended_runs_stay_ended():
+    assert next_state(LIVE, "moved 3 m in 180s") == STALLED
+    assert next_state(STALLED, "moved 3 m in 180s") is None
+    assert next_state(STALLED, None) == RESUMED
+    assert next_state(RESUMED, None) is None
+    assert next_state(RESUMED, "no point for 200s") == STALLED
+    assert next_state(STOPPED, "no point for 200s") is None
+
+
+ZONE = Zone(48.0, 2.0, 100)
+
+
+@given(
+    steps=st.lists(st.sampled_from([-30.0, -5.0, 0.0, 5.0, 30.0, 60.0]), min_size=1, max_size=60),
+    cuts=st.lists(st.integers(min_value=1, max_value=60), max_size=10),
+)
+def test_a_spectator_sees_at_every_moment_what_gettrack_shows_of_the_trail_so_far(steps, cuts):
+    lat, points = 48.0, []
+    for i, step in enumerate(steps):
+        lat += step / M_PER_DEG_LAT
+        points.append(Point(seq=i + 1, time_ms=i * 1000, latitude=lat, longitude=2.0))
+    view, shown = ZoneTrim([ZONE]), []
+    bounds = sorted({c for c in cuts if c < len(points)} | {len(points)})
+    start = 0
+    for end in bounds:
+        shown += view.feed(points[start:end])
+        assert shown == trim(points[:end], [ZONE])
+        start = end
+
+
+def test_without_zones_every_point_is_shown_at_once():
+    assert ZoneTrim([]).feed(walk(3, 5.0)) == walk(3, 5.0)
+
+
+def test_a_link_without_expiry_ends_an_hour_after_the_stop_and_a_revoked_one_at_once():
+    link = LinkRecord("l1", NOW)
+    live = LiveRow(links={"l1": link})
+    assert live.expiry(link) is None and live.refusal("l1", NOW + dt.timedelta(days=3)) is None
+    stopped = LiveRow(state=STOPPED, stopped_at=NOW, links={"l1": link})
+    assert stopped.refusal("l1", NOW + dt.timedelta(minutes=59)) is None
+    assert stopped.refusal("l1", NOW + dt.timedelta(minutes=61)) == "LINK_EXPIRED"
+    assert stopped.refusal("gone", NOW) == "LINK_REVOKED"
+    own = LinkRecord("l2", NOW, expire_at=NOW + dt.timedelta(hours=2))
+    assert LiveRow(links={"l2": own}).refusal("l2", NOW + dt.timedelta(hours=2)) == "LINK_EXPIRED"
+
+
+def test_a_link_expiry_is_in_the_future_and_within_seven_days():
+    assert link_expiry(None, NOW) is None
+    assert link_expiry(NOW + dt.timedelta(days=7), NOW) == NOW + dt.timedelta(days=7)
+    with pytest.raises(ValueError, match="7 days"):
+        link_expiry(NOW + dt.timedelta(days=7, seconds=1), NOW)
+    with pytest.raises(ValueError, match="future"):
+        link_expiry(NOW, NOW)
+
+
+def test_the_signature_is_hmac_sha256_of_the_body_and_a_changed_byte_fails():
+    # RFC 4231 test case 2: key "Jefe", "what do ya want for nothing?".
+    body = b"what do ya want for nothing?"
+    assert signature("Jefe", body) == "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    assert verify("Jefe", body, signature("Jefe", body))
+    assert not verify("Jefe", body + b" ", signature("Jefe", body))
+    assert not verify("other", body, signature("Jefe", body))
+
+
+@pytest.mark.parametrize(
+    ("url", "rule"),
+    [
+        ("ftp://example.org/x", "must be an absolute https URL"),
+        ("/relative", "must be an absolute https URL"),
+        ("http://example.org/hook", "must be an https URL"),
+        ("https://user:pw@example.org/hook", "must not carry credentials"),
+        ("https://127.0.0.1/hook", "must not point at a loopback, private or link-local address"),
+        ("https://10.1.2.3/hook", "must not point at a loopback, private or link-local address"),
+        ("https://169.254.169.254/latest", "must not point at a loopback, private or link-local address"),
+        ("https://[::1]/hook", "must not point at a loopback, private or link-local address"),
+        ("https://localhost/hook", "must not point at a loopback, private or link-local address"),
+        ("https://example.org/" + "a" * 2100, "must be at most 2048 characters"),
+    ],
+)
+def test_a_webhook_target_must_be_public_https(url, rule):
+    assert check_url(url, allow_private=False) == rule
+
+
+def test_development_may_post_to_loopback_over_http():
+    assert check_url("http://127.0.0.1:8099/hook", allow_private=True) is None
+    assert check_url("https://hooks.example.org/runtrack", allow_private=False) is None
