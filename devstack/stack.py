@@ -116,6 +116,7 @@ def test_spec(env: Mapping[str, str] = os.environ) -> StackSpec:
             # A runner counts as stalled after 3 s (not 3 minutes), seen within half a second.
             "LIVE_STALL_S": "3",
             "LIVE_STATE_POLL_S": "0.5",
+            "LIVE_WATCHED_REFRESH_S": "0.5",
             "LIVE_WEBHOOK_BACKOFF_S": "0.2",
         },
     )

@@ -96,6 +96,11 @@ class Settings:
     # state and links once per state poll; STALLED after no point (or under stall_m of movement) for stall_s.
     live_poll_s: float = 1.0
     live_state_poll_s: float = 2.0
+    # How often the writers re-read which runs are followed, a follower re-marks its runs, and reads a
+    # followed run itself to reconcile (and its live row) whatever the feed said.
+    live_watched_refresh_s: float = 2.0
+    live_mark_s: float = 10.0
+    live_reconcile_s: float = 30.0
     live_stall_s: float = 180.0
     live_stall_m: float = 20.0
     # Events a watcher may fall behind by before its stream is ended (it reconnects with after_seq).
@@ -153,6 +158,9 @@ class Settings:
             shutdown_grace_s=_float(env, "SHUTDOWN_GRACE_S", d.shutdown_grace_s),
             live_poll_s=_float(env, "LIVE_POLL_S", d.live_poll_s),
             live_state_poll_s=_float(env, "LIVE_STATE_POLL_S", d.live_state_poll_s),
+            live_watched_refresh_s=_float(env, "LIVE_WATCHED_REFRESH_S", d.live_watched_refresh_s),
+            live_mark_s=_float(env, "LIVE_MARK_S", d.live_mark_s),
+            live_reconcile_s=_float(env, "LIVE_RECONCILE_S", d.live_reconcile_s),
             live_stall_s=_float(env, "LIVE_STALL_S", d.live_stall_s),
             live_stall_m=_float(env, "LIVE_STALL_M", d.live_stall_m),
             watch_queue_events=_int(env, "WATCH_QUEUE_EVENTS", d.watch_queue_events),

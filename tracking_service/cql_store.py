@@ -29,7 +29,7 @@ from runtrack_common import queries
 from runtrack_common.config import Settings
 from runtrack_common.errors import Internal, RunTrackError, Unavailable
 from tracking_service.domain import Cursor, Point, cursor_from_seqs
-from tracking_service.live import LinkRecord, LiveRow
+from tracking_service.live import FEED_SHARDS, FeedRow, LinkRecord, LiveRow, feed_shard
 from tracking_service.privacy import Zone
 
 log = logging.getLogger(__name__)
@@ -350,6 +350,42 @@ class CqlTrackStore:
         await _execute(session, self.q["mark_live_deleted"], (at, run_id))
         for link_id in link_ids:
             await _execute(session, self.q["delete_link"], (run_id, link_id))
+
+    # ---- the live feed ----------------------------------------------------------------------
+
+    async def feed_points(self, bucket: int, rows: Sequence[tuple[uuid.UUID, Sequence[Point]]]) -> None:
+        statement = BatchStatement(batch_type=BatchType.UNLOGGED)
+        statement.is_idempotent = True
+        insert = self.q["feed_point"]
+        for run_id, points in rows:
+            shard = feed_shard(run_id)
+            for p in points:
+                statement.add(insert, (bucket, shard, *self._values(run_id, p)))
+        await _execute_batch(self._ready(), statement)
+
+    async def feed_event(self, bucket: int, run_id: uuid.UUID, event: str) -> None:
+        await _execute(self._ready(), self.q["feed_event"], (bucket, feed_shard(run_id), run_id, event))
+
+    async def read_feed(self, bucket: int) -> list[FeedRow]:
+        session = self._ready()
+        pages = await asyncio.gather(
+            *(_execute(session, self.q["feed_read"], (bucket, shard), all_pages=True) for shard in range(FEED_SHARDS))
+        )
+        return [FeedRow(r["run_id"], r["event"], _point(r) if not r["event"] else None) for page in pages for r in page]
+
+    async def mark_watched(self, run_ids: Sequence[uuid.UUID]) -> None:
+        statement = BatchStatement(batch_type=BatchType.UNLOGGED)
+        statement.is_idempotent = True
+        for run_id in run_ids:
+            statement.add(self.q["mark_watched"], (feed_shard(run_id), run_id))
+        await _execute_batch(self._ready(), statement)
+
+    async def watched_runs(self) -> set[uuid.UUID]:
+        session = self._ready()
+        pages = await asyncio.gather(
+            *(_execute(session, self.q["watched_runs"], (shard,), all_pages=True) for shard in range(FEED_SHARDS))
+        )
+        return {r["run_id"] for page in pages for r in page}
 
 
 def _utc(value: dt.datetime) -> dt.datetime:

@@ -4,6 +4,7 @@ watcher who is not the owner may see of points still arriving. Pure logic; the h
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,24 @@ ENDED = frozenset({STOPPED, DELETED})
 # A link without its own expiry works until this long after the run stops.
 DEFAULT_AFTER_STOP = dt.timedelta(hours=1)
 MAX_LINK_LIFETIME = dt.timedelta(days=7)
+
+
+# The live feed's partitions per second: spread over the store's nodes, each read once a second.
+FEED_SHARDS = 4
+
+
+def feed_shard(run_id: uuid.UUID) -> int:
+    return run_id.int % FEED_SHARDS
+
+
+@dataclass(frozen=True, slots=True)
+class FeedRow:
+    """One row of the live feed: a durable point of a followed run, or an event (StopRun, deletion,
+    a revoked link, a state change) telling its followers to read the run's live row again."""
+
+    run_id: uuid.UUID
+    event: str
+    point: Point | None
 
 
 @dataclass(frozen=True, slots=True)

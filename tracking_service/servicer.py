@@ -84,6 +84,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
             max_inflight=settings.replica_inflight_writes,
             max_pending_points=settings.max_pending_points,
             retry_budget_s=settings.write_retry_budget_s,
+            on_durable=hub.published if hub is not None else None,
         )
         self._draining = asyncio.Event()
         self._open_streams: dict[asyncio.Task[Any], OpenStream] = {}
@@ -337,6 +338,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
                 now = dt.datetime.now(dt.UTC)
                 self.hub.notify(run_id, row, DELETED, now, "deleted by its owner")
                 await self.hub.store.mark_live_deleted(run_id, now, list(row.links))
+                await self.hub.announce(run_id, DELETED)
         log.info("track deleted run_id=%s user_id=%s existed=%s", request.run_id, caller.user_id, existed)
         return tracking_pb2.DeleteTrackResponse(existed=existed)
 
@@ -369,6 +371,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
             owner = await self.store.run_owner(run_id)
             if owner is None:
                 raise NotFound(f"run_id: no track for run {run_id}", metadata={"run_id": str(run_id)})
+            row = None
             if isinstance(viewer, LinkHolder):
                 row = await hub.store.live_row(run_id)
                 if (why := row.refusal(viewer.link_id, dt.datetime.now(dt.UTC))) is not None:
@@ -380,7 +383,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
                     raise NotFound(f"run_id: no track for run {run_id}", metadata={"run_id": str(run_id)})
             log.info("watch opened run_id=%s owner=%s link=%s", run_id, owner_view, link_id or "-")
             async for event in hub.watch(
-                run_id, owner, owner_view=owner_view, link_id=link_id, after_seq=request.after_seq
+                run_id, owner, owner_view=owner_view, link_id=link_id, after_seq=request.after_seq, row=row
             ):
                 yield event
         except Exception as err:  # noqa: BLE001 (every failure leaves with a status; cancellation passes)
@@ -452,6 +455,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
             raise NotFound(f"link_id: run {run_id} has no live link {request.link_id!r}", reason="NO_SUCH_LINK")
         await hub.store.delete_link(run_id, request.link_id)
         hub.revoke(run_id, request.link_id)
+        await hub.announce(run_id, "LINK_REVOKED")
         log.info("live link revoked run_id=%s link_id=%s", run_id, request.link_id)
         return Empty()
 
@@ -489,6 +493,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         if row.current not in ENDED:
             await hub.store.mark_stopped(run_id, at)
             hub.notify(run_id, row, STOPPED, at, "stopped")
+            await hub.announce(run_id, STOPPED)
             log.info("live state run_id=%s state=STOPPED links=%d", run_id, len(row.links))
         return Empty()
 

@@ -22,7 +22,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from prometheus_client import Counter, Histogram
@@ -79,8 +79,11 @@ class PointWriter:
         retry_budget_s: float = 3.0,
         retry_base_s: float = 0.1,
         retry_cap_s: float = 1.0,
+        on_durable: Callable[[Sequence[tuple[uuid.UUID, Sequence[Point]]]], None] | None = None,
     ) -> None:
         self.store = store
+        # Told of each batch once durable (the live feed), without waiting.
+        self.on_durable = on_durable
         self.batch_points = batch_points
         self.linger_s = linger_s
         self.max_inflight = max_inflight
@@ -167,6 +170,8 @@ class PointWriter:
                 for _ in item.points:  # in memory, once per point: no I/O
                     POINT_DURABLE.observe(durable - item.arrived)
                 item.sink.written(len(item.points))
+            if self.on_durable is not None:
+                self.on_durable(list(rows.items()))
         finally:
             self._inflight -= 1
             if self._pending:
