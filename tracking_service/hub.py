@@ -35,7 +35,7 @@ from runtrack_common.config import Settings
 from runtrack_common.errors import RunTrackError, Unauthenticated, Unavailable
 from tracking_service.convert import point_to_proto
 from tracking_service.domain import Point
-from tracking_service.live import ENDED, LIVE, LiveRow, Movement, ZoneTrim, next_state
+from tracking_service.live import ENDED, LIVE, LiveRow, Movement, SeqSet, ZoneTrim, next_state
 from tracking_service.privacy import Zone
 from tracking_service.store import LiveStore, TrackStore
 from tracking_service.webhooks import Delivery, Webhooks
@@ -55,6 +55,8 @@ PAGE = 1000
 RECENT = 600
 # Reads of single runs in flight at once.
 CONCURRENT_READS = 64
+# Seconds of the feed a late cycle reads at most (older rows: the gap read finds them).
+MAX_FEED_SECONDS = 5
 # A gap in the feed (a seq missing while later ones came) waits this long before the run is read.
 GAP_WAIT_S = 2.0
 NO_SEQ_ABOVE = 2**32
@@ -82,6 +84,11 @@ def points_event(run_id: str, points: Sequence[Point]) -> tracking_pb2.RunEvent:
     )
 
 
+# What a watcher's queue carries: (kind, payload, the event prebuilt for the owner's view, the run's
+# floor once this was released: every seq up to it was released before, or given up on).
+Item = tuple[str, object, object, int]
+
+
 @dataclass(eq=False, slots=True)
 class Watch:
     """One WatchRun stream."""
@@ -89,14 +96,14 @@ class Watch:
     run: WatchedRun
     trim: ZoneTrim | None  # None: the owner, who sees every point
     link_id: str | None
-    queue: asyncio.Queue[tuple[str, object, object]] = field(default_factory=asyncio.Queue)
-    sent_seq: int = 0
+    queue: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
+    sent: SeqSet = field(default_factory=SeqSet)
     ended: bool = False
 
     def end(self, err: RunTrackError) -> None:
         if not self.ended:
             self.ended = True
-            self.queue.put_nowait(("end", err, None))
+            self.queue.put_nowait(("end", err, None, 0))
 
 
 @dataclass(eq=False, slots=True)
@@ -108,7 +115,8 @@ class WatchedRun:
     row: LiveRow = field(default_factory=LiveRow)
     state: str = LIVE
     state_at: dt.datetime | None = None
-    last_seq: int = 0
+    # The seqs this replica has sent the run's watchers (or given up waiting for).
+    sent: SeqSet = field(default_factory=SeqSet)
     watches: set[Watch] = field(default_factory=set)
     ready: asyncio.Future[None] | None = None
     # Points from the feed not yet sent (a lower seq still missing), and since when one is missing.
@@ -134,6 +142,7 @@ class LiveHub:
         self.watched: frozenset[uuid.UUID] = frozenset()
         self._watched_task: asyncio.Task[None] | None = None
         self._feeding: set[asyncio.Task[None]] = set()
+        self._feed_from = 0  # the first second the next cycle reads
 
     # ---- watchers -------------------------------------------------------------------------------
 
@@ -154,7 +163,8 @@ class LiveHub:
         run = await self._run(run_id, owner)
         if row is not None and link_id is not None and link_id not in run.row.links:
             run.row = dataclasses.replace(run.row, links=row.links)  # a link made since the run's row was read
-        watch = Watch(run, None if owner_view else ZoneTrim(run.zones), link_id)
+        # Without zones a spectator sees what the owner sees: the events built once serve both.
+        watch = Watch(run, None if owner_view or not run.zones else ZoneTrim(run.zones), link_id)
         ended = run.state in ENDED
         if not ended:
             run.watches.add(watch)
@@ -164,44 +174,45 @@ class LiveHub:
         try:
             if not ended:
                 yield state_event(key, run.state, run.state_at, "")
-            sent = after_seq
+            watch.sent = SeqSet(after_seq)
+            cursor = after_seq
             while True:  # what is stored already; anything newer also reaches the queue
-                page = await self.store.points_after(run_id, sent, PAGE)
+                page = await self.store.points_after(run_id, cursor, PAGE)
                 if page:
-                    sent = page[-1].seq
+                    cursor = page[-1].seq
+                    for p in page:
+                        watch.sent.add(p.seq)
                     visible = watch.trim.feed(page) if watch.trim is not None else page
                     if visible:
                         yield points_event(key, visible)
                 if len(page) < PAGE:
                     break
-            watch.sent_seq = sent
             if ended:
                 yield state_event(key, run.state, run.state_at, run.state.lower())
                 return
             while True:
-                kind, payload, prebuilt = await watch.queue.get()
+                kind, payload, prebuilt, floor = await watch.queue.get()
                 if kind == "end":
                     assert isinstance(payload, RunTrackError)
                     raise payload
                 if kind == "state":
                     assert isinstance(payload, str) and isinstance(prebuilt, tracking_pb2.RunEvent)
-                    WATCH_EVENTS.inc()
                     yield prebuilt
                     if payload in ENDED:
                         return
                     continue
-                points: list[Point] = payload  # type: ignore[assignment]
-                if points[-1].seq <= watch.sent_seq:
+                released: list[Point] = payload  # type: ignore[assignment]
+                points = [p for p in released if p.seq not in watch.sent]
+                for p in points:
+                    watch.sent.add(p.seq)
+                watch.sent.advance_to(floor)
+                if not points:
                     continue
-                event = prebuilt if watch.trim is None and points[0].seq > watch.sent_seq else None
-                points = [p for p in points if p.seq > watch.sent_seq]
-                watch.sent_seq = points[-1].seq
+                event = prebuilt if watch.trim is None and len(points) == len(released) else None
                 if watch.trim is not None:
                     points = watch.trim.feed(points)
                     if not points:
                         continue
-                WATCH_EVENTS.inc()
-                WATCH_POINTS.inc(len(points))
                 yield event if isinstance(event, tracking_pb2.RunEvent) else points_event(key, points)
         finally:
             if watch in run.watches:
@@ -240,7 +251,7 @@ class LiveHub:
         run.direct_until = now + 2 * s.live_watched_refresh_s + s.live_poll_s
         run.reconcile_at = run.refresh_at = now + s.live_reconcile_s
         run.state, run.state_at = run.row.current, run.row.state_at
-        run.last_seq = recent[-1].seq if recent else 0
+        run.sent = SeqSet(recent[-1].seq if recent else 0)
         if recent:
             newest = recent[-1].time_ms
             run.movement.add(recent, min(time.time(), newest / 1000) if newest is not None else time.time())
@@ -344,17 +355,20 @@ class LiveHub:
             for r in due:
                 r.marked_at = now
             self.watched = self.watched | {r.run_id for r in due}
-        # The feed: the last second's partitions and this one's (a row written as the second turned).
+        # The feed: every second from the one before the last cycle's (a row becomes visible after its
+        # second is over when its write is slow; a late cycle must not skip a second).
         bucket = int(now)
-        pages = await asyncio.gather(self.store.read_feed(bucket - 1), self.store.read_feed(bucket))
-        FEED_READS.inc(2)
-        for row in pages[0] + pages[1]:
+        first = max(self._feed_from, bucket - MAX_FEED_SECONDS) if self._feed_from else bucket - 1
+        pages = await asyncio.gather(*(self.store.read_feed(b) for b in range(first, bucket + 1)))
+        self._feed_from = bucket - 1
+        FEED_READS.inc(len(pages))
+        for row in (r for page in pages for r in page):
             run = self.runs.get(row.run_id)
             if run is None:
                 continue
             if row.point is None:
                 run.refresh = True
-            elif row.point.seq > run.last_seq:
+            elif row.point.seq not in run.sent:
                 run.pending[row.point.seq] = row.point
         gate = asyncio.Semaphore(CONCURRENT_READS)
         await asyncio.gather(*(self._advance(r, now, check, gate) for r in runs))
@@ -366,10 +380,12 @@ class LiveHub:
         s = self.settings
         try:
             released: list[Point] = []
-            while run.last_seq + 1 in run.pending:
-                p = run.pending.pop(run.last_seq + 1)
+            for seq in [seq for seq in run.pending if seq in run.sent]:
+                del run.pending[seq]
+            while run.sent.floor + 1 in run.pending:  # in seq order, without a gap
+                p = run.pending.pop(run.sent.floor + 1)
                 released.append(p)
-                run.last_seq = p.seq
+                run.sent.add(p.seq)
             if run.pending and run.gap_since is None:
                 run.gap_since = now
             elif not run.pending:
@@ -385,7 +401,7 @@ class LiveHub:
                 run.reconcile_at = now + s.live_reconcile_s
             if released:
                 run.movement.add(released, now)
-                self._fan_out(run, ("points", released, points_event(str(run.run_id), released)))
+                self._fan_out(run, ("points", released, points_event(str(run.run_id), released), run.sent.floor))
             if run.refresh or now >= run.refresh_at:
                 async with gate:
                     await self._refresh(run, now)
@@ -397,22 +413,25 @@ class LiveHub:
             log.exception("live poll failed run_id=%s", run.run_id)
 
     async def _read_run(self, run: WatchedRun) -> list[Point]:
-        """Everything stored after the last seq sent, with what the feed holds beyond a gap."""
-        out: list[Point] = []
+        """Everything stored after the floor not sent yet (a late point included), with what the feed
+        holds beyond a gap; then the floor moves up to the highest seq seen: a seq still missing is
+        given up on (a point the phone never sent, or rejected)."""
+        by_seq = {seq: p for seq, p in run.pending.items() if seq not in run.sent}
+        cursor = run.sent.floor
         while True:
-            page = await self.store.points_after(run.run_id, run.last_seq, PAGE)
+            page = await self.store.points_after(run.run_id, cursor, PAGE)
             LIVE_POLLS.inc()
             for p in page:
-                run.pending.pop(p.seq, None)
+                if p.seq not in run.sent:
+                    by_seq[p.seq] = p
             if page:
-                out += page
-                run.last_seq = page[-1].seq
+                cursor = page[-1].seq
             if len(page) < PAGE:
                 break
-        rest = sorted(seq for seq in run.pending if seq > run.last_seq)
-        out += [run.pending[seq] for seq in rest]
-        if rest:
-            run.last_seq = rest[-1]
+        out = [by_seq[seq] for seq in sorted(by_seq)]
+        for p in out:
+            run.sent.add(p.seq)
+        run.sent.advance_to(run.sent.top)
         run.pending.clear()
         run.gap_since = None
         return out
@@ -427,7 +446,7 @@ class LiveHub:
         if stored in ENDED:
             last = await self._read_run(run)  # the last points before the end
             if last:
-                self._fan_out(run, ("points", last, points_event(str(run.run_id), last)))
+                self._fan_out(run, ("points", last, points_event(str(run.run_id), last), run.sent.floor))
             self._change(run, stored, row.state_at, stored.lower())
             if self.runs.get(run.run_id) is run:
                 del self.runs[run.run_id]
@@ -463,10 +482,14 @@ class LiveHub:
             return
         run.state, run.state_at = state, at
         log.info("live state run_id=%s state=%s watchers=%d %s", run.run_id, state, len(run.watches), reason)
-        self._fan_out(run, ("state", state, state_event(str(run.run_id), state, at, reason)))
+        self._fan_out(run, ("state", state, state_event(str(run.run_id), state, at, reason), 0))
 
-    def _fan_out(self, run: WatchedRun, item: tuple[str, object, object]) -> None:
+    def _fan_out(self, run: WatchedRun, item: Item) -> None:
         limit = self.settings.watch_queue_events
+        # Counted once per fan-out, not per watcher (a spectator's own filter rarely drops an event).
+        WATCH_EVENTS.inc(len(run.watches))
+        if item[0] == "points" and isinstance(item[1], list):
+            WATCH_POINTS.inc(len(item[1]) * len(run.watches))
         for watch in list(run.watches):
             if watch.ended:
                 continue

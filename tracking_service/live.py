@@ -88,6 +88,41 @@ def link_expiry(requested: dt.datetime | None, now: dt.datetime) -> dt.datetime 
     return requested
 
 
+class SeqSet:
+    """The seqs already sent: all up to `floor`, and those above it (few: a late point or a gap
+    keeps them apart until the floor passes them)."""
+
+    __slots__ = ("above", "floor")
+
+    def __init__(self, floor: int = 0) -> None:
+        self.floor = floor
+        self.above: set[int] = set()
+
+    def __contains__(self, seq: int) -> bool:
+        return seq <= self.floor or seq in self.above
+
+    def add(self, seq: int) -> None:
+        if seq <= self.floor:
+            return
+        self.above.add(seq)
+        while self.floor + 1 in self.above:
+            self.floor += 1
+            self.above.discard(self.floor)
+
+    def advance_to(self, floor: int) -> None:
+        """Everything up to `floor` counts as sent (given up on, or known sent elsewhere)."""
+        if floor > self.floor:
+            self.floor = floor
+            self.above = {seq for seq in self.above if seq > floor}
+            while self.floor + 1 in self.above:
+                self.floor += 1
+                self.above.discard(self.floor)
+
+    @property
+    def top(self) -> int:
+        return max(self.above, default=self.floor)
+
+
 class Movement:
     """Whether a runner being followed has stalled: no point has arrived for `stall_s`, or every
     point of the last `stall_s` (by the phone's clock, once that much has been seen) lies within

@@ -16,6 +16,7 @@ from tracking_service.live import (
     LinkRecord,
     LiveRow,
     Movement,
+    SeqSet,
     ZoneTrim,
     link_expiry,
     next_state,
@@ -155,3 +156,15 @@ def test_a_webhook_target_must_be_public_https(url, rule):
 def test_development_may_post_to_loopback_over_http():
     assert check_url("http://127.0.0.1:8099/hook", allow_private=True) is None
     assert check_url("https://hooks.example.org/runtrack", allow_private=False) is None
+
+
+@given(st.lists(st.integers(min_value=1, max_value=60), max_size=80), st.integers(min_value=0, max_value=70))
+def test_the_sent_set_holds_exactly_what_was_added_and_stays_compact(seqs, give_up_to):
+    sent, model = SeqSet(), set()
+    for seq in seqs:
+        sent.add(seq)
+        model.add(seq)
+    assert all((seq in sent) == (seq in model) for seq in range(1, 62))
+    assert all(seq > sent.floor + 1 for seq in sent.above), "the floor has passed every contiguous seq"
+    sent.advance_to(give_up_to)
+    assert all((seq in sent) == (seq in model or seq <= give_up_to) for seq in range(1, 62))
