@@ -748,6 +748,9 @@ REPLICA_PORT = 50051
 # Where the chart mounts the JWKS (its ConfigMap's key `jwks.json`).
 K8S_JWKS_DIR = "/etc/runtrack/jwks"
 K8S_JWKS_FILE = f"{K8S_JWKS_DIR}/jwks.json"
+# The live links' public key (ConfigMap envoy-live-jwks); the tracking pods hold the private half.
+K8S_LIVE_JWKS_DIR = "/etc/runtrack/live-jwks"
+K8S_LIVE_JWKS_FILE = f"{K8S_LIVE_JWKS_DIR}/live-jwks.json"
 # Envoy's own answer to the pod's readiness probe.
 K8S_READY_PATH = "/healthz"
 
@@ -772,7 +775,13 @@ def k8s_layout(*, remote_jwks: bool = False, paths: ImagePaths = ImagePaths()) -
         dns=DnsDiscovery(f"{{cluster}}.{NAMESPACE}.svc.{CLUSTER_DOMAIN}", REPLICA_PORT),
         ready_path=K8S_READY_PATH,
         static_files=static_files(paths.web_dist, paths.generated),
-        auth=Auth(issuer=JWT_ISSUER, audience=JWT_AUDIENCE, jwks_file=K8S_JWKS_FILE, remote_jwks=remote),
+        auth=Auth(
+            issuer=JWT_ISSUER,
+            audience=JWT_AUDIENCE,
+            jwks_file=K8S_JWKS_FILE,
+            remote_jwks=remote,
+            link_jwks_file=K8S_LIVE_JWKS_FILE,
+        ),
     )
 
 

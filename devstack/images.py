@@ -1367,9 +1367,11 @@ def verify(args: argparse.Namespace) -> None:
             config = chart_envoy_config(Path(tmp))
             if config is not None:
                 from devstack.auth import LocalIssuer
-                from devstack.envoy_config import K8S_JWKS_DIR
+                from devstack.envoy_config import K8S_JWKS_DIR, K8S_LIVE_JWKS_FILE
 
                 LocalIssuer(Path(tmp) / "keys").ensure_keys()
+                LocalIssuer(Path(tmp) / "keys", prefix="live-").ensure_keys()
+                (Path(tmp) / "keys" / "live-jwks.json").chmod(0o644)
                 Path(tmp).chmod(0o755)
                 (Path(tmp) / "keys").chmod(0o755)
                 (Path(tmp) / "keys" / "jwks.json").chmod(0o644)
@@ -1377,6 +1379,7 @@ def verify(args: argparse.Namespace) -> None:
                 mounts = (
                     f"type=bind,src={config},dst={ENVOY_CONFIG},options=rbind:ro",
                     f"type=bind,src={Path(tmp) / 'keys' / 'jwks.json'},dst={K8S_JWKS_DIR}/jwks.json,options=rbind:ro",
+                    f"type=bind,src={Path(tmp) / 'keys' / 'live-jwks.json'},dst={K8S_LIVE_JWKS_FILE},options=rbind:ro",
                 )
                 smoke(ENVOY, "envoy", "--mode", "validate", "-c", ENVOY_CONFIG, mounts=mounts)
                 log("verify: envoy validates the chart's envoy.yaml (page, descriptor set and JWKS found)")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack import k8s_netpol, procs
-from devstack.auth import LocalIssuer
+from devstack.auth import LINK_KEY_ID, LocalIssuer
 from devstack.cql_node import CqlNode
 from devstack.k8s_pki import Pair, Pki, b64, kubeconfig
 from devstack.paths import ROOT, cache_dir
@@ -162,6 +162,7 @@ class Cluster:
         self.pg = PgNode(self.state / "postgres", self.logs / "postgres.log", port=PG_PORT, host=NODE_IP)
         # The dev stack's signing key: `scripts/dev token` signs what the cluster's Envoy accepts.
         self.issuer = LocalIssuer(ROOT / ".dev" / "keys")
+        self.link_keys = LocalIssuer(ROOT / ".dev" / "keys", prefix="live-", key_id=LINK_KEY_ID)
 
     # ---- processes ----------------------------------------------------------------------------
     def _pid_file(self, name: str) -> Path:
@@ -760,6 +761,7 @@ state = "{self.containerd_state}"
     def chart_values(self, refs: dict[str, str]) -> list[str | Path]:
         """helm's value options for this cluster: the local file, then what only this machine knows."""
         self.issuer.ensure_keys()
+        self.link_keys.ensure_keys()
         return [
             "-f",
             VALUES_LOCAL,
@@ -769,6 +771,10 @@ state = "{self.containerd_state}"
             f"images.envoy={refs['envoy']}",
             "--set-file",
             f"jwks.content={self.issuer.jwks_file}",
+            "--set-file",
+            f"liveLinks.jwks={self.link_keys.jwks_file}",
+            "--set-file",
+            f"liveLinks.signingKey={self.link_keys.private_key_file}",
         ]
 
     def install_chart(self, refs: dict[str, str], *extra: str) -> None:

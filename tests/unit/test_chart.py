@@ -30,7 +30,14 @@ from cryptography.x509.oid import NameOID
 
 from devstack import tools
 from devstack.auth import ISSUER, LocalIssuer
-from devstack.envoy_config import K8S_JWKS_FILE, K8S_PLACEHOLDERS, K8S_READY_PATH, REPLICA_PORT, ImagePaths
+from devstack.envoy_config import (
+    K8S_JWKS_FILE,
+    K8S_LIVE_JWKS_FILE,
+    K8S_PLACEHOLDERS,
+    K8S_READY_PATH,
+    REPLICA_PORT,
+    ImagePaths,
+)
 from devstack.gen_envoy import K8S_ENVOY_REMOTE_JWKS_YAML, K8S_ENVOY_YAML, outputs
 from devstack.paths import DESCRIPTOR_SET, OPENAPI, ROOT, cache_dir
 
@@ -121,10 +128,14 @@ def cluster(config: dict[str, Any], name: str) -> dict[str, Any]:
     return found
 
 
-def jwt_provider(config: dict[str, Any]) -> dict[str, Any]:
+def jwt_filter(config: dict[str, Any]) -> dict[str, Any]:
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     (jwt,) = [f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.jwt_authn"]
-    return dict(jwt["typed_config"]["providers"]["runtrack"])
+    return dict(jwt["typed_config"])
+
+
+def jwt_provider(config: dict[str, Any]) -> dict[str, Any]:
+    return dict(jwt_filter(config)["providers"]["runtrack"])
 
 
 # ---- the Envoy configuration the chart carries ------------------------------------------------------
@@ -165,7 +176,7 @@ def test_defaults_render_every_object_under_its_fixed_name(render):
     assert names(objects, "HorizontalPodAutoscaler") == set(REPLICAS)
     assert names(objects, "PodDisruptionBudget") == set(COMPONENTS)
     assert names(objects, "NetworkPolicy") == set(REPLICAS)
-    assert names(objects, "ConfigMap") == {"envoy", "envoy-jwks"}
+    assert names(objects, "ConfigMap") == {"envoy", "envoy-jwks", "envoy-live-jwks"}
     assert names(objects, "Secret") == {"runtrack-postgres"}
     for o in objects:
         labels = o["metadata"]["labels"]
@@ -519,7 +530,7 @@ def test_a_jwks_url_has_envoy_fetch_the_keys_from_the_identity_provider(render):
     address = idp["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
     assert address["socket_address"] == {"address": "id.example.com", "port_value": 8443}
     assert idp["transport_socket"]["typed_config"]["sni"] == "id.example.com"
-    assert names(objects, "ConfigMap") == {"envoy"}
+    assert names(objects, "ConfigMap") == {"envoy", "envoy-live-jwks"}
     pod = one(objects, "Deployment", "envoy")["spec"]["template"]["spec"]
     assert "jwks" not in {v["name"] for v in pod["volumes"]}
     default_port = yaml.safe_load(envoy_config(render({"jwks": {"url": "https://id.example.com/certs"}})))
@@ -590,8 +601,13 @@ def test_envoy_validates_the_config_the_chart_renders(render, tmp_path, remote_j
     shutil.copy(DESCRIPTOR_SET, generated / DESCRIPTOR_SET.name)
     shutil.copy(OPENAPI, generated / OPENAPI.name)
     shutil.copy(issuer.jwks_file, jwks / Path(K8S_JWKS_FILE).name)
+    live = LocalIssuer(tmp_path / "keys", prefix="live-")
+    live.ensure_keys()
+    (tmp_path / "live-jwks").mkdir()
+    shutil.copy(live.jwks_file, tmp_path / "live-jwks" / Path(K8S_LIVE_JWKS_FILE).name)
     text = text.replace(paths.web_dist, str(web)).replace(paths.generated, str(generated))
     text = text.replace(str(Path(K8S_JWKS_FILE).parent), str(jwks))
+    text = text.replace(str(Path(K8S_LIVE_JWKS_FILE).parent), str(tmp_path / "live-jwks"))
     config = tmp_path / "envoy.yaml"
     config.write_text(text)
     out = subprocess.run(
@@ -601,3 +617,25 @@ def test_envoy_validates_the_config_the_chart_renders(render, tmp_path, remote_j
         timeout=60,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_live_links_are_signed_by_the_tracking_pods_and_verified_by_envoy(render, tmp_path):
+    key, jwks = tmp_path / "live-signing-key.pem", tmp_path / "live-jwks.json"
+    key.write_text("-----BEGIN PRIVATE KEY-----\nnot a real key\n-----END PRIVATE KEY-----\n")
+    jwks.write_text('{"keys": [{"kty": "EC", "kid": "live-1"}]}')
+    values = {"liveLinks": {"publicOrigin": "https://run.example.com"}}
+    objects = render(values, **{"liveLinks.signingKey": key, "liveLinks.jwks": jwks})
+    secret = one(objects, "Secret", "live-link-key")
+    assert secret["stringData"]["signing-key.pem"] == key.read_text()
+    tracking = one(objects, "Deployment", "tracking")["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in container(one(objects, "Deployment", "tracking"))["env"]}
+    assert env["LIVE_LINK_KEY_FILE"] == "/etc/runtrack/live-link/signing-key.pem"
+    assert env["PUBLIC_ORIGIN"] == "https://run.example.com"
+    assert {v["name"]: v for v in tracking["volumes"]}["live-link-key"]["secret"]["secretName"] == "live-link-key"
+    summary = one(objects, "Deployment", "summary")["spec"]["template"]["spec"]
+    assert "live-link-key" not in {v["name"] for v in summary["volumes"]}, "only the tracking pods sign"
+    mounted = one(objects, "ConfigMap", "envoy-live-jwks")["data"]["live-jwks.json"]
+    assert json.loads(mounted) == json.loads(jwks.read_text())
+    config = yaml.safe_load(envoy_config(objects))
+    assert jwt_filter(config)["providers"]["runlink"]["local_jwks"] == {"filename": K8S_LIVE_JWKS_FILE}
+    assert "live-link-key" not in names(render(), "Secret"), "no key given: no Secret, links refused"
