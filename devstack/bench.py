@@ -10,6 +10,8 @@ scripts/bench day         a day of runners compressed into --minutes (default 10
                           JSON and a chart under .dev/bench/
 scripts/bench auth        the cost of the token check: GetRun and 1-point streams through Envoy with
                           jwt_authn, against a second Envoy without it (same replicas), interleaved
+scripts/bench watch       live runs followed by spectators (WatchRun through Envoy): latency from a
+                          point to every watcher, CPU per point with and without watchers
 
 Every call through Envoy carries a token for its runner, signed by the stack's key.
 """
@@ -586,6 +588,19 @@ def main(argv: list[str] | None = None) -> int:
         "--seconds", type=float, default=30.0, help="seconds each phone streams (at least the ramp plus 20)"
     )
     ph.add_argument("--ramp-rate", type=float, default=250.0, help="phones starting per second (default 250)")
+    w = sub.add_parser("watch", help="live runs followed by spectators with WatchRun, against none")
+    w.add_argument("--runs", type=int, default=1000, help="live runs, one phone each at 1 Hz (default 1000)")
+    w.add_argument("--watchers", type=int, default=0, help="spectators, spread over the runs (default 10 per run)")
+    w.add_argument("--seconds", type=float, default=60.0, help="the steady window with watchers (default 60)")
+    w.add_argument(
+        "--baseline-seconds", type=float, default=20.0, help="the window before, phones alone (default 20; 0: none)"
+    )
+    w.add_argument("--ramp-rate", type=float, default=250.0, help="phones starting per second (default 250)")
+    w.add_argument("--watch-rate", type=float, default=1000.0, help="watchers starting per second (default 1000)")
+    w.add_argument("--replicas", type=int, default=2, help="tracking replicas (default 2)")
+    w.add_argument(
+        "--no-stop-runs", dest="stop_runs", action="store_false", help="end without StopRun (watchers cancelled)"
+    )
     a = sub.add_parser("auth")
     a.add_argument("--calls", type=int, default=2000, help="GetRun calls per round (streams: a quarter)")
     a.add_argument("--rounds", type=int, default=3)
@@ -620,6 +635,20 @@ def main(argv: list[str] | None = None) -> int:
         first = args.start or args.step
         steps = list(range(first, args.max + 1, args.step)) or [args.max]
         bench_phones.run(stack, steps, args.seconds, ROOT / ".dev" / "bench", args.ramp_rate)
+    elif args.what == "watch":
+        from devstack import bench_watch
+
+        config = bench_watch.WatchConfig(
+            runs=args.runs,
+            watchers=args.watchers or 10 * args.runs,
+            seconds=args.seconds,
+            baseline_s=args.baseline_seconds,
+            ramp_rate=args.ramp_rate,
+            watch_rate=args.watch_rate,
+            replicas=args.replicas,
+            stop_runs=args.stop_runs,
+        )
+        bench_watch.run(stack, config, ROOT / ".dev" / "bench")
     elif args.what == "auth":
         asyncio.run(bench_auth(stack, args.calls, args.rounds))
     elif args.cql_nodes == 3:

@@ -13,6 +13,9 @@
 // message is sent at once. A failed stream is counted with its status and never retried. The result is
 // one JSON document (--out) and the run ids of every phone (--run-ids); a progress line goes to stderr
 // every 5 s.
+//
+// `phonegen watch` (watch.go) adds spectators: the same phones, then live links and WatchRun streams
+// following their runs (scripts/bench watch).
 package main
 
 import (
@@ -56,7 +59,7 @@ import (
 
 // version names the build in the cache (~/.cache/runtrack/bin/phonegen-<version>): change it with
 // any change to this module.
-const version = "1.0.0"
+const version = "1.1.0"
 
 const (
 	method             = "/runtrack.v1.TrackingService/RecordTrack"
@@ -125,6 +128,9 @@ func findDescriptors() string {
 }
 
 func run(args []string) int {
+	if len(args) > 0 && args[0] == "watch" {
+		return runWatch(args[1:])
+	}
 	fs := flag.NewFlagSet("phonegen", flag.ContinueOnError)
 	var c config
 	fs.StringVar(&c.address, "address", "127.0.0.1:8080", "Envoy's gRPC address (h2c, plaintext)")
@@ -273,13 +279,22 @@ func (r fallbackResolver) FindDescriptorByName(name protoreflect.FullName) (prot
 }
 
 func loadTypes(path string) (*messageTypes, error) {
+	resolver, err := loadFiles(path)
+	if err != nil {
+		return nil, err
+	}
+	return phoneTypes(resolver, path)
+}
+
+// loadFiles reads the descriptor set at path into a resolver that also knows the well-known types.
+func loadFiles(path string) (fallbackResolver, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("--descriptors: %w (run from the repository root or pass --descriptors)", err)
+		return fallbackResolver{}, fmt.Errorf("--descriptors: %w (run from the repository root or pass --descriptors)", err)
 	}
 	var set descriptorpb.FileDescriptorSet
 	if err := proto.Unmarshal(data, &set); err != nil {
-		return nil, fmt.Errorf("%s is not a FileDescriptorSet: %w", path, err)
+		return fallbackResolver{}, fmt.Errorf("%s is not a FileDescriptorSet: %w", path, err)
 	}
 	files := new(protoregistry.Files)
 	resolver := fallbackResolver{files}
@@ -301,17 +316,22 @@ func loadTypes(path string) (*messageTypes, error) {
 				continue
 			}
 			if err := files.RegisterFile(fd); err != nil {
-				return nil, fmt.Errorf("%s: %w", fdp.GetName(), err)
+				return fallbackResolver{}, fmt.Errorf("%s: %w", fdp.GetName(), err)
 			}
 		}
 		if len(later) == len(pending) {
 			if lenient {
-				return nil, fmt.Errorf("%s: %w", path, lastErr)
+				return fallbackResolver{}, fmt.Errorf("%s: %w", path, lastErr)
 			}
 			lenient = true
 		}
 		pending = later
 	}
+	return resolver, nil
+}
+
+// phoneTypes are the descriptors a phone needs, from the set at path (named in errors).
+func phoneTypes(resolver fallbackResolver, path string) (*messageTypes, error) {
 	t := &messageTypes{}
 	var missing error
 	msg := func(name protoreflect.FullName) protoreflect.MessageDescriptor {
@@ -500,6 +520,17 @@ type phone struct {
 	dLat     float64 // degrees per message
 	dLon     float64
 	speed    float64 // metres per second
+
+	// Watch mode: the stream ends when ended is closed instead of at start + seconds, and the
+	// phone keeps when it sent each point (the point's time). Nil and false in phones mode.
+	ended      <-chan struct{}
+	keepFixes  bool
+	fixes      []int64 // unix µs of point seq k at index k-1 (the value of its time field)
+	lastSeq    int     // the last seq sent, once stream has returned
+	answered   bool    // the stream ended with the server's answer (every point stored or rejected)
+	stored     uint64  // points_stored of that answer
+	startedAt  time.Time
+	finishedAt time.Time
 }
 
 func newRunID(rng *rand.Rand) string {
@@ -526,25 +557,32 @@ func newRunID(rng *rand.Rand) string {
 var recordTrackDesc = &grpc.StreamDesc{StreamName: "RecordTrack", ClientStreams: true}
 
 // stream runs one phone: one RecordTrack stream, one message per interval on the schedule
-// start + (k-1)*interval for message k, closed at start + seconds. It returns nothing: what happened
-// goes into s.
+// start + (k-1)*interval for message k, closed at start + seconds (or, in watch mode, once ended is
+// closed). It returns nothing: what happened goes into s (and, in watch mode, into p).
 func (p *phone) stream(ctx context.Context, t *messageTypes, c config, s *stats) {
 	timer := time.NewTimer(time.Until(p.start))
 	defer timer.Stop()
-	wait := func(at time.Time) bool {
+	const (
+		due = iota
+		stopped
+		ended
+	)
+	wait := func(at time.Time) int {
 		d := time.Until(at)
 		if d <= 0 {
-			return true
+			return due
 		}
 		timer.Reset(d)
 		select {
 		case <-timer.C:
-			return true
+			return due
 		case <-ctx.Done():
-			return false
+			return stopped
+		case <-p.ended: // nil in phones mode: never
+			return ended
 		}
 	}
-	if !wait(p.start) {
+	if wait(p.start) != due {
 		return // stopped before this phone started: not counted
 	}
 	sctx, cancel := context.WithCancel(metadata.NewOutgoingContext(ctx, p.md))
@@ -554,6 +592,7 @@ func (p *phone) stream(ctx context.Context, t *messageTypes, c config, s *stats)
 		s.fail(p.runID, 0, err)
 		return
 	}
+	p.startedAt = time.Now()
 	s.open.Add(1)
 	defer s.open.Add(-1)
 
@@ -570,13 +609,21 @@ func (p *phone) stream(ctx context.Context, t *messageTypes, c config, s *stats)
 	pt.Set(t.ptSpeed, protoreflect.ValueOfFloat32(float32(p.speed)))
 
 	end := p.start.Add(time.Duration(c.seconds * float64(time.Second)))
+	if p.ended != nil {
+		end = p.start.Add(100 * 365 * 24 * time.Hour) // until ended is closed
+	}
 	sent := 0 // the seq of the last message sent
+	defer func() { p.lastSeq = sent }()
+	endedEarly := false
 	for k := 1; ; k++ {
 		at := p.start.Add(time.Duration(k-1) * c.interval)
 		if !at.Before(end) {
 			break
 		}
-		if !wait(at) {
+		if w := wait(at); w == ended {
+			endedEarly = true
+			break
+		} else if w == stopped {
 			s.fail(p.runID, sent, status.FromContextError(ctx.Err()).Err())
 			return
 		}
@@ -589,6 +636,9 @@ func (p *phone) stream(ctx context.Context, t *messageTypes, c config, s *stats)
 		ts.Set(t.tsNanos, protoreflect.ValueOfInt32(int32(now.Nanosecond())))
 		if k == 2 {
 			req.Clear(t.reqRunID) // only the first message needs it
+		}
+		if p.keepFixes {
+			p.fixes = append(p.fixes, now.UnixMicro())
 		}
 		if err := st.SendMsg(req); err != nil {
 			if errors.Is(err, io.EOF) { // the server ended the stream: its status comes with RecvMsg
@@ -605,9 +655,11 @@ func (p *phone) stream(ctx context.Context, t *messageTypes, c config, s *stats)
 		s.sent.Add(1)
 		s.recordLag(uint64(max(lag, 0) / time.Microsecond))
 	}
-	if !wait(end) {
-		s.fail(p.runID, sent, status.FromContextError(ctx.Err()).Err())
-		return
+	if !endedEarly {
+		if w := wait(end); w == stopped {
+			s.fail(p.runID, sent, status.FromContextError(ctx.Err()).Err())
+			return
+		}
 	}
 	if err := st.CloseSend(); err != nil {
 		s.fail(p.runID, sent, err)
@@ -618,8 +670,10 @@ func (p *phone) stream(ctx context.Context, t *messageTypes, c config, s *stats)
 		s.fail(p.runID, sent, err)
 		return
 	}
+	p.answered, p.finishedAt = true, time.Now()
 	s.ok.Add(1)
-	s.acked.Add(int64(resp.Get(t.respStored).Uint()))
+	p.stored = resp.Get(t.respStored).Uint()
+	s.acked.Add(int64(p.stored))
 	if n := resp.Get(t.respRejected).Uint(); n > 0 {
 		s.rejected.Add(int64(n))
 		list := resp.Get(t.respRejections).List()
