@@ -1,8 +1,8 @@
 """Following a run live in a real browser (Debian's Chromium, driven by Playwright) through Envoy:
 the spectator's page `#live=<token>` and the owner's live links on the run's page.
 
-A phone is played by a task that keeps one RecordTrack stream open through Envoy and writes a point
-every 0.4 s, each stamped with the time it is sent, moving or standing still as the test says. The
+A phone is played by the reference client (runtrack_client.RunRecorder) streaming through Envoy, fed
+a point every 0.4 s by a task, each stamped with the time it is recorded, moving or standing still as the test says. The
 stack the fixtures start must call a runner stalled after 3 s (LIVE_STALL_S=3 on the tracking
 replicas; 180 s in production). A screenshot of each view is written under .dev/logs/test/web/.
 """
@@ -23,6 +23,7 @@ from playwright.async_api import Page, async_playwright, expect
 
 from devstack import tools
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
+from runtrack_client import RunRecorder
 from tests.e2e.test_web_page import page_url, screenshot, ts
 from tests.helpers import point
 from tests.integration.faults import report
@@ -44,32 +45,40 @@ def now_stamp(t: float) -> Timestamp:
 
 
 class Phone:
-    """A phone recording run `run_id`: one RecordTrack stream, a point every `every_s` from a task."""
+    """A phone recording run `run_id` with the reference client (runtrack_client.RunRecorder, which
+    resumes a broken stream from the cursor): a point every `every_s` from a task, each stamped with
+    the time it is recorded, moving or standing still as the test says."""
 
     def __init__(self, channel, run_id: str, every_s: float = 0.4) -> None:
-        self.call = tracking_pb2_grpc.TrackingServiceStub(channel).RecordTrack()
+        self.recorder = RunRecorder(channel, run_id, "", points_per_message=1)
         self.run_id = run_id
         self.every_s = every_s
         self.seq = 0
         self.lat, self.lon = 48.8566, 2.3522
         self.moving = True
         self.step = STEP
-        self.sent: dict[int, float] = {}  # seq -> time.time() as it was written
+        self.sent: dict[int, float] = {}  # seq -> time.time() as it was recorded
         self.track: list[tuple[float, float]] = []
+        self._recorded: asyncio.Queue[tracking_pb2.TrackPoint | None] = asyncio.Queue()
         self._halt = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._upload = asyncio.create_task(self.recorder.upload(self._live()))
+
+    async def _live(self):
+        """The points as the phone records them: one message each."""
+        while (fix := await self._recorded.get()) is not None:
+            yield fix
 
     async def send(self) -> None:
+        if self._upload.done():
+            await self._upload  # a failure the client could not recover from: raised here
         self.seq += 1
         if self.moving:
             self.lat += self.step
             self.lon += self.step
         t = time.time()
         fix = point(self.seq, time=now_stamp(t), latitude=self.lat, longitude=self.lon)
-        # The run id goes in the first message only, as a phone sends it.
-        await self.call.write(
-            tracking_pb2.RecordTrackRequest(run_id=self.run_id if self.seq == 1 else "", points=[fix])
-        )
+        await self._recorded.put(fix)
         self.sent[self.seq] = t
         self.track.append((self.lat, self.lon))
 
@@ -84,7 +93,7 @@ class Phone:
         self._task = asyncio.create_task(self._walk())
 
     async def pause(self) -> None:
-        """Stops writing (the stream stays open); a failed write is raised here."""
+        """Stops recording (the upload goes on); a failed write is raised here."""
         self._halt.set()
         if self._task is not None:
             task, self._task = self._task, None
@@ -92,16 +101,18 @@ class Phone:
 
     async def finish(self) -> tracking_pb2.RecordTrackResponse:
         await self.pause()
-        await self.call.done_writing()
-        return await self.call
+        await self._recorded.put(None)
+        return await self._upload
 
     async def close(self) -> None:
         self._halt.set()
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await self._task
-        if not self.call.done():
-            self.call.cancel()
+        if not self._upload.done():
+            self._upload.cancel()
+            with contextlib.suppress(BaseException):
+                await self._upload
 
 
 class Durable:
