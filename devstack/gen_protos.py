@@ -94,6 +94,7 @@ def openapi(out: Path, includes: list[str]) -> None:
             raise SystemExit("protoc failed (OpenAPI)")
         document = yaml.safe_load((Path(tmp) / "openapi.yaml").read_text())
     document["paths"] = _plain_path_parameters(document["paths"])
+    _mark_streams(document["paths"])
     document["info"]["description"] = (
         "The JSON API of RunTrack, through Envoy. Every operation needs `authorization: Bearer <JWT>`; "
         "errors are a google.rpc.Status with its details."
@@ -126,6 +127,28 @@ def _plain_path_parameters(paths: dict[str, Any]) -> dict[str, Any]:
                     parameter["schema"]["format"] = "uuid"  # chosen by the phone at START RUN
         merged.setdefault(path, {}).update(item)
     return merged
+
+
+def _mark_streams(paths: dict[str, Any]) -> None:
+    """A server-streaming method's 200 is not one message but one per line (Envoy's transcoder with
+    `stream_newline_delimited`), sent as each happens: said in the response's description."""
+    from runtrack.v1 import tracking_pb2
+
+    streaming = {
+        f"{service.name}_{method.name}"
+        for service in tracking_pb2.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+        if method.server_streaming
+    }
+    for item in paths.values():
+        for operation in item.values():
+            if operation.get("operationId") in streaming:
+                ok = operation["responses"]["200"]
+                ok["description"] = (
+                    "A stream: newline-delimited JSON, one message of this schema per line, each sent as it "
+                    "happens; it ends after a STOPPED or DELETED state. A status after the first line comes only "
+                    "as trailers (grpc-status), which a browser cannot read: reconnect with afterSeq to learn it."
+                )
 
 
 def _lower_camel(name: str) -> str:
