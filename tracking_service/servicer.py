@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import logging
 import random
 import uuid
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.api import httpbody_pb2
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Gauge
@@ -37,11 +39,12 @@ from runtrack_common.status import maps_errors
 from tracking_service import tracks
 from tracking_service.convert import point_from_proto, point_to_proto
 from tracking_service.domain import StreamIdentity
+from tracking_service.files import FORMATS, to_gpx, to_tcx
 from tracking_service.hub import LiveHub, link_refused
 from tracking_service.ingest import IngestStream
 from tracking_service.links import LinkSigner, new_link_id, new_webhook_secret
 from tracking_service.live import DELETED, ENDED, STOPPED, LinkRecord, LiveRow, link_expiry
-from tracking_service.privacy import Zone
+from tracking_service.privacy import Zone, distance_m
 from tracking_service.store import TrackStore
 from tracking_service.tracks import RunVisibility
 from tracking_service.webhooks import check_url
@@ -480,6 +483,31 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         return tracking_pb2.LiveLinkGrant(link_id=viewer.link_id, run_id=str(run_id))
 
     @maps_errors
+    async def ExportTrack(
+        self,
+        request: tracking_pb2.ExportTrackRequest,
+        context: Context[tracking_pb2.ExportTrackRequest, httpbody_pb2.HttpBody],
+    ) -> httpbody_pb2.HttpBody:
+        caller = status.caller_of(context)
+        run_id = parse_run_id(request.run_id)
+        fmt = request.format.lower() or _format_from_path(context)
+        if fmt not in FORMATS:
+            raise InvalidArgument("format", f"must be one of {', '.join(sorted(FORMATS))}, got {request.format!r}")
+        points = await tracks.whole_track(self.store, self.visibility, caller, run_id)
+        name = f"Run {run_id}"
+        if fmt == "gpx":
+            data = to_gpx(str(run_id), name, points)
+        else:
+            distances = [0.0]
+            for a, b in itertools.pairwise(points):
+                distances.append(distances[-1] + distance_m(a.latitude, a.longitude, b.latitude, b.longitude))
+            data = to_tcx(str(run_id), name, points, distances[: len(points)])
+        filename = f"runtrack-{run_id}.{fmt}"
+        await context.send_initial_metadata((("content-disposition", f'attachment; filename="{filename}"'),))
+        log.info("track exported run_id=%s format=%s points=%d bytes=%d", run_id, fmt, len(points), len(data))
+        return httpbody_pb2.HttpBody(content_type=FORMATS[fmt], data=data)
+
+    @maps_errors
     async def MarkRunStopped(
         self,
         request: tracking_pb2.MarkRunStoppedRequest,
@@ -499,6 +527,15 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
 
 
 MAX_LINKS_PER_RUN = 20
+
+
+def _format_from_path(context: Context[Any, Any]) -> str:
+    """The file type a JSON call's path asked for (.gpx or .tcx): Envoy's transcoder passes it on."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-envoy-original-path" and isinstance(value, str):
+            path = value.split("?", 1)[0]
+            return path.rsplit(".", 1)[-1] if path.endswith((".gpx", ".tcx")) else "gpx"
+    return "gpx"
 
 
 def link_to_proto(run_id: str, row: LiveRow, link: LinkRecord) -> tracking_pb2.LiveLink:

@@ -19,6 +19,7 @@ TRACK_TOKEN = "track"
 # Points read per round trip while looking for the first point outside the owner's zones.
 SCAN_PAGE = 500
 NO_SEQ_ABOVE = 2**32
+MAX_PAGE = 10_000
 
 
 class RunVisibility(Protocol):
@@ -105,6 +106,20 @@ async def track_page(
         points = points[:size]
         token = page_tokens.encode(TRACK_TOKEN, str(run_id), [points[-1].seq])
     return TrackPage(points, token)
+
+
+async def whole_track(
+    store: TrackStore, visibility: RunVisibility, caller: Caller, run_id: uuid.UUID, max_points: int = 200_000
+) -> list[Point]:
+    """Every point the caller may see, oldest first (GetTrack's pages, all of them)."""
+    points: list[Point] = []
+    token = ""
+    while True:
+        page = await track_page(store, visibility, caller, run_id, MAX_PAGE, token)
+        points += page.points
+        token = page.next_page_token
+        if not token or len(points) >= max_points:
+            return points
 
 
 async def privacy_zones(store: TrackStore, caller: Caller, user_id: str) -> tuple[str, list[Zone]]:

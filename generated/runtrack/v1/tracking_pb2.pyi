@@ -856,3 +856,29 @@ class Track(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Track: _TypeAlias = Track  # noqa: Y015
+
+@_typing.final
+class ExportTrackRequest(_message.Message):
+    """Asks for a run's trail as a file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run."""
+    format: _builtins.str
+    """"gpx" or "tcx"; empty: from the path (.gpx or .tcx), else gpx."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        format: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportTrackRequest: _TypeAlias = ExportTrackRequest  # noqa: Y015

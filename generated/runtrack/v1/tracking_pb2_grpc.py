@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from runtrack.v1 import tracking_pb2 as runtrack_dot_v1_dot_tracking__pb2
 
@@ -90,6 +91,11 @@ class TrackingServiceStub:
                 '/runtrack.v1.TrackingService/CheckLiveLink',
                 request_serializer=runtrack_dot_v1_dot_tracking__pb2.CheckLiveLinkRequest.SerializeToString,
                 response_deserializer=runtrack_dot_v1_dot_tracking__pb2.LiveLinkGrant.FromString,
+                _registered_method=True)
+        self.ExportTrack = channel.unary_unary(
+                '/runtrack.v1.TrackingService/ExportTrack',
+                request_serializer=runtrack_dot_v1_dot_tracking__pb2.ExportTrackRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
         self.MarkRunStopped = channel.unary_unary(
                 '/runtrack.v1.TrackingService/MarkRunStopped',
@@ -184,6 +190,14 @@ class TrackingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportTrack(self, request, context):
+        """The trail as a file: GPX 1.1 (`.gpx`) or TCX (`.tcx`), with heart rate and cadence where
+        recorded; every point for the owner, a shared run's trail as GetTrack shows it to anyone else.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def MarkRunStopped(self, request, context):
         """Marks a run stopped for its watchers (STOPPED). Called by SummaryService.StopRun on behalf of
         the owner; safe to retry.
@@ -249,6 +263,11 @@ def add_TrackingServiceServicer_to_server(servicer, server):
                     servicer.CheckLiveLink,
                     request_deserializer=runtrack_dot_v1_dot_tracking__pb2.CheckLiveLinkRequest.FromString,
                     response_serializer=runtrack_dot_v1_dot_tracking__pb2.LiveLinkGrant.SerializeToString,
+            ),
+            'ExportTrack': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportTrack,
+                    request_deserializer=runtrack_dot_v1_dot_tracking__pb2.ExportTrackRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
             'MarkRunStopped': grpc.unary_unary_rpc_method_handler(
                     servicer.MarkRunStopped,
@@ -554,6 +573,33 @@ class TrackingService:
             '/runtrack.v1.TrackingService/CheckLiveLink',
             runtrack_dot_v1_dot_tracking__pb2.CheckLiveLinkRequest.SerializeToString,
             runtrack_dot_v1_dot_tracking__pb2.LiveLinkGrant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportTrack(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtrack.v1.TrackingService/ExportTrack',
+            runtrack_dot_v1_dot_tracking__pb2.ExportTrackRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,6 +4,7 @@ isort:skip_file
 Live GPS ingest: the phone streams each point as it is recorded."""
 
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
 from runtrack.v1 import tracking_pb2 as _tracking_pb2
@@ -64,6 +65,10 @@ class TrackingServiceStub:
     """Whether the caller's live link grants its run (for SummaryService.GetRun, which forwards the
     link's token): OK, or UNAUTHENTICATED (revoked, expired) or PERMISSION_DENIED (another run).
     """
+    ExportTrack: _grpc.UnaryUnaryMultiCallable[_tracking_pb2.ExportTrackRequest, _httpbody_pb2.HttpBody]
+    """The trail as a file: GPX 1.1 (`.gpx`) or TCX (`.tcx`), with heart rate and cadence where
+    recorded; every point for the owner, a shared run's trail as GetTrack shows it to anyone else.
+    """
     MarkRunStopped: _grpc.UnaryUnaryMultiCallable[_tracking_pb2.MarkRunStoppedRequest, _empty_pb2.Empty]
     """Marks a run stopped for its watchers (STOPPED). Called by SummaryService.StopRun on behalf of
     the owner; safe to retry.
@@ -103,6 +108,10 @@ class TrackingServiceAsyncStub(TrackingServiceStub):
     CheckLiveLink: _aio.UnaryUnaryMultiCallable[_tracking_pb2.CheckLiveLinkRequest, _tracking_pb2.LiveLinkGrant]  # type: ignore[assignment]
     """Whether the caller's live link grants its run (for SummaryService.GetRun, which forwards the
     link's token): OK, or UNAUTHENTICATED (revoked, expired) or PERMISSION_DENIED (another run).
+    """
+    ExportTrack: _aio.UnaryUnaryMultiCallable[_tracking_pb2.ExportTrackRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """The trail as a file: GPX 1.1 (`.gpx`) or TCX (`.tcx`), with heart rate and cadence where
+    recorded; every point for the owner, a shared run's trail as GetTrack shows it to anyone else.
     """
     MarkRunStopped: _aio.UnaryUnaryMultiCallable[_tracking_pb2.MarkRunStoppedRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Marks a run stopped for its watchers (STOPPED). Called by SummaryService.StopRun on behalf of
@@ -206,6 +215,16 @@ class TrackingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_tracking_pb2.LiveLinkGrant, _abc.Awaitable[_tracking_pb2.LiveLinkGrant]]:
         """Whether the caller's live link grants its run (for SummaryService.GetRun, which forwards the
         link's token): OK, or UNAUTHENTICATED (revoked, expired) or PERMISSION_DENIED (another run).
+        """
+
+    @_abc_1.abstractmethod
+    def ExportTrack(
+        self,
+        request: _tracking_pb2.ExportTrackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """The trail as a file: GPX 1.1 (`.gpx`) or TCX (`.tcx`), with heart rate and cadence where
+        recorded; every point for the owner, a shared run's trail as GetTrack shows it to anyone else.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,124 @@
+"""A run's trail as a file through Envoy: GPX read back by gpxpy and TCX by lxml give the points
+stored, with heart rate and cadence; someone else gets a shared run's trail as GetTrack shows it, and
+nothing of a private one; a bad format is named."""
+
+import asyncio
+import datetime as dt
+import http.client
+import uuid
+
+import gpxpy
+import grpc
+import pytest
+from lxml import etree
+
+from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
+from tests.helpers import http_json, point, token_channel
+from tests.integration.test_dashboard import overview
+from tracking_service.files import ACTX_NS, GPXTPX, TCX_NS
+
+START = dt.datetime(2026, 5, 2, 7, 0, tzinfo=dt.UTC)
+
+
+def fetch(base: str, path: str, token: str) -> tuple[int, dict[str, str], bytes]:
+    host, port = base.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("GET", path, headers={"authorization": f"Bearer {token}"})
+    response = conn.getresponse()
+    out = response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    conn.close()
+    return out
+
+
+async def record(channel, run_id: str, n: int) -> list[tracking_pb2.TrackPoint]:
+    start_ms = int(START.timestamp() * 1000)
+    points = [point(seq, start_ms=start_ms) for seq in range(1, n + 1)]
+    await tracking_pb2_grpc.TrackingServiceStub(channel).RecordTrack(
+        iter([tracking_pb2.RecordTrackRequest(run_id=run_id, points=points)])
+    )
+    return points
+
+
+async def test_gpx_and_tcx_read_back_to_the_points_stored(stack, channel, token, run_id):
+    sent = await record(channel, run_id, 120)
+    status, headers, body = await asyncio.to_thread(fetch, stack.envoy_address, f"/v1/runs/{run_id}/track.gpx", token)
+    assert status == 200, body[:300]
+    assert headers["content-type"] == "application/gpx+xml"
+    assert headers["content-disposition"] == f'attachment; filename="runtrack-{run_id}.gpx"'
+    gpx = gpxpy.parse(body.decode())
+    assert gpx.version == "1.1"
+    fixes = [p for t in gpx.tracks for s in t.segments for p in s.points]
+    assert len(fixes) == len(sent)
+    for fix, p in zip(fixes, sent, strict=True):
+        assert (fix.latitude, fix.longitude) == (p.latitude, p.longitude)
+        assert fix.elevation == pytest.approx(p.altitude_m)
+        assert fix.time == p.time.ToDatetime(dt.UTC)
+        (ext,) = fix.extensions
+        assert ext.find(f"{{{GPXTPX}}}hr").text == str(p.heart_rate_bpm)
+        assert ext.find(f"{{{GPXTPX}}}cad").text == str(round(p.cadence_spm / 2))
+
+    status, headers, body = await asyncio.to_thread(fetch, stack.envoy_address, f"/v1/runs/{run_id}/track.tcx", token)
+    assert status == 200 and headers["content-type"] == "application/vnd.garmin.tcx+xml"
+    assert headers["content-disposition"].endswith('.tcx"')
+    root = etree.fromstring(body, etree.XMLParser(resolve_entities=False, no_network=True))
+    ns = {"t": TCX_NS, "x": ACTX_NS}
+    points = root.findall(".//t:Trackpoint", ns)
+    assert len(points) == len(sent)
+    distances = [float(tp.findtext("t:DistanceMeters", namespaces=ns)) for tp in points]
+    assert distances == sorted(distances) and distances[0] == 0
+    for tp, p in zip(points, sent, strict=True):
+        assert float(tp.findtext("t:Position/t:LatitudeDegrees", namespaces=ns)) == p.latitude
+        assert tp.findtext("t:HeartRateBpm/t:Value", namespaces=ns) == str(p.heart_rate_bpm)
+        assert tp.findtext("t:Extensions/x:TPX/x:RunCadence", namespaces=ns) == str(round(p.cadence_spm / 2))
+    lap_distance = float(root.findtext(".//t:Lap/t:DistanceMeters", namespaces=ns))
+    assert lap_distance == pytest.approx(distances[-1], abs=0.01)
+    assert gpx.length_2d() == pytest.approx(lap_distance, rel=0.005), "gpxpy's own distance within 0.5 %"
+
+    # Over gRPC too (an HttpBody), and the format named in the request.
+    body_grpc = await tracking_pb2_grpc.TrackingServiceStub(channel).ExportTrack(
+        tracking_pb2.ExportTrackRequest(run_id=run_id, format="tcx")
+    )
+    assert body_grpc.content_type == "application/vnd.garmin.tcx+xml"
+    assert len(etree.fromstring(body_grpc.data).findall(".//t:Trackpoint", ns)) == len(sent)
+
+
+async def test_someone_else_gets_a_shared_trail_as_gettrack_shows_it_and_nothing_of_a_private_one(
+    stack, channel, run_id
+):
+    sent = await record(channel, run_id, 200)  # ~1.3 m apart: the first ~75 inside the 100 m zone
+    zone = tracking_pb2.PrivacyZone(latitude=sent[0].latitude, longitude=sent[0].longitude, radius_m=100)
+    await tracking_pb2_grpc.TrackingServiceStub(channel).SetPrivacyZones(
+        tracking_pb2.SetPrivacyZonesRequest(user_id="me", zones=[zone])
+    )
+    other = stack.issuer.token(f"other-{uuid.uuid4().hex[:8]}")
+    status, _, body = await asyncio.to_thread(fetch, stack.envoy_address, f"/v1/runs/{run_id}/track.gpx", other)
+    assert status == 404, body[:200]
+    await summary_pb2_grpc.SummaryServiceStub(channel).StopRun(
+        summary_pb2.StopRunRequest(run_id=run_id, overview=overview(START, 1))
+    )
+    await summary_pb2_grpc.SummaryServiceStub(channel).UpdateRun(
+        summary_pb2.UpdateRunRequest(
+            run=summary_pb2.Run(run_id=run_id, visibility=summary_pb2.PUBLIC), update_mask={"paths": ["visibility"]}
+        )
+    )
+    status, _, body = await asyncio.to_thread(fetch, stack.envoy_address, f"/v1/runs/{run_id}/track.gpx", other)
+    assert status == 200
+    exported = [
+        (p.latitude, p.longitude) for t in gpxpy.parse(body.decode()).tracks for s in t.segments for p in s.points
+    ]
+    async with token_channel(stack.envoy_address, other) as ch:
+        page = await tracking_pb2_grpc.TrackingServiceStub(ch).GetTrack(tracking_pb2.GetTrackRequest(run_id=run_id))
+    assert exported == [(p.latitude, p.longitude) for p in page.points]
+    assert 0 < len(exported) < len(sent), "the start near the owner's door is left out"
+
+
+async def test_a_format_other_than_gpx_or_tcx_is_named(stack, channel, token, run_id):
+    await record(channel, run_id, 3)
+    status, body = http_json(stack.envoy_address, "GET", f"/v1/runs/{run_id}/track.gpx?format=kml", token=token)
+    assert status == 400
+    assert body["details"][1]["fieldViolations"][0]["field"] == "format", body
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await tracking_pb2_grpc.TrackingServiceStub(channel).ExportTrack(
+            tracking_pb2.ExportTrackRequest(run_id=run_id, format="fit")
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
