@@ -3,6 +3,7 @@
 from runtrack.v1 import summary_pb2, summary_pb2_grpc
 from runtrack_common import serving
 from runtrack_common.config import Settings
+from summary_service.analyser import Analyser
 from summary_service.pg_store import PgRunStore
 from summary_service.servicer import SummaryServicer, TrackingApi
 
@@ -11,11 +12,14 @@ SERVICE_NAME = summary_pb2.DESCRIPTOR.services_by_name["SummaryService"].full_na
 
 def build(settings: Settings) -> serving.Parts:
     store = PgRunStore(settings)
+    tracking = TrackingApi(settings.api_address, settings.api_timeout_s)
+    analyser = Analyser(store, tracking)
     return serving.Parts(
         backend=store,
         register=lambda server: summary_pb2_grpc.add_SummaryServiceServicer_to_server(
-            SummaryServicer(store, TrackingApi(settings.api_address, settings.api_timeout_s)), server
+            SummaryServicer(store, tracking, analyser), server
         ),
+        on_drain=analyser.close,
     )
 
 

@@ -9,6 +9,7 @@ import math
 import uuid
 import zoneinfo
 from dataclasses import dataclass
+from typing import Any
 
 from runtrack_common.errors import InvalidArgument, Violations
 
@@ -59,6 +60,8 @@ class Run:
     overview: Overview
     stopped_at_us: int
     visibility: Visibility = Visibility.PRIVATE
+    # What the server computed from the trail (summary_service.analysis.Analysis as JSON), once complete.
+    analysis: dict[str, Any] | None = None
 
     @property
     def track_url(self) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 from prometheus_client import Gauge
 from psycopg.rows import DictRow, dict_row, tuple_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from runtrack_common import queries
@@ -72,6 +73,7 @@ def _row_to_run(row: dict[str, Any]) -> Run:
         ),
         stopped_at_us=datetime_to_us(row["stopped_at"]),
         visibility=Visibility(row["visibility"]),
+        analysis=row.get("analysis"),
     )
 
 
@@ -191,6 +193,11 @@ class PgRunStore:
             cur = await conn.execute(self.q["get_run"], {"run_id": run_id})
             row = await cur.fetchone()
         return None if row is None else _row_to_run(row)
+
+    async def set_analysis(self, run_id: uuid.UUID, analysis: dict[str, Any]) -> bool:
+        async with self._conn() as conn:
+            cur = await conn.execute(self.q["set_analysis"], {"run_id": run_id, "analysis": Jsonb(analysis)})
+            return await cur.fetchone() is not None
 
     async def list_runs(
         self, user_id: str, after: tuple[int, uuid.UUID] | None, limit: int, *, public_only: bool = False

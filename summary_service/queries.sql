@@ -84,3 +84,6 @@ SELECT user_id FROM deleted_runs WHERE run_id = %(run_id)s;
 
 -- name: ping
 SELECT 1;
+
+-- name: set_analysis
+UPDATE runs SET analysis = %(analysis)s::jsonb WHERE run_id = %(run_id)s RETURNING run_id;

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -18,6 +19,8 @@ from runtrack_common.identity import Caller, LinkHolder
 from runtrack_common.ids import parse_run_id
 from runtrack_common.status import maps_errors
 from summary_service import runs
+from summary_service.analyser import Analyser
+from summary_service.analysis import Sample
 from summary_service.domain import Overview, Run, check_user_id
 from summary_service.runs import TrailDeleter
 from summary_service.store import RunStore
@@ -71,7 +74,7 @@ def run_to_proto(run: Run) -> summary_pb2.Run:
     )
     if o.avg_heart_rate_bpm is not None:
         overview.avg_heart_rate_bpm = o.avg_heart_rate_bpm
-    return summary_pb2.Run(
+    out = summary_pb2.Run(
         run_id=str(run.run_id),
         user_id=run.user_id,
         overview=overview,
@@ -81,6 +84,52 @@ def run_to_proto(run: Run) -> summary_pb2.Run:
         track_url=run.track_url,
         visibility=summary_pb2.Visibility.ValueType(int(run.visibility)),
     )
+    if run.analysis is not None:
+        out.analysis.CopyFrom(analysis_to_proto(run.analysis))
+    return out
+
+
+def _seconds(s: float) -> Duration:
+    return _us_to_duration(round(s * 1_000_000))
+
+
+def _split(d: dict[str, Any]) -> summary_pb2.Split:
+    split = summary_pb2.Split(
+        index=d["index"],
+        distance_m=d["distance_m"],
+        elapsed_time=_seconds(d["elapsed_s"]),
+        pace_s_per_km=d["pace_s_per_km"],
+        elevation_gain_m=d["elevation_gain_m"],
+    )
+    if d.get("avg_heart_rate_bpm") is not None:
+        split.avg_heart_rate_bpm = d["avg_heart_rate_bpm"]
+    return split
+
+
+def analysis_to_proto(a: dict[str, Any]) -> summary_pb2.RunAnalysis:
+    out = summary_pb2.RunAnalysis(
+        distance_m=a["distance_m"],
+        splits_km=[_split(x) for x in a["splits_km"]],
+        splits_mile=[_split(x) for x in a["splits_mile"]],
+        best_efforts=[
+            summary_pb2.BestEffort(
+                name=e["name"],
+                distance_m=e["distance_m"],
+                elapsed_time=_seconds(e["elapsed_s"]),
+                start_m=e["start_m"],
+                start_seq=e["start_seq"],
+                end_seq=e["end_seq"],
+            )
+            for e in a["best_efforts"]
+        ],
+        heart_rate_zones=[_seconds(z) for z in a.get("heart_rate_zones_s") or []],
+        point_count=a.get("point_count", 0),
+    )
+    if a.get("elevation_gain_m") is not None:
+        out.elevation_gain_m = a["elevation_gain_m"]
+    if a.get("elevation_loss_m") is not None:
+        out.elevation_loss_m = a["elevation_loss_m"]
+    return out
 
 
 Context = grpc.aio.ServicerContext
@@ -88,9 +137,10 @@ log = logging.getLogger(__name__)
 
 
 class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
-    def __init__(self, store: RunStore, trails: TrailDeleter) -> None:
+    def __init__(self, store: RunStore, trails: TrailDeleter, analyser: Analyser | None = None) -> None:
         self.store = store
         self.trails = trails
+        self.analyser = analyser
 
     @maps_errors
     async def StopRun(
@@ -112,6 +162,8 @@ class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
             await self.trails.mark_stopped(run_id, run.stopped_at_us, caller)
         except RunTrackError as err:
             log.warning("live stop not marked run_id=%s reason=%s: %s", run_id, err.reason, err.message)
+        if self.analyser is not None:
+            self.analyser.schedule(run, caller)  # after this answer: StopRun does not wait for it
         return run_to_proto(run)
 
     @maps_errors
@@ -192,6 +244,32 @@ class TrackingApi(PublicApi):
         stub = tracking_pb2_grpc.TrackingServiceStub(self.channel)
         request = tracking_pb2.MarkRunStoppedRequest(run_id=str(run_id), stop_time=_us_to_ts(stop_us))
         await self.call(stub.MarkRunStopped, request, caller)
+
+    async def trail(self, run_id: uuid.UUID, caller: Caller) -> list[Sample]:
+        """TrailReader: every page of GetTrack, as the owner."""
+        stub = tracking_pb2_grpc.TrackingServiceStub(self.channel)
+        out: list[Sample] = []
+        token = ""
+        while True:
+            page = await self.call(
+                stub.GetTrack,
+                tracking_pb2.GetTrackRequest(run_id=str(run_id), page_size=10_000, page_token=token),
+                caller,
+            )
+            out += [
+                Sample(
+                    seq=p.seq,
+                    t_s=p.time.seconds + p.time.nanos / 1e9,
+                    latitude=p.latitude,
+                    longitude=p.longitude,
+                    altitude_m=p.altitude_m if p.HasField("altitude_m") else None,
+                    heart_rate_bpm=p.heart_rate_bpm if p.HasField("heart_rate_bpm") else None,
+                )
+                for p in page.points
+            ]
+            token = page.next_page_token
+            if not token:
+                return out
 
     async def check_link(self, run_id: uuid.UUID, holder: LinkHolder) -> None:
         stub = tracking_pb2_grpc.TrackingServiceStub(self.channel)

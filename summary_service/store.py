@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Protocol
+from typing import Any, Protocol
 
 from summary_service.domain import Overview, Run, UserTotals, Visibility
 
@@ -19,6 +19,9 @@ class RunStore(Protocol):
         or (None, False) when the run was deleted."""
 
     async def get_run(self, run_id: uuid.UUID) -> Run | None: ...
+
+    async def set_analysis(self, run_id: uuid.UUID, analysis: dict[str, Any]) -> bool:
+        """Stores what the server computed from the trail; False when the run is gone."""
 
     async def list_runs(
         self, user_id: str, after: tuple[int, uuid.UUID] | None, limit: int, *, public_only: bool = False

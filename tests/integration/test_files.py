@@ -8,8 +8,10 @@ import http.client
 import uuid
 
 import gpxpy
+import gpxpy.gpx
 import grpc
 import pytest
+from geographiclib.geodesic import Geodesic
 from lxml import etree
 
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
@@ -122,3 +124,42 @@ async def test_a_format_other_than_gpx_or_tcx_is_named(stack, channel, token, ru
             tracking_pb2.ExportTrackRequest(run_id=run_id, format="fit")
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_after_stop_run_the_run_carries_its_analysis_matching_an_independent_computation(
+    stack, channel, token, run_id
+):
+    # 2.3 km: 1.2 km at 4 m/s, 400 m at 5 m/s, 700 m at 3.5 m/s, a fix a second, heading north-east.
+    speeds = [4.0] * 300 + [5.0] * 80 + [3.5] * 200
+    lat, lon, t0 = 47.0, 8.0, int(START.timestamp())
+    points = [point(1, start_ms=t0 * 1000, latitude=lat, longitude=lon)]
+    for k, v in enumerate(speeds, start=2):
+        step = Geodesic.WGS84.Direct(lat, lon, 45.0, v)
+        lat, lon = step["lat2"], step["lon2"]
+        points.append(point(k, start_ms=t0 * 1000, latitude=lat, longitude=lon))
+    await tracking_pb2_grpc.TrackingServiceStub(channel).RecordTrack(
+        iter([tracking_pb2.RecordTrackRequest(run_id=run_id, points=points)])
+    )
+    summary = summary_pb2_grpc.SummaryServiceStub(channel)
+    stop = overview(START, 10)
+    stop.point_count = len(points)
+    await summary.StopRun(summary_pb2.StopRunRequest(run_id=run_id, overview=stop))
+    for _ in range(100):  # computed after StopRun answered
+        run = await summary.GetRun(summary_pb2.GetRunRequest(run_id=run_id))
+        if run.HasField("analysis"):
+            break
+        await asyncio.sleep(0.1)
+    a = run.analysis
+    assert a.point_count == len(points)
+    reference = gpxpy.gpx.GPXTrackSegment([gpxpy.gpx.GPXTrackPoint(p.latitude, p.longitude) for p in points])
+    assert a.distance_m == pytest.approx(reference.length_2d(), rel=0.005), "gpxpy's distance within 0.5 %"
+    assert a.distance_m == pytest.approx(sum(speeds), abs=0.5)
+    assert [s.index for s in a.splits_km] == [1, 2, 3]
+    assert a.splits_km[0].elapsed_time.ToTimedelta().total_seconds() == pytest.approx(250)
+    assert sum(s.distance_m for s in a.splits_km) == pytest.approx(a.distance_m)
+    efforts = {e.name: e.elapsed_time.ToTimedelta().total_seconds() for e in a.best_efforts}
+    assert set(efforts) == {"400m", "1k", "1mile"}
+    assert efforts["400m"] == pytest.approx(80)  # the 400 m at 5 m/s
+    assert len(a.heart_rate_zones) == 5 and a.HasField("elevation_gain_m")
+    status, body = http_json(stack.envoy_address, "GET", f"/v1/runs/{run_id}", token=token)
+    assert status == 200 and body["analysis"]["bestEfforts"][0]["name"] == "400m"

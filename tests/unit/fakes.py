@@ -122,6 +122,12 @@ class FakeRunStore:
             mine = [r for r in mine if (r.overview.start_us, r.run_id) < after]
         return mine[:limit]
 
+    async def set_analysis(self, run_id: uuid.UUID, analysis: dict) -> bool:
+        if run_id not in self.runs:
+            return False
+        self.runs[run_id] = dataclasses.replace(self.runs[run_id], analysis=analysis)
+        return True
+
     async def set_visibility(self, run_id: uuid.UUID, visibility: Visibility) -> Run | None:
         if run_id not in self.runs:
             return None

@@ -150,6 +150,7 @@ class Run(_message.Message):
     STOPPED_AT_FIELD_NUMBER: _builtins.int
     TRACK_URL_FIELD_NUMBER: _builtins.int
     VISIBILITY_FIELD_NUMBER: _builtins.int
+    ANALYSIS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run_id the phone chose at START RUN."""
     user_id: _builtins.str
@@ -172,6 +173,12 @@ class Run(_message.Message):
     def stopped_at(self) -> _timestamp_pb2.Timestamp:
         """Server time when first stored."""
 
+    @_builtins.property
+    def analysis(self) -> Global___RunAnalysis:
+        """Computed by the server from the trail once it is complete (StopRun arrived and every point
+        up to the overview's point_count is stored); absent until then.
+        """
+
     def __init__(
         self,
         *,
@@ -183,14 +190,170 @@ class Run(_message.Message):
         stopped_at: _timestamp_pb2.Timestamp | None = ...,
         track_url: _builtins.str = ...,
         visibility: Global___Visibility.ValueType = ...,
+        analysis: Global___RunAnalysis | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["elapsed_time", b"elapsed_time", "overview", b"overview", "stopped_at", b"stopped_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "elapsed_time", b"elapsed_time", "overview", b"overview", "stopped_at", b"stopped_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_pace_s_per_km", b"avg_pace_s_per_km", "elapsed_time", b"elapsed_time", "overview", b"overview", "run_id", b"run_id", "stopped_at", b"stopped_at", "track_url", b"track_url", "user_id", b"user_id", "visibility", b"visibility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "avg_pace_s_per_km", b"avg_pace_s_per_km", "elapsed_time", b"elapsed_time", "overview", b"overview", "run_id", b"run_id", "stopped_at", b"stopped_at", "track_url", b"track_url", "user_id", b"user_id", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Run: _TypeAlias = Run  # noqa: Y015
+
+@_typing.final
+class Split(_message.Message):
+    """One split: a kilometre or a mile (the last one shorter)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    DISTANCE_M_FIELD_NUMBER: _builtins.int
+    ELAPSED_TIME_FIELD_NUMBER: _builtins.int
+    PACE_S_PER_KM_FIELD_NUMBER: _builtins.int
+    ELEVATION_GAIN_M_FIELD_NUMBER: _builtins.int
+    AVG_HEART_RATE_BPM_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """1, 2, 3..."""
+    distance_m: _builtins.float
+    """The unit, or less for the last split."""
+    pace_s_per_km: _builtins.float
+    """Seconds per kilometre."""
+    elevation_gain_m: _builtins.float
+    """Smoothed climb within the split."""
+    avg_heart_rate_bpm: _builtins.float
+    """Where heart rate was recorded."""
+    @_builtins.property
+    def elapsed_time(self) -> _duration_pb2.Duration:
+        """From crossing its start to crossing its end (interpolated between fixes)."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        distance_m: _builtins.float = ...,
+        elapsed_time: _duration_pb2.Duration | None = ...,
+        pace_s_per_km: _builtins.float = ...,
+        elevation_gain_m: _builtins.float = ...,
+        avg_heart_rate_bpm: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_avg_heart_rate_bpm", b"_avg_heart_rate_bpm", "avg_heart_rate_bpm", b"avg_heart_rate_bpm", "elapsed_time", b"elapsed_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_avg_heart_rate_bpm", b"_avg_heart_rate_bpm", "avg_heart_rate_bpm", b"avg_heart_rate_bpm", "distance_m", b"distance_m", "elapsed_time", b"elapsed_time", "elevation_gain_m", b"elevation_gain_m", "index", b"index", "pace_s_per_km", b"pace_s_per_km"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__avg_heart_rate_bpm: _TypeAlias = _typing.Literal["avg_heart_rate_bpm"]  # noqa: Y015
+    _WhichOneofArgType__avg_heart_rate_bpm: _TypeAlias = _typing.Literal["_avg_heart_rate_bpm", b"_avg_heart_rate_bpm"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__avg_heart_rate_bpm) -> _WhichOneofReturnType__avg_heart_rate_bpm | None: ...
+
+Global___Split: _TypeAlias = Split  # noqa: Y015
+
+@_typing.final
+class BestEffort(_message.Message):
+    """The fastest stretch of a standard distance within the run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISTANCE_M_FIELD_NUMBER: _builtins.int
+    ELAPSED_TIME_FIELD_NUMBER: _builtins.int
+    START_M_FIELD_NUMBER: _builtins.int
+    START_SEQ_FIELD_NUMBER: _builtins.int
+    END_SEQ_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"400m", "1k", "1mile", "5k", "10k", "half_marathon", "marathon"."""
+    distance_m: _builtins.float
+    """Its distance."""
+    start_m: _builtins.float
+    """Where it started, metres from the start of the run."""
+    start_seq: _builtins.int
+    """The fixes at (or just before) its start and at its end."""
+    end_seq: _builtins.int
+    """The fix at its end."""
+    @_builtins.property
+    def elapsed_time(self) -> _duration_pb2.Duration:
+        """How long the fastest stretch took."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        distance_m: _builtins.float = ...,
+        elapsed_time: _duration_pb2.Duration | None = ...,
+        start_m: _builtins.float = ...,
+        start_seq: _builtins.int = ...,
+        end_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["elapsed_time", b"elapsed_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["distance_m", b"distance_m", "elapsed_time", b"elapsed_time", "end_seq", b"end_seq", "name", b"name", "start_m", b"start_m", "start_seq", b"start_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BestEffort: _TypeAlias = BestEffort  # noqa: Y015
+
+@_typing.final
+class RunAnalysis(_message.Message):
+    """What the server computed from the trail."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISTANCE_M_FIELD_NUMBER: _builtins.int
+    SPLITS_KM_FIELD_NUMBER: _builtins.int
+    SPLITS_MILE_FIELD_NUMBER: _builtins.int
+    BEST_EFFORTS_FIELD_NUMBER: _builtins.int
+    ELEVATION_GAIN_M_FIELD_NUMBER: _builtins.int
+    ELEVATION_LOSS_M_FIELD_NUMBER: _builtins.int
+    HEART_RATE_ZONES_FIELD_NUMBER: _builtins.int
+    POINT_COUNT_FIELD_NUMBER: _builtins.int
+    distance_m: _builtins.float
+    """Along the trail (WGS84 geodesics)."""
+    elevation_gain_m: _builtins.float
+    """From smoothed altitudes, where recorded."""
+    elevation_loss_m: _builtins.float
+    """From smoothed altitudes, where recorded."""
+    point_count: _builtins.int
+    """The points it was computed from."""
+    @_builtins.property
+    def splits_km(self) -> _containers.RepeatedCompositeFieldContainer[Global___Split]:
+        """Per kilometre."""
+
+    @_builtins.property
+    def splits_mile(self) -> _containers.RepeatedCompositeFieldContainer[Global___Split]:
+        """Per mile."""
+
+    @_builtins.property
+    def best_efforts(self) -> _containers.RepeatedCompositeFieldContainer[Global___BestEffort]:
+        """For each standard distance the run covers."""
+
+    @_builtins.property
+    def heart_rate_zones(self) -> _containers.RepeatedCompositeFieldContainer[_duration_pb2.Duration]:
+        """Time in heart-rate zones 1..5 (50-60 % ... 90-100 % of 190 bpm), where recorded."""
+
+    def __init__(
+        self,
+        *,
+        distance_m: _builtins.float = ...,
+        splits_km: _abc.Iterable[Global___Split] | None = ...,
+        splits_mile: _abc.Iterable[Global___Split] | None = ...,
+        best_efforts: _abc.Iterable[Global___BestEffort] | None = ...,
+        elevation_gain_m: _builtins.float | None = ...,
+        elevation_loss_m: _builtins.float | None = ...,
+        heart_rate_zones: _abc.Iterable[_duration_pb2.Duration] | None = ...,
+        point_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_elevation_gain_m", b"_elevation_gain_m", "_elevation_loss_m", b"_elevation_loss_m", "elevation_gain_m", b"elevation_gain_m", "elevation_loss_m", b"elevation_loss_m"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_elevation_gain_m", b"_elevation_gain_m", "_elevation_loss_m", b"_elevation_loss_m", "best_efforts", b"best_efforts", "distance_m", b"distance_m", "elevation_gain_m", b"elevation_gain_m", "elevation_loss_m", b"elevation_loss_m", "heart_rate_zones", b"heart_rate_zones", "point_count", b"point_count", "splits_km", b"splits_km", "splits_mile", b"splits_mile"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__elevation_gain_m: _TypeAlias = _typing.Literal["elevation_gain_m"]  # noqa: Y015
+    _WhichOneofArgType__elevation_gain_m: _TypeAlias = _typing.Literal["_elevation_gain_m", b"_elevation_gain_m"]  # noqa: Y015
+    _WhichOneofReturnType__elevation_loss_m: _TypeAlias = _typing.Literal["elevation_loss_m"]  # noqa: Y015
+    _WhichOneofArgType__elevation_loss_m: _TypeAlias = _typing.Literal["_elevation_loss_m", b"_elevation_loss_m"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__elevation_gain_m) -> _WhichOneofReturnType__elevation_gain_m | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__elevation_loss_m) -> _WhichOneofReturnType__elevation_loss_m | None: ...
+
+Global___RunAnalysis: _TypeAlias = RunAnalysis  # noqa: Y015
 
 @_typing.final
 class UpdateRunRequest(_message.Message):
