@@ -153,3 +153,14 @@ def us_to_datetime(us: int) -> dt.datetime:
 
 def datetime_to_us(value: dt.datetime) -> int:
     return (value - EPOCH) // dt.timedelta(microseconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Improvement:
+    """A best effort that beat every earlier one of its distance (a personal record when it was set)."""
+
+    name: str
+    distance_m: float
+    elapsed_s: float
+    run_id: uuid.UUID
+    start_us: int

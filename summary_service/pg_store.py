@@ -19,6 +19,7 @@ from runtrack_common import queries
 from runtrack_common.config import Settings
 from runtrack_common.errors import Internal, InvalidArgument, RunTrackError, Unavailable
 from summary_service.domain import (
+    Improvement,
     Overview,
     Run,
     UserTotals,
@@ -198,6 +199,15 @@ class PgRunStore:
         async with self._conn() as conn:
             cur = await conn.execute(self.q["set_analysis"], {"run_id": run_id, "analysis": Jsonb(analysis)})
             return await cur.fetchone() is not None
+
+    async def record_improvements(self, user_id: str) -> list[Improvement]:
+        async with self._conn() as conn:
+            cur = await conn.execute(self.q["record_improvements"], {"user_id": user_id})
+            rows = await cur.fetchall()
+        return [
+            Improvement(r["name"], r["distance_m"], r["elapsed_s"], r["run_id"], datetime_to_us(r["start_time"]))
+            for r in rows
+        ]
 
     async def list_runs(
         self, user_id: str, after: tuple[int, uuid.UUID] | None, limit: int, *, public_only: bool = False

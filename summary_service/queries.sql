@@ -87,3 +87,21 @@ SELECT 1;
 
 -- name: set_analysis
 UPDATE runs SET analysis = %(analysis)s::jsonb WHERE run_id = %(run_id)s RETURNING run_id;
+
+-- Every time a runner's best effort over a distance improved, oldest first: an effort is an
+-- improvement when it beats every earlier run's (by start time). Computed from the runs that exist,
+-- so a deleted run's efforts are gone and the next best is the record again.
+-- name: record_improvements
+WITH efforts AS (
+    SELECT r.run_id, r.start_time, e->>'name' AS name, (e->>'distance_m')::double precision AS distance_m,
+           (e->>'elapsed_s')::double precision AS elapsed_s
+    FROM runs r CROSS JOIN LATERAL jsonb_array_elements(r.analysis->'best_efforts') e
+    WHERE r.user_id = %(user_id)s AND r.analysis IS NOT NULL
+), ranked AS (
+    SELECT *, min(elapsed_s) OVER (PARTITION BY name ORDER BY start_time, run_id
+                                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS best_before
+    FROM efforts
+)
+SELECT run_id, start_time, name, distance_m, elapsed_s FROM ranked
+WHERE best_before IS NULL OR elapsed_s < best_before
+ORDER BY distance_m, start_time, run_id;

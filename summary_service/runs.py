@@ -14,6 +14,7 @@ from runtrack_common import page_tokens
 from runtrack_common.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied, Violations
 from runtrack_common.identity import Caller, LinkHolder, require_self, resolve_user
 from summary_service.domain import (
+    Improvement,
     Overview,
     Run,
     UserTotals,
@@ -153,6 +154,12 @@ async def update_run(store: RunStore, caller: Caller, run_id: uuid.UUID, raw_vis
         log.info("run updated run_id=%s visibility=%s", run_id, visibility.name)
         return updated
     return run
+
+
+async def records(store: RunStore, caller: Caller, user_id: str) -> tuple[str, list[Improvement]]:
+    """The caller's own records (efforts reveal where a run went fastest: not shown to others)."""
+    user = require_self(user_id, caller)
+    return user, await store.record_improvements(user)
 
 
 async def delete_run(store: RunStore, trails: TrailDeleter, caller: Caller, run_id: uuid.UUID) -> None:

@@ -224,6 +224,26 @@ class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
         return run_to_proto(run)
 
     @maps_errors
+    async def ListRecords(
+        self,
+        request: summary_pb2.ListRecordsRequest,
+        context: Context[summary_pb2.ListRecordsRequest, summary_pb2.ListRecordsResponse],
+    ) -> summary_pb2.ListRecordsResponse:
+        user, improvements = await runs.records(self.store, status.caller_of(context), request.user_id)
+        out = summary_pb2.ListRecordsResponse(user_id=user)
+        by_name: dict[str, summary_pb2.PersonalRecord] = {}
+        for i in improvements:  # shortest distance first, oldest first
+            record = by_name.get(i.name)
+            if record is None:
+                record = by_name[i.name] = out.records.add(name=i.name, distance_m=i.distance_m)
+            step = summary_pb2.RecordImprovement(
+                run_id=str(i.run_id), elapsed_time=_seconds(i.elapsed_s), achieved_time=_us_to_ts(i.start_us)
+            )
+            record.history.append(step)
+            record.best.CopyFrom(step)
+        return out
+
+    @maps_errors
     async def DeleteRun(
         self, request: summary_pb2.DeleteRunRequest, context: Context[summary_pb2.DeleteRunRequest, Empty]
     ) -> Empty:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Protocol
 
-from summary_service.domain import Overview, Run, UserTotals, Visibility
+from summary_service.domain import Improvement, Overview, Run, UserTotals, Visibility
 
 
 class RunStore(Protocol):
@@ -36,3 +36,6 @@ class RunStore(Protocol):
     async def deleted_by(self, run_id: uuid.UUID) -> str | None: ...
 
     async def user_stats(self, user_id: str, time_zone: str, weeks: int) -> UserTotals: ...
+
+    async def record_improvements(self, user_id: str) -> list[Improvement]:
+        """Every improvement of the user's best effort per distance, shortest distance first, then oldest."""

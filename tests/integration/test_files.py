@@ -163,3 +163,62 @@ async def test_after_stop_run_the_run_carries_its_analysis_matching_an_independe
     assert len(a.heart_rate_zones) == 5 and a.HasField("elevation_gain_m")
     status, body = http_json(stack.envoy_address, "GET", f"/v1/runs/{run_id}", token=token)
     assert status == 200 and body["analysis"]["bestEfforts"][0]["name"] == "400m"
+
+
+async def analysed_run(channel, start: dt.datetime, speed: float, n: int = 300) -> str:
+    """A run at one speed, stopped, returned once the server has analysed it."""
+    run_id = str(uuid.uuid4())
+    lat, lon, t0 = 46.0, 7.0, int(start.timestamp())
+    points = [point(1, start_ms=t0 * 1000, latitude=lat, longitude=lon)]
+    for k in range(2, n + 1):
+        step = Geodesic.WGS84.Direct(lat, lon, 90.0, speed)
+        lat, lon = step["lat2"], step["lon2"]
+        points.append(point(k, start_ms=t0 * 1000, latitude=lat, longitude=lon))
+    await tracking_pb2_grpc.TrackingServiceStub(channel).RecordTrack(
+        iter([tracking_pb2.RecordTrackRequest(run_id=run_id, points=points)])
+    )
+    summary = summary_pb2_grpc.SummaryServiceStub(channel)
+    stop = overview(start, 5)
+    stop.point_count = n
+    await summary.StopRun(summary_pb2.StopRunRequest(run_id=run_id, overview=stop))
+    for _ in range(100):
+        if (await summary.GetRun(summary_pb2.GetRunRequest(run_id=run_id))).HasField("analysis"):
+            return run_id
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"run {run_id} was not analysed")
+
+
+async def test_personal_records_keep_each_improvement_and_a_deleted_run_gives_back_the_next_best(
+    stack, channel, token, user_id
+):
+    day = dt.timedelta(days=1)
+    slow = await analysed_run(channel, START, 4.0)  # 1 km in 250 s
+    fast = await analysed_run(channel, START + day, 5.0)  # 200 s: a record
+    middle = await analysed_run(channel, START + 2 * day, 4.5)  # 222 s: no record
+    summary = summary_pb2_grpc.SummaryServiceStub(channel)
+
+    def seconds(d) -> float:
+        return d.ToTimedelta().total_seconds()
+
+    listed = await summary.ListRecords(summary_pb2.ListRecordsRequest(user_id="me"))
+    assert listed.user_id == user_id
+    records = {r.name: r for r in listed.records}
+    assert [r.name for r in listed.records] == ["400m", "1k"], "shortest first, only distances run"
+    km = records["1k"]
+    assert km.best.run_id == fast and seconds(km.best.elapsed_time) == pytest.approx(200)
+    assert [h.run_id for h in km.history] == [slow, fast]
+    assert km.history[0].achieved_time.ToDatetime(dt.UTC) == START
+    status, body = http_json(stack.envoy_address, "GET", "/v1/users/me/records", token=token)
+    assert status == 200 and body["records"][1]["best"]["runId"] == fast
+
+    await summary.DeleteRun(summary_pb2.DeleteRunRequest(run_id=fast))
+    records = {r.name: r for r in (await summary.ListRecords(summary_pb2.ListRecordsRequest(user_id="me"))).records}
+    assert records["1k"].best.run_id == middle and seconds(records["1k"].best.elapsed_time) == pytest.approx(1000 / 4.5)
+    assert [h.run_id for h in records["1k"].history] == [slow, middle]
+
+    async with token_channel(stack.envoy_address, stack.issuer.token("someone-else")) as other:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await summary_pb2_grpc.SummaryServiceStub(other).ListRecords(
+                summary_pb2.ListRecordsRequest(user_id=user_id)
+            )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -47,6 +47,128 @@ PUBLIC: Visibility.ValueType  # 2
 Global___Visibility: _TypeAlias = Visibility  # noqa: Y015
 
 @_typing.final
+class ListRecordsRequest(_message.Message):
+    """Asks for a runner's personal records."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The caller, or "me"."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRecordsRequest: _TypeAlias = ListRecordsRequest  # noqa: Y015
+
+@_typing.final
+class RecordImprovement(_message.Message):
+    """One time a record was set (or improved)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    ELAPSED_TIME_FIELD_NUMBER: _builtins.int
+    ACHIEVED_TIME_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run it was set in."""
+    @_builtins.property
+    def elapsed_time(self) -> _duration_pb2.Duration:
+        """The effort's time."""
+
+    @_builtins.property
+    def achieved_time(self) -> _timestamp_pb2.Timestamp:
+        """The run's start time."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        elapsed_time: _duration_pb2.Duration | None = ...,
+        achieved_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["achieved_time", b"achieved_time", "elapsed_time", b"elapsed_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["achieved_time", b"achieved_time", "elapsed_time", b"elapsed_time", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordImprovement: _TypeAlias = RecordImprovement  # noqa: Y015
+
+@_typing.final
+class PersonalRecord(_message.Message):
+    """The best effort over one standard distance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISTANCE_M_FIELD_NUMBER: _builtins.int
+    BEST_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"400m", "1k", "1mile", "5k", "10k", "half_marathon", "marathon"."""
+    distance_m: _builtins.float
+    """The distance."""
+    @_builtins.property
+    def best(self) -> Global___RecordImprovement:
+        """The record: the latest improvement."""
+
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordImprovement]:
+        """Every improvement, oldest first (the record last)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        distance_m: _builtins.float = ...,
+        best: Global___RecordImprovement | None = ...,
+        history: _abc.Iterable[Global___RecordImprovement] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["best", b"best"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best", b"best", "distance_m", b"distance_m", "history", b"history", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersonalRecord: _TypeAlias = PersonalRecord  # noqa: Y015
+
+@_typing.final
+class ListRecordsResponse(_message.Message):
+    """A runner's personal records, shortest distance first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The runner."""
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___PersonalRecord]:
+        """One per distance any analysed run covered."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        records: _abc.Iterable[Global___PersonalRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRecordsResponse: _TypeAlias = ListRecordsResponse  # noqa: Y015
+
+@_typing.final
 class RunOverview(_message.Message):
     """The overview the phone computed at STOP RUN."""
 

@@ -66,6 +66,11 @@ class SummaryServiceStub:
                 request_serializer=runtrack_dot_v1_dot_summary__pb2.DeleteRunRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.ListRecords = channel.unary_unary(
+                '/runtrack.v1.SummaryService/ListRecords',
+                request_serializer=runtrack_dot_v1_dot_summary__pb2.ListRecordsRequest.SerializeToString,
+                response_deserializer=runtrack_dot_v1_dot_summary__pb2.ListRecordsResponse.FromString,
+                _registered_method=True)
 
 
 class SummaryServiceServicer:
@@ -114,6 +119,15 @@ class SummaryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRecords(self, request, context):
+        """The caller's personal records: the best effort per standard distance over all their analysed
+        runs, with the run it came from and each improvement before it. A deleted run takes its efforts
+        with it: the next best is the record again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SummaryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +160,11 @@ def add_SummaryServiceServicer_to_server(servicer, server):
                     servicer.DeleteRun,
                     request_deserializer=runtrack_dot_v1_dot_summary__pb2.DeleteRunRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ListRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRecords,
+                    request_deserializer=runtrack_dot_v1_dot_summary__pb2.ListRecordsRequest.FromString,
+                    response_serializer=runtrack_dot_v1_dot_summary__pb2.ListRecordsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +330,33 @@ class SummaryService:
             '/runtrack.v1.SummaryService/DeleteRun',
             runtrack_dot_v1_dot_summary__pb2.DeleteRunRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtrack.v1.SummaryService/ListRecords',
+            runtrack_dot_v1_dot_summary__pb2.ListRecordsRequest.SerializeToString,
+            runtrack_dot_v1_dot_summary__pb2.ListRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,11 @@ class SummaryServiceStub:
     """Shares or hides a run: only `visibility` can change. The owner only."""
     DeleteRun: _grpc.UnaryUnaryMultiCallable[_summary_pb2.DeleteRunRequest, _empty_pb2.Empty]
     """Deletes a run for good: its dashboard row and its whole trail. The owner only; safe to retry."""
+    ListRecords: _grpc.UnaryUnaryMultiCallable[_summary_pb2.ListRecordsRequest, _summary_pb2.ListRecordsResponse]
+    """The caller's personal records: the best effort per standard distance over all their analysed
+    runs, with the run it came from and each improvement before it. A deleted run takes its efforts
+    with it: the next best is the record again.
+    """
 
 @_typing.type_check_only
 class SummaryServiceAsyncStub(SummaryServiceStub):
@@ -64,6 +69,11 @@ class SummaryServiceAsyncStub(SummaryServiceStub):
     """Shares or hides a run: only `visibility` can change. The owner only."""
     DeleteRun: _aio.UnaryUnaryMultiCallable[_summary_pb2.DeleteRunRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Deletes a run for good: its dashboard row and its whole trail. The owner only; safe to retry."""
+    ListRecords: _aio.UnaryUnaryMultiCallable[_summary_pb2.ListRecordsRequest, _summary_pb2.ListRecordsResponse]  # type: ignore[assignment]
+    """The caller's personal records: the best effort per standard distance over all their analysed
+    runs, with the run it came from and each improvement before it. A deleted run takes its efforts
+    with it: the next best is the record again.
+    """
 
 class SummaryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Stores the overview of a finished run and serves the dashboard."""
@@ -115,5 +125,16 @@ class SummaryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
         """Deletes a run for good: its dashboard row and its whole trail. The owner only; safe to retry."""
+
+    @_abc_1.abstractmethod
+    def ListRecords(
+        self,
+        request: _summary_pb2.ListRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_summary_pb2.ListRecordsResponse, _abc.Awaitable[_summary_pb2.ListRecordsResponse]]:
+        """The caller's personal records: the best effort per standard distance over all their analysed
+        runs, with the run it came from and each improvement before it. A deleted run takes its efforts
+        with it: the next best is the record again.
+        """
 
 def add_SummaryServiceServicer_to_server(servicer: SummaryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
