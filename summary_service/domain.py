@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import enum
 import math
+import unicodedata
 import uuid
 import zoneinfo
 from dataclasses import dataclass
@@ -62,6 +63,12 @@ class Run:
     visibility: Visibility = Visibility.PRIVATE
     # What the server computed from the trail (summary_service.analysis.Analysis as JSON), once complete.
     analysis: dict[str, Any] | None = None
+    # As the runner named it; empty: the default from the start time in UTC (runs stored before names).
+    stored_name: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.stored_name or default_name(self.overview.start_us, "UTC")
 
     @property
     def track_url(self) -> str:
@@ -164,3 +171,34 @@ class Improvement:
     elapsed_s: float
     run_id: uuid.UUID
     start_us: int
+
+
+MAX_NAME_CHARS = 200
+
+
+def default_name(start_us: int, zone: str) -> str:
+    """What a run is called until its runner names it: the part of the day it started, locally."""
+    hour = us_to_datetime(start_us).astimezone(zoneinfo.ZoneInfo(zone)).hour
+    if 5 <= hour < 11:
+        part = "Morning"
+    elif 11 <= hour < 14:
+        part = "Lunch"
+    elif 14 <= hour < 18:
+        part = "Afternoon"
+    elif 18 <= hour < 22:
+        part = "Evening"
+    else:
+        part = "Night"
+    return f"{part} run"
+
+
+def check_name(raw: str, field: str = "run.name") -> str:
+    """The name, trimmed; InvalidArgument naming the rule it breaks."""
+    name = raw.strip()
+    if not name:
+        raise InvalidArgument(field, "must not be empty")
+    if len(name) > MAX_NAME_CHARS:
+        raise InvalidArgument(field, f"must be at most {MAX_NAME_CHARS} characters, got {len(name)}")
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
+        raise InvalidArgument(field, "must not contain control characters or line breaks")
+    return name

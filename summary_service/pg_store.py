@@ -75,6 +75,7 @@ def _row_to_run(row: dict[str, Any]) -> Run:
         stopped_at_us=datetime_to_us(row["stopped_at"]),
         visibility=Visibility(row["visibility"]),
         analysis=row.get("analysis"),
+        stored_name=row.get("name") or "",
     )
 
 
@@ -162,8 +163,11 @@ class PgRunStore:
             await self.pool.close()
             self.pool = None
 
-    async def insert_run(self, run_id: uuid.UUID, user_id: str, overview: Overview) -> tuple[Run | None, bool]:
+    async def insert_run(
+        self, run_id: uuid.UUID, user_id: str, overview: Overview, name: str = ""
+    ) -> tuple[Run | None, bool]:
         params = {
+            "name": name,
             "run_id": run_id,
             "user_id": user_id,
             "start_time": us_to_datetime(overview.start_us),
@@ -199,6 +203,12 @@ class PgRunStore:
         async with self._conn() as conn:
             cur = await conn.execute(self.q["set_analysis"], {"run_id": run_id, "analysis": Jsonb(analysis)})
             return await cur.fetchone() is not None
+
+    async def set_name(self, run_id: uuid.UUID, name: str) -> Run | None:
+        async with self._conn() as conn:
+            cur = await conn.execute(self.q["set_name"], {"run_id": run_id, "name": name})
+            row = await cur.fetchone()
+        return None if row is None else _row_to_run(row)
 
     async def record_improvements(self, user_id: str) -> list[Improvement]:
         async with self._conn() as conn:

@@ -1,10 +1,10 @@
 -- Stores the run unless it exists or was deleted.
 -- name: insert_run
 INSERT INTO runs (run_id, user_id, start_time, end_time, distance_m, moving_time_us,
-                  elevation_gain_m, point_count, avg_heart_rate_bpm, polyline)
+                  elevation_gain_m, point_count, avg_heart_rate_bpm, polyline, name)
 SELECT %(run_id)s::uuid, %(user_id)s::text, %(start_time)s::timestamptz, %(end_time)s::timestamptz,
        %(distance_m)s::double precision, %(moving_time_us)s::bigint, %(elevation_gain_m)s::double precision,
-       %(point_count)s::bigint, %(avg_heart_rate_bpm)s::double precision, %(polyline)s::text
+       %(point_count)s::bigint, %(avg_heart_rate_bpm)s::double precision, %(polyline)s::text, %(name)s::text
 WHERE NOT EXISTS (SELECT 1 FROM deleted_runs WHERE run_id = %(run_id)s)
 ON CONFLICT (run_id) DO NOTHING
 RETURNING *;
@@ -105,3 +105,6 @@ WITH efforts AS (
 SELECT run_id, start_time, name, distance_m, elapsed_s FROM ranked
 WHERE best_before IS NULL OR elapsed_s < best_before
 ORDER BY distance_m, start_time, run_id;
+
+-- name: set_name
+UPDATE runs SET name = %(name)s WHERE run_id = %(run_id)s RETURNING *;

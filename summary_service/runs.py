@@ -19,6 +19,8 @@ from summary_service.domain import (
     Run,
     UserTotals,
     Visibility,
+    check_name,
+    default_name,
     list_page_size,
     stats_weeks,
     time_zone,
@@ -28,7 +30,7 @@ from summary_service.store import RunStore
 
 log = logging.getLogger(__name__)
 LIST_TOKEN = "runs"
-UPDATABLE = ("visibility",)
+UPDATABLE = ("visibility", "name")
 
 
 class TrailDeleter(Protocol):
@@ -63,11 +65,13 @@ def _not_yours(run: Run) -> PermissionDenied | NotFound:
     return _no_run(run.run_id)
 
 
-async def stop_run(store: RunStore, caller: Caller, run_id: uuid.UUID, user_id: str, overview: Overview) -> Run:
+async def stop_run(
+    store: RunStore, caller: Caller, run_id: uuid.UUID, user_id: str, overview: Overview, zone: str = "UTC"
+) -> Run:
     """Stores the run once; a retry with the same overview returns the same Run."""
     user = require_self(user_id, caller)
     validate_overview(overview)
-    run, inserted = await store.insert_run(run_id, user, overview)
+    run, inserted = await store.insert_run(run_id, user, overview, default_name(overview.start_us, zone))
     if run is None:
         raise _deleted(run_id)
     if inserted:
@@ -130,16 +134,21 @@ async def user_stats(store: RunStore, caller: Caller, user_id: str, zone: str, w
     return user, await store.user_stats(user, time_zone(zone), stats_weeks(weeks))
 
 
-async def update_run(store: RunStore, caller: Caller, run_id: uuid.UUID, raw_visibility: int, mask: list[str]) -> Run:
-    """Changes what the mask names (AIP-134: no mask means every populated updatable field); only
-    `visibility` can change, and only the owner changes it."""
-    paths = mask or (["visibility"] if raw_visibility != Visibility.UNSPECIFIED else [])
+async def update_run(
+    store: RunStore, caller: Caller, run_id: uuid.UUID, raw_visibility: int, mask: list[str], raw_name: str = ""
+) -> Run:
+    """Changes what the mask names (AIP-134: no mask means every populated updatable field):
+    `visibility` and `name`, and only the owner changes them."""
+    paths = mask or (
+        (["visibility"] if raw_visibility != Visibility.UNSPECIFIED else []) + (["name"] if raw_name else [])
+    )
     found = Violations()
     for path in paths:
         if path not in UPDATABLE:
             found.add("update_mask", f"only {', '.join(UPDATABLE)} can be updated, got {path!r}")
     if "visibility" in paths and raw_visibility not in (Visibility.PRIVATE, Visibility.PUBLIC):
         found.add("run.visibility", "must be PRIVATE or PUBLIC")
+    name = found.check(lambda: check_name(raw_name)) if "name" in paths else None
     found.raise_if_any()
     visibility = Visibility(raw_visibility) if "visibility" in paths else Visibility.UNSPECIFIED
     run = await store.get_run(run_id)
@@ -147,6 +156,12 @@ async def update_run(store: RunStore, caller: Caller, run_id: uuid.UUID, raw_vis
         raise _no_run(run_id)
     if run.user_id != caller.user_id:
         raise _not_yours(run)
+    if name is not None and name != run.stored_name:
+        renamed = await store.set_name(run_id, name)
+        if renamed is None:  # deleted meanwhile
+            raise _no_run(run_id)
+        log.info("run updated run_id=%s name_chars=%d", run_id, len(name))
+        run = renamed
     if "visibility" in paths and visibility != run.visibility:
         updated = await store.set_visibility(run_id, visibility)
         if updated is None:  # deleted meanwhile

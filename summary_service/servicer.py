@@ -21,7 +21,7 @@ from runtrack_common.status import maps_errors
 from summary_service import runs
 from summary_service.analyser import Analyser
 from summary_service.analysis import Sample
-from summary_service.domain import Overview, Run, check_user_id
+from summary_service.domain import Overview, Run, check_user_id, time_zone
 from summary_service.runs import TrailDeleter
 from summary_service.store import RunStore
 
@@ -83,6 +83,7 @@ def run_to_proto(run: Run) -> summary_pb2.Run:
         stopped_at=_us_to_ts(run.stopped_at_us),
         track_url=run.track_url,
         visibility=summary_pb2.Visibility.ValueType(int(run.visibility)),
+        name=run.name,
     )
     if run.analysis is not None:
         out.analysis.CopyFrom(analysis_to_proto(run.analysis))
@@ -155,9 +156,10 @@ class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
             overview = found.check(lambda: overview_from_proto(request.overview))
         else:
             found.add("overview", "is required")
+        zone = found.check(lambda: time_zone(request.time_zone))
         found.raise_if_any()
-        assert run_id is not None and user_id is not None and overview is not None
-        run = await runs.stop_run(self.store, caller, run_id, user_id, overview)
+        assert run_id is not None and user_id is not None and overview is not None and zone is not None
+        run = await runs.stop_run(self.store, caller, run_id, user_id, overview, zone)
         try:  # the run's live watchers see STOPPED; the run is stored whatever happens here
             await self.trails.mark_stopped(run_id, run.stopped_at_us, caller)
         except RunTrackError as err:
@@ -220,7 +222,7 @@ class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
         caller = status.caller_of(context)
         run_id = parse_run_id(request.run.run_id, field="run.run_id")
         mask = list(request.update_mask.paths)
-        run = await runs.update_run(self.store, caller, run_id, int(request.run.visibility), mask)
+        run = await runs.update_run(self.store, caller, run_id, int(request.run.visibility), mask, request.run.name)
         return run_to_proto(run)
 
     @maps_errors

@@ -14,7 +14,9 @@ class RunStore(Protocol):
 
     async def close(self) -> None: ...
 
-    async def insert_run(self, run_id: uuid.UUID, user_id: str, overview: Overview) -> tuple[Run | None, bool]:
+    async def insert_run(
+        self, run_id: uuid.UUID, user_id: str, overview: Overview, name: str = ""
+    ) -> tuple[Run | None, bool]:
         """Stores the run unless it exists; returns the stored run and whether this call stored it,
         or (None, False) when the run was deleted."""
 
@@ -27,6 +29,8 @@ class RunStore(Protocol):
         self, user_id: str, after: tuple[int, uuid.UUID] | None, limit: int, *, public_only: bool = False
     ) -> list[Run]:
         """Newest first (start time, then run_id, descending), strictly after `after`."""
+
+    async def set_name(self, run_id: uuid.UUID, name: str) -> Run | None: ...
 
     async def set_visibility(self, run_id: uuid.UUID, visibility: Visibility) -> Run | None: ...
 

@@ -235,3 +235,35 @@ async def test_a_statement_over_the_timeout_is_cut_and_answers_unavailable(stack
         await store.ensure_ready()  # the pool is fine afterwards
     finally:
         await store.close()
+
+
+async def test_a_run_is_named_by_its_local_start_and_the_owner_renames_it(stack, channel, run_id, token):
+    start = dt.datetime(2026, 7, 1, 16, 40, tzinfo=dt.UTC)  # 18:40 in Paris
+    summary = summary_pb2_grpc.SummaryServiceStub(channel)
+    run = await summary.StopRun(
+        summary_pb2.StopRunRequest(run_id=run_id, overview=overview(start), time_zone="Europe/Paris")
+    )
+    assert run.name == "Evening run"
+    path = f"/v1/runs/{run_id}"
+    status, body = http_json(
+        stack.envoy_address, "PATCH", f"{path}?updateMask=name", {"name": "Canal loop"}, token=token
+    )
+    assert status == 200 and body["name"] == "Canal loop" and body["visibility"] == "PRIVATE"
+    listed = await summary.ListRuns(summary_pb2.ListRunsRequest(user_id="me"))
+    assert [r.name for r in listed.runs if r.run_id == run_id] == ["Canal loop"]
+    for bad, rule in (("x" * 201, "at most 200"), ("tab\there", "control"), ("   ", "must not be empty")):
+        status, body = http_json(stack.envoy_address, "PATCH", f"{path}?updateMask=name", {"name": bad}, token=token)
+        assert status == 400, body
+        violation = body["details"][1]["fieldViolations"][0]
+        assert violation["field"] == "run.name" and rule in violation["description"], body
+    status, body = http_json(
+        stack.envoy_address,
+        "POST",
+        f"/v1/runs/{uuid.uuid4()}:stop",
+        {
+            "overview": {"startTime": "2026-03-01T08:00:00Z", "endTime": "2026-03-01T08:30:00Z"},
+            "timeZone": "Mars/Olympus",
+        },
+        token=token,
+    )
+    assert status == 400 and body["details"][1]["fieldViolations"][0]["field"] == "time_zone", body

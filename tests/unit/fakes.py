@@ -94,13 +94,15 @@ class FakeRunStore:
 
     async def close(self) -> None: ...
 
-    async def insert_run(self, run_id: uuid.UUID, user_id: str, overview: Overview) -> tuple[Run | None, bool]:
+    async def insert_run(
+        self, run_id: uuid.UUID, user_id: str, overview: Overview, name: str = ""
+    ) -> tuple[Run | None, bool]:
         if run_id in self.deleted:
             return None, False
         if run_id in self.runs:
             return self.runs[run_id], False
         now_us = int(dt.datetime.now(dt.UTC).timestamp() * 1e6)
-        self.runs[run_id] = Run(run_id, user_id, overview, now_us)
+        self.runs[run_id] = Run(run_id, user_id, overview, now_us, stored_name=name)
         return self.runs[run_id], True
 
     async def get_run(self, run_id: uuid.UUID) -> Run | None:
@@ -127,6 +129,12 @@ class FakeRunStore:
             return False
         self.runs[run_id] = dataclasses.replace(self.runs[run_id], analysis=analysis)
         return True
+
+    async def set_name(self, run_id: uuid.UUID, name: str) -> Run | None:
+        if run_id not in self.runs:
+            return None
+        self.runs[run_id] = dataclasses.replace(self.runs[run_id], stored_name=name)
+        return self.runs[run_id]
 
     async def set_visibility(self, run_id: uuid.UUID, visibility: Visibility) -> Run | None:
         if run_id not in self.runs:

@@ -69,7 +69,8 @@ async def test_a_run_is_private_until_shared_and_others_never_see_its_polyline(w
 @pytest.mark.parametrize(
     "visibility, mask, field, message",
     [
-        (Visibility.PUBLIC, ["overview.distance_m"], "update_mask", "only visibility can be updated"),
+        (Visibility.PUBLIC, ["overview.distance_m"], "update_mask", "only visibility, name can be updated"),
+        (Visibility.PUBLIC, ["name"], "run.name", "must not be empty"),
         (Visibility.UNSPECIFIED, ["visibility"], "run.visibility", "must be PRIVATE or PUBLIC"),
         (7, [], "run.visibility", "must be PRIVATE or PUBLIC"),
     ],
@@ -166,3 +167,19 @@ async def test_a_non_owner_reads_a_shared_trail_trimmed_by_the_owners_zones(worl
         await tracks.cursor(world.tracks, BOB, run_id)
     with pytest.raises(PermissionDenied):
         await tracks.set_privacy_zones(world.tracks, BOB, "ada", [])
+
+
+async def test_a_run_is_named_by_its_local_start_and_renamed_by_its_owner_only(world):
+    run_id = await world.run()
+    run = await runs.get_run(world.runs, ADA, run_id)
+    assert run.name.endswith(" run")
+    renamed = await runs.update_run(world.runs, ADA, run_id, Visibility.UNSPECIFIED, ["name"], "  Lakeside 10k  ")
+    assert renamed.name == "Lakeside 10k" and renamed.visibility == run.visibility
+    assert (await runs.update_run(world.runs, ADA, run_id, Visibility.UNSPECIFIED, [], "Tempo")).name == "Tempo"
+    for bad, rule in (("x" * 201, "at most 200 characters"), ("a\u0007b", "control characters"), ("a\nb", "control")):
+        with pytest.raises(InvalidArgument) as err:
+            await runs.update_run(world.runs, ADA, run_id, Visibility.UNSPECIFIED, ["name"], bad)
+        assert err.value.violations[0].field == "run.name" and rule in err.value.violations[0].rule
+    with pytest.raises(Exception) as err:
+        await runs.update_run(world.runs, BOB, run_id, Visibility.UNSPECIFIED, ["name"], "Mine now")
+    assert type(err.value).__name__ in ("PermissionDenied", "NotFound")

@@ -1,12 +1,14 @@
+import datetime as dt
 import math
 import uuid
+import zoneinfo
 
 import pytest
 
 from runtrack_common.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
 from runtrack_common.identity import Caller
 from summary_service import runs
-from summary_service.domain import Overview, list_page_size, stats_weeks, time_zone, validate_overview
+from summary_service.domain import Overview, default_name, list_page_size, stats_weeks, time_zone, validate_overview
 from tests.unit.fakes import FakeRunStore
 
 HOUR = 3_600_000_000
@@ -128,3 +130,19 @@ async def test_a_list_token_of_another_user_is_invalid_argument():
     _, token = await runs.list_runs(store, Caller("alice"), "", 1, "")
     with pytest.raises(InvalidArgument, match="page_token"):
         await runs.list_runs(store, Caller("bob"), "", 1, token)
+
+
+@pytest.mark.parametrize(
+    ("local", "zone", "name"),
+    [
+        ("2026-06-01T06:30:00", "Europe/Paris", "Morning run"),
+        ("2026-06-01T12:15:00", "Europe/Paris", "Lunch run"),
+        ("2026-06-01T15:00:00", "America/New_York", "Afternoon run"),
+        ("2026-06-01T19:45:00", "Asia/Tokyo", "Evening run"),
+        ("2026-06-01T23:30:00", "UTC", "Night run"),
+        ("2026-06-01T04:59:00", "UTC", "Night run"),
+    ],
+)
+def test_the_default_name_is_the_part_of_the_day_the_run_started_where_the_runner_is(local, zone, name):
+    start = dt.datetime.fromisoformat(local).replace(tzinfo=zoneinfo.ZoneInfo(zone))
+    assert default_name(int(start.timestamp() * 1_000_000), zone) == name

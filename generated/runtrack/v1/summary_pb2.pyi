@@ -235,10 +235,13 @@ class StopRunRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     OVERVIEW_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run_id the phone chose at START RUN."""
     user_id: _builtins.str
     """The runner; empty means the caller."""
+    time_zone: _builtins.str
+    """The phone's IANA time zone (Europe/Paris), for the run's default name; empty: UTC."""
     @_builtins.property
     def overview(self) -> Global___RunOverview:
         """What the phone computed."""
@@ -249,10 +252,11 @@ class StopRunRequest(_message.Message):
         run_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
         overview: Global___RunOverview | None = ...,
+        time_zone: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["overview", b"overview"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["overview", b"overview", "run_id", b"run_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["overview", b"overview", "run_id", b"run_id", "time_zone", b"time_zone", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -273,6 +277,7 @@ class Run(_message.Message):
     TRACK_URL_FIELD_NUMBER: _builtins.int
     VISIBILITY_FIELD_NUMBER: _builtins.int
     ANALYSIS_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run_id the phone chose at START RUN."""
     user_id: _builtins.str
@@ -283,6 +288,10 @@ class Run(_message.Message):
     """"/v1/runs/{run_id}/track": the link to the GPS trail."""
     visibility: Global___Visibility.ValueType
     """Who can see the run; PRIVATE until the owner shares it."""
+    name: _builtins.str
+    """What the runner calls it: by default from its local start time ("Morning run", "Evening run"...);
+    the owner may change it (UpdateRun, "name" in the mask): 1 to 200 characters, no control characters.
+    """
     @_builtins.property
     def overview(self) -> Global___RunOverview:
         """What the phone computed, as it sent it."""
@@ -313,10 +322,11 @@ class Run(_message.Message):
         track_url: _builtins.str = ...,
         visibility: Global___Visibility.ValueType = ...,
         analysis: Global___RunAnalysis | None = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "elapsed_time", b"elapsed_time", "overview", b"overview", "stopped_at", b"stopped_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "avg_pace_s_per_km", b"avg_pace_s_per_km", "elapsed_time", b"elapsed_time", "overview", b"overview", "run_id", b"run_id", "stopped_at", b"stopped_at", "track_url", b"track_url", "user_id", b"user_id", "visibility", b"visibility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "avg_pace_s_per_km", b"avg_pace_s_per_km", "elapsed_time", b"elapsed_time", "name", b"name", "overview", b"overview", "run_id", b"run_id", "stopped_at", b"stopped_at", "track_url", b"track_url", "user_id", b"user_id", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -487,11 +497,11 @@ class UpdateRunRequest(_message.Message):
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def run(self) -> Global___Run:
-        """The run to change: run_id names it, visibility is the new value."""
+        """The run to change: run_id names it, visibility and name are the new values."""
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """The fields to change; only "visibility". Left out: every populated updatable field."""
+        """The fields to change: "visibility", "name". Left out: every populated updatable field."""
 
     def __init__(
         self,
