@@ -124,3 +124,8 @@ def run_readme_demo(envoy_address: str, env: dict[str, str], timeout_s: float = 
         docs.append(doc)
         text = text[end:].strip()
     return docs
+
+
+def without_analysis(run: dict[str, Any]) -> dict[str, Any]:
+    """A run as JSON without the analysis, which the server adds after StopRun has answered."""
+    return {k: v for k, v in run.items() if k != "analysis"}

@@ -1,6 +1,6 @@
 """The README's demo, run verbatim against the test stack (only Envoy's address differs)."""
 
-from tests.helpers import run_readme_demo
+from tests.helpers import run_readme_demo, without_analysis
 
 
 def test_the_readme_demo_streams_a_run_and_reads_it_back_as_json(stack):
@@ -12,14 +12,10 @@ def test_the_readme_demo_streams_a_run_and_reads_it_back_as_json(stack):
     assert recorded["points_stored"] == 3 and recorded["contiguous_seq"] == 3
     assert stopped["trackUrl"] == f"/v1/runs/{recorded['run_id']}/track"
     # The list may already carry the analysis the server computed after StopRun answered.
-    assert _without_analysis(stopped) in [_without_analysis(r) for r in listed["runs"]]
+    assert without_analysis(stopped) in [without_analysis(r) for r in listed["runs"]]
     assert [p["seq"] for p in track["points"]] == [1, 2, 3]
     assert len(stats["weeks"]) == 4 and stats["totalRuns"] >= 1
     assert stopped["userId"] == "ada" and zones["zones"][0]["radiusM"] == 150
     assert shared["visibility"] == "PUBLIC"
     assert [p["seq"] for p in seen_by_bob["points"]] == [2, 3], "bob saw the point at ada's door"
     assert refused["code"] == 16 and refused["message"] == "Jwt is missing"
-
-
-def _without_analysis(run: dict) -> dict:
-    return {k: v for k, v in run.items() if k != "analysis"}
