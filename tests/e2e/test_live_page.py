@@ -19,9 +19,8 @@ import pytest
 from geographiclib.geodesic import Geodesic
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
-from playwright.async_api import Page, async_playwright, expect
+from playwright.async_api import Page, expect
 
-from devstack import tools
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from runtrack_client import RunRecorder
 from tests.e2e.test_web_page import page_url, screenshot, ts
@@ -148,20 +147,9 @@ class Durable:
 
 
 @pytest.fixture
-async def browser():
-    async with async_playwright() as p:
-        launched = await p.chromium.launch(executable_path=str(tools.chromium()), args=["--no-sandbox"])
-        yield launched
-        await launched.close()
-
-
-@pytest.fixture
-async def spectator(browser) -> Page:
+def spectator(page) -> Page:
     """A browser that never signed in: no token anywhere."""
-    context = await browser.new_context(viewport={"width": 1100, "height": 900}, timezone_id="UTC")
-    page = await context.new_page()
-    yield page
-    await context.close()
+    return page
 
 
 @pytest.fixture

@@ -16,9 +16,8 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
-from playwright.async_api import Page, async_playwright, expect
+from playwright.async_api import Page, expect
 
-from devstack import tools
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from tests.helpers import point
 from tests.integration.faults import report
@@ -55,22 +54,6 @@ async def record(channel, run_id: str, points, *, stop_at: dt.datetime | None = 
         await summary_pb2_grpc.SummaryServiceStub(channel).StopRun(
             summary_pb2.StopRunRequest(run_id=run_id, overview=overview)
         )
-
-
-@pytest.fixture
-async def browser():
-    async with async_playwright() as p:
-        launched = await p.chromium.launch(executable_path=str(tools.chromium()), args=["--no-sandbox"])
-        yield launched
-        await launched.close()
-
-
-@pytest.fixture
-async def page(browser) -> Page:
-    context = await browser.new_context(viewport={"width": 1100, "height": 900}, timezone_id="UTC")
-    page = await context.new_page()
-    yield page
-    await context.close()
 
 
 async def screenshot(stack, page: Page, name: str) -> None:
