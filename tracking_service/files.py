@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import gpxpy.gpx
 from lxml import etree
@@ -25,13 +24,6 @@ TCX_SCHEMA = f"{TCX_NS} http://www.garmin.com/xmlschemas/TrainingCenterDatabasev
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-@dataclass(frozen=True, slots=True)
-class TrailFile:
-    content_type: str
-    filename: str
-    data: bytes
-
-
 def _when(p: Point) -> dt.datetime:
     return EPOCH + dt.timedelta(milliseconds=p.time_ms or 0)
 
@@ -40,7 +32,7 @@ def _strides(spm: int) -> int:
     return round(spm / 2)
 
 
-def to_gpx(run_id: str, name: str, points: Sequence[Point]) -> bytes:
+def to_gpx(name: str, points: Sequence[Point]) -> bytes:
     gpx = gpxpy.gpx.GPX()
     gpx.creator = "RunTrack"
     gpx.nsmap["gpxtpx"] = GPXTPX
@@ -61,7 +53,7 @@ def to_gpx(run_id: str, name: str, points: Sequence[Point]) -> bytes:
     return gpx.to_xml(version="1.1").encode()
 
 
-def to_tcx(run_id: str, name: str, points: Sequence[Point], distances_m: Sequence[float]) -> bytes:
+def to_tcx(name: str, points: Sequence[Point], distances_m: Sequence[float]) -> bytes:
     """One activity, one lap over the whole trail; `distances_m` is the distance from the start at each
     point (the same geodesics as everywhere else)."""
     nsmap = {None: TCX_NS, "ns3": ACTX_NS, "xsi": XSI}

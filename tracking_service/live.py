@@ -13,7 +13,6 @@ from tracking_service.domain import Point
 from tracking_service.privacy import Zone, distance_m, inside_any
 
 LIVE, STALLED, RESUMED, STOPPED, DELETED = "LIVE", "STALLED", "RESUMED", "STOPPED", "DELETED"
-STATES = (LIVE, STALLED, RESUMED, STOPPED, DELETED)
 ENDED = frozenset({STOPPED, DELETED})
 # A link without its own expiry works until this long after the run stops.
 DEFAULT_AFTER_STOP = dt.timedelta(hours=1)

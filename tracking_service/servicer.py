@@ -496,12 +496,12 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         points = await tracks.whole_track(self.store, self.visibility, caller, run_id)
         name = f"Run {run_id}"
         if fmt == "gpx":
-            data = to_gpx(str(run_id), name, points)
+            data = to_gpx(name, points)
         else:
             distances = [0.0]
             for a, b in itertools.pairwise(points):
                 distances.append(distances[-1] + distance_m(a.latitude, a.longitude, b.latitude, b.longitude))
-            data = to_tcx(str(run_id), name, points, distances[: len(points)])
+            data = to_tcx(name, points, distances[: len(points)])
         filename = f"runtrack-{run_id}.{fmt}"
         await context.send_initial_metadata((("content-disposition", f'attachment; filename="{filename}"'),))
         log.info("track exported run_id=%s format=%s points=%d bytes=%d", run_id, fmt, len(points), len(data))
