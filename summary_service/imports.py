@@ -166,6 +166,8 @@ def _parse_xml(data: bytes) -> ET.Element:
     except ET.ParseError as err:
         line, column = err.position
         raise bad(f"line {line}, column {column + 1}: not well-formed XML ({_message(err)})") from None
+    except (LookupError, ValueError) as err:  # an encoding declaration Python does not know, for one
+        raise bad(f"not readable XML: {type(err).__name__}: {str(err)[:200]}") from None
 
 
 def _message(err: Exception) -> str:
@@ -202,8 +204,8 @@ def _read_gpx(data: bytes, max_points: int) -> tuple[str | None, list[FilePoint]
         doc = gpxpy.parse(data.decode("utf-8"))
     except UnicodeDecodeError as err:
         raise bad(f"byte {err.start}: GPX must be UTF-8") from None
-    except gpxpy.gpx.GPXException as err:
-        raise bad(f"GPX: {str(err)[:300]}") from None
+    except Exception as err:  # noqa: BLE001 (a corrupt file may break gpxpy in other ways than GPXException)
+        raise bad(f"GPX unreadable: {str(err)[:300]}") from None
     out: list[FilePoint] = []
     for t, track in enumerate(doc.tracks, 1):
         for s, segment in enumerate(track.segments, 1):
@@ -339,9 +341,12 @@ def _read_fit(data: bytes, max_points: int) -> tuple[str | None, list[FilePoint]
                         where,
                     )
                 )
-    except fitdecode.FitError as err:
+    except InvalidArgument:
+        raise
+    except Exception as err:  # noqa: BLE001 (fitdecode raises more than FitError on a corrupt file: fuzzed)
         at = f"after record message {records}" if records else "before any record"
-        raise bad(f"FIT file unreadable {at}: {str(err)[:200]}") from None
+        kind = "" if isinstance(err, fitdecode.FitError) else f"{type(err).__name__}: "
+        raise bad(f"FIT file unreadable {at}: {kind}{str(err)[:200]}") from None
     return (name if isinstance(name, str) else None), out, skipped
 
 
