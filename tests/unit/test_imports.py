@@ -89,13 +89,8 @@ def test_the_overview_is_what_a_phone_would_have_said():
 
 def test_standing_still_is_not_moving_time():
     fixes = synthetic_run(100)
-    still = [
-        f.__class__(
-            f.time.replace(minute=f.time.minute + 5),
-            *[getattr(fixes[-1], n) for n in ("latitude", "longitude", "altitude_m", "heart_rate_bpm", "cadence_spm")],
-        )
-        for f in fixes[:30]
-    ]
+    last = fixes[-1]
+    still = [dataclasses.replace(last, time=last.time + dt.timedelta(seconds=k)) for k in range(1, 31)]
     prepared = prepare(gpx_file(fixes + still), now_us=NOW_US)
     assert prepared.overview.moving_time_us == 99_000_000
 
