@@ -40,17 +40,40 @@ class Analyser:
         self.store = store
         self.trails = trails
         self.waits_s = waits_s
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
+        # Runs whose trail grew while their analysis was being computed: computed once more after.
+        self._again: dict[uuid.UUID, tuple[Run, Caller, int]] = {}
 
     def schedule(self, run: Run, caller: Caller) -> None:
-        if run.analysis is not None:
-            return
-        task = asyncio.create_task(self._analyse(run, caller))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """After StopRun: once, when the trail holds the overview's point_count."""
+        if run.analysis is None:
+            self._start(run, caller, run.overview.point_count)
 
-    async def _analyse(self, run: Run, caller: Caller) -> None:
-        want = run.overview.point_count
+    def trail_grew(self, run: Run, caller: Caller, point_count: int) -> bool:
+        """Late points: analysed again (once the trail holds `point_count`) unless the stored
+        analysis already counted them. True when an analysis was started or queued."""
+        done = (run.analysis or {}).get("point_count", 0)
+        if run.analysis is not None and done >= point_count:
+            return False
+        want = max(point_count, run.overview.point_count if run.analysis is None else 0)
+        if run.run_id in self._tasks:
+            self._again[run.run_id] = (run, caller, want)
+        else:
+            self._start(run, caller, want)
+        return True
+
+    def _start(self, run: Run, caller: Caller, want: int) -> None:
+        task = asyncio.create_task(self._analyse(run, caller, want))
+        self._tasks[run.run_id] = task
+        task.add_done_callback(lambda _: self._finished(run.run_id))
+
+    def _finished(self, run_id: uuid.UUID) -> None:
+        self._tasks.pop(run_id, None)
+        queued = self._again.pop(run_id, None)
+        if queued is not None:
+            self._start(*queued)
+
+    async def _analyse(self, run: Run, caller: Caller, want: int) -> None:
         samples: Sequence[Sample] = []
         for wait in self.waits_s:
             await asyncio.sleep(wait)
@@ -85,6 +108,8 @@ class Analyser:
         )
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        self._again.clear()
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -201,7 +201,8 @@ class PgRunStore:
 
     async def set_analysis(self, run_id: uuid.UUID, analysis: dict[str, Any]) -> bool:
         async with self._conn() as conn:
-            cur = await conn.execute(self.q["set_analysis"], {"run_id": run_id, "analysis": Jsonb(analysis)})
+            params = {"run_id": run_id, "analysis": Jsonb(analysis), "point_count": analysis.get("point_count", 0)}
+            cur = await conn.execute(self.q["set_analysis"], params)
             return await cur.fetchone() is not None
 
     async def set_name(self, run_id: uuid.UUID, name: str) -> Run | None:

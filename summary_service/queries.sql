@@ -85,8 +85,12 @@ SELECT user_id FROM deleted_runs WHERE run_id = %(run_id)s;
 -- name: ping
 SELECT 1;
 
+-- An analysis of fewer points never replaces one of more (two computed at once, one with late points).
 -- name: set_analysis
-UPDATE runs SET analysis = %(analysis)s::jsonb WHERE run_id = %(run_id)s RETURNING run_id;
+UPDATE runs SET analysis = %(analysis)s::jsonb
+WHERE run_id = %(run_id)s
+  AND (analysis IS NULL OR COALESCE((analysis->>'point_count')::int, 0) <= %(point_count)s)
+RETURNING run_id;
 
 -- Every time a runner's best effort over a distance improved, oldest first: an effort is an
 -- improvement when it beats every earlier run's (by start time). Computed from the runs that exist,

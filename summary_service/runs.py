@@ -212,11 +212,7 @@ async def update_run(
     name = found.check(lambda: check_name(raw_name)) if "name" in paths else None
     found.raise_if_any()
     visibility = Visibility(raw_visibility) if "visibility" in paths else Visibility.UNSPECIFIED
-    run = await store.get_run(run_id)
-    if run is None:
-        raise _no_run(run_id)
-    if run.user_id != caller.user_id:
-        raise _not_yours(run)
+    run = await owned_run(store, caller, run_id)
     if name is not None and name != run.stored_name:
         renamed = await store.set_name(run_id, name)
         if renamed is None:  # deleted meanwhile
@@ -229,6 +225,16 @@ async def update_run(
             raise _no_run(run_id)
         log.info("run updated run_id=%s visibility=%s", run_id, visibility.name)
         return updated
+    return run
+
+
+async def owned_run(store: RunStore, caller: Caller, run_id: uuid.UUID) -> Run:
+    """The caller's own run; someone else's is refused as it is to them anywhere."""
+    run = await store.get_run(run_id)
+    if run is None:
+        raise _no_run(run_id)
+    if run.user_id != caller.user_id:
+        raise _not_yours(run)
     return run
 
 

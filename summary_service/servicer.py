@@ -288,6 +288,16 @@ class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
         return run_to_proto(await runs.import_run(self.store, self.trails, caller, prepared, zone))
 
     @maps_errors
+    async def AnalyseRun(
+        self, request: summary_pb2.AnalyseRunRequest, context: Context[summary_pb2.AnalyseRunRequest, Empty]
+    ) -> Empty:
+        caller = status.caller_of(context)
+        run = await runs.owned_run(self.store, caller, parse_run_id(request.run_id))
+        if self.analyser is not None and self.analyser.trail_grew(run, caller, request.point_count):
+            log.info("analysis again run_id=%s point_count=%d", run.run_id, request.point_count)
+        return Empty()
+
+    @maps_errors
     async def DeleteRun(
         self, request: summary_pb2.DeleteRunRequest, context: Context[summary_pb2.DeleteRunRequest, Empty]
     ) -> Empty:

@@ -8,7 +8,7 @@ import itertools
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +92,23 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         self._draining = asyncio.Event()
         self._open_streams: dict[asyncio.Task[Any], OpenStream] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._jobs: set[asyncio.Task[None]] = set()
+
+    def _background(self, job: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(job)
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
+
+    async def _tell_if_stopped(self, run_id: uuid.UUID, contiguous_seq: int, caller: Caller) -> None:
+        """Points stored after StopRun (a stream resumed late): the dashboard analyses the run again.
+        One read per stream end; nothing per point."""
+        try:
+            row = await self._hub().store.live_row(run_id)
+            if row.current == STOPPED:
+                await self.visibility.trail_grew(run_id, contiguous_seq, caller)
+                log.info("late points told run_id=%s contiguous_seq=%d", run_id, contiguous_seq)
+        except RunTrackError as err:
+            log.warning("late points not told run_id=%s: %s", run_id, err)
 
     async def drain(self) -> None:
         """Replica shutting down: every open stream is flushed, then ended with UNAVAILABLE."""
@@ -263,6 +280,8 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
                 await ingest.drain()
             self._open_streams.pop(me, None)
             STREAMS_OPEN.dec()
+        if r.points_stored and self.hub is not None:
+            self._background(self._tell_if_stopped(r.run_id, r.contiguous_seq, caller))
         log.info(
             "stream done run_id=%s received=%d stored=%d rejected=%d contiguous_seq=%d",
             r.run_id,
@@ -559,6 +578,12 @@ def zones_to_proto(user_id: str, zones: list[Zone]) -> tracking_pb2.PrivacyZones
 class SummaryApi(PublicApi):
     """RunVisibility through the dashboard's public API: GetRun answers the caller only for a run
     they may see (their own, or a shared one)."""
+
+    async def trail_grew(self, run_id: uuid.UUID, point_count: int, caller: Caller) -> None:
+        stub = summary_pb2_grpc.SummaryServiceStub(self.channel)
+        await self.call(
+            stub.AnalyseRun, summary_pb2.AnalyseRunRequest(run_id=str(run_id), point_count=point_count), caller
+        )
 
     async def visible(self, run_id: uuid.UUID, caller: Caller) -> bool:
         stub = summary_pb2_grpc.SummaryServiceStub(self.channel)

@@ -27,6 +27,9 @@ class RunVisibility(Protocol):
 
     async def visible(self, run_id: uuid.UUID, caller: Caller) -> bool: ...
 
+    async def trail_grew(self, run_id: uuid.UUID, point_count: int, caller: Caller) -> None:
+        """A stopped run's trail now holds points 1..point_count: its analysis is computed again."""
+
 
 @dataclass(frozen=True, slots=True)
 class TrackPage:

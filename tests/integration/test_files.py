@@ -247,3 +247,35 @@ async def test_the_exports_are_valid_against_the_gpx_1_1_and_tcx_v2_schemas(stac
     tp = broken.find(f".//{{{TCX_NS}}}Trackpoint")
     tp.remove(tp.find(f"{{{TCX_NS}}}Time"))
     assert not schema("tcx2.xsd").validate(broken)
+
+
+async def test_points_that_arrive_after_the_run_was_analysed_are_analysed_again(stack, channel, run_id):
+    """The phone stopped with 300 points stored and sent the other 300 after (a stream resumed late)."""
+    lat, lon, t0 = 45.0, 6.0, int(START.timestamp())
+    points = [point(1, start_ms=t0 * 1000, latitude=lat, longitude=lon)]
+    for k in range(2, 601):
+        step = Geodesic.WGS84.Direct(lat, lon, 0.0, 4.0)
+        lat, lon = step["lat2"], step["lon2"]
+        points.append(point(k, start_ms=t0 * 1000, latitude=lat, longitude=lon))
+    tracking = tracking_pb2_grpc.TrackingServiceStub(channel)
+    await tracking.RecordTrack(iter([tracking_pb2.RecordTrackRequest(run_id=run_id, points=points[:300])]))
+    summary = summary_pb2_grpc.SummaryServiceStub(channel)
+    stop = overview(START, 5)
+    stop.point_count = 300
+    await summary.StopRun(summary_pb2.StopRunRequest(run_id=run_id, overview=stop))
+
+    async def analysed(count: int) -> summary_pb2.Run:
+        for _ in range(150):
+            run = await summary.GetRun(summary_pb2.GetRunRequest(run_id=run_id))
+            if run.analysis.point_count == count:
+                return run
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"not analysed with {count} points: {run.analysis.point_count}")
+
+    first = await analysed(300)
+    assert first.analysis.distance_m == pytest.approx(299 * 4.0, abs=0.5)
+    await tracking.RecordTrack(iter([tracking_pb2.RecordTrackRequest(run_id=run_id, points=points[300:])]))
+    again = await analysed(600)
+    assert again.analysis.distance_m == pytest.approx(599 * 4.0, abs=0.5)
+    assert [s.index for s in again.analysis.splits_km] == [1, 2, 3]
+    assert {e.name for e in again.analysis.best_efforts} == {"400m", "1k", "1mile"}

@@ -184,3 +184,6 @@ class FakeRunsApi:
     async def visible(self, run_id: uuid.UUID, caller: Caller) -> bool:
         run = self.runs.runs.get(run_id)
         return run is not None and run.readable_by(caller.user_id)
+
+    async def trail_grew(self, run_id: uuid.UUID, point_count: int, caller: Caller) -> None:
+        raise AssertionError("no stopped runs' late points in the unit tests' fakes")

@@ -47,6 +47,32 @@ PUBLIC: Visibility.ValueType  # 2
 Global___Visibility: _TypeAlias = Visibility  # noqa: Y015
 
 @_typing.final
+class AnalyseRunRequest(_message.Message):
+    """Asks for a run's analysis to be computed again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    POINT_COUNT_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The caller's run."""
+    point_count: _builtins.int
+    """Points 1..point_count of the trail are stored now."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        point_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["point_count", b"point_count", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnalyseRunRequest: _TypeAlias = AnalyseRunRequest  # noqa: Y015
+
+@_typing.final
 class ListRecordsRequest(_message.Message):
     """Asks for a runner's personal records."""
 

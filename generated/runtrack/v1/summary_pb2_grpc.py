@@ -77,6 +77,11 @@ class SummaryServiceStub:
                 request_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
                 response_deserializer=runtrack_dot_v1_dot_summary__pb2.Run.FromString,
                 _registered_method=True)
+        self.AnalyseRun = channel.unary_unary(
+                '/runtrack.v1.SummaryService/AnalyseRun',
+                request_serializer=runtrack_dot_v1_dot_summary__pb2.AnalyseRunRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class SummaryServiceServicer:
@@ -144,6 +149,14 @@ class SummaryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AnalyseRun(self, request, context):
+        """A stopped run's trail grew (points that arrived after StopRun): its analysis is computed again
+        once the trail holds `point_count` points. Called by the tracking service on the owner's behalf.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SummaryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -186,6 +199,11 @@ def add_SummaryServiceServicer_to_server(servicer, server):
                     servicer.ImportRun,
                     request_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                     response_serializer=runtrack_dot_v1_dot_summary__pb2.Run.SerializeToString,
+            ),
+            'AnalyseRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnalyseRun,
+                    request_deserializer=runtrack_dot_v1_dot_summary__pb2.AnalyseRunRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -405,6 +423,33 @@ class SummaryService:
             '/runtrack.v1.SummaryService/ImportRun',
             google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             runtrack_dot_v1_dot_summary__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnalyseRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtrack.v1.SummaryService/AnalyseRun',
+            runtrack_dot_v1_dot_summary__pb2.AnalyseRunRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

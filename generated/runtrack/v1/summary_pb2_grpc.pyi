@@ -58,6 +58,10 @@ class SummaryServiceStub:
     dashboard at once. The same file again answers the same run. Optional metadata
     `x-runtrack-time-zone` (IANA) names the run by its local start when the file has no name.
     """
+    AnalyseRun: _grpc.UnaryUnaryMultiCallable[_summary_pb2.AnalyseRunRequest, _empty_pb2.Empty]
+    """A stopped run's trail grew (points that arrived after StopRun): its analysis is computed again
+    once the trail holds `point_count` points. Called by the tracking service on the owner's behalf.
+    """
 
 @_typing.type_check_only
 class SummaryServiceAsyncStub(SummaryServiceStub):
@@ -86,6 +90,10 @@ class SummaryServiceAsyncStub(SummaryServiceStub):
     run of the caller: its points stored as a trail, its overview and analysis computed here, on the
     dashboard at once. The same file again answers the same run. Optional metadata
     `x-runtrack-time-zone` (IANA) names the run by its local start when the file has no name.
+    """
+    AnalyseRun: _aio.UnaryUnaryMultiCallable[_summary_pb2.AnalyseRunRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """A stopped run's trail grew (points that arrived after StopRun): its analysis is computed again
+    once the trail holds `point_count` points. Called by the tracking service on the owner's behalf.
     """
 
 class SummaryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -160,6 +168,16 @@ class SummaryServiceServicer(metaclass=_abc_1.ABCMeta):
         run of the caller: its points stored as a trail, its overview and analysis computed here, on the
         dashboard at once. The same file again answers the same run. Optional metadata
         `x-runtrack-time-zone` (IANA) names the run by its local start when the file has no name.
+        """
+
+    @_abc_1.abstractmethod
+    def AnalyseRun(
+        self,
+        request: _summary_pb2.AnalyseRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """A stopped run's trail grew (points that arrived after StopRun): its analysis is computed again
+        once the trail holds `point_count` points. Called by the tracking service on the owner's behalf.
         """
 
 def add_SummaryServiceServicer_to_server(servicer: SummaryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
