@@ -601,6 +601,11 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument(
         "--no-stop-runs", dest="stop_runs", action="store_false", help="end without StopRun (watchers cancelled)"
     )
+    f = sub.add_parser("files", help="GPX/TCX/FIT import and export through Envoy, and the analysis's CPU")
+    f.add_argument("--points", type=int, default=3600, help="fixes per file (default 3600: an hour)")
+    f.add_argument("--files", type=int, default=6, help="files per format (default 6)")
+    f.add_argument("--clients", type=int, default=2, help="clients at once (default 2)")
+    f.add_argument("--repeats", type=int, default=5, help="analysis runs per length (default 5)")
     a = sub.add_parser("auth")
     a.add_argument("--calls", type=int, default=2000, help="GetRun calls per round (streams: a quarter)")
     a.add_argument("--rounds", type=int, default=3)
@@ -649,6 +654,10 @@ def main(argv: list[str] | None = None) -> int:
             stop_runs=args.stop_runs,
         )
         bench_watch.run(stack, config, ROOT / ".dev" / "bench")
+    elif args.what == "files":
+        from devstack import bench_files
+
+        bench_files.run(stack, args.points, args.files, args.clients, args.repeats, ROOT / ".dev" / "bench")
     elif args.what == "auth":
         asyncio.run(bench_auth(stack, args.calls, args.rounds))
     elif args.cql_nodes == 3:

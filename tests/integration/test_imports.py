@@ -18,9 +18,9 @@ from google.api import httpbody_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from devstack.activity_files import Fix, fit_file, gpx_file, synthetic_run, tcx_file
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from summary_service.runs import imported_run_id
-from tests.activity_files import Fix, fit_file, gpx_file, synthetic_run, tcx_file
 from tests.helpers import http_json
 from tests.integration.test_files import fetch, record
 

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devstack.activity_files import fit_file, gpx_file, synthetic_run, tcx_file
 from runtrack_common.errors import InvalidArgument
 from summary_service.imports import MAX_FILE_BYTES, FilePoint, prepare, read_file
-from tests.activity_files import fit_file, gpx_file, synthetic_run, tcx_file
 
 # fitdecode warns about each malformed definition the fuzzing makes; the answer is what is tested.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -1,6 +1,7 @@
-"""Activity files as devices write them, made with each format's own writer: GPX with gpxpy, FIT with
-Garmin's FIT SDK (its Encoder), TCX with lxml following Garmin's Training Center database v2 (no
-TCX writer ships in a package). The trail is a synthetic run laid out with geodesics."""
+"""Activity files as devices write them, for the tests and `scripts/bench files`, made with each
+format's own writer: GPX with gpxpy, FIT with Garmin's FIT SDK (its Encoder), TCX with lxml following
+Garmin's Training Center database v2 (no TCX writer ships in a package). The trail is a synthetic run
+laid out with geodesics."""
 
 from __future__ import annotations
 
