@@ -275,6 +275,9 @@ class Layout:
             # after_seq), which checks its credentials again.
             Route(f"/{TRACKING.full_name}/WatchRun", "tracking", timeout_s=0, max_stream_s=3600, compress=False),
             Route(f"/{TRACKING.full_name}/", "tracking", retries=2),
+            # A file of up to 16 MiB is parsed, analysed and stored in one call; not retried (its
+            # body is larger than what Envoy keeps for a retry).
+            Route(f"/{SUMMARY.full_name}/ImportRun", "summary", timeout_s=60),
             Route(f"/{SUMMARY.full_name}/", "summary", retries=2),
             Route("/grpc.reflection.", "tracking", retries=2),
             # Through Envoy, health answers for the replica that takes the call ("" and its service).
