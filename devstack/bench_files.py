@@ -198,29 +198,13 @@ async def bench(stack: Stack, points: int, files: int, clients: int) -> dict[str
         t.seconds = await _pool([lambda b=b: one(b) for b in bodies], clients)
 
     # Exports of the imported runs, against the same trails read as JSON pages.
-    def reader(name: str, path: str) -> Timing:
-        t = timings[name] = Timing(name)
-
-        def one(run_id: str) -> None:
-            began = time.perf_counter()
-            status, body = _http(base, "GET", path.format(run_id=run_id), token)
-            t.latencies_s.append(time.perf_counter() - began)
-            t.bytes += len(body)
-            if status != 200:
-                t.failed += 1
-                return
-            t.points += points
-
-        t.seconds = 0.0
-        return t
-
     readers = {
         "export gpx": "/v1/runs/{run_id}/track.gpx",
         "export tcx": "/v1/runs/{run_id}/track.tcx",
         "GetTrack JSON pages": "/v1/runs/{run_id}/track?pageSize=10000",
     }
     for name, path in readers.items():
-        t = reader(name, path)
+        t = timings[name] = Timing(name)
 
         def job(run_id: str, t: Timing = t, path: str = path) -> None:
             if "pageSize" in path:  # every page, as a client would
