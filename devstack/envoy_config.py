@@ -104,6 +104,7 @@ def static_files(web_dist: str, generated: str) -> tuple[StaticFile, ...]:
 # Relative to the repository root, Envoy's working directory in the local stack.
 STATIC_FILES = static_files("web/dist", "generated")
 DESCRIPTOR_SET_NAME = "runtrack_descriptor.pb"
+TRANSCODED_REQUEST_MAX_BYTES = 16 * 1024 * 1024 + 64 * 1024
 TRANSCODED_RESPONSE_MAX_BYTES = 16 * 1024 * 1024
 # Envoy keeps a direct response's body in memory; the page's bundle is a few hundred KB.
 MAX_STATIC_BYTES = 2 * 1024 * 1024
@@ -655,6 +656,8 @@ def render(layout: Layout = Layout()) -> dict[str, Any]:
         # A whole GetTrack page (10,000 points, ~1 MB as protobuf) is transcoded at once; the default
         # limit is the connection's buffer (256 KiB here), which refused pages over ~2,500 points.
         "max_response_body_size": TRANSCODED_RESPONSE_MAX_BYTES,
+        # An imported file (ImportRun's HttpBody) up to the service's own limit; larger: 413 here.
+        "max_request_body_size": TRANSCODED_REQUEST_MAX_BYTES,
     }
     hcm = {
         "@type": HCM,

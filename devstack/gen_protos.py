@@ -95,6 +95,7 @@ def openapi(out: Path, includes: list[str]) -> None:
         document = yaml.safe_load((Path(tmp) / "openapi.yaml").read_text())
     document["paths"] = _plain_path_parameters(document["paths"])
     _mark_streams(document["paths"])
+    _file_bodies(document["paths"])
     document["info"]["description"] = (
         "The JSON API of RunTrack, through Envoy. Every operation needs `authorization: Bearer <JWT>`; "
         "errors are a google.rpc.Status with its details."
@@ -149,6 +150,38 @@ def _mark_streams(paths: dict[str, Any]) -> None:
                     "happens; it ends after a STOPPED or DELETED state. A status after the first line comes only "
                     "as trailers (grpc-status), which a browser cannot read: reconnect with afterSeq to learn it."
                 )
+
+
+# What ImportRun takes (google.api.HttpBody: the raw file, its type from its content).
+IMPORT_TYPES = (
+    "application/gpx+xml",
+    "application/vnd.garmin.tcx+xml",
+    "application/vnd.ant.fit",
+    "application/octet-stream",
+)
+
+
+def _file_bodies(paths: dict[str, Any]) -> None:
+    """An HttpBody request is the file itself, not a JSON string: said in the document, with the
+    optional time-zone header ImportRun reads."""
+    for item in paths.values():
+        for operation in item.values():
+            if operation.get("operationId") != "SummaryService_ImportRun":
+                continue
+            binary = {"schema": {"type": "string", "format": "binary"}}
+            operation["requestBody"] = {
+                "description": "A GPX, TCX or FIT file, as it is; its type is read from its content.",
+                "content": {t: binary for t in IMPORT_TYPES},
+                "required": True,
+            }
+            operation["parameters"] = [
+                {
+                    "name": "x-runtrack-time-zone",
+                    "in": "header",
+                    "description": "IANA time zone naming the run by its local start (default UTC).",
+                    "schema": {"type": "string"},
+                }
+            ]
 
 
 def _lower_camel(name: str) -> str:

@@ -1,5 +1,5 @@
 """Installs the tools the stack needs that pip does not bring: the CQL node's jars, grpcurl, ghz, the
-OpenAPI generator, the web page's npm packages and a browser for its tests."""
+OpenAPI generator, the web page's npm packages, a browser for its tests and the GPX/TCX schemas."""
 
 from __future__ import annotations
 
@@ -126,6 +126,42 @@ def web() -> Path:
         stamp.write_text(want)
     subprocess.run(["npm", "run", "--silent", "build"], cwd=WEB, check=True, stdout=sys.stderr)
     return WEB_DIST
+
+
+# The GPX 1.1 and TCX v2 schemas, as Debian's pytrainer package ships them (it validates files with
+# them): the exports are checked against these bytes, whichever package version brings them.
+SCHEMAS = {
+    "gpx11.xsd": (
+        "usr/share/pytrainer/schemas/Topografix_gpx11.xsd",
+        "e0e4cb84f096f65b03fb2d391d74a5389563fe015f17a011ccfe7e37c01267f0",
+    ),
+    "tcx2.xsd": (
+        "usr/share/pytrainer/schemas/GarminTrainingCenterDatabase_v2.xsd",
+        "d64d687488dfe429ea3ce2ac4f1fbc7c333d80776a478b2b6843c7cc0403cda9",
+    ),
+}
+
+
+def file_schemas() -> Path:
+    """A directory holding gpx11.xsd and tcx2.xsd, taken once from Debian's pytrainer package."""
+    out = cache_dir() / "schemas"
+    if all((out / name).is_file() for name in SCHEMAS):
+        return out
+    say("setup: the GPX and TCX schemas from Debian's pytrainer package (once per machine)")
+    with tempfile.TemporaryDirectory() as tmp:
+        download = ["apt-get", "download", "pytrainer"]
+        if subprocess.run(download, cwd=tmp, stdout=sys.stderr).returncode != 0:
+            subprocess.run(["apt-get", "update", "-qq"], check=True, stdout=sys.stderr)
+            subprocess.run(download, cwd=tmp, check=True, stdout=sys.stderr)
+        (deb,) = Path(tmp).glob("pytrainer_*.deb")
+        subprocess.run(["dpkg-deb", "-x", str(deb), f"{tmp}/x"], check=True)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, (path, sha256) in SCHEMAS.items():
+            data = (Path(tmp) / "x" / path).read_bytes()
+            if hashlib.sha256(data).hexdigest() != sha256:
+                raise SystemExit(f"{deb.name}: {path} is not the schema expected (sha256 differs)")
+            (out / name).write_bytes(data)
+    return out
 
 
 def chromium() -> Path:

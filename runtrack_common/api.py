@@ -80,10 +80,19 @@ class PublicApi:
         return self._channel
 
     async def call(
-        self, method: Callable[..., Awaitable[Response]], request: Any, caller: Caller | LinkHolder
+        self,
+        method: Callable[..., Awaitable[Response]],
+        request: Any,
+        caller: Caller | LinkHolder,
+        *,
+        timeout_s: float | None = None,
     ) -> Response:
         try:
-            return await method(request, metadata=(("authorization", caller.authorization),), timeout=self.timeout_s)
+            return await method(
+                request,
+                metadata=(("authorization", caller.authorization),),
+                timeout=self.timeout_s if timeout_s is None else timeout_s,
+            )
         except grpc.aio.AioRpcError as err:
             raise classify(err) from err
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import logging
 import signal
@@ -232,6 +233,8 @@ class Parts:
     backend: Backend
     register: Callable[[grpc.aio.Server], None]
     on_drain: Callable[[], Awaitable[None]] | None = None
+    # The largest message the service takes, when it needs more than GRPC_MAX_MESSAGE_BYTES (a file).
+    max_receive_bytes: int | None = None
 
 
 def main(prog: str, service_name: str, build: Callable[[Settings], Parts]) -> None:
@@ -246,6 +249,10 @@ def main(prog: str, service_name: str, build: Callable[[Settings], Parts]) -> No
         # Built inside the loop: the stores create asyncio primitives.
         settings = Settings.from_env()
         parts = build(settings)
+        if parts.max_receive_bytes is not None:
+            settings = dataclasses.replace(
+                settings, max_message_bytes=max(settings.max_message_bytes, parts.max_receive_bytes)
+            )
         await Replica(
             service_name=service_name,
             settings=settings,

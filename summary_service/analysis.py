@@ -163,7 +163,7 @@ def splits(samples: Sequence[Sample], cum: Sequence[float], unit: float, credite
         if credited[j] > 0:
             gain += credited[j]
     rest = cum[-1] - start_d
-    if rest > 1e-6:
+    if rest > 1e-6 or not out:  # (a run of a few millimetres is still one split)
         out.append(_split(len(out) + 1, rest, times[-1] - start_t, gain, hr_sum, hr_n))
     elif out and times[-1] > start_t:  # ended on a boundary, then stood still: that time is the last split's
         last = out.pop()
@@ -215,9 +215,9 @@ def heart_rate_zones(samples: Sequence[Sample], max_hr: float) -> list[float] | 
     return zones
 
 
-def analyse(samples: Sequence[Sample], *, max_hr: float = 190.0) -> Analysis:
-    """Everything at once, for points in seq order."""
-    cum = cumulative_distances(samples)
+def analyse(samples: Sequence[Sample], *, max_hr: float = 190.0, cum: Sequence[float] | None = None) -> Analysis:
+    """Everything at once, for points in seq order (`cum`: their cumulative_distances, if known)."""
+    cum = cumulative_distances(samples) if cum is None else cum
     smoothed = smoothed_altitudes(samples)
     credited = climbs(smoothed)
     has_altitude = any(a is not None for a in smoothed)

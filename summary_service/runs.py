@@ -6,12 +6,21 @@ in reads a PUBLIC run (without its polyline); a PRIVATE run of someone else does
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
+from collections.abc import Sequence
 from typing import Protocol
 
 from runtrack_common import page_tokens
-from runtrack_common.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied, Violations
+from runtrack_common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    PermissionDenied,
+    RunTrackError,
+    Violations,
+)
 from runtrack_common.identity import Caller, LinkHolder, require_self, resolve_user
 from summary_service.domain import (
     Improvement,
@@ -26,6 +35,7 @@ from summary_service.domain import (
     time_zone,
     validate_overview,
 )
+from summary_service.imports import FilePoint, PreparedRun
 from summary_service.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -44,6 +54,9 @@ class TrailDeleter(Protocol):
     async def check_link(self, run_id: uuid.UUID, holder: LinkHolder) -> None:
         """Raises UNAUTHENTICATED (revoked, expired) or PERMISSION_DENIED (another run) unless the
         holder's live link grants the run."""
+
+    async def store_points(self, run_id: uuid.UUID, points: Sequence[FilePoint], caller: Caller) -> None:
+        """Stores an imported trail as the run's points 1..n (safe to repeat); raises unless all are."""
 
 
 def _no_run(run_id: uuid.UUID) -> NotFound:
@@ -83,6 +96,54 @@ async def stop_run(
         raise AlreadyExists(
             f"run_id: run {run_id} was already stopped with a different overview", metadata={"run_id": str(run_id)}
         )
+    return run
+
+
+# Imported runs are named by their owner and their file's content: the same file again is the same run.
+IMPORT_NAMESPACE = uuid.UUID("6f1c2a52-7f0e-4d8e-9a43-0b8f3d1e5c27")
+
+
+def imported_run_id(user_id: str, sha256: str) -> uuid.UUID:
+    return uuid.uuid5(IMPORT_NAMESPACE, f"{user_id}:{sha256}")
+
+
+async def import_run(store: RunStore, trails: TrailDeleter, caller: Caller, prepared: PreparedRun, zone: str) -> Run:
+    """Stores an imported file's run once: its points first (the run is not listed until they are
+    all durable), then the dashboard row with its analysis. A repeat answers the stored run."""
+    file = prepared.file
+    run_id = imported_run_id(caller.user_id, file.sha256)
+    existing = await store.get_run(run_id)
+    if existing is not None:
+        log.info("import repeated run_id=%s user_id=%s sha256=%s", run_id, caller.user_id, file.sha256[:16])
+        return existing
+    if await store.deleted_by(run_id) is not None:
+        raise FailedPrecondition(
+            f"file: this file was imported as run {run_id}, which was deleted; it is not imported again",
+            reason="RUN_DELETED",
+            metadata={"run_id": str(run_id)},
+        )
+    await trails.store_points(run_id, file.points, caller)
+    name = file.name or default_name(prepared.overview.start_us, zone)
+    run, inserted = await store.insert_run(run_id, caller.user_id, prepared.overview, name)
+    if run is None:
+        raise _deleted(run_id)
+    if inserted:
+        await store.set_analysis(run_id, prepared.analysis)
+        run = dataclasses.replace(run, analysis=prepared.analysis)
+        try:  # a watcher of the run (none yet, normally) sees it end; the run is stored whatever happens
+            await trails.mark_stopped(run_id, run.stopped_at_us, caller)
+        except RunTrackError as err:
+            log.warning("live stop not marked run_id=%s reason=%s: %s", run_id, err.reason, err.message)
+    log.info(
+        "run imported run_id=%s user_id=%s format=%s points=%d skipped=%d distance_m=%.1f inserted=%s",
+        run_id,
+        caller.user_id,
+        file.format,
+        len(file.points),
+        file.skipped,
+        prepared.overview.distance_m,
+        inserted,
+    )
     return run
 
 

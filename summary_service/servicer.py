@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import uuid
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grpc
+from google.api import httpbody_pb2
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -14,14 +18,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from runtrack_common import status
 from runtrack_common.api import PublicApi
-from runtrack_common.errors import RunTrackError, Violations
+from runtrack_common.errors import Internal, InvalidArgument, RunTrackError, Violations
 from runtrack_common.identity import Caller, LinkHolder
 from runtrack_common.ids import parse_run_id
 from runtrack_common.status import maps_errors
-from summary_service import runs
+from summary_service import imports, runs
 from summary_service.analyser import Analyser
 from summary_service.analysis import Sample
 from summary_service.domain import Overview, Run, check_user_id, time_zone
+from summary_service.imports import FilePoint
 from summary_service.runs import TrailDeleter
 from summary_service.store import RunStore
 
@@ -133,6 +138,30 @@ def analysis_to_proto(a: dict[str, Any]) -> summary_pb2.RunAnalysis:
     return out
 
 
+def _track_point(seq: int, p: FilePoint) -> tracking_pb2.TrackPoint:
+    out = tracking_pb2.TrackPoint(seq=seq, time=_us_to_ts(p.time_us), latitude=p.latitude, longitude=p.longitude)
+    if p.altitude_m is not None:
+        out.altitude_m = p.altitude_m
+    if p.speed_mps is not None:
+        out.speed_mps = p.speed_mps
+    if p.heart_rate_bpm is not None:
+        out.heart_rate_bpm = p.heart_rate_bpm
+    if p.cadence_spm is not None:
+        out.cadence_spm = p.cadence_spm
+    return out
+
+
+def _metadata(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str:
+    for k, v in context.invocation_metadata() or ():
+        if k == key:
+            return v if isinstance(v, str) else v.decode(errors="replace")
+    return ""
+
+
+POINTS_PER_MESSAGE = 1000
+# Storing an imported trail (up to imports.MAX_POINTS points) may take longer than a unary call.
+IMPORT_STORE_TIMEOUT_S = 60.0
+TIME_ZONE_HEADER = "x-runtrack-time-zone"
 Context = grpc.aio.ServicerContext
 log = logging.getLogger(__name__)
 
@@ -246,6 +275,19 @@ class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
         return out
 
     @maps_errors
+    async def ImportRun(
+        self, request: httpbody_pb2.HttpBody, context: Context[httpbody_pb2.HttpBody, summary_pb2.Run]
+    ) -> summary_pb2.Run:
+        caller = status.caller_of(context)
+        try:
+            zone = time_zone(_metadata(context, TIME_ZONE_HEADER))
+        except InvalidArgument as err:
+            raise InvalidArgument(TIME_ZONE_HEADER, err.rule, reason=err.reason) from None
+        now_us = time.time_ns() // 1000
+        prepared = await asyncio.to_thread(imports.prepare, request.data, now_us=now_us)
+        return run_to_proto(await runs.import_run(self.store, self.trails, caller, prepared, zone))
+
+    @maps_errors
     async def DeleteRun(
         self, request: summary_pb2.DeleteRunRequest, context: Context[summary_pb2.DeleteRunRequest, Empty]
     ) -> Empty:
@@ -292,6 +334,27 @@ class TrackingApi(PublicApi):
             token = page.next_page_token
             if not token:
                 return out
+
+    async def store_points(self, run_id: uuid.UUID, points: Sequence[FilePoint], caller: Caller) -> None:
+        """One RecordTrack stream, as the owner's phone would send it, in messages of 1,000 points."""
+        stub = tracking_pb2_grpc.TrackingServiceStub(self.channel)
+
+        def messages() -> Iterator[tracking_pb2.RecordTrackRequest]:
+            for start in range(0, len(points), POINTS_PER_MESSAGE):
+                chunk = points[start : start + POINTS_PER_MESSAGE]
+                yield tracking_pb2.RecordTrackRequest(
+                    run_id=str(run_id) if start == 0 else "",
+                    points=[_track_point(seq, p) for seq, p in enumerate(chunk, start + 1)],
+                )
+
+        reply = await self.call(stub.RecordTrack, messages(), caller, timeout_s=IMPORT_STORE_TIMEOUT_S)
+        if reply.points_rejected or reply.contiguous_seq < len(points):
+            first = reply.rejections[0].reason if reply.rejections else ""
+            raise Internal(
+                f"run {run_id}: the trail kept {reply.contiguous_seq} of {len(points)} points "
+                f"({reply.points_rejected} rejected{': ' + first if first else ''})",
+                reason="TRAIL_INCOMPLETE",
+            )
 
     async def check_link(self, run_id: uuid.UUID, holder: LinkHolder) -> None:
         stub = tracking_pb2_grpc.TrackingServiceStub(self.channel)

@@ -14,6 +14,7 @@ import pytest
 from geographiclib.geodesic import Geodesic
 from lxml import etree
 
+from devstack import tools
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from tests.helpers import http_json, point, token_channel
 from tests.integration.test_dashboard import overview
@@ -222,3 +223,27 @@ async def test_personal_records_keep_each_improvement_and_a_deleted_run_gives_ba
                 summary_pb2.ListRecordsRequest(user_id=user_id)
             )
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def schema(name: str) -> etree.XMLSchema:
+    return etree.XMLSchema(etree.parse(str(tools.file_schemas() / name)))
+
+
+async def test_the_exports_are_valid_against_the_gpx_1_1_and_tcx_v2_schemas(stack, channel, token, run_id):
+    await record(channel, run_id, 60)
+    await summary_pb2_grpc.SummaryServiceStub(channel).StopRun(
+        summary_pb2.StopRunRequest(run_id=run_id, overview=overview(START, 60))
+    )
+    for suffix, xsd in (("gpx", "gpx11.xsd"), ("tcx", "tcx2.xsd")):
+        status, _, body = await asyncio.to_thread(
+            fetch, stack.envoy_address, f"/v1/runs/{run_id}/track.{suffix}", token
+        )
+        assert status == 200
+        validator = schema(xsd)
+        document = etree.fromstring(body, etree.XMLParser(resolve_entities=False, no_network=True))
+        assert validator.validate(document), f"{suffix}: {validator.error_log}"
+    # The schemas do refuse what breaks them: a trackpoint without its time.
+    broken = etree.fromstring(body)
+    tp = broken.find(f".//{{{TCX_NS}}}Trackpoint")
+    tp.remove(tp.find(f"{{{TCX_NS}}}Time"))
+    assert not schema("tcx2.xsd").validate(broken)

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from runtrack.v1 import summary_pb2 as runtrack_dot_v1_dot_summary__pb2
 
@@ -71,6 +72,11 @@ class SummaryServiceStub:
                 request_serializer=runtrack_dot_v1_dot_summary__pb2.ListRecordsRequest.SerializeToString,
                 response_deserializer=runtrack_dot_v1_dot_summary__pb2.ListRecordsResponse.FromString,
                 _registered_method=True)
+        self.ImportRun = channel.unary_unary(
+                '/runtrack.v1.SummaryService/ImportRun',
+                request_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+                response_deserializer=runtrack_dot_v1_dot_summary__pb2.Run.FromString,
+                _registered_method=True)
 
 
 class SummaryServiceServicer:
@@ -128,6 +134,16 @@ class SummaryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportRun(self, request, context):
+        """A GPX, TCX or FIT file (its type from its content; the content type may say it too) becomes a
+        run of the caller: its points stored as a trail, its overview and analysis computed here, on the
+        dashboard at once. The same file again answers the same run. Optional metadata
+        `x-runtrack-time-zone` (IANA) names the run by its local start when the file has no name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SummaryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +181,11 @@ def add_SummaryServiceServicer_to_server(servicer, server):
                     servicer.ListRecords,
                     request_deserializer=runtrack_dot_v1_dot_summary__pb2.ListRecordsRequest.FromString,
                     response_serializer=runtrack_dot_v1_dot_summary__pb2.ListRecordsResponse.SerializeToString,
+            ),
+            'ImportRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportRun,
+                    request_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                    response_serializer=runtrack_dot_v1_dot_summary__pb2.Run.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -357,6 +378,33 @@ class SummaryService:
             '/runtrack.v1.SummaryService/ListRecords',
             runtrack_dot_v1_dot_summary__pb2.ListRecordsRequest.SerializeToString,
             runtrack_dot_v1_dot_summary__pb2.ListRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtrack.v1.SummaryService/ImportRun',
+            google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            runtrack_dot_v1_dot_summary__pb2.Run.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,6 +4,7 @@ isort:skip_file
 The dashboard's runs: stored at STOP RUN, listed and summed for the web."""
 
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
 from runtrack.v1 import summary_pb2 as _summary_pb2
@@ -51,6 +52,12 @@ class SummaryServiceStub:
     runs, with the run it came from and each improvement before it. A deleted run takes its efforts
     with it: the next best is the record again.
     """
+    ImportRun: _grpc.UnaryUnaryMultiCallable[_httpbody_pb2.HttpBody, _summary_pb2.Run]
+    """A GPX, TCX or FIT file (its type from its content; the content type may say it too) becomes a
+    run of the caller: its points stored as a trail, its overview and analysis computed here, on the
+    dashboard at once. The same file again answers the same run. Optional metadata
+    `x-runtrack-time-zone` (IANA) names the run by its local start when the file has no name.
+    """
 
 @_typing.type_check_only
 class SummaryServiceAsyncStub(SummaryServiceStub):
@@ -73,6 +80,12 @@ class SummaryServiceAsyncStub(SummaryServiceStub):
     """The caller's personal records: the best effort per standard distance over all their analysed
     runs, with the run it came from and each improvement before it. A deleted run takes its efforts
     with it: the next best is the record again.
+    """
+    ImportRun: _aio.UnaryUnaryMultiCallable[_httpbody_pb2.HttpBody, _summary_pb2.Run]  # type: ignore[assignment]
+    """A GPX, TCX or FIT file (its type from its content; the content type may say it too) becomes a
+    run of the caller: its points stored as a trail, its overview and analysis computed here, on the
+    dashboard at once. The same file again answers the same run. Optional metadata
+    `x-runtrack-time-zone` (IANA) names the run by its local start when the file has no name.
     """
 
 class SummaryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -135,6 +148,18 @@ class SummaryServiceServicer(metaclass=_abc_1.ABCMeta):
         """The caller's personal records: the best effort per standard distance over all their analysed
         runs, with the run it came from and each improvement before it. A deleted run takes its efforts
         with it: the next best is the record again.
+        """
+
+    @_abc_1.abstractmethod
+    def ImportRun(
+        self,
+        request: _httpbody_pb2.HttpBody,
+        context: _ServicerContext,
+    ) -> _typing.Union[_summary_pb2.Run, _abc.Awaitable[_summary_pb2.Run]]:
+        """A GPX, TCX or FIT file (its type from its content; the content type may say it too) becomes a
+        run of the caller: its points stored as a trail, its overview and analysis computed here, on the
+        dashboard at once. The same file again answers the same run. Optional metadata
+        `x-runtrack-time-zone` (IANA) names the run by its local start when the file has no name.
         """
 
 def add_SummaryServiceServicer_to_server(servicer: SummaryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
