@@ -672,6 +672,7 @@ async function route(): Promise<void> {
     if (runId) return await showRun(runId);
     stopLive();
     show("runs-view");
+    $("import-status").textContent = "";
     await loadRuns("");
     await loadRecords();
     await loadStats();
