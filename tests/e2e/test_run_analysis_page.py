@@ -333,7 +333,7 @@ async def test_the_trail_downloads_as_gpx_and_tcx_holding_the_runs_points(
 def gpx_file(n: int, start: dt.datetime) -> bytes:
     """A GPX 1.1 file as a watch writes it: `n` fixes a second apart going north, with elevation."""
     gpx = gpxpy.gpx.GPX()
-    track = gpxpy.gpx.GPXTrack(name="Imported")
+    track = gpxpy.gpx.GPXTrack()  # no name: the run gets the default one, from its local start time
     segment = gpxpy.gpx.GPXTrackSegment()
     for k in range(n):
         segment.points.append(
@@ -377,20 +377,23 @@ async def test_the_import_button_sends_a_gpx_file_and_opens_the_run_it_made(
     await page.goto(page_url(stack, token))
     await expect(page.locator("#runs-view")).to_be_visible()
     await page.get_by_test_id("import-file").set_input_files(file)
-    await expect(page.locator("#run-view")).to_have_attribute("data-run-id", run_id, timeout=20_000)
+    await expect(page.locator("#run-view")).to_be_visible(timeout=20_000)
+    await expect(page.locator("#run-view")).to_have_attribute("data-run-id", run_id)
     listed = await summary.ListRuns(summary_pb2.ListRunsRequest(user_id="me", page_size=100))
     assert [r.run_id for r in listed.runs].count(run_id) == 1
 
     # A broken file: the server's words, naming where it breaks; no run is added.
     await page.goto(page_url(stack, token))
     await expect(page.locator("#runs-view")).to_be_visible()
-    broken = data.replace(b"</trkseg>", b"<trkpt lat='oops' lon='2.35'></trkpt></trkseg>")
+    broken = data.replace(b"</trkseg>", b"<oops></trkseg>")
+    line = broken[: broken.index(b"</trkseg>")].count(b"\n") + 1
     await page.get_by_test_id("import-file").set_input_files(
         FilePayload(name="broken.gpx", mimeType="application/gpx+xml", buffer=broken)
     )
     error = page.locator("#error")
     await expect(error).to_contain_text("broken.gpx was not imported", timeout=20_000)
-    await expect(error).to_contain_text(re.compile("line", re.I))
+    await expect(error).to_contain_text(re.compile(rf"line {line}, column \d+"))
+    await screenshot(stack, page, "import-refused")
     await expect(page.locator("#runs-view")).to_be_visible()
     after = await summary.ListRuns(summary_pb2.ListRunsRequest(user_id="me", page_size=100))
     assert len(after.runs) == len(listed.runs)
