@@ -24,6 +24,59 @@ export interface Run {
   stoppedAt?: string;
   trackUrl?: string;
   visibility?: Visibility;
+  analysis?: RunAnalysis;
+  name?: string;
+}
+
+/** A kilometre or a mile of a run (the last one shorter). */
+export interface Split {
+  index: number;
+  distanceM?: number;
+  elapsedTime?: string;
+  paceSPerKm?: number;
+  elevationGainM?: number;
+  avgHeartRateBpm?: number;
+}
+
+/** The fastest stretch of a standard distance ("400m", "1k", "1mile", "5k"...) within a run. */
+export interface BestEffort {
+  name: string;
+  distanceM?: number;
+  elapsedTime?: string;
+  startM?: number;
+  startSeq?: number;
+  endSeq?: number;
+}
+
+/** What the server computed from a stopped run's whole trail (absent until the trail is complete). */
+export interface RunAnalysis {
+  distanceM?: number;
+  splitsKm?: Split[];
+  splitsMile?: Split[];
+  bestEfforts?: BestEffort[];
+  elevationGainM?: number;
+  elevationLossM?: number;
+  heartRateZones?: string[];
+  pointCount?: number;
+}
+
+export interface RecordImprovement {
+  runId: string;
+  elapsedTime?: string;
+  achievedTime?: string;
+}
+
+/** The runner's best effort over one standard distance, and every improvement before it. */
+export interface PersonalRecord {
+  name: string;
+  distanceM?: number;
+  best?: RecordImprovement;
+  history?: RecordImprovement[];
+}
+
+export interface ListRecordsResponse {
+  userId?: string;
+  records?: PersonalRecord[];
 }
 
 export interface ListRunsResponse {
@@ -180,18 +233,54 @@ export async function errorOf(response: Response): Promise<ApiError> {
 
 const UNREACHABLE = "RunTrack cannot be reached; check your connection and try again.";
 
-/** One JSON call, as the signed-in runner unless `bearer` names another token (a live link's). */
-export async function call<T>(method: string, path: string, body?: unknown, bearer = token() ?? ""): Promise<T> {
-  const headers: Record<string, string> = { authorization: `Bearer ${bearer}` };
-  if (body !== undefined) headers["content-type"] = "application/json";
+/** One request as `bearer`; the response when it is ok, its refusal (ApiError) when not. */
+async function request(method: string, path: string, bearer: string, init: RequestInit = {}): Promise<Response> {
+  const headers = { authorization: `Bearer ${bearer}`, ...(init.headers as Record<string, string> | undefined) };
   let response: Response;
   try {
-    response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    response = await fetch(path, { ...init, method, headers });
   } catch {
     throw new ApiError(0, UNREACHABLE);
   }
   if (!response.ok) throw await errorOf(response);
+  return response;
+}
+
+/** One JSON call, as the signed-in runner unless `bearer` names another token (a live link's). */
+export async function call<T>(method: string, path: string, body?: unknown, bearer = token() ?? ""): Promise<T> {
+  const init: RequestInit =
+    body === undefined ? {} : { headers: { "content-type": "application/json" }, body: JSON.stringify(body) };
+  const response = await request(method, path, bearer, init);
   return parseJson(await response.text()) as T;
+}
+
+/** A file's bytes sent as they are, with their content type and extra headers; the JSON answer. */
+export async function send<T>(path: string, data: Blob, contentType: string, headers: Record<string, string> = {}): Promise<T> {
+  const init = { headers: { ...headers, "content-type": contentType }, body: data };
+  const response = await request("POST", path, token() ?? "", init);
+  return parseJson(await response.text()) as T;
+}
+
+/** The file name a Content-Disposition header gives (filename* first, then filename), or "". */
+export function filenameOf(disposition: string | null): string {
+  if (!disposition) return "";
+  const extended = /filename\*\s*=\s*(?:UTF-8|utf-8)''([^;]+)/.exec(disposition);
+  if (extended) {
+    try {
+      return decodeURIComponent(extended[1].trim());
+    } catch {
+      // Not percent-encoded as it should be: the plain filename, if any.
+    }
+  }
+  const plain = /filename\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;]+))/.exec(disposition);
+  if (!plain) return "";
+  return (plain[1] ?? plain[2] ?? "").replace(/\\(.)/g, "$1").trim();
+}
+
+/** A file the API serves (a run's GPX), read as the signed-in runner: its bytes and its file name. */
+export async function file(path: string): Promise<{ blob: Blob; filename: string }> {
+  const response = await request("GET", path, token() ?? "");
+  return { blob: await response.blob(), filename: filenameOf(response.headers.get("content-disposition")) };
 }
 
 export const runPath = (runId: string): string => `/v1/runs/${encodeURIComponent(runId)}`;

@@ -1,6 +1,7 @@
-// The RunTrack dashboard: sign-in by token, the caller's runs, a run's overview and trail (followed
-// while it is being recorded), weekly stats, sharing, live links, privacy zones and deletion; and
-// the spectator's view of a run followed through one of its live links.
+// The RunTrack dashboard: sign-in by token, the caller's runs and personal records, importing a
+// run's file, a run's overview, trail (followed while it is being recorded), analysis and files,
+// renaming, weekly stats, sharing, live links, privacy zones and deletion; and the spectator's view
+// of a run followed through one of its live links.
 //
 // The URL fragment carries state: `#token=<jwt>` signs in once (the token moves to sessionStorage
 // and leaves the URL), `#run=<run_id>` opens a run; both may come together. `#live=<token>` is a
@@ -8,13 +9,18 @@
 import {
   ApiError,
   call,
+  file,
   type ListLiveLinksResponse,
+  type ListRecordsResponse,
   type ListRunsResponse,
   type LiveLink,
   type PrivacyZone,
+  type PersonalRecord,
   type PrivacyZones,
   type Run,
+  type RunAnalysis,
   runPath,
+  send,
   signIn,
   signOut,
   type Track,
@@ -23,6 +29,7 @@ import {
   token,
   type UserStats,
 } from "./api";
+import { drawRunChart, effortItems, effortName, type SplitUnit, splitRows } from "./analysis";
 import { $ } from "./dom";
 import { clock, km, pace, seconds, timeZone, when } from "./format";
 import { LiveView } from "./live";
@@ -33,6 +40,16 @@ import "./style.css";
 
 const LIVE_POLL_MS = 2000;
 const TRACK_PAGE = 10000;
+// A stopped run's analysis is computed after StopRun answered: the run is read again this often,
+// this many times, until it carries one.
+const ANALYSIS_RETRY_MS = 3000;
+const ANALYSIS_TRIES = 40;
+// The file types ImportRun takes, by the file's extension.
+const IMPORT_TYPES: Record<string, string> = {
+  gpx: "application/gpx+xml",
+  tcx: "application/vnd.garmin.tcx+xml",
+  fit: "application/vnd.ant.fit",
+};
 
 let me = "";
 let nextRunsPage = "";
@@ -44,6 +61,10 @@ let livePoll: number | undefined;
 let runWatch: RunWatch | null = null;
 let spectator: LiveView | null = null;
 let view = 0;
+// The open run's analysis (to redraw its splits in another unit) and the next read of a run still
+// without one.
+let analysis: RunAnalysis | null = null;
+let analysisRead: number | undefined;
 
 function fragment(): URLSearchParams {
   return new URLSearchParams(location.hash.replace(/^#/, ""));
@@ -78,6 +99,8 @@ function stopLive(): void {
   runWatch = null;
   spectator?.stop();
   spectator = null;
+  if (analysisRead !== undefined) window.clearTimeout(analysisRead);
+  analysisRead = undefined;
 }
 
 function showSignIn(reason = ""): void {
@@ -115,9 +138,11 @@ function runItem(run: Run): HTMLLIElement {
   li.dataset.runId = run.runId;
   const link = document.createElement("a");
   link.href = `#run=${encodeURIComponent(run.runId)}`;
-  link.textContent = when(o.startTime);
+  link.dataset.testid = "run-name";
+  link.textContent = run.name || when(o.startTime);
   const facts = document.createElement("span");
-  facts.textContent = ` ${km(o.distanceM)} · ${clock(seconds(o.movingTime))} · ${pace(run.avgPaceSPerKm)}`;
+  const started = run.name ? `${when(o.startTime)} · ` : "";
+  facts.textContent = ` ${started}${km(o.distanceM)} · ${clock(seconds(o.movingTime))} · ${pace(run.avgPaceSPerKm)}`;
   const badge = document.createElement("span");
   badge.className = `badge ${run.visibility === "PUBLIC" ? "public" : "private"}`;
   badge.textContent = run.visibility === "PUBLIC" ? "public" : "private";
@@ -136,6 +161,70 @@ async function loadRuns(pageToken: string): Promise<void> {
   if (!pageToken) performance.mark("runtrack:first-list");
   $("more-runs").hidden = !nextRunsPage;
   $("no-runs").hidden = list.children.length > 0;
+}
+
+/** The runner's records: each distance's best time, when it was run, and a link to that run. */
+async function loadRecords(): Promise<void> {
+  const records = (await call<ListRecordsResponse>("GET", "/v1/users/me/records")).records ?? [];
+  $("records-body").replaceChildren(...records.map(recordRow));
+  $("records").hidden = records.length === 0;
+  $("no-records").hidden = records.length > 0;
+}
+
+function recordRow(record: PersonalRecord): HTMLTableRowElement {
+  const best = record.best;
+  const time = seconds(best?.elapsedTime);
+  const row = document.createElement("tr");
+  row.dataset.testid = "record";
+  row.dataset.name = record.name;
+  row.dataset.runId = best?.runId ?? "";
+  row.dataset.elapsedS = String(time);
+  const cells = [
+    effortName(record.name),
+    clock(time),
+    record.distanceM ? pace((time / record.distanceM) * 1000) : "-",
+    best?.achievedTime ? new Date(best.achievedTime).toLocaleDateString(undefined, { dateStyle: "medium" }) : "-",
+  ].map((text) => {
+    const td = document.createElement("td");
+    td.textContent = text;
+    return td;
+  });
+  const link = document.createElement("a");
+  link.href = `#run=${encodeURIComponent(best?.runId ?? "")}`;
+  link.textContent = "Open the run";
+  link.dataset.testid = "record-run";
+  const last = document.createElement("td");
+  last.append(link);
+  row.append(...cells, last);
+  return row;
+}
+
+/** Sends the chosen file to ImportRun as it is, then opens the run it made (or says what is wrong). */
+async function importRun(input: HTMLInputElement): Promise<void> {
+  const chosen = input.files?.[0];
+  input.value = "";
+  if (!chosen) return;
+  const extension = chosen.name.split(".").pop()?.toLowerCase() ?? "";
+  const type = IMPORT_TYPES[extension];
+  const status = $("import-status");
+  if (!type) {
+    status.textContent = "";
+    showError(`${chosen.name} was not imported: choose a .gpx, .tcx or .fit file.`);
+    return;
+  }
+  status.textContent = `Importing ${chosen.name}…`;
+  let run: Run;
+  try {
+    run = await send<Run>("/v1/runs:import", chosen, type, { "x-runtrack-time-zone": timeZone() });
+  } catch (err) {
+    status.textContent = "";
+    if (err instanceof ApiError && err.httpStatus !== 401) {
+      throw new ApiError(err.httpStatus, `${chosen.name} was not imported: ${err.message}`, err.reason);
+    }
+    throw err;
+  }
+  status.textContent = `Imported ${chosen.name}.`;
+  location.hash = `run=${encodeURIComponent(run.runId)}`;
 }
 
 async function loadStats(): Promise<void> {
@@ -238,6 +327,11 @@ async function showRun(runId: string, afterStop = false): Promise<void> {
   $("run-title").textContent = `Run ${runId}`;
   $("run-view").dataset.runId = runId;
   $("live-links").hidden = true;
+  $("rename-run").hidden = true;
+  $("rename-form").hidden = true;
+  $("downloads").hidden = true;
+  $("run-analysis").hidden = true;
+  analysis = null;
   let run: Run | null = null;
   try {
     run = await call<Run>("GET", runPath(runId));
@@ -255,6 +349,11 @@ async function showRun(runId: string, afterStop = false): Promise<void> {
       : "Stopped; its overview is not ready yet.";
   $("run-overview").replaceChildren();
   if (run) showOverview(run);
+  if (run?.name) $("run-title").textContent = run.name;
+  $("rename-run").hidden = !(run && owner);
+  $("downloads").hidden = !run;
+  $<HTMLDetailsElement>("downloads").open = false;
+  $("download-status").textContent = "";
   $("run-owner-actions").hidden = !(run && owner);
   $<HTMLInputElement>("public-switch").checked = run?.visibility === "PUBLIC";
 
@@ -263,6 +362,11 @@ async function showRun(runId: string, afterStop = false): Promise<void> {
   const points = await wholeTrack(runId);
   if (mine !== view) return;
   trail.draw(points);
+  if (run) {
+    $("run-analysis").hidden = false;
+    drawRunChart($<HTMLCanvasElement>("run-chart"), points);
+    await showAnalysis(run, owner, mine, 0);
+  }
   if (owner && recording) followRecording(runId, points);
   else if (owner) pollStopped(runId, points);
   if (owner) await showLiveLinks(runId, mine);
@@ -315,12 +419,141 @@ function pollStopped(runId: string, points: TrackPoint[]): void {
         const fresh = await wholeTrack(runId);
         count = fresh.length;
         trail?.draw(fresh);
+        drawRunChart($<HTMLCanvasElement>("run-chart"), fresh);
       }
     } catch (err) {
       stopLive();
       failed(err);
     }
   }, LIVE_POLL_MS);
+}
+
+// ---- a stopped run's analysis ----------------------------------------------------------------
+
+/** The splits, best efforts (with a PR mark from the owner's records) and climb; while the run has no
+ * analysis yet, says so and reads the run again a few seconds later (`tries` reads so far). */
+async function showAnalysis(run: Run, owner: boolean, mine: number, tries: number): Promise<void> {
+  const status = $("analysis-status");
+  const found = run.analysis;
+  $("analysis-details").hidden = !found;
+  if (!found) {
+    const tooShort = (run.overview?.pointCount ?? 0) < 2;
+    const gaveUp = tries >= ANALYSIS_TRIES;
+    status.dataset.state = tooShort || gaveUp ? "none" : "pending";
+    status.textContent = tooShort
+      ? "This run has too few points to analyse."
+      : gaveUp
+        ? "The analysis is not ready; reload the page later to see it."
+        : "The analysis (splits, best efforts) is being computed; it appears here in a few seconds.";
+    if (!tooShort && !gaveUp) {
+      analysisRead = window.setTimeout(() => {
+        call<Run>("GET", runPath(run.runId))
+          .then((fresh) => (mine === view ? showAnalysis(fresh, owner, mine, tries + 1) : undefined))
+          .catch((err) => {
+            if (mine === view) failed(err);
+          });
+      }, ANALYSIS_RETRY_MS);
+    }
+    return;
+  }
+  const records = owner ? ((await call<ListRecordsResponse>("GET", "/v1/users/me/records")).records ?? []) : [];
+  if (mine !== view) return;
+  analysis = found;
+  status.dataset.state = "ready";
+  status.textContent = `Analysed from ${found.pointCount ?? 0} points.`;
+  const facts: [string, string][] = [["Distance along the trail", km(found.distanceM)]];
+  if (found.elevationGainM !== undefined) facts.push(["Climb", `${Math.round(found.elevationGainM)} m`]);
+  if (found.elevationLossM !== undefined) facts.push(["Descent", `${Math.round(found.elevationLossM)} m`]);
+  const zones = (found.heartRateZones ?? []).map(seconds);
+  if (zones.some((z) => z > 0)) {
+    facts.push(["Time in heart-rate zones 1-5", zones.map((z) => clock(z)).join(" · ")]);
+  }
+  $("analysis-facts").replaceChildren(
+    ...facts.flatMap(([term, value]) => {
+      const dt = document.createElement("dt");
+      dt.textContent = term;
+      const dd = document.createElement("dd");
+      dd.textContent = value;
+      return [dt, dd];
+    }),
+  );
+  showSplits();
+  const efforts = found.bestEfforts ?? [];
+  $("best-efforts").replaceChildren(...effortItems(run.runId, efforts, records));
+  $("no-best-efforts").hidden = efforts.length > 0;
+}
+
+function splitUnit(): SplitUnit {
+  return $<HTMLInputElement>("split-unit").querySelector<HTMLInputElement>("input:checked")?.value === "mile"
+    ? "mile"
+    : "km";
+}
+
+function showSplits(): void {
+  const unit = splitUnit();
+  const splits = (unit === "km" ? analysis?.splitsKm : analysis?.splitsMile) ?? [];
+  $("splits").dataset.unit = unit;
+  $("splits-body").replaceChildren(...splitRows(splits, unit));
+}
+
+// ---- renaming, files ------------------------------------------------------------------------
+
+function startRename(): void {
+  const input = $<HTMLInputElement>("rename-input");
+  input.value = $("run-title").textContent ?? "";
+  $("rename-error").hidden = true;
+  $("rename-form").hidden = false;
+  $("rename-run").hidden = true;
+  input.focus();
+  input.select();
+}
+
+function endRename(): void {
+  $("rename-form").hidden = true;
+  $("rename-run").hidden = false;
+}
+
+/** UpdateRun with `name` in the mask; a refusal is said beside the field, the form stays open. */
+async function rename(runId: string): Promise<void> {
+  const error = $("rename-error");
+  error.hidden = true;
+  let run: Run;
+  try {
+    run = await call<Run>("PATCH", `${runPath(runId)}?updateMask=name`, {
+      name: $<HTMLInputElement>("rename-input").value,
+    });
+  } catch (err) {
+    if (!(err instanceof ApiError) || err.httpStatus === 401) throw err;
+    error.textContent = `Not renamed: ${err.message}`;
+    error.hidden = false;
+    return;
+  }
+  if ($("run-view").dataset.runId !== runId) return;
+  $("run-title").textContent = run.name || `Run ${runId}`;
+  endRename();
+}
+
+/** The run's trail as a file (GPX or TCX), saved under the name the server gives it. */
+async function download(runId: string, format: string): Promise<void> {
+  const status = $("download-status");
+  status.textContent = `Preparing the ${format.toUpperCase()} file…`;
+  let got: { blob: Blob; filename: string };
+  try {
+    got = await file(`${runPath(runId)}/track.${format}`);
+  } catch (err) {
+    status.textContent = "";
+    throw err;
+  }
+  const url = URL.createObjectURL(got.blob);
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = got.filename || `runtrack-${runId}.${format}`;
+  link.hidden = true;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  window.setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  status.textContent = `Saved ${link.download}.`;
 }
 
 async function setVisibility(runId: string, isPublic: boolean): Promise<void> {
@@ -439,7 +672,9 @@ async function route(): Promise<void> {
     if (runId) return await showRun(runId);
     stopLive();
     show("runs-view");
+    $("import-status").textContent = "";
     await loadRuns("");
+    await loadRecords();
     await loadStats();
   } catch (err) {
     failed(err);
@@ -482,6 +717,19 @@ function start(): void {
     guarded(() => createLiveLink($("run-view").dataset.runId ?? ""))();
   });
   $("copy-live-link").addEventListener("click", guarded(copyLiveLink));
+  const openRunId = () => $("run-view").dataset.runId ?? "";
+  $("rename-run").addEventListener("click", startRename);
+  $("rename-cancel").addEventListener("click", endRename);
+  $("rename-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    guarded(() => rename(openRunId()))();
+  });
+  for (const button of document.querySelectorAll<HTMLButtonElement>("#downloads button.download")) {
+    button.addEventListener("click", guarded(() => download(openRunId(), button.dataset.format ?? "gpx")));
+  }
+  $("split-unit").addEventListener("change", showSplits);
+  $("import-button").addEventListener("click", () => $("import-file").click());
+  $("import-file").addEventListener("change", guarded(() => importRun($<HTMLInputElement>("import-file"))));
   window.addEventListener("hashchange", () => void route());
   void route();
 }
