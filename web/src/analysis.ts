@@ -10,12 +10,12 @@ import {
   PointElement,
   Tooltip,
 } from "chart.js";
+import L from "leaflet";
 import type { BestEffort, PersonalRecord, Split, TrackPoint } from "./api";
 import { clock, seconds } from "./format";
 
 Chart.register(LineController, LineElement, PointElement, LinearScale, Tooltip, Legend, Decimation);
 
-const EARTH_RADIUS_M = 6_371_008.8;
 const MILE_M = 1609.344;
 // Pace is the time over the last stretch of at least this many metres (one fix to the next is noise).
 const PACE_WINDOW_M = 100;
@@ -37,13 +37,9 @@ export function effortName(name: string): string {
   return EFFORT_NAMES[name] ?? name;
 }
 
-/** Great-circle distance between two fixes, metres. */
-function haversineM(lat1: number, lon1: number, lat2: number, lon2: number): number {
-  const rad = Math.PI / 180;
-  const dLat = (lat2 - lat1) * rad;
-  const dLon = (lon2 - lon1) * rad;
-  const a = Math.sin(dLat / 2) ** 2 + Math.cos(lat1 * rad) * Math.cos(lat2 * rad) * Math.sin(dLon / 2) ** 2;
-  return 2 * EARTH_RADIUS_M * Math.asin(Math.min(1, Math.sqrt(a)));
+/** Distance between two fixes, metres: Leaflet's, as the map and the live page measure it. */
+function metresBetween(lat1: number, lon1: number, lat2: number, lon2: number): number {
+  return L.latLng(lat1, lon1).distanceTo(L.latLng(lat2, lon2));
 }
 
 export interface Series {
@@ -63,7 +59,7 @@ export function seriesOf(points: TrackPoint[]): Series {
   located.forEach((p, i) => {
     const before = located[i - 1];
     const step = before
-      ? haversineM(before.latitude ?? 0, before.longitude ?? 0, p.latitude ?? 0, p.longitude ?? 0)
+      ? metresBetween(before.latitude ?? 0, before.longitude ?? 0, p.latitude ?? 0, p.longitude ?? 0)
       : 0;
     distanceM.push((distanceM[i - 1] ?? 0) + step);
   });
