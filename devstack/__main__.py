@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
             policies(args, parser)  # refuse bad options here, not in the background
             pid = stack.start_autoscaler(autoscale_args(args))
             print(f"  autoscaler:     pid {pid}, log {stack.spec.logs / 'autoscale.log'}")
-        print(f"RunTrack is up.\n  gRPC and JSON:  {stack.envoy_address}  (Envoy)\n  Envoy admin:    {stack.admin_url}")
+        print(f"RunTrack is up.\n  gRPC and JSON:  {stack.envoy_address}  (Envoy, plaintext: this machine only)")
+        print(f"  over TLS:       {stack.envoy_tls_address}  (trust the local CA: {stack.tls_ca})")
+        print(f"  Envoy admin:    {stack.admin_url}")
         print(
             f"  CQL store:      {stack.scylla_hosts} port {stack.scylla_port}\n  PostgreSQL:     {stack.database_url}"
         )

@@ -13,6 +13,7 @@ paths differ:
 from __future__ import annotations
 
 import base64
+import copy
 import datetime as dt
 import json
 from dataclasses import dataclass, field
@@ -245,6 +246,30 @@ class DnsDiscovery:
     refresh_s: int = 1
 
 
+# TLS at the edge: 1.2 and 1.3 only; for 1.2 forward-secret AEAD suites only (1.3's are all AEAD).
+TLS_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+)
+DOWNSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+HSTS = "max-age=31536000"
+
+
+@dataclass(frozen=True)
+class Tls:
+    """A TLS listener: the certificate and key through SDS from a file that Envoy reloads when a new
+    one is moved into `watched_dir` (a rotated certificate is served without a restart)."""
+
+    port: int
+    sds_path: str
+    watched_dir: str
+    secret_name: str = "runtrack-server"
+
+
 @dataclass(frozen=True)
 class Layout:
     listen_port: int = 8080
@@ -288,6 +313,9 @@ class Layout:
     static_files: tuple[StaticFile, ...] = STATIC_FILES
     # None: no token check at all (a second listener for the benchmark's baseline only).
     auth: Auth | None = field(default_factory=Auth)
+    # The TLS listener, beside the plaintext one unless `plaintext` is False (the chart).
+    tls: Tls | None = field(default_factory=lambda: Tls(8443, ".dev/tls/sds/sds.yaml", ".dev/tls/sds"))
+    plaintext: bool = True
 
 
 def _addr(port: int | str, address: str = "127.0.0.1") -> dict[str, Any]:
@@ -699,26 +727,75 @@ def render(layout: Layout = Layout()) -> dict[str, Any]:
             {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
         ],
     }
+    listeners = []
+    if layout.plaintext:
+        listeners.append(_listener("public", layout.listen_port, layout, hcm))
+    if layout.tls is not None:
+        listeners.append(_tls_listener(layout.tls, layout, hcm))
     return {
         "node": {"id": "runtrack-envoy", "cluster": "runtrack"},
         "admin": {"address": _addr(layout.admin_port)},
         "static_resources": {
-            "listeners": [
-                {
-                    "name": "public",
-                    "address": _addr(layout.listen_port, layout.listen_address),
-                    "per_connection_buffer_limit_bytes": layout.buffer_limit_bytes,
-                    "filter_chains": [
-                        {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
-                    ],
-                }
-            ],
+            "listeners": listeners,
             "clusters": [
                 *(_cluster(c, layout) for c in layout.clusters),
                 *([_jwks_cluster(remote)] if (remote := _remote_jwks(layout)) is not None else []),
             ],
         },
     }
+
+
+def _listener(name: str, port: int, layout: Layout, hcm: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "address": _addr(port, layout.listen_address),
+        "per_connection_buffer_limit_bytes": layout.buffer_limit_bytes,
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        ],
+    }
+
+
+def _tls_listener(tls: Tls, layout: Layout, hcm: dict[str, Any]) -> dict[str, Any]:
+    """The same routes and filters over TLS (ALPN: h2 for gRPC, HTTP/1.1 for the rest); every answer
+    tells a browser to keep to HTTPS (HSTS)."""
+    secure = copy.deepcopy(hcm)
+    secure["stat_prefix"] = "public_tls"
+    for host in secure["route_config"]["virtual_hosts"]:
+        host["response_headers_to_add"] = [
+            {
+                "header": {"key": "strict-transport-security", "value": HSTS},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ]
+    listener = _listener("public_tls", tls.port, layout, secure)
+    listener["filter_chains"][0]["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": DOWNSTREAM_TLS,
+            "common_tls_context": {
+                "tls_params": {
+                    "tls_minimum_protocol_version": "TLSv1_2",
+                    "tls_maximum_protocol_version": "TLSv1_3",
+                    "cipher_suites": list(TLS_CIPHERS),
+                },
+                "alpn_protocols": ["h2", "http/1.1"],
+                "tls_certificate_sds_secret_configs": [
+                    {
+                        "name": tls.secret_name,
+                        "sds_config": {
+                            "path_config_source": {
+                                "path": tls.sds_path,
+                                "watched_directory": {"path": tls.watched_dir},
+                            },
+                            "resource_api_version": "V3",
+                        },
+                    }
+                ],
+            },
+        },
+    }
+    return listener
 
 
 def eds_document(cluster: str, ports: list[int]) -> dict[str, Any]:
@@ -788,6 +865,8 @@ def k8s_layout(*, remote_jwks: bool = False, paths: ImagePaths = ImagePaths()) -
             remote_jwks=remote,
             link_jwks_file=K8S_LIVE_JWKS_FILE,
         ),
+        # No TLS listener in the pod's Envoy: the chart serves plaintext.
+        tls=None,
     )
 
 

@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from devstack import procs, tools
+from devstack import procs, tls, tools
 from devstack.auth import LINK_KEY_ID, LocalIssuer
 from devstack.cql_node import CqlNode
-from devstack.envoy_config import Auth, Layout, eds_document, render, to_yaml
+from devstack.envoy_config import Auth, Layout, Tls, eds_document, render, to_yaml
 from devstack.paths import ROOT
 from devstack.pg_node import PgNode
 
@@ -39,6 +39,7 @@ class StackSpec:
     logs: Path
     envoy_port: int
     envoy_admin_port: int
+    envoy_tls_port: int
     cql_port: int
     cql_storage_port: int
     cql_jmx_port: int
@@ -59,6 +60,10 @@ class StackSpec:
         return self.state / "run" / "eds"
 
     @property
+    def tls_dir(self) -> Path:
+        return self.state / "tls"
+
+    @property
     def keys_dir(self) -> Path:
         return self.state / "keys"
 
@@ -72,6 +77,11 @@ class StackSpec:
             listen_port=self.envoy_port,
             admin_port=self.envoy_admin_port,
             eds_dir=str(self.eds_dir.relative_to(ROOT)),
+            tls=Tls(
+                port=self.envoy_tls_port,
+                sds_path=str(tls.files(self.tls_dir).sds.relative_to(ROOT)),
+                watched_dir=str(tls.files(self.tls_dir).sds.parent.relative_to(ROOT)),
+            ),
         )
 
 
@@ -83,6 +93,7 @@ def dev_spec(env: Mapping[str, str] = os.environ) -> StackSpec:
         logs=state / "logs",
         envoy_port=_env_int(env, "ENVOY_PORT", 8080),
         envoy_admin_port=_env_int(env, "ENVOY_ADMIN_PORT", 9901),
+        envoy_tls_port=_env_int(env, "ENVOY_TLS_PORT", 8443),
         cql_port=_env_int(env, "SCYLLA_PORT", 9042),
         cql_storage_port=7000,
         cql_jmx_port=7199,
@@ -101,6 +112,7 @@ def test_spec(env: Mapping[str, str] = os.environ) -> StackSpec:
         logs=ROOT / ".dev" / "logs" / "test",
         envoy_port=18080,
         envoy_admin_port=19901,
+        envoy_tls_port=18443,
         cql_port=_env_int(env, "SCYLLA_PORT", 19042) if env.get("SCYLLA_HOSTS") else 19042,
         cql_storage_port=17000,
         cql_jmx_port=17199,
@@ -136,6 +148,7 @@ def cluster_test_spec() -> StackSpec:
         logs=ROOT / ".dev" / "logs" / "test-cluster",
         envoy_port=28080,
         envoy_admin_port=29901,
+        envoy_tls_port=28443,
         cql_port=29042,
         cql_storage_port=27000,
         cql_jmx_port=27199,
@@ -203,6 +216,15 @@ class Stack:
     @property
     def envoy_address(self) -> str:
         return f"127.0.0.1:{self.spec.envoy_port}"
+
+    @property
+    def envoy_tls_address(self) -> str:
+        """Envoy over TLS, by the name its certificate carries."""
+        return f"localhost:{self.spec.envoy_tls_port}"
+
+    @property
+    def tls_ca(self) -> Path:
+        return tls.files(self.spec.tls_dir).ca
 
     @property
     def admin_url(self) -> str:
@@ -373,7 +395,7 @@ class Stack:
         """Every port this stack's servers may listen on (replicas: a hundred from each base, and their
         metrics ports)."""
         s = self.spec
-        out = [(p, p) for p in (s.envoy_port, s.envoy_admin_port, s.cql_port, s.pg_port)]
+        out = [(p, p) for p in (s.envoy_port, s.envoy_admin_port, s.envoy_tls_port, s.cql_port, s.pg_port)]
         out += [(s.cql_storage_port, s.cql_storage_port + 1), (s.cql_jmx_port, s.cql_jmx_port + 200)]
         for base in s.base_ports.values():
             out += [(base, base + 99), (metrics_port(base), metrics_port(base) + 99)]
@@ -389,6 +411,7 @@ class Stack:
         tools.web()  # Envoy serves the built page: built before Envoy starts
         self.issuer.ensure_keys()
         self.link_keys.ensure_keys()
+        tls.ensure(s.tls_dir)
         if s.scylla_hosts is None:
             recorded = self._recorded_cql_nodes()
             if recorded != len(self.cql_nodes) and Stack(replace(s, cql_nodes=recorded)).cql.pid():

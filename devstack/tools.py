@@ -164,6 +164,26 @@ def file_schemas() -> Path:
     return out
 
 
+def certutil() -> Path:
+    """NSS's certutil (Debian's libnss3-tools): the browser tests trust the local CA through an NSS
+    database, as Chromium on Linux does."""
+    found = shutil.which("certutil")
+    if found:
+        return Path(found)
+    if os.geteuid() != 0:
+        raise SystemExit("the TLS browser test needs certutil: `sudo apt-get install libnss3-tools`")
+    say("setup: installing NSS's certutil from Debian's packages (once per machine)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = ["apt-get", "install", "-y", "-qq", "libnss3-tools"]
+    if subprocess.run(install, stdout=sys.stderr, env=env).returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, stdout=sys.stderr, env=env)
+        subprocess.run(install, check=True, stdout=sys.stderr, env=env)
+    found = shutil.which("certutil")
+    if not found:
+        raise SystemExit("apt-get installed libnss3-tools, yet certutil is not on PATH")
+    return Path(found)
+
+
 def chromium() -> Path:
     """Debian's Chromium for the browser tests, installed with apt-get when missing (as root)."""
     for name in ("chromium", "chromium-browser"):

@@ -1,7 +1,7 @@
 import subprocess
 from pathlib import Path
 
-from devstack import tools
+from devstack import tls, tools
 from devstack.auth import LocalIssuer
 from devstack.envoy_config import Layout, eds_document, render, to_yaml
 from devstack.paths import DESCRIPTOR_SET, ENVOY_YAML
@@ -26,6 +26,8 @@ def test_envoy_validates_the_committed_config(tmp_path):
         (tmp_path / static.file).write_text("served by Envoy")
     for cluster in layout.clusters:
         (eds / f"{cluster.name}.yaml").write_text(to_yaml(eds_document(cluster.name, [50110])))
+    assert layout.tls is not None
+    tls.ensure(tmp_path / Path(layout.tls.watched_dir).parent)
     out = subprocess.run(
         [str(tools.envoy()), "--mode", "validate", "-c", str(ENVOY_YAML)],
         cwd=tmp_path,
