@@ -316,6 +316,8 @@ class Layout:
     # The TLS listener, beside the plaintext one unless `plaintext` is False (the chart).
     tls: Tls | None = field(default_factory=lambda: Tls(8443, ".dev/tls/sds/sds.yaml", ".dev/tls/sds"))
     plaintext: bool = True
+    # Where the plaintext listener binds, when not listen_address.
+    plaintext_address: str | None = None
 
 
 def _addr(port: int | str, address: str = "127.0.0.1") -> dict[str, Any]:
@@ -729,7 +731,7 @@ def render(layout: Layout = Layout()) -> dict[str, Any]:
     }
     listeners = []
     if layout.plaintext:
-        listeners.append(_listener("public", layout.listen_port, layout, hcm))
+        listeners.append(_listener("public", layout.listen_port, layout, hcm, layout.plaintext_address))
     if layout.tls is not None:
         listeners.append(_tls_listener(layout.tls, layout, hcm))
     return {
@@ -745,10 +747,10 @@ def render(layout: Layout = Layout()) -> dict[str, Any]:
     }
 
 
-def _listener(name: str, port: int, layout: Layout, hcm: dict[str, Any]) -> dict[str, Any]:
+def _listener(name: str, port: int, layout: Layout, hcm: dict[str, Any], address: str | None = None) -> dict[str, Any]:
     return {
         "name": name,
-        "address": _addr(port, layout.listen_address),
+        "address": _addr(port, address or layout.listen_address),
         "per_connection_buffer_limit_bytes": layout.buffer_limit_bytes,
         "filter_chains": [
             {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
@@ -824,7 +826,20 @@ JWKS_URL = "__JWKS_URL__"
 JWKS_HOST = "__JWKS_HOST__"
 JWKS_PORT = "__JWKS_PORT__"
 JWKS_CA_FILE = "__JWKS_CA_FILE__"
-K8S_PLACEHOLDERS = (NAMESPACE, CLUSTER_DOMAIN, JWT_ISSUER, JWT_AUDIENCE, JWKS_URL, JWKS_HOST, JWKS_PORT, JWKS_CA_FILE)
+# Where the plaintext listener binds: every interface when the chart's envoy.plaintext is true, else
+# the pod's own loopback (nothing outside the pod reaches it; the Service has no plaintext port).
+PLAINTEXT_ADDRESS = "__PLAINTEXT_ADDRESS__"
+K8S_PLACEHOLDERS = (
+    NAMESPACE,
+    CLUSTER_DOMAIN,
+    JWT_ISSUER,
+    JWT_AUDIENCE,
+    JWKS_URL,
+    JWKS_HOST,
+    JWKS_PORT,
+    JWKS_CA_FILE,
+    PLAINTEXT_ADDRESS,
+)
 
 # The replicas' gRPC port in their pods, behind the headless Services `tracking` and `summary`.
 REPLICA_PORT = 50051
@@ -836,6 +851,12 @@ K8S_LIVE_JWKS_DIR = "/etc/runtrack/live-jwks"
 K8S_LIVE_JWKS_FILE = f"{K8S_LIVE_JWKS_DIR}/live-jwks.json"
 # Envoy's own answer to the pod's readiness probe.
 K8S_READY_PATH = "/healthz"
+# TLS: the certificate and key from the chart's kubernetes.io/tls Secret (a rotated Secret is a move
+# in this directory: Envoy reads the SDS file, and the files it names, again), the SDS file from a
+# ConfigMap of the chart.
+K8S_TLS_DIR = "/etc/runtrack/tls"
+K8S_TLS_SDS = "/etc/runtrack/tls-sds/sds.yaml"
+K8S_TLS_PORT = 8443
 
 
 @dataclass(frozen=True)
@@ -865,8 +886,8 @@ def k8s_layout(*, remote_jwks: bool = False, paths: ImagePaths = ImagePaths()) -
             remote_jwks=remote,
             link_jwks_file=K8S_LIVE_JWKS_FILE,
         ),
-        # No TLS listener in the pod's Envoy: the chart serves plaintext.
-        tls=None,
+        tls=Tls(K8S_TLS_PORT, K8S_TLS_SDS, K8S_TLS_DIR),
+        plaintext_address=PLAINTEXT_ADDRESS,
     )
 
 

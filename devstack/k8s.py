@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from devstack import k8s_netpol, procs
+from devstack import k8s_netpol, procs, tls
 from devstack.auth import LINK_KEY_ID, LocalIssuer
 from devstack.cql_node import CqlNode
 from devstack.k8s_pki import Pair, Pki, b64, kubeconfig
@@ -45,6 +45,8 @@ SERVICE_CIDR = "10.96.0.0/24"
 API_SERVICE_IP = "10.96.0.1"
 NAMESPACE = "runtrack"
 ENVOY_NODE_PORT = 30080
+ENVOY_TLS_NODE_PORT = 30443
+DEV_TLS_DIR = ROOT / ".dev" / "tls"
 
 ETCD_PORT = 23790
 API_PORT = 6443
@@ -762,6 +764,7 @@ state = "{self.containerd_state}"
         """helm's value options for this cluster: the local file, then what only this machine knows."""
         self.issuer.ensure_keys()
         self.link_keys.ensure_keys()
+        served = tls.ensure(DEV_TLS_DIR)  # the dev stack's CA and certificate: one CA to trust here
         return [
             "-f",
             VALUES_LOCAL,
@@ -775,6 +778,10 @@ state = "{self.containerd_state}"
             f"liveLinks.jwks={self.link_keys.jwks_file}",
             "--set-file",
             f"liveLinks.signingKey={self.link_keys.private_key_file}",
+            "--set-file",
+            f"tls.certificate={served.cert}",
+            "--set-file",
+            f"tls.key={served.key}",
         ]
 
     def install_chart(self, refs: dict[str, str], *extra: str) -> None:
@@ -895,6 +902,8 @@ def status(cluster: Cluster) -> dict[str, Any]:
     """What `scripts/k8s status --json` prints (CONTRACT §11)."""
     out: dict[str, Any] = {
         "envoy_address": f"127.0.0.1:{ENVOY_NODE_PORT}",
+        "envoy_tls_address": f"127.0.0.1:{ENVOY_TLS_NODE_PORT}",
+        "tls_ca": str(tls.files(DEV_TLS_DIR).ca),
         "kubernetes_version": K8S_VERSION,
         "nodes": 0,
         "deployments": {},
@@ -966,6 +975,7 @@ def main(argv: list[str]) -> int:
             for name, pid in info["processes"].items():
                 print(f"{name:26} {'pid ' + str(pid) if pid else 'stopped'}")
             print(f"{'envoy':26} {info['envoy_address']}")
+            print(f"{'envoy over TLS':26} {info['envoy_tls_address']}  (CA {info['tls_ca']})")
             for name, d in info["deployments"].items():
                 print(f"{'deployment/' + name:26} {d['ready']}/{d['desired']} ready")
     return 0

@@ -97,9 +97,10 @@ def grpcurl(*args: str, token: str | None = None) -> subprocess.CompletedProcess
     )
 
 
-def run_readme_demo(envoy_address: str, env: dict[str, str], timeout_s: float = 60) -> list[Any]:
-    """The README's demo (its first bash block under "## Demo"), run verbatim but for Envoy's address;
-    the JSON documents it prints, in order (grpcurl's RecordTrack answer, then one per curl)."""
+def run_readme_demo(envoy_tls_address: str, ca: str, env: dict[str, str], timeout_s: float = 60) -> list[Any]:
+    """The README's demo (its first bash block under "## Demo"), run verbatim but for Envoy's TLS
+    address and the CA to trust; the JSON documents it prints, in order (grpcurl's RecordTrack
+    answer, then one per curl)."""
     import os
     import re
 
@@ -108,7 +109,7 @@ def run_readme_demo(envoy_address: str, env: dict[str, str], timeout_s: float = 
     demo = (ROOT / "README.md").read_text().split("## Demo", 1)[1]
     match = re.search(r"```bash\n(.*?)```", demo, re.S)
     assert match, "no bash block under ## Demo"
-    script = match.group(1).replace("127.0.0.1:8080", envoy_address)
+    script = match.group(1).replace("127.0.0.1:8443", envoy_tls_address).replace(".dev/tls/ca.pem", ca)
     out = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
         cwd=ROOT,

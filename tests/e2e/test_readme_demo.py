@@ -1,4 +1,4 @@
-"""The README's demo, run verbatim against the test stack (only Envoy's address differs)."""
+"""The README's demo, run verbatim against the test stack (only Envoy's address and CA differ)."""
 
 from tests.helpers import run_readme_demo, without_analysis
 
@@ -6,7 +6,9 @@ from tests.helpers import run_readme_demo, without_analysis
 def test_the_readme_demo_streams_a_run_and_reads_it_back_as_json(stack):
     # `scripts/dev token` signs with the test stack's key when RUNTRACK_STACK=test.
     # grpcurl prints the RecordTrack response (multi-line JSON), then one JSON document per curl.
-    docs = run_readme_demo(stack.envoy_address, {"RUNTRACK_STACK": "test"})
+    # Over TLS, by the address the certificate names (127.0.0.1), trusting the test stack's CA.
+    address = f"127.0.0.1:{stack.spec.envoy_tls_port}"
+    docs = run_readme_demo(address, str(stack.tls_ca), {"RUNTRACK_STACK": "test"})
     recorded, stopped, listed, track, stats, zones, shared, seen_by_bob, refused = docs
     # grpcurl prints proto field names; Envoy's JSON uses lowerCamelCase.
     assert recorded["points_stored"] == 3 and recorded["contiguous_seq"] == 3

@@ -188,7 +188,8 @@ def test_the_hpas_read_the_replicas_own_metrics(k8s: Cluster) -> None:
 
 def test_the_readme_demo_through_the_clusters_envoy(k8s: Cluster, k8s_envoy: str) -> None:
     # `scripts/dev token` signs with the dev stack's key, which the cluster's Envoy trusts.
-    docs = run_readme_demo(k8s_envoy, {"RUNTRACK_STACK": "dev"}, timeout_s=120)
+    info = status(k8s)  # over TLS: the cluster's Envoy serves the dev stack's certificate
+    docs = run_readme_demo(info["envoy_tls_address"], info["tls_ca"], {"RUNTRACK_STACK": "dev"}, timeout_s=120)
     recorded, stopped, listed, track, _stats, _zones, shared, seen_by_bob, refused = docs
     assert recorded["points_stored"] == 3
     assert without_analysis(stopped) in [without_analysis(r) for r in listed["runs"]]

@@ -7,6 +7,7 @@ configurations are the generator's render needs no helm.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import os
@@ -28,13 +29,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from devstack import tools
+from devstack import tls, tools
 from devstack.auth import ISSUER, LocalIssuer
 from devstack.envoy_config import (
     K8S_JWKS_FILE,
     K8S_LIVE_JWKS_FILE,
     K8S_PLACEHOLDERS,
     K8S_READY_PATH,
+    K8S_TLS_DIR,
+    K8S_TLS_SDS,
     REPLICA_PORT,
     ImagePaths,
 )
@@ -91,10 +94,15 @@ class ChartError(Exception):
     """helm refused to render (a `fail` in a template or a value against values.schema.json)."""
 
 
+# TLS is required: every render names a Secret unless the test says otherwise.
+WITH_TLS = {"tls": {"secretName": "runtrack-tls"}}
+
+
 @pytest.fixture(scope="session")
 def render(helm: Path) -> Callable[..., Objects]:
     def render(values: dict[str, Any] | None = None, **files: str | Path) -> Objects:
-        docs = _template(helm, json.dumps(values or {}, sort_keys=True), *sorted((k, str(v)) for k, v in files.items()))
+        values = {**WITH_TLS, **(values or {})}
+        docs = _template(helm, json.dumps(values, sort_keys=True), *sorted((k, str(v)) for k, v in files.items()))
         return [doc for doc in (yaml.safe_load(text) for text in docs) if doc]
 
     return render
@@ -155,6 +163,7 @@ def test_the_charts_envoy_configs_hold_every_placeholder_the_chart_replaces():
         "__CLUSTER_DOMAIN__",
         "__JWT_ISSUER__",
         "__JWT_AUDIENCE__",
+        "__PLAINTEXT_ADDRESS__",
     }
     templates = "".join(p.read_text() for p in (CHART / "templates").rglob("*.yaml"))
     for placeholder in K8S_PLACEHOLDERS:
@@ -176,7 +185,7 @@ def test_defaults_render_every_object_under_its_fixed_name(render):
     assert names(objects, "HorizontalPodAutoscaler") == set(REPLICAS)
     assert names(objects, "PodDisruptionBudget") == set(COMPONENTS)
     assert names(objects, "NetworkPolicy") == set(REPLICAS)
-    assert names(objects, "ConfigMap") == {"envoy", "envoy-jwks", "envoy-live-jwks"}
+    assert names(objects, "ConfigMap") == {"envoy", "envoy-jwks", "envoy-live-jwks", "envoy-tls-sds"}
     assert names(objects, "Secret") == {"runtrack-postgres"}
     for o in objects:
         labels = o["metadata"]["labels"]
@@ -252,10 +261,10 @@ def test_replicas_are_probed_with_kubernetes_grpc_probes_on_the_overall_health(r
 
 def test_envoy_is_ready_by_its_own_health_answer_on_the_listener(render):
     c = container(one(render(), "Deployment", "envoy"))
-    assert c["readinessProbe"]["httpGet"] == {"path": K8S_READY_PATH, "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": K8S_READY_PATH, "port": "https", "scheme": "HTTPS"}
     assert c["command"] == ["envoy"]
     assert c["args"][:2] == ["-c", "/etc/envoy/envoy.yaml"]
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8080}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"https": 8443}
 
 
 def test_the_grace_period_covers_the_prestop_sleep_the_drain_and_the_shutdown(render):
@@ -308,6 +317,7 @@ def test_the_drain_hook_fails_envoys_readiness_and_drains_its_listener(tmp_path)
     assert "/dev/tcp/127.0.0.1/9901" in DRAIN_HOOK.read_text()
     config["admin"]["address"]["socket_address"]["port_value"] = admin
     listener = config["static_resources"]["listeners"][0]
+    config["static_resources"]["listeners"] = [listener]  # the plaintext one: no certificate needed here
     listener["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": listen}
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     # Only what the readiness answer needs: no token check, no transcoder, no replicas.
@@ -436,18 +446,44 @@ def test_the_replicas_services_are_headless_and_list_only_ready_pods(render):
         assert spec["selector"]["app.kubernetes.io/component"] == name
 
 
-def test_envoy_is_a_node_port_with_tls_only_when_a_secret_is_named(render):
-    spec = one(render({"envoy": {"nodePort": 31080}}), "Service", "envoy")["spec"]
-    assert spec["type"] == "NodePort"
-    assert [(p["name"], p["port"], p["nodePort"]) for p in spec["ports"]] == [("http", 8080, 31080)]
-    objects = render({"tls": {"secretName": "runtrack-tls"}})
+def test_envoy_is_a_node_port_over_tls_and_plaintext_only_when_asked(render, tmp_path):
+    objects = render({"envoy": {"tlsNodePort": 31443}})
     spec = one(objects, "Service", "envoy")["spec"]
-    assert [(p["name"], p["port"], p["nodePort"]) for p in spec["ports"]] == [
-        ("http", 8080, 30080),
-        ("https", 8443, 30443),
-    ]
+    assert spec["type"] == "NodePort"
+    assert [(p["name"], p["port"], p["nodePort"]) for p in spec["ports"]] == [("https", 8443, 31443)]
     pod = one(objects, "Deployment", "envoy")["spec"]["template"]["spec"]
     assert {"name": "tls", "secret": {"secretName": "runtrack-tls"}} in pod["volumes"]
+    assert [p["name"] for p in container(one(objects, "Deployment", "envoy"))["ports"]] == ["https"]
+    probe = container(one(objects, "Deployment", "envoy"))["readinessProbe"]["httpGet"]
+    assert (probe["port"], probe["scheme"]) == ("https", "HTTPS")
+    config = yaml.safe_load(envoy_config(objects))
+    listeners = {x["name"]: x["address"]["socket_address"] for x in config["static_resources"]["listeners"]}
+    assert listeners["public_tls"] == {"address": "0.0.0.0", "port_value": 8443}
+    assert listeners["public"]["address"] == "127.0.0.1", "plaintext off: the pod's loopback only"
+    sds = yaml.safe_load(one(objects, "ConfigMap", "envoy-tls-sds")["data"]["sds.yaml"])
+    assert sds["resources"][0]["tls_certificate"]["private_key"] == {"filename": "/etc/runtrack/tls/tls.key"}
+
+    objects = render({"envoy": {"plaintext": True}})
+    spec = one(objects, "Service", "envoy")["spec"]
+    assert [(p["name"], p["port"], p["nodePort"]) for p in spec["ports"]] == [
+        ("https", 8443, 30443),
+        ("http", 8080, 30080),
+    ]
+    config = yaml.safe_load(envoy_config(objects))
+    assert config["static_resources"]["listeners"][0]["address"]["socket_address"]["address"] == "0.0.0.0"
+
+
+def test_tls_is_required_and_a_certificate_given_as_values_becomes_the_charts_secret(render, tmp_path):
+    with pytest.raises(ChartError, match="TLS is required"):
+        render({"tls": {"secretName": ""}})
+    (tmp_path / "server.crt").write_text("CERT")
+    (tmp_path / "server.key").write_text("KEY")
+    objects = render({"tls": {}}, **{"tls.certificate": tmp_path / "server.crt", "tls.key": tmp_path / "server.key"})
+    secret = one(objects, "Secret", "envoy-tls")
+    assert secret["type"] == "kubernetes.io/tls"
+    assert base64.b64decode(secret["data"]["tls.key"]) == b"KEY"
+    pod = one(objects, "Deployment", "envoy")["spec"]["template"]["spec"]
+    assert {"name": "tls", "secret": {"secretName": "envoy-tls"}} in pod["volumes"]
 
 
 def test_only_envoy_and_the_node_reach_the_replicas(render):
@@ -494,7 +530,8 @@ def test_envoys_config_finds_the_replicas_in_the_release_namespace_and_checks_th
     provider = jwt_provider(config)
     assert provider["issuer"] == "https://id.example.com/realms/run"
     assert provider["audiences"] == ["runtrack-web"]
-    assert config["static_resources"]["listeners"][0]["address"]["socket_address"]["address"] == "0.0.0.0"
+    listeners = {x["name"]: x["address"]["socket_address"] for x in config["static_resources"]["listeners"]}
+    assert listeners["public_tls"]["address"] == "0.0.0.0"
     assert config["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9901}
     defaults = jwt_provider(yaml.safe_load(envoy_config(render())))
     assert (defaults["issuer"], defaults["audiences"]) == (ISSUER, ["runtrack"])
@@ -530,7 +567,7 @@ def test_a_jwks_url_has_envoy_fetch_the_keys_from_the_identity_provider(render):
     address = idp["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
     assert address["socket_address"] == {"address": "id.example.com", "port_value": 8443}
     assert idp["transport_socket"]["typed_config"]["sni"] == "id.example.com"
-    assert names(objects, "ConfigMap") == {"envoy", "envoy-live-jwks"}
+    assert names(objects, "ConfigMap") == {"envoy", "envoy-live-jwks", "envoy-tls-sds"}
     pod = one(objects, "Deployment", "envoy")["spec"]["template"]["spec"]
     assert "jwks" not in {v["name"] for v in pod["volumes"]}
     default_port = yaml.safe_load(envoy_config(render({"jwks": {"url": "https://id.example.com/certs"}})))
@@ -608,6 +645,8 @@ def test_envoy_validates_the_config_the_chart_renders(render, tmp_path, remote_j
     text = text.replace(paths.web_dist, str(web)).replace(paths.generated, str(generated))
     text = text.replace(str(Path(K8S_JWKS_FILE).parent), str(jwks))
     text = text.replace(str(Path(K8S_LIVE_JWKS_FILE).parent), str(tmp_path / "live-jwks"))
+    served = tls.ensure(tmp_path / "tls")
+    text = text.replace(K8S_TLS_SDS, str(served.sds)).replace(K8S_TLS_DIR, str(served.sds.parent))
     config = tmp_path / "envoy.yaml"
     config.write_text(text)
     out = subprocess.run(

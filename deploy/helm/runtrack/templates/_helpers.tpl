@@ -83,3 +83,14 @@ no token verifies (Envoy refuses a JWKS without keys). */}}
 {{- define "runtrack.noSignerJwks" -}}
 {"keys": [{"kty": "EC", "crv": "P-256", "x": "xOQhVVw08e_UBjKlfPZUj3MwXdEWMP6vZlZA9Ic8TkQ", "y": "hHb8Idp86SOUoVuTSc3WbLoG_G6MdnN0GgTAJySK5kg", "kid": "runtrack-no-signer", "alg": "ES256", "use": "sig"}]}
 {{- end -}}
+
+{{/* The kubernetes.io/tls Secret Envoy serves: tls.secretName, or the chart's own from tls.certificate. */}}
+{{- define "runtrack.tlsSecretName" -}}
+{{- if .Values.tls.secretName -}}
+{{- .Values.tls.secretName -}}
+{{- else if .Values.tls.certificate -}}
+envoy-tls
+{{- else -}}
+{{- fail "TLS is required: set tls.secretName (a kubernetes.io/tls Secret) or tls.certificate and tls.key" -}}
+{{- end -}}
+{{- end -}}
