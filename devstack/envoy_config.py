@@ -436,12 +436,27 @@ def _local_replies(r: LocalReply) -> list[dict[str, Any]]:
 # header name (`!`, `*`, `^`, `|`...), and a replica refused such a transcoded call with INTERNAL.
 # Envoy refuses it first, as the bad request it is; and a query parameter with no name, which the
 # transcoder would silently ignore.
-HEADER_NAME_CHECK = """
+# Replacing a runner's privacy zones needs a body: a PUT without one would read as "no zones" and put
+# their door back on every shared trail. `{"zones": []}` still clears them, on purpose.
+# Answered as text: Envoy's 400 mapping (MALFORMED_REQUEST below) wraps it in the JSON error model.
+ZONES_BODY_REQUIRED = 'body: is required: send {"zones": [...]} (an empty list clears every zone)'
+
+HEADER_NAME_CHECK = (
+    """
 function envoy_on_request(handle)
   local path = handle:headers():get(":path") or ""
   if string.find(path, "[?&]=") then
     handle:respond({[":status"] = "400"}, "a query parameter has no name")
     return
+  end
+  if handle:headers():get(":method") == "PUT" and string.find(path, "^/v1/users/[^/?]+/privacyZones") then
+    local body = handle:body()
+    if body == nil or body:length() == 0 then
+      handle:respond({[":status"] = "400"}, [==["""
+    + ZONES_BODY_REQUIRED
+    + """]==])
+      return
+    end
   end
   for name, _ in pairs(handle:headers()) do
     if string.sub(name, 1, 1) ~= ":" and string.find(name, "[^0-9a-z_.%-]") then
@@ -452,6 +467,7 @@ function envoy_on_request(handle)
   end
 end
 """
+)
 
 
 def _header_name_check() -> dict[str, Any]:

@@ -96,6 +96,7 @@ def openapi(out: Path, includes: list[str]) -> None:
     document["paths"] = _plain_path_parameters(document["paths"])
     _mark_streams(document["paths"])
     _file_bodies(document["paths"])
+    _nullable_fields(document["components"]["schemas"])
     document["info"]["description"] = (
         "The JSON API of RunTrack, through Envoy. Every operation needs `authorization: Bearer <JWT>`; "
         "errors are a google.rpc.Status with its details."
@@ -182,6 +183,17 @@ def _file_bodies(paths: dict[str, Any]) -> None:
                     "schema": {"type": "string"},
                 }
             ]
+
+
+def _nullable_fields(schemas: dict[str, Any]) -> None:
+    """Proto3's JSON mapping reads `null` as a field's default (Envoy's transcoder does): every field
+    of a request or answer message says so (`nullable`; a message field through `allOf`)."""
+    for schema in schemas.values():
+        for name, prop in list(schema.get("properties", {}).items()):
+            if "$ref" in prop:
+                schema["properties"][name] = {"allOf": [{"$ref": prop.pop("$ref")}], **prop, "nullable": True}
+            else:
+                prop["nullable"] = True
 
 
 def _lower_camel(name: str) -> str:

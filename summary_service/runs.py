@@ -204,6 +204,8 @@ async def update_run(
         (["visibility"] if raw_visibility != Visibility.UNSPECIFIED else []) + (["name"] if raw_name else [])
     )
     found = Violations()
+    if not paths:  # a PATCH without a body and without a mask: a client bug, not a no-op
+        found.add("update_mask", f"names no field and the run sets none of {', '.join(UPDATABLE)}: nothing to update")
     for path in paths:
         if path not in UPDATABLE:
             found.add("update_mask", f"only {', '.join(UPDATABLE)} can be updated, got {path!r}")

@@ -85,8 +85,10 @@ async def test_update_run_names_the_field_it_refuses(world, visibility, mask, fi
 async def test_update_run_without_a_mask_changes_the_populated_visibility_and_nothing_else(world):
     run_id = await world.run()
     assert (await runs.update_run(world.runs, ADA, run_id, Visibility.PUBLIC, [])).visibility == Visibility.PUBLIC
-    unchanged = await runs.update_run(world.runs, ADA, run_id, Visibility.UNSPECIFIED, [])
-    assert unchanged.visibility == Visibility.PUBLIC
+    with pytest.raises(InvalidArgument) as err:  # no mask and nothing set (a PATCH without a body)
+        await runs.update_run(world.runs, ADA, run_id, Visibility.UNSPECIFIED, [])
+    assert err.value.field == "update_mask" and "nothing to update" in err.value.rule
+    assert (await runs.get_run(world.runs, ADA, run_id)).visibility == Visibility.PUBLIC
 
 
 async def test_only_the_owner_changes_or_deletes_a_run_and_stats_are_the_owners_only(world):
