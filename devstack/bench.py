@@ -606,6 +606,10 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--files", type=int, default=6, help="files per format (default 6)")
     f.add_argument("--clients", type=int, default=2, help="clients at once (default 2)")
     f.add_argument("--repeats", type=int, default=5, help="analysis runs per length (default 5)")
+    t = sub.add_parser("tls", help="TLS handshakes and calls at Envoy against plaintext, alternating rounds")
+    t.add_argument("--connections", type=int, default=2000, help="new connections per round (default 2000)")
+    t.add_argument("--calls", type=int, default=5000, help="GetRun calls per round (default 5000)")
+    t.add_argument("--rounds", type=int, default=3)
     a = sub.add_parser("auth")
     a.add_argument("--calls", type=int, default=2000, help="GetRun calls per round (streams: a quarter)")
     a.add_argument("--rounds", type=int, default=3)
@@ -658,6 +662,10 @@ def main(argv: list[str] | None = None) -> int:
         from devstack import bench_files
 
         bench_files.run(stack, args.points, args.files, args.clients, args.repeats, ROOT / ".dev" / "bench")
+    elif args.what == "tls":
+        from devstack import bench_tls
+
+        bench_tls.run(stack, args.connections, args.calls, args.rounds, ROOT / ".dev" / "bench")
     elif args.what == "auth":
         asyncio.run(bench_auth(stack, args.calls, args.rounds))
     elif args.cql_nodes == 3:
