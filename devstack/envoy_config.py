@@ -318,6 +318,15 @@ class Layout:
     plaintext: bool = True
     # Where the plaintext listener binds, when not listen_address.
     plaintext_address: str | None = None
+    # Against slow and oversized clients: a request's headers must arrive within this, at most this
+    # large and this many (beyond: 408, 431).
+    request_headers_timeout_s: int = 10
+    max_request_headers_kb: int = 32
+    max_headers_count: int = 100
+    # The overload manager: past the connection limit new connections are refused; as the heap nears
+    # its limit Envoy frees memory, stops keep-alive, stops accepting connections, then requests.
+    max_connections: int = 50_000
+    max_heap_bytes: int = 2 * 1024 * 1024 * 1024
 
 
 def _addr(port: int | str, address: str = "127.0.0.1") -> dict[str, Any]:
@@ -717,6 +726,9 @@ def render(layout: Layout = Layout()) -> dict[str, Any]:
         "merge_slashes": True,
         "path_with_escaped_slashes_action": "REJECT_REQUEST",
         "stream_idle_timeout": f"{layout.stream_idle_timeout_s}s",
+        "request_headers_timeout": f"{layout.request_headers_timeout_s}s",
+        "max_request_headers_kb": layout.max_request_headers_kb,
+        "common_http_protocol_options": {"max_headers_count": layout.max_headers_count},
         # Small windows, as for an edge proxy: a phone can be at most this far ahead of the
         # replica reading its stream, so a slow store pushes back on the phone, not on memory.
         "http2_protocol_options": {
@@ -753,6 +765,7 @@ def render(layout: Layout = Layout()) -> dict[str, Any]:
     return {
         "node": {"id": "runtrack-envoy", "cluster": "runtrack"},
         "admin": {"address": _addr(layout.admin_port)},
+        "overload_manager": _overload_manager(layout),
         "static_resources": {
             "listeners": listeners,
             "clusters": [
@@ -760,6 +773,40 @@ def render(layout: Layout = Layout()) -> dict[str, Any]:
                 *([_jwks_cluster(remote)] if (remote := _remote_jwks(layout)) is not None else []),
             ],
         },
+    }
+
+
+FIXED_HEAP = "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig"
+DOWNSTREAM_CONNECTIONS = (
+    "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
+)
+
+
+def _overload_manager(layout: Layout) -> dict[str, Any]:
+    def at(share: float) -> list[dict[str, Any]]:
+        return [{"name": "envoy.resource_monitors.fixed_heap", "threshold": {"value": share}}]
+
+    return {
+        "refresh_interval": "0.25s",
+        "resource_monitors": [
+            {
+                "name": "envoy.resource_monitors.fixed_heap",
+                "typed_config": {"@type": FIXED_HEAP, "max_heap_size_bytes": layout.max_heap_bytes},
+            },
+            {
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": DOWNSTREAM_CONNECTIONS,
+                    "max_active_downstream_connections": layout.max_connections,
+                },
+            },
+        ],
+        "actions": [
+            {"name": "envoy.overload_actions.shrink_heap", "triggers": at(0.90)},
+            {"name": "envoy.overload_actions.disable_http_keepalive", "triggers": at(0.92)},
+            {"name": "envoy.overload_actions.stop_accepting_connections", "triggers": at(0.95)},
+            {"name": "envoy.overload_actions.stop_accepting_requests", "triggers": at(0.98)},
+        ],
     }
 
 
@@ -904,6 +951,8 @@ def k8s_layout(*, remote_jwks: bool = False, paths: ImagePaths = ImagePaths()) -
         ),
         tls=Tls(K8S_TLS_PORT, K8S_TLS_SDS, K8S_TLS_DIR),
         plaintext_address=PLAINTEXT_ADDRESS,
+        # The chart's envoy.resources.limits.memory is 256Mi: shedding starts well before the kill.
+        max_heap_bytes=200 * 1024 * 1024,
     )
 
 
