@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from runtrack.v1 import summary_pb2, tracking_pb2
 from runtrack_common import logs, metrics
 from runtrack_common.config import Settings
+from runtrack_common.malformed import MalformedRequests
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ class Replica:
                 ("grpc.server.max_pending_requests_hard_limit", s.max_concurrent_rpcs),
             ],
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
-            interceptors=[metrics.ServerMetrics()],
+            interceptors=[metrics.ServerMetrics(), MalformedRequests()],
         )
         self.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
