@@ -17,6 +17,7 @@ import copy
 import datetime as dt
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -26,6 +27,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 
 from devstack.auth import AUDIENCE, ISSUER, LINK_AUDIENCE, LINK_ISSUER
+from devstack.paths import LIMITS_YAML
 from runtrack.v1 import summary_pb2, tracking_pb2
 
 TRACKING = tracking_pb2.DESCRIPTOR.services_by_name["TrackingService"]
@@ -44,6 +46,9 @@ LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 FILTER_CONFIG = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
 COMPRESSOR = "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor"
 COMPRESSOR_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.CompressorPerRoute"
+LOCAL_RATELIMIT = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+# The streams a phone or a spectator opens (gRPC paths; WatchRun also by its JSON path).
+STREAM_PATHS = r"^/runtrack\.v1\.TrackingService/(RecordTrack|WatchRun)$|^/v1/runs/[^/]+:watch"
 GZIP = "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip"
 HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 # Unary calls are safe to repeat (StopRun is idempotent by contract): retry them on another replica.
@@ -127,10 +132,13 @@ class LocalReply:
     json_message: str | None = None
     # Whether gRPC calls get it too (as trailers-only), or only JSON calls.
     grpc: bool = True
+    # ErrorInfo's metadata.
+    metadata: tuple[tuple[str, str], ...] = ()
 
     def status(self) -> status_pb2.Status:
         status = status_pb2.Status(code=self.code, message=self.message)
-        status.details.add().Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain="runtrack"))
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain="runtrack", metadata=dict(self.metadata))
+        status.details.add().Pack(info)
         if self.retry_after_s is not None:
             delay = Duration()
             delay.FromTimedelta(dt.timedelta(seconds=self.retry_after_s))
@@ -153,7 +161,27 @@ def _http_status(code: int) -> dict[str, Any]:
     }
 
 
+def _rate_limited(family: str, what: str) -> LocalReply:
+    """A runner over one of its limits (envoy/limits.yaml), told which and when to come back."""
+    streams = {
+        "name": ":path",
+        "string_match": {"safe_regex": {"regex": STREAM_PATHS}},
+        "invert_match": family != "stream_opens",
+    }
+    return LocalReply(
+        {"and_filter": {"filters": [_http_status(429), {"header_filter": {"header": streams}}]}},
+        code_pb2.RESOURCE_EXHAUSTED,
+        "RATE_LIMITED",
+        f"too many {what} from this runner; slow down and retry after the delay given",
+        1.0,
+        metadata=(("limit", family),),  # one entry: a map's order is not fixed
+    )
+
+
 LOCAL_REPLIES = (
+    # A runner over its calls per second, or its stream opens per second.
+    _rate_limited("calls", "calls"),
+    _rate_limited("stream_opens", "streams opened"),
     # Every replica of the service reports NOT_SERVING (its store is down) or none is running.
     LocalReply(_flags("UH"), code_pb2.UNAVAILABLE, "NO_HEALTHY_REPLICA", "no healthy replica; retry shortly", 1.0),
     # A replica went away between the health check and the call, or too many calls are open.
@@ -271,6 +299,26 @@ class Tls:
 
 
 @dataclass(frozen=True)
+class Bucket:
+    per_second: int | str  # a str: the chart's placeholder
+    burst: int | str
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-runner token buckets (envoy/limits.yaml; in the chart, its `limits` values)."""
+
+    calls: Bucket
+    stream_opens: Bucket
+    max_runners: int | str
+
+    @classmethod
+    def load(cls, path: Path = LIMITS_YAML) -> Limits:
+        doc = yaml.safe_load(path.read_text())
+        return cls(Bucket(**doc["calls"]), Bucket(**doc["stream_opens"]), int(doc["max_runners"]))
+
+
+@dataclass(frozen=True)
 class Layout:
     listen_port: int = 8080
     admin_port: int = 9901
@@ -327,6 +375,10 @@ class Layout:
     # its limit Envoy frees memory, stops keep-alive, stops accepting connections, then requests.
     max_connections: int = 50_000
     max_heap_bytes: int = 2 * 1024 * 1024 * 1024
+    # Per-runner limits: the chart's Envoy (its `limits` values, envoy/limits.yaml's by default). None
+    # on the local stacks, whose tests and benchmarks drive one runner hard on purpose; the limits'
+    # own test runs a second Envoy with envoy/limits.yaml.
+    limits: Limits | None = None
 
 
 def _addr(port: int | str, address: str = "127.0.0.1") -> dict[str, Any]:
@@ -368,6 +420,59 @@ def _static_route(f: StaticFile) -> dict[str, Any]:
         ],
         "typed_per_filter_config": {
             "envoy.filters.http.grpc_json_transcoder": {"@type": FILTER_CONFIG, "disabled": True}
+        },
+    }
+
+
+def _bucket(b: Bucket) -> dict[str, Any]:
+    return {"max_tokens": b.burst, "tokens_per_fill": b.per_second, "fill_interval": "1s"}
+
+
+def _per_runner_limits(limits: Limits) -> dict[str, Any]:
+    """Local rate limit with one bucket per runner and family (a descriptor entry with an empty value
+    makes a bucket per value seen). After jwt_authn, which set x-runtrack-user from the token; calls
+    without one (the page's files, health) are not counted."""
+    on = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "per_runner_limits"}
+
+    def family(name: str, streams: bool) -> dict[str, Any]:
+        return {
+            "actions": [
+                {"request_headers": {"header_name": "x-runtrack-user", "descriptor_key": "user"}},
+                {
+                    "header_value_match": {
+                        "descriptor_key": "family",
+                        "descriptor_value": name,
+                        "expect_match": streams,
+                        "headers": [{"name": ":path", "string_match": {"safe_regex": {"regex": STREAM_PATHS}}}],
+                    }
+                },
+            ]
+        }
+
+    return {
+        "name": "envoy.filters.http.local_ratelimit",
+        "typed_config": {
+            "@type": LOCAL_RATELIMIT,
+            "stat_prefix": "per_runner",
+            # The default bucket is not consumed by a call a runner's bucket counted; it must exist.
+            "token_bucket": {"max_tokens": 1_000_000, "tokens_per_fill": 1_000_000, "fill_interval": "1s"},
+            "always_consume_default_token_bucket": False,
+            "filter_enabled": on,
+            "filter_enforced": on,
+            "rate_limited_as_resource_exhausted": True,
+            "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+            "max_dynamic_descriptors": limits.max_runners,
+            "descriptors": [
+                {
+                    "entries": [{"key": "user", "value": ""}, {"key": "family", "value": "calls"}],
+                    "token_bucket": _bucket(limits.calls),
+                },
+                {
+                    "entries": [{"key": "user", "value": ""}, {"key": "family", "value": "stream_opens"}],
+                    "token_bucket": _bucket(limits.stream_opens),
+                },
+            ],
+            "rate_limits": [family("calls", False), family("stream_opens", True)],
         },
     }
 
@@ -753,6 +858,7 @@ def render(layout: Layout = Layout()) -> dict[str, Any]:
             _compressor(),
             _header_name_check(),
             *(_auth_filters(layout.auth) if layout.auth is not None else []),
+            *([_per_runner_limits(layout.limits)] if layout.limits is not None and layout.auth is not None else []),
             {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder},
             {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
         ],
@@ -892,6 +998,12 @@ JWKS_CA_FILE = "__JWKS_CA_FILE__"
 # Where the plaintext listener binds: every interface when the chart's envoy.plaintext is true, else
 # the pod's own loopback (nothing outside the pod reaches it; the Service has no plaintext port).
 PLAINTEXT_ADDRESS = "__PLAINTEXT_ADDRESS__"
+# The per-runner limits: numbers from the chart's `limits` values.
+K8S_LIMITS = Limits(
+    Bucket("__LIMIT_CALLS_PER_SECOND__", "__LIMIT_CALLS_BURST__"),
+    Bucket("__LIMIT_STREAM_OPENS_PER_SECOND__", "__LIMIT_STREAM_OPENS_BURST__"),
+    "__LIMIT_MAX_RUNNERS__",
+)
 K8S_PLACEHOLDERS = (
     NAMESPACE,
     CLUSTER_DOMAIN,
@@ -902,6 +1014,11 @@ K8S_PLACEHOLDERS = (
     JWKS_PORT,
     JWKS_CA_FILE,
     PLAINTEXT_ADDRESS,
+    "__LIMIT_CALLS_PER_SECOND__",
+    "__LIMIT_CALLS_BURST__",
+    "__LIMIT_STREAM_OPENS_PER_SECOND__",
+    "__LIMIT_STREAM_OPENS_BURST__",
+    "__LIMIT_MAX_RUNNERS__",
 )
 
 # The replicas' gRPC port in their pods, behind the headless Services `tracking` and `summary`.
@@ -951,6 +1068,7 @@ def k8s_layout(*, remote_jwks: bool = False, paths: ImagePaths = ImagePaths()) -
         ),
         tls=Tls(K8S_TLS_PORT, K8S_TLS_SDS, K8S_TLS_DIR),
         plaintext_address=PLAINTEXT_ADDRESS,
+        limits=K8S_LIMITS,
         # The chart's envoy.resources.limits.memory is 256Mi: shedding starts well before the kill.
         max_heap_bytes=200 * 1024 * 1024,
     )

@@ -40,6 +40,7 @@ from devstack.envoy_config import (
     K8S_TLS_SDS,
     REPLICA_PORT,
     ImagePaths,
+    Limits,
 )
 from devstack.gen_envoy import K8S_ENVOY_REMOTE_JWKS_YAML, K8S_ENVOY_YAML, outputs
 from devstack.paths import DESCRIPTOR_SET, OPENAPI, ROOT, cache_dir
@@ -164,6 +165,11 @@ def test_the_charts_envoy_configs_hold_every_placeholder_the_chart_replaces():
         "__JWT_ISSUER__",
         "__JWT_AUDIENCE__",
         "__PLAINTEXT_ADDRESS__",
+        "__LIMIT_CALLS_PER_SECOND__",
+        "__LIMIT_CALLS_BURST__",
+        "__LIMIT_STREAM_OPENS_PER_SECOND__",
+        "__LIMIT_STREAM_OPENS_BURST__",
+        "__LIMIT_MAX_RUNNERS__",
     }
     templates = "".join(p.read_text() for p in (CHART / "templates").rglob("*.yaml"))
     for placeholder in K8S_PLACEHOLDERS:
@@ -678,3 +684,20 @@ def test_live_links_are_signed_by_the_tracking_pods_and_verified_by_envoy(render
     config = yaml.safe_load(envoy_config(objects))
     assert jwt_filter(config)["providers"]["runlink"]["local_jwks"] == {"filename": K8S_LIVE_JWKS_FILE}
     assert "live-link-key" not in names(render(), "Secret"), "no key given: no Secret, links refused"
+
+
+def test_the_per_runner_limits_default_to_envoy_limits_yaml_and_reach_envoys_config(render):
+    limits = Limits.load()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["limits"]
+    assert values == {
+        "calls": {"perSecond": limits.calls.per_second, "burst": limits.calls.burst},
+        "streamOpens": {"perSecond": limits.stream_opens.per_second, "burst": limits.stream_opens.burst},
+        "maxRunners": limits.max_runners,
+    }
+    config = yaml.safe_load(envoy_config(render({"limits": {**values, "calls": {"perSecond": 7, "burst": 9}}})))
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    (limiter,) = [f["typed_config"] for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.local_ratelimit"]
+    calls, streams = limiter["descriptors"]
+    assert calls["token_bucket"] == {"max_tokens": 9, "tokens_per_fill": 7, "fill_interval": "1s"}
+    assert streams["token_bucket"]["max_tokens"] == limits.stream_opens.burst
+    assert limiter["max_dynamic_descriptors"] == limits.max_runners

@@ -1,0 +1,143 @@
+"""Per-runner limits at Envoy (envoy/limits.yaml), on a second Envoy of the test stack that enforces
+them (the stack's own serves the other tests, which drive one runner hard on purpose): a runner over
+its calls per second or its streams opened per second gets RESOURCE_EXHAUSTED (429 over HTTP) with
+ErrorInfo RATE_LIMITED naming the limit, RetryInfo and the rate-limit headers; another runner is not
+slowed; after the delay the runner is served again."""
+
+import asyncio
+import dataclasses
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from devstack import procs
+from devstack.auth import token_channel
+from devstack.envoy_config import Limits
+from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
+from tests.integration.faults import report
+
+LIMITS = Limits.load()
+
+
+@pytest.fixture(scope="module")
+def limited(stack):
+    """host:port of an Envoy with the product's limits, in front of the test stack's replicas."""
+    layout = dataclasses.replace(
+        stack.spec.layout,
+        limits=LIMITS,
+        listen_port=stack.spec.envoy_port + 3,
+        admin_port=stack.spec.envoy_admin_port + 3,
+        tls=None,
+    )
+    pid = stack.start_envoy(layout, name="envoy-limits")
+    address = f"127.0.0.1:{layout.listen_port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://{address}/openapi.json", timeout=1).close()
+            break
+        except (OSError, urllib.error.URLError):
+            time.sleep(0.2)
+    yield address
+    procs.stop(pid, timeout=10)
+
+
+def refusal(err: grpc.aio.AioRpcError) -> tuple[str, dict[str, str], float]:
+    status = rpc_status.from_call(err)
+    assert status is not None, err.details()
+    info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
+    reason, metadata, delay = "", {}, 0.0
+    for detail in status.details:
+        if detail.Unpack(info):
+            reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Unpack(retry):
+            delay = retry.retry_delay.ToTimedelta().total_seconds()
+    return reason, metadata, delay
+
+
+async def burst(channel, run_id: str, n: int) -> tuple[int, list[grpc.aio.AioRpcError]]:
+    stub = summary_pb2_grpc.SummaryServiceStub(channel)
+    ok, refused = 0, []
+    for _ in range(n):
+        try:
+            await stub.GetRun(summary_pb2.GetRunRequest(run_id=run_id))
+            ok += 1
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND:
+                refused.append(err)
+            else:
+                ok += 1
+    return ok, refused
+
+
+async def test_a_runner_over_its_calls_per_second_is_told_to_slow_down_and_others_are_not(stack, limited):
+    ada, bob = (stack.issuer.token(f"{name}-{uuid.uuid4().hex[:6]}") for name in ("ada", "bob"))
+    n = LIMITS.calls.burst + 3 * LIMITS.calls.per_second
+    async with token_channel(limited, ada) as channel:
+        began = time.monotonic()
+        ok, refused = await burst(channel, str(uuid.uuid4()), n)
+        took = time.monotonic() - began
+    # At most the burst plus what refilled meanwhile went through; the rest was refused.
+    assert ok <= LIMITS.calls.burst + LIMITS.calls.per_second * (took + 1), (ok, took)
+    assert refused and len(refused) + ok == n
+    codes = {e.code() for e in refused}
+    assert codes == {grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+    reason, metadata, delay = refusal(refused[0])
+    assert (reason, metadata, delay) == ("RATE_LIMITED", {"limit": "calls"}, 1.0)
+    figures = {"sent": n, "served": ok, "refused": len(refused), "seconds": round(took, 2)}
+    async with token_channel(limited, bob) as channel:
+        _, refused_bob = await burst(channel, str(uuid.uuid4()), LIMITS.calls.burst)
+    assert refused_bob == [], "another runner's calls are their own"
+    await asyncio.sleep(delay + 0.2)
+    async with token_channel(limited, ada) as channel:
+        ok, refused = await burst(channel, str(uuid.uuid4()), LIMITS.calls.per_second // 2)
+    assert refused == [], "served again after the delay"
+    report(stack, "per_runner_calls", **figures, burst=LIMITS.calls.burst, per_second=LIMITS.calls.per_second)
+
+
+def test_over_http_the_refusal_is_429_with_the_rate_limit_headers(stack, limited):
+    token = stack.issuer.token(f"cyd-{uuid.uuid4().hex[:6]}")
+    statuses, last = [], None
+    for _ in range(LIMITS.calls.burst + 2 * LIMITS.calls.per_second):
+        req = urllib.request.Request(f"http://{limited}/v1/users/me/runs", headers={"authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                statuses.append(resp.status)
+                last_ok = resp.headers
+        except urllib.error.HTTPError as err:
+            statuses.append(err.code)
+            last = err
+    assert 200 in statuses and 429 in statuses
+    assert last is not None
+    assert last.headers["x-ratelimit-limit"].split(",")[0] == str(LIMITS.calls.burst)
+    assert last.headers["x-ratelimit-remaining"] == "0"
+    body = last.read().decode()
+    assert '"RATE_LIMITED"' in body and '"calls"' in body
+    assert int(last_ok["x-ratelimit-remaining"]) >= 0
+
+
+async def test_streams_opened_past_the_limit_are_refused_naming_that_limit(stack, limited):
+    token = stack.issuer.token(f"dee-{uuid.uuid4().hex[:6]}")
+    opened, refused = 0, []
+    async with token_channel(limited, token) as channel:
+        stub = tracking_pb2_grpc.TrackingServiceStub(channel)
+        for _ in range(LIMITS.stream_opens.burst + 5):
+            run_id = str(uuid.uuid4())
+            point = tracking_pb2.TrackPoint(
+                seq=1, latitude=48.85, longitude=2.35, time={"seconds": int(time.time()) - 60}
+            )
+            try:
+                await stub.RecordTrack(iter([tracking_pb2.RecordTrackRequest(run_id=run_id, points=[point])]))
+                opened += 1
+            except grpc.aio.AioRpcError as err:
+                refused.append(err)
+    assert opened >= LIMITS.stream_opens.burst and refused
+    reason, metadata, _ = refusal(refused[0])
+    assert refused[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (reason, metadata) == ("RATE_LIMITED", {"limit": "stream_opens"})
