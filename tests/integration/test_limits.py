@@ -6,6 +6,7 @@ slowed; after the delay the runner is served again."""
 
 import asyncio
 import dataclasses
+import multiprocessing
 import time
 import urllib.error
 import urllib.request
@@ -141,3 +142,85 @@ async def test_streams_opened_past_the_limit_are_refused_naming_that_limit(stack
     reason, metadata, _ = refusal(refused[0])
     assert refused[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert (reason, metadata) == ("RATE_LIMITED", {"limit": "stream_opens"})
+
+
+def flood(address: str, token: str, total: int, results) -> None:
+    """`total` GetRun calls from one token as fast as 64 concurrent calls go (run in its own process)."""
+
+    async def run() -> tuple[int, int, float]:
+        request = summary_pb2.GetRunRequest(run_id=str(uuid.uuid4()))
+        channels = [token_channel(address, token) for _ in range(4)]
+        stubs = [summary_pb2_grpc.SummaryServiceStub(c) for c in channels]
+        left, served, refused = total, 0, 0
+        began = time.monotonic()
+
+        async def worker(stub) -> None:
+            nonlocal left, served, refused
+            while left > 0:
+                left -= 1
+                try:
+                    await stub.GetRun(request)
+                    served += 1
+                except grpc.aio.AioRpcError as err:
+                    if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        refused += 1
+                    else:
+                        served += 1  # NOT_FOUND: the call reached a replica
+
+        await asyncio.gather(*(worker(stubs[i % 4]) for i in range(64)))
+        for c in channels:
+            await c.close()
+        return served, refused, time.monotonic() - began
+
+    results.put(asyncio.run(run()))
+
+
+def _p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+async def test_a_flood_of_50000_calls_from_one_token_is_held_to_its_rate_and_others_are_served(stack, limited):
+    flooder, other = (stack.issuer.token(f"{n}-{uuid.uuid4().hex[:6]}") for n in ("flood", "calm"))
+    request = summary_pb2.GetRunRequest(run_id=str(uuid.uuid4()))
+
+    async def calm(n: int) -> tuple[list[float], int]:
+        latencies, failed = [], 0
+        async with token_channel(limited, other) as channel:
+            stub = summary_pb2_grpc.SummaryServiceStub(channel)
+            for _ in range(n):
+                began = time.perf_counter()
+                try:
+                    await stub.GetRun(request)
+                except grpc.aio.AioRpcError as err:
+                    failed += err.code() != grpc.StatusCode.NOT_FOUND
+                latencies.append(time.perf_counter() - began)
+                await asyncio.sleep(0.1)  # 10 calls a second: within its limit
+        return latencies, failed
+
+    quiet, failed = await calm(30)
+    assert failed == 0
+    total = 50_000
+    # The flood from another process (as an attacker's would be), so that it does not share this
+    # process's event loop with the calm runner's calls.
+    results = multiprocessing.get_context("spawn").Queue()
+    flooding = multiprocessing.get_context("spawn").Process(target=flood, args=(limited, flooder, total, results))
+    flooding.start()
+    await asyncio.sleep(1.0)
+    during, failed = await calm(30)
+    served, refused, took = await asyncio.to_thread(results.get, True, 120)
+    flooding.join(10)
+    assert failed == 0, "another runner's call failed during the flood"
+    assert served + refused == total
+    assert served <= LIMITS.calls.burst + LIMITS.calls.per_second * (took + 1), (served, took)
+    report(
+        stack,
+        "flood_from_one_token",
+        calls=total,
+        seconds=round(took, 1),
+        served=served,
+        refused=refused,
+        other_runner_p99_ms_quiet=round(_p99(quiet) * 1000, 1),
+        other_runner_p99_ms_during=round(_p99(during) * 1000, 1),
+        other_runner_failed=0,
+    )
