@@ -164,42 +164,35 @@ def file_schemas() -> Path:
     return out
 
 
-def certutil() -> Path:
-    """NSS's certutil (Debian's libnss3-tools): the browser tests trust the local CA through an NSS
-    database, as Chromium on Linux does."""
-    found = shutil.which("certutil")
-    if found:
-        return Path(found)
-    if os.geteuid() != 0:
-        raise SystemExit("the TLS browser test needs certutil: `sudo apt-get install libnss3-tools`")
-    say("setup: installing NSS's certutil from Debian's packages (once per machine)")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    install = ["apt-get", "install", "-y", "-qq", "libnss3-tools"]
-    if subprocess.run(install, stdout=sys.stderr, env=env).returncode != 0:
-        subprocess.run(["apt-get", "update", "-qq"], check=True, stdout=sys.stderr, env=env)
-        subprocess.run(install, check=True, stdout=sys.stderr, env=env)
-    found = shutil.which("certutil")
-    if not found:
-        raise SystemExit("apt-get installed libnss3-tools, yet certutil is not on PATH")
-    return Path(found)
-
-
-def chromium() -> Path:
-    """Debian's Chromium for the browser tests, installed with apt-get when missing (as root)."""
-    for name in ("chromium", "chromium-browser"):
+def _debian_binary(names: tuple[str, ...], package: str, what: str) -> Path:
+    """The first of `names` on PATH, after installing Debian's `package` once when none is (as root)."""
+    for name in names:
         found = shutil.which(name)
         if found:
             return Path(found)
     if os.geteuid() != 0:
-        raise SystemExit("the browser tests need Chromium: `sudo apt-get install chromium`")
-    say("setup: installing Chromium from Debian's packages (once per machine)")
+        raise SystemExit(f"{what} needs {names[0]}: `sudo apt-get install {package}`")
+    say(f"setup: installing {package} from Debian's packages (once per machine)")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], check=True, stdout=sys.stderr, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, stdout=sys.stderr, env=env)
-    found = shutil.which("chromium")
+    install = ["apt-get", "install", "-y", "-qq", package]
+    if subprocess.run(install, stdout=sys.stderr, env=env).returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, stdout=sys.stderr, env=env)
+        subprocess.run(install, check=True, stdout=sys.stderr, env=env)
+    found = shutil.which(names[0])
     if not found:
-        raise SystemExit("apt-get installed chromium, yet it is not on PATH")
+        raise SystemExit(f"apt-get installed {package}, yet {names[0]} is not on PATH")
     return Path(found)
+
+
+def certutil() -> Path:
+    """NSS's certutil (Debian's libnss3-tools): the browser tests trust the local CA through an NSS
+    database, as Chromium on Linux does."""
+    return _debian_binary(("certutil",), "libnss3-tools", "the TLS browser test")
+
+
+def chromium() -> Path:
+    """Debian's Chromium for the browser tests."""
+    return _debian_binary(("chromium", "chromium-browser"), "chromium", "the browser tests")
 
 
 def envoy() -> Path:

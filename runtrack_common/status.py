@@ -99,6 +99,14 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], err: Exception, *, 
     raise AssertionError("abort_with_status returned")  # it raises; this tells the type checker
 
 
+def metadata(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str:
+    """A request header Envoy passed on (the first, as text); "" when absent."""
+    for k, value in context.invocation_metadata() or ():
+        if k == key:
+            return value if isinstance(value, str) else value.decode(errors="replace")
+    return ""
+
+
 def caller_of(context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
     """The user Envoy verified; UNAUTHENTICATED when the call did not pass Envoy's token check."""
     user, authorization = "", ""

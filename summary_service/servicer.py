@@ -151,13 +151,6 @@ def _track_point(seq: int, p: FilePoint) -> tracking_pb2.TrackPoint:
     return out
 
 
-def _metadata(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str:
-    for k, v in context.invocation_metadata() or ():
-        if k == key:
-            return v if isinstance(v, str) else v.decode(errors="replace")
-    return ""
-
-
 POINTS_PER_MESSAGE = 1000
 # Storing an imported trail (up to imports.MAX_POINTS points) may take longer than a unary call.
 IMPORT_STORE_TIMEOUT_S = 60.0
@@ -280,7 +273,7 @@ class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
     ) -> summary_pb2.Run:
         caller = status.caller_of(context)
         try:
-            zone = time_zone(_metadata(context, TIME_ZONE_HEADER))
+            zone = time_zone(status.metadata(context, TIME_ZONE_HEADER))
         except InvalidArgument as err:
             raise InvalidArgument(TIME_ZONE_HEADER, err.rule, reason=err.reason) from None
         now_us = time.time_ns() // 1000

@@ -5,6 +5,7 @@ in steps per minute and written as Garmin's running cadence, strides (of one foo
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
@@ -12,6 +13,7 @@ import gpxpy.gpx
 from lxml import etree
 
 from tracking_service.domain import Point
+from tracking_service.privacy import distance_m
 
 GPX_TYPE = "application/gpx+xml"
 TCX_TYPE = "application/vnd.garmin.tcx+xml"
@@ -53,9 +55,15 @@ def to_gpx(name: str, points: Sequence[Point]) -> bytes:
     return gpx.to_xml(version="1.1").encode()
 
 
-def to_tcx(name: str, points: Sequence[Point], distances_m: Sequence[float]) -> bytes:
-    """One activity, one lap over the whole trail; `distances_m` is the distance from the start at each
-    point (the same geodesics as everywhere else)."""
+def to_tcx(name: str, points: Sequence[Point]) -> bytes:
+    """One activity, one lap over the whole trail, with each point's distance from the start (the
+    same geodesics as everywhere else)."""
+    distances_m = list(
+        itertools.accumulate(
+            (distance_m(a.latitude, a.longitude, b.latitude, b.longitude) for a, b in itertools.pairwise(points)),
+            initial=0.0,
+        )
+    )[: len(points)]
     nsmap = {None: TCX_NS, "ns3": ACTX_NS, "xsi": XSI}
     root = etree.Element(f"{{{TCX_NS}}}TrainingCenterDatabase", nsmap=nsmap)
     root.set(f"{{{XSI}}}schemaLocation", TCX_SCHEMA)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import itertools
 import logging
 import random
 import uuid
@@ -44,7 +43,7 @@ from tracking_service.hub import LiveHub, link_refused
 from tracking_service.ingest import IngestStream
 from tracking_service.links import LinkSigner, new_link_id, new_webhook_secret
 from tracking_service.live import DELETED, ENDED, STOPPED, LinkRecord, LiveRow, link_expiry
-from tracking_service.privacy import Zone, distance_m
+from tracking_service.privacy import Zone
 from tracking_service.store import TrackStore
 from tracking_service.tracks import RunVisibility
 from tracking_service.webhooks import check_url
@@ -514,13 +513,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
             raise InvalidArgument("format", f"must be one of {', '.join(sorted(FORMATS))}, got {request.format!r}")
         points = await tracks.whole_track(self.store, self.visibility, caller, run_id)
         name = f"Run {run_id}"
-        if fmt == "gpx":
-            data = to_gpx(name, points)
-        else:
-            distances = [0.0]
-            for a, b in itertools.pairwise(points):
-                distances.append(distances[-1] + distance_m(a.latitude, a.longitude, b.latitude, b.longitude))
-            data = to_tcx(name, points, distances[: len(points)])
+        data = to_gpx(name, points) if fmt == "gpx" else to_tcx(name, points)
         filename = f"runtrack-{run_id}.{fmt}"
         await context.send_initial_metadata((("content-disposition", f'attachment; filename="{filename}"'),))
         log.info("track exported run_id=%s format=%s points=%d bytes=%d", run_id, fmt, len(points), len(data))
@@ -550,11 +543,8 @@ MAX_LINKS_PER_RUN = 20
 
 def _format_from_path(context: Context[Any, Any]) -> str:
     """The file type a JSON call's path asked for (.gpx or .tcx): Envoy's transcoder passes it on."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "x-envoy-original-path" and isinstance(value, str):
-            path = value.split("?", 1)[0]
-            return path.rsplit(".", 1)[-1] if path.endswith((".gpx", ".tcx")) else "gpx"
-    return "gpx"
+    path = status.metadata(context, "x-envoy-original-path").split("?", 1)[0]
+    return path.rsplit(".", 1)[-1] if path.endswith((".gpx", ".tcx")) else "gpx"
 
 
 def link_to_proto(run_id: str, row: LiveRow, link: LinkRecord) -> tracking_pb2.LiveLink:
