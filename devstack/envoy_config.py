@@ -83,6 +83,10 @@ class Route:
     retries: int = 0
     # Off for a stream of events: gzip would hold small messages back.
     compress: bool = True
+    # Streams open at once are limited (when the limits are on) per "runner" or per live "link":
+    # Envoy sends the limit in a header and all of a runner's (a link's) streams to one replica,
+    # which counts them (tracking_service/open_limits.py).
+    open_per: str | None = None
 
 
 @dataclass(frozen=True)
@@ -306,16 +310,31 @@ class Bucket:
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-runner token buckets (envoy/limits.yaml; in the chart, its `limits` values)."""
+    """Per-runner limits (envoy/limits.yaml; in the chart, its `limits` values): token buckets, streams
+    open at once, streams per connection."""
 
     calls: Bucket
     stream_opens: Bucket
     max_runners: int | str
+    record_streams_per_runner: int | str
+    watch_streams_per_link: int | str
+    streams_per_connection: int | str
+    # How the tracking replicas are chosen: MAGLEV (consistent hashing on the runner or link, so one
+    # replica counts all of a runner's streams), or LEAST_REQUEST (streams spread; each replica
+    # counts its own, so a runner could hold that many on each).
+    stream_lb_policy: str = "MAGLEV"
 
     @classmethod
     def load(cls, path: Path = LIMITS_YAML) -> Limits:
         doc = yaml.safe_load(path.read_text())
-        return cls(Bucket(**doc["calls"]), Bucket(**doc["stream_opens"]), int(doc["max_runners"]))
+        return cls(
+            Bucket(**doc["calls"]),
+            Bucket(**doc["stream_opens"]),
+            int(doc["max_runners"]),
+            int(doc["open_streams"]["record_per_runner"]),
+            int(doc["open_streams"]["watch_per_link"]),
+            int(doc["streams_per_connection"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -343,10 +362,19 @@ class Layout:
     )
     routes: tuple[Route, ...] = field(
         default_factory=lambda: (
-            Route(f"/{TRACKING.full_name}/RecordTrack", "tracking", timeout_s=0, max_stream_s=6 * 3600),
+            Route(
+                f"/{TRACKING.full_name}/RecordTrack", "tracking", timeout_s=0, max_stream_s=6 * 3600, open_per="runner"
+            ),
             # A watcher follows a run for as long as it lasts; after an hour it reconnects (with
             # after_seq), which checks its credentials again.
-            Route(f"/{TRACKING.full_name}/WatchRun", "tracking", timeout_s=0, max_stream_s=3600, compress=False),
+            Route(
+                f"/{TRACKING.full_name}/WatchRun",
+                "tracking",
+                timeout_s=0,
+                max_stream_s=3600,
+                compress=False,
+                open_per="link",
+            ),
             Route(f"/{TRACKING.full_name}/", "tracking", retries=2),
             # A file of up to 16 MiB is parsed, analysed and stored in one call; not retried (its
             # body is larger than what Envoy keeps for a retry).
@@ -385,8 +413,27 @@ def _addr(port: int | str, address: str = "127.0.0.1") -> dict[str, Any]:
     return {"socket_address": {"address": address, "port_value": port}}
 
 
-def _route(r: Route) -> dict[str, Any]:
+# The headers that carry the limits on streams open at once to the replicas; Envoy drops any a
+# client sent.
+OPEN_LIMIT_HEADERS = {"runner": "x-runtrack-max-record-streams", "link": "x-runtrack-max-link-watchers"}
+
+
+def _route(r: Route, limits: Limits | None) -> dict[str, Any]:
     action: dict[str, Any] = {"cluster": r.cluster, "timeout": f"{r.timeout_s}s"}
+    extra: dict[str, Any] = {}
+    if limits is not None and r.open_per is not None:
+        if r.open_per == "runner":
+            most, keys = limits.record_streams_per_runner, [CALLER_HEADER]
+        else:
+            # A link holder's link; the run's owner watching (no link) by the owner.
+            most, keys = limits.watch_streams_per_link, [LINK_ID_HEADER, CALLER_HEADER]
+        action["hash_policy"] = [{"header": {"header_name": k}} for k in keys]
+        extra["request_headers_to_add"] = [
+            {
+                "header": {"key": OPEN_LIMIT_HEADERS[r.open_per], "value": str(most)},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ]
     if r.max_stream_s is not None:
         action["max_stream_duration"] = {"max_stream_duration": f"{r.max_stream_s}s"}
     if r.retries:
@@ -401,7 +448,7 @@ def _route(r: Route) -> dict[str, Any]:
             ],
             "host_selection_retry_max_attempts": 3,
         }
-    route: dict[str, Any] = {"match": {"prefix": r.prefix}, "route": action}
+    route: dict[str, Any] = {"match": {"prefix": r.prefix}, "route": action, **extra}
     if not r.compress:
         route["typed_per_filter_config"] = {
             "envoy.filters.http.compressor": {"@type": COMPRESSOR_PER_ROUTE, "disabled": True}
@@ -624,6 +671,10 @@ def _auth_filters(auth: Auth) -> list[dict[str, Any]]:
                 "claim_to_headers": [{"header_name": CALLER_HEADER, "claim_name": "sub"}],
                 "clock_skew_seconds": auth.clock_skew_s,
                 "require_expiration": True,
+                # A token seen before is not verified again until it expires (each worker keeps its
+                # last 10,000): a phone's calls, and a flood from one token, cost no signature check
+                # each. A key taken out of the JWKS stops new tokens at once, not those already seen.
+                "jwt_cache_config": {"jwt_cache_size": 10_000},
             }
         },
         # The first matching rule applies: the open paths, then everything else needs a token.
@@ -661,7 +712,7 @@ def _auth_filters(auth: Auth) -> list[dict[str, Any]]:
             ),
         ]
         jwt_authn["rules"] = [*open_rules, *link_rules, jwt_authn["rules"][-1]]
-    removed = [{"remove": h} for h in (CALLER_HEADER, LINK_RUN_HEADER, LINK_ID_HEADER)]
+    removed = [{"remove": h} for h in (CALLER_HEADER, LINK_RUN_HEADER, LINK_ID_HEADER, *OPEN_LIMIT_HEADERS.values())]
     strip = {"@type": HEADER_MUTATION, "mutations": {"request_mutations": removed}}
     return [
         {"name": "envoy.filters.http.header_mutation", "typed_config": strip},
@@ -751,13 +802,19 @@ def _ready_check(path: str) -> dict[str, Any]:
     }
 
 
+def _lb_policy(c: Cluster, layout: Layout) -> str:
+    """The cluster's own policy; for the replicas that serve the limited streams, the limits' own."""
+    streams = any(r.open_per is not None and r.cluster == c.name for r in layout.routes)
+    return layout.limits.stream_lb_policy if layout.limits is not None and streams else c.lb_policy
+
+
 def _cluster(c: Cluster, layout: Layout) -> dict[str, Any]:
     return {
         "name": c.name,
         **_discovery(c, layout),
         "connect_timeout": "1s",
         "per_connection_buffer_limit_bytes": layout.buffer_limit_bytes,
-        "lb_policy": c.lb_policy,
+        "lb_policy": _lb_policy(c, layout),
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": HTTP_OPTIONS,
@@ -837,7 +894,9 @@ def render(layout: Layout = Layout()) -> dict[str, Any]:
         # Small windows, as for an edge proxy: a phone can be at most this far ahead of the
         # replica reading its stream, so a slow store pushes back on the phone, not on memory.
         "http2_protocol_options": {
-            "max_concurrent_streams": layout.max_concurrent_streams,
+            "max_concurrent_streams": (
+                layout.limits.streams_per_connection if layout.limits is not None else layout.max_concurrent_streams
+            ),
             "initial_stream_window_size": 65536,
             "initial_connection_window_size": 1048576,
         },
@@ -849,7 +908,10 @@ def render(layout: Layout = Layout()) -> dict[str, Any]:
                 {
                     "name": "runtrack",
                     "domains": ["*"],
-                    "routes": [*(_static_route(f) for f in layout.static_files), *(_route(r) for r in layout.routes)],
+                    "routes": [
+                        *(_static_route(f) for f in layout.static_files),
+                        *(_route(r, layout.limits) for r in layout.routes),
+                    ],
                 }
             ],
         },
@@ -1003,6 +1065,10 @@ K8S_LIMITS = Limits(
     Bucket("__LIMIT_CALLS_PER_SECOND__", "__LIMIT_CALLS_BURST__"),
     Bucket("__LIMIT_STREAM_OPENS_PER_SECOND__", "__LIMIT_STREAM_OPENS_BURST__"),
     "__LIMIT_MAX_RUNNERS__",
+    "__LIMIT_RECORD_STREAMS_PER_RUNNER__",
+    "__LIMIT_WATCH_STREAMS_PER_LINK__",
+    "__LIMIT_STREAMS_PER_CONNECTION__",
+    "__LIMIT_STREAM_LB_POLICY__",
 )
 K8S_PLACEHOLDERS = (
     NAMESPACE,
@@ -1019,6 +1085,10 @@ K8S_PLACEHOLDERS = (
     "__LIMIT_STREAM_OPENS_PER_SECOND__",
     "__LIMIT_STREAM_OPENS_BURST__",
     "__LIMIT_MAX_RUNNERS__",
+    "__LIMIT_RECORD_STREAMS_PER_RUNNER__",
+    "__LIMIT_WATCH_STREAMS_PER_LINK__",
+    "__LIMIT_STREAMS_PER_CONNECTION__",
+    "__LIMIT_STREAM_LB_POLICY__",
 )
 
 # The replicas' gRPC port in their pods, behind the headless Services `tracking` and `summary`.

@@ -149,3 +149,9 @@ class Internal(RunTrackError):
     """
 
     reason = "STORE_REJECTED"
+
+
+class ResourceExhausted(Unavailable):
+    """Over a limit (streams open at once): the same call succeeds once one ends, after `retry_after_s`."""
+
+    reason = "RATE_LIMITED"

@@ -28,6 +28,7 @@ from runtrack_common.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     RunTrackError,
     Unauthenticated,
     Unavailable,
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 DOMAIN = "runtrack"
 CODES: dict[type[RunTrackError], grpc.StatusCode] = {
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,

@@ -43,6 +43,7 @@ from tracking_service.hub import LiveHub, link_refused
 from tracking_service.ingest import IngestStream
 from tracking_service.links import LinkSigner, new_link_id, new_webhook_secret
 from tracking_service.live import DELETED, ENDED, STOPPED, LinkRecord, LiveRow, link_expiry
+from tracking_service.open_limits import MAX_LINK_WATCHERS_HEADER, MAX_RECORD_STREAMS_HEADER, OpenCounts, parse_limit
 from tracking_service.privacy import Zone
 from tracking_service.store import TrackStore
 from tracking_service.tracks import RunVisibility
@@ -90,6 +91,8 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         )
         self._draining = asyncio.Event()
         self._open_streams: dict[asyncio.Task[Any], OpenStream] = {}
+        self._record_streams = OpenCounts("record_streams", "this runner", "RecordTrack streams")
+        self._link_watchers = OpenCounts("link_watchers", "this live link", "WatchRun streams")
         self._sweeper: asyncio.Task[None] | None = None
         self._jobs: set[asyncio.Task[None]] = set()
 
@@ -201,8 +204,13 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         self._watch()
         STREAMS_OPEN.inc()
         messages = aiter(request_iterator)
+        counted: str | None = None
         try:
             caller = status.caller_of(context)
+            if self._record_streams.enter(
+                caller.user_id, parse_limit(status.metadata(context, MAX_RECORD_STREAMS_HEADER))
+            ):
+                counted = caller.user_id
             if self._draining.is_set():
                 raise Unavailable(
                     "replica shutting down; retry on another replica",
@@ -275,6 +283,8 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
             )
             raise
         finally:
+            if counted is not None:
+                self._record_streams.leave(counted)
             if ingest is not None:
                 await ingest.drain()
             self._open_streams.pop(me, None)
@@ -381,6 +391,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         context: Context[tracking_pb2.WatchRunRequest, tracking_pb2.RunEvent],
     ) -> AsyncIterator[tracking_pb2.RunEvent]:
         run_id_text = request.run_id or "-"
+        counted: str | None = None
         try:
             hub = self._hub()
             viewer = status.viewer_of(context)
@@ -398,6 +409,9 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
                 if (why := row.refusal(viewer.link_id, dt.datetime.now(dt.UTC))) is not None:
                     raise link_refused(why, run_id)
                 owner_view, link_id = False, viewer.link_id
+                most = parse_limit(status.metadata(context, MAX_LINK_WATCHERS_HEADER))
+                if self._link_watchers.enter(link_id, most):
+                    counted = link_id
             else:
                 owner_view, link_id = owner == viewer.user_id, None
                 if not owner_view and not await self.visibility.visible(run_id, viewer):
@@ -411,6 +425,9 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
             if isinstance(err, RunTrackError) and not isinstance(err, Internal):
                 log.info("watch ended run_id=%s reason=%s: %s", run_id_text, err.reason, err.message)
             await status.abort(context, err, rpc="WatchRun", run_id=run_id_text)
+        finally:
+            if counted is not None:
+                self._link_watchers.leave(counted)
 
     @maps_errors
     async def CreateLiveLink(

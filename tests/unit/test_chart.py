@@ -170,6 +170,10 @@ def test_the_charts_envoy_configs_hold_every_placeholder_the_chart_replaces():
         "__LIMIT_STREAM_OPENS_PER_SECOND__",
         "__LIMIT_STREAM_OPENS_BURST__",
         "__LIMIT_MAX_RUNNERS__",
+        "__LIMIT_RECORD_STREAMS_PER_RUNNER__",
+        "__LIMIT_WATCH_STREAMS_PER_LINK__",
+        "__LIMIT_STREAMS_PER_CONNECTION__",
+        "__LIMIT_STREAM_LB_POLICY__",
     }
     templates = "".join(p.read_text() for p in (CHART / "templates").rglob("*.yaml"))
     for placeholder in K8S_PLACEHOLDERS:
@@ -329,6 +333,7 @@ def test_the_drain_hook_fails_envoys_readiness_and_drains_its_listener(tmp_path)
     # Only what the readiness answer needs: no token check, no transcoder, no replicas.
     hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"].endswith(("health_check", "router"))]
     hcm["route_config"]["virtual_hosts"][0]["routes"] = []
+    hcm["http2_protocol_options"]["max_concurrent_streams"] = 100  # the chart's placeholder
     config["static_resources"]["clusters"] = []
     (tmp_path / "envoy.yaml").write_text(yaml.safe_dump(config))
     envoy = subprocess.Popen(
@@ -693,6 +698,12 @@ def test_the_per_runner_limits_default_to_envoy_limits_yaml_and_reach_envoys_con
         "calls": {"perSecond": limits.calls.per_second, "burst": limits.calls.burst},
         "streamOpens": {"perSecond": limits.stream_opens.per_second, "burst": limits.stream_opens.burst},
         "maxRunners": limits.max_runners,
+        "openStreams": {
+            "recordPerRunner": limits.record_streams_per_runner,
+            "watchPerLink": limits.watch_streams_per_link,
+            "sameReplica": True,
+        },
+        "streamsPerConnection": limits.streams_per_connection,
     }
     config = yaml.safe_load(envoy_config(render({"limits": {**values, "calls": {"perSecond": 7, "burst": 9}}})))
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
@@ -701,3 +712,20 @@ def test_the_per_runner_limits_default_to_envoy_limits_yaml_and_reach_envoys_con
     assert calls["token_bucket"] == {"max_tokens": 9, "tokens_per_fill": 7, "fill_interval": "1s"}
     assert streams["token_bucket"]["max_tokens"] == limits.stream_opens.burst
     assert limiter["max_dynamic_descriptors"] == limits.max_runners
+    assert hcm["http2_protocol_options"]["max_concurrent_streams"] == limits.streams_per_connection
+    assert cluster(config, "tracking")["lb_policy"] == "MAGLEV"
+    routes = {
+        r["match"]["prefix"]: r for r in hcm["route_config"]["virtual_hosts"][0]["routes"] if "prefix" in r["match"]
+    }
+    record = routes["/runtrack.v1.TrackingService/RecordTrack"]
+    assert record["request_headers_to_add"][0]["header"] == {
+        "key": "x-runtrack-max-record-streams",
+        "value": str(limits.record_streams_per_runner),
+    }
+    assert record["route"]["hash_policy"] == [{"header": {"header_name": "x-runtrack-user"}}]
+    watch = routes["/runtrack.v1.TrackingService/WatchRun"]["request_headers_to_add"][0]["header"]
+    assert watch == {"key": "x-runtrack-max-link-watchers", "value": str(limits.watch_streams_per_link)}
+    spread = {**values, "openStreams": {**values["openStreams"], "sameReplica": False}}
+    config = yaml.safe_load(envoy_config(render({"limits": spread})))
+    assert cluster(config, "tracking")["lb_policy"] == "LEAST_REQUEST"
+    assert cluster(config, "summary")["lb_policy"] == "LEAST_REQUEST"
