@@ -87,6 +87,9 @@ class Settings:
     api_timeout_s: float = 5.0
     # gRPC server.
     max_message_bytes: int = 1024 * 1024
+    # HTTP/2 streams at once on one connection (Envoy's to this replica): as many as Envoy itself opens
+    # on one upstream connection (devstack/envoy_config.py Layout.max_concurrent_streams).
+    max_streams_per_connection: int = 10_000
     # How often the database behind a replica is probed for the health status.
     health_probe_interval_s: float = 1.0
     # On SIGTERM: report NOT_SERVING, wait this long for Envoy to notice, then stop.
@@ -153,6 +156,7 @@ class Settings:
             api_address=env.get("RUNTRACK_API_ADDRESS", d.api_address),
             api_timeout_s=_float(env, "RUNTRACK_API_TIMEOUT_S", d.api_timeout_s),
             max_message_bytes=_int(env, "GRPC_MAX_MESSAGE_BYTES", d.max_message_bytes),
+            max_streams_per_connection=_int(env, "GRPC_MAX_CONCURRENT_STREAMS", d.max_streams_per_connection),
             health_probe_interval_s=_float(env, "HEALTH_PROBE_INTERVAL_S", d.health_probe_interval_s),
             drain_delay_s=_float(env, "DRAIN_DELAY_S", d.drain_delay_s),
             shutdown_grace_s=_float(env, "SHUTDOWN_GRACE_S", d.shutdown_grace_s),

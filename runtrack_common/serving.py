@@ -177,6 +177,7 @@ class Replica:
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", 16 * 1024 * 1024),
+                ("grpc.max_concurrent_streams", s.max_streams_per_connection),
                 # Envoy keeps upstream connections alive with pings; allow them every 60 s.
                 ("grpc.http2.min_ping_interval_without_data_ms", 60_000),
                 ("grpc.keepalive_permit_without_calls", 1),
