@@ -48,7 +48,12 @@ COMPRESSOR = "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Co
 COMPRESSOR_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.CompressorPerRoute"
 LOCAL_RATELIMIT = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 # The streams a phone or a spectator opens (gRPC paths; WatchRun also by its JSON path).
-STREAM_PATHS = r"^/runtrack\.v1\.TrackingService/(RecordTrack|WatchRun)$|^/v1/runs/[^/]+:watch"
+# Envoy matches a regex against the whole :path (its query string included).
+STREAM_PATHS = r"^/runtrack\.v1\.TrackingService/(RecordTrack|WatchRun)$|^/v1/runs/[^/]+:watch(\?.*)?"
+# Files in and out (ImportRun, ExportTrack), gRPC or JSON: the heaviest calls, a family of their own.
+FILE_PATHS = r"^/runtrack\.v1\.\w+/(ImportRun|ExportTrack)$|^/v1/runs(:import|/[^/]+/track\.).*"
+# Every other call of a runner counts as one of its `calls`.
+FAMILY_PATHS = {"stream_opens": STREAM_PATHS, "files": FILE_PATHS}
 GZIP = "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip"
 HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 # Unary calls are safe to repeat (StopRun is idempotent by contract): retry them on another replica.
@@ -165,15 +170,25 @@ def _http_status(code: int) -> dict[str, Any]:
     }
 
 
+def _family_match(family: str) -> list[dict[str, Any]]:
+    """Header matchers on :path, all to match, for the calls of one family (envoy/limits.yaml)."""
+
+    def path(regex: str, invert: bool) -> dict[str, Any]:
+        return {"name": ":path", "string_match": {"safe_regex": {"regex": regex}}, "invert_match": invert}
+
+    if family in FAMILY_PATHS:
+        return [path(FAMILY_PATHS[family], False)]
+    return [path(regex, True) for regex in FAMILY_PATHS.values()]
+
+
 def _rate_limited(family: str, what: str) -> LocalReply:
     """A runner over one of its limits (envoy/limits.yaml), told which and when to come back."""
-    streams = {
-        "name": ":path",
-        "string_match": {"safe_regex": {"regex": STREAM_PATHS}},
-        "invert_match": family != "stream_opens",
-    }
     return LocalReply(
-        {"and_filter": {"filters": [_http_status(429), {"header_filter": {"header": streams}}]}},
+        {
+            "and_filter": {
+                "filters": [_http_status(429), *({"header_filter": {"header": m}} for m in _family_match(family))]
+            }
+        },
         code_pb2.RESOURCE_EXHAUSTED,
         "RATE_LIMITED",
         f"too many {what} from this runner; slow down and retry after the delay given",
@@ -186,6 +201,7 @@ LOCAL_REPLIES = (
     # A runner over its calls per second, or its stream opens per second.
     _rate_limited("calls", "calls"),
     _rate_limited("stream_opens", "streams opened"),
+    _rate_limited("files", "files imported or exported"),
     # Every replica of the service reports NOT_SERVING (its store is down) or none is running.
     LocalReply(_flags("UH"), code_pb2.UNAVAILABLE, "NO_HEALTHY_REPLICA", "no healthy replica; retry shortly", 1.0),
     # A replica went away between the health check and the call, or too many calls are open.
@@ -315,6 +331,7 @@ class Limits:
 
     calls: Bucket
     stream_opens: Bucket
+    files: Bucket
     max_runners: int | str
     record_streams_per_runner: int | str
     watch_streams_per_link: int | str
@@ -330,6 +347,7 @@ class Limits:
         return cls(
             Bucket(**doc["calls"]),
             Bucket(**doc["stream_opens"]),
+            Bucket(**doc["files"]),
             int(doc["max_runners"]),
             int(doc["open_streams"]["record_per_runner"]),
             int(doc["open_streams"]["watch_per_link"]),
@@ -481,7 +499,7 @@ def _per_runner_limits(limits: Limits) -> dict[str, Any]:
     without one (the page's files, health) are not counted."""
     on = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "per_runner_limits"}
 
-    def family(name: str, streams: bool) -> dict[str, Any]:
+    def family(name: str) -> dict[str, Any]:
         return {
             "actions": [
                 {"request_headers": {"header_name": "x-runtrack-user", "descriptor_key": "user"}},
@@ -489,12 +507,17 @@ def _per_runner_limits(limits: Limits) -> dict[str, Any]:
                     "header_value_match": {
                         "descriptor_key": "family",
                         "descriptor_value": name,
-                        "expect_match": streams,
-                        "headers": [{"name": ":path", "string_match": {"safe_regex": {"regex": STREAM_PATHS}}}],
+                        "expect_match": True,
+                        "headers": _family_match(name),
                     }
                 },
             ]
         }
+
+    def bucket(name: str, b: Bucket) -> dict[str, Any]:
+        return {"entries": [{"key": "user", "value": ""}, {"key": "family", "value": name}], "token_bucket": _bucket(b)}
+
+    buckets = {"calls": limits.calls, "stream_opens": limits.stream_opens, "files": limits.files}
 
     return {
         "name": "envoy.filters.http.local_ratelimit",
@@ -509,17 +532,8 @@ def _per_runner_limits(limits: Limits) -> dict[str, Any]:
             "rate_limited_as_resource_exhausted": True,
             "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
             "max_dynamic_descriptors": limits.max_runners,
-            "descriptors": [
-                {
-                    "entries": [{"key": "user", "value": ""}, {"key": "family", "value": "calls"}],
-                    "token_bucket": _bucket(limits.calls),
-                },
-                {
-                    "entries": [{"key": "user", "value": ""}, {"key": "family", "value": "stream_opens"}],
-                    "token_bucket": _bucket(limits.stream_opens),
-                },
-            ],
-            "rate_limits": [family("calls", False), family("stream_opens", True)],
+            "descriptors": [bucket(name, b) for name, b in buckets.items()],
+            "rate_limits": [family(name) for name in buckets],
         },
     }
 
@@ -1064,6 +1078,7 @@ PLAINTEXT_ADDRESS = "__PLAINTEXT_ADDRESS__"
 K8S_LIMITS = Limits(
     Bucket("__LIMIT_CALLS_PER_SECOND__", "__LIMIT_CALLS_BURST__"),
     Bucket("__LIMIT_STREAM_OPENS_PER_SECOND__", "__LIMIT_STREAM_OPENS_BURST__"),
+    Bucket("__LIMIT_FILES_PER_SECOND__", "__LIMIT_FILES_BURST__"),
     "__LIMIT_MAX_RUNNERS__",
     "__LIMIT_RECORD_STREAMS_PER_RUNNER__",
     "__LIMIT_WATCH_STREAMS_PER_LINK__",
@@ -1084,6 +1099,8 @@ K8S_PLACEHOLDERS = (
     "__LIMIT_CALLS_BURST__",
     "__LIMIT_STREAM_OPENS_PER_SECOND__",
     "__LIMIT_STREAM_OPENS_BURST__",
+    "__LIMIT_FILES_PER_SECOND__",
+    "__LIMIT_FILES_BURST__",
     "__LIMIT_MAX_RUNNERS__",
     "__LIMIT_RECORD_STREAMS_PER_RUNNER__",
     "__LIMIT_WATCH_STREAMS_PER_LINK__",

@@ -151,6 +151,42 @@ async def test_streams_opened_past_the_limit_are_refused_naming_that_limit(stack
     assert (reason, metadata) == ("RATE_LIMITED", {"limit": "stream_opens"})
 
 
+async def test_files_have_a_limit_of_their_own_and_leave_the_runners_calls_alone(stack, limited):
+    token = stack.issuer.token(f"fil-{uuid.uuid4().hex[:6]}")
+    served, refused = 0, []
+    async with token_channel(limited, token) as channel:
+        stub = tracking_pb2_grpc.TrackingServiceStub(channel)
+        for _ in range(LIMITS.files.burst + 5):
+            try:
+                await stub.ExportTrack(tracking_pb2.ExportTrackRequest(run_id=str(uuid.uuid4()), format="gpx"))
+            except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    refused.append(err)
+                else:
+                    assert err.code() == grpc.StatusCode.NOT_FOUND, err
+                    served += 1
+        assert LIMITS.files.burst <= served <= LIMITS.files.burst + 2 and refused
+        reason, metadata, delay = refusal(refused[0])
+        assert (reason, metadata, delay) == ("RATE_LIMITED", {"limit": "files"}, 1.0)
+        # Its other calls have their own bucket, untouched.
+        ok, others = await burst(channel, str(uuid.uuid4()), 10)
+        assert (ok, others) == (10, [])
+    # As the page downloads files: 429 naming the same limit once what refilled meanwhile is used.
+    codes = []
+    for _ in range(5):
+        web = urllib.request.Request(
+            f"http://{limited}/v1/runs/{uuid.uuid4()}/track.gpx", headers={"authorization": f"Bearer {token}"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as http_refused:
+            await asyncio.to_thread(urllib.request.urlopen, web, timeout=10)
+        codes.append(http_refused.value.code)
+        if codes[-1] == 429:
+            assert '"files"' in http_refused.value.read().decode()
+            break
+    assert codes[-1] == 429 and set(codes[:-1]) <= {404}, codes
+    report(stack, "per_runner_files", served=served, refused=len(refused), burst=LIMITS.files.burst)
+
+
 def flood(address: str, token: str, total: int, results) -> None:
     """`total` GetRun calls from one token as fast as 64 concurrent calls go, in its own process at the
     lowest priority: an attacker's CPU is not the stack's, and on this 2-core machine a flooding

@@ -169,6 +169,8 @@ def test_the_charts_envoy_configs_hold_every_placeholder_the_chart_replaces():
         "__LIMIT_CALLS_BURST__",
         "__LIMIT_STREAM_OPENS_PER_SECOND__",
         "__LIMIT_STREAM_OPENS_BURST__",
+        "__LIMIT_FILES_PER_SECOND__",
+        "__LIMIT_FILES_BURST__",
         "__LIMIT_MAX_RUNNERS__",
         "__LIMIT_RECORD_STREAMS_PER_RUNNER__",
         "__LIMIT_WATCH_STREAMS_PER_LINK__",
@@ -697,6 +699,7 @@ def test_the_per_runner_limits_default_to_envoy_limits_yaml_and_reach_envoys_con
     assert values == {
         "calls": {"perSecond": limits.calls.per_second, "burst": limits.calls.burst},
         "streamOpens": {"perSecond": limits.stream_opens.per_second, "burst": limits.stream_opens.burst},
+        "files": {"perSecond": limits.files.per_second, "burst": limits.files.burst},
         "maxRunners": limits.max_runners,
         "openStreams": {
             "recordPerRunner": limits.record_streams_per_runner,
@@ -708,9 +711,10 @@ def test_the_per_runner_limits_default_to_envoy_limits_yaml_and_reach_envoys_con
     config = yaml.safe_load(envoy_config(render({"limits": {**values, "calls": {"perSecond": 7, "burst": 9}}})))
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     (limiter,) = [f["typed_config"] for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.local_ratelimit"]
-    calls, streams = limiter["descriptors"]
+    calls, streams, files = limiter["descriptors"]
     assert calls["token_bucket"] == {"max_tokens": 9, "tokens_per_fill": 7, "fill_interval": "1s"}
     assert streams["token_bucket"]["max_tokens"] == limits.stream_opens.burst
+    assert files["token_bucket"]["tokens_per_fill"] == limits.files.per_second
     assert limiter["max_dynamic_descriptors"] == limits.max_runners
     assert hcm["http2_protocol_options"]["max_concurrent_streams"] == limits.streams_per_connection
     assert cluster(config, "tracking")["lb_policy"] == "MAGLEV"

@@ -32,3 +32,30 @@ def test_one_more_than_the_limit_is_refused_until_one_leaves_and_keys_are_apart(
     assert "this runner has 2 RecordTrack streams open" in sent.message
     kinds = [d.type_url.rsplit(".", 1)[-1] for d in sent.details]
     assert kinds == ["ErrorInfo", "RetryInfo"]
+
+
+def test_each_call_falls_in_one_limit_family_whatever_its_query_string():
+    """Envoy matches the families' regexes against the whole :path, as re.fullmatch does."""
+    import re
+
+    from devstack.envoy_config import FAMILY_PATHS
+
+    def family(path: str) -> str:
+        found = [name for name, regex in FAMILY_PATHS.items() if re.fullmatch(regex, path)]
+        assert len(found) <= 1, (path, found)
+        return found[0] if found else "calls"
+
+    run = "0d9a54c5-3f7e-4a39-9e0b-2f1f4b0c6d11"
+    assert family("/runtrack.v1.TrackingService/RecordTrack") == "stream_opens"
+    assert family("/runtrack.v1.TrackingService/WatchRun") == "stream_opens"
+    assert family(f"/v1/runs/{run}:watch") == "stream_opens"
+    assert family(f"/v1/runs/{run}:watch?afterSeq=12") == "stream_opens"
+    assert family("/runtrack.v1.SummaryService/ImportRun") == "files"
+    assert family("/runtrack.v1.TrackingService/ExportTrack") == "files"
+    assert family("/v1/runs:import") == "files"
+    assert family(f"/v1/runs/{run}/track.gpx") == "files"
+    assert family(f"/v1/runs/{run}/track.tcx?download=1") == "files"
+    assert family("/runtrack.v1.SummaryService/GetRun") == "calls"
+    assert family(f"/v1/runs/{run}") == "calls"
+    assert family("/v1/users/me/runs?pageSize=20") == "calls"
+    assert family(f"/v1/runs/{run}:stop") == "calls"
