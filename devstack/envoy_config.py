@@ -369,6 +369,8 @@ class Layout:
     # Against slow and oversized clients: a request's headers must arrive within this, at most this
     # large and this many (beyond: 408, 431).
     request_headers_timeout_s: int = 10
+    # A TLS handshake must complete within this (a ClientHello and then nothing is closed after it).
+    tls_handshake_timeout_s: int = 10
     max_request_headers_kb: int = 32
     max_headers_count: int = 100
     # The overload manager: past the connection limit new connections are refused; as the heap nears
@@ -940,6 +942,8 @@ def _tls_listener(tls: Tls, layout: Layout, hcm: dict[str, Any]) -> dict[str, An
             }
         ]
     listener = _listener("public_tls", tls.port, layout, secure)
+    # Without it, a connection that stops mid-handshake is held until the HCM's idle timeout (an hour).
+    listener["filter_chains"][0]["transport_socket_connect_timeout"] = f"{layout.tls_handshake_timeout_s}s"
     listener["filter_chains"][0]["transport_socket"] = {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
