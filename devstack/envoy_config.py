@@ -216,6 +216,16 @@ LOCAL_REPLIES = (
         json_message="the request is not valid for this method: %LOCAL_REPLY_BODY%",
         grpc=False,
     ),
+    # A JSON body over its limit (JSON_REQUEST_MAX_BYTES, IMPORT_REQUEST_MAX_BYTES), or over what Envoy
+    # buffers for a filter that reads the whole body: too large for the method, not to be resent as is.
+    LocalReply(
+        _http_status(413),
+        code_pb2.RESOURCE_EXHAUSTED,
+        "REQUEST_TOO_LARGE",
+        "the request body is larger than this method takes",
+        json_message="the request body is too large: %LOCAL_REPLY_BODY%",
+        grpc=False,
+    ),
     # No method answers this path and verb.
     LocalReply(
         _http_status(404),
@@ -557,10 +567,32 @@ def _local_replies(r: LocalReply) -> list[dict[str, Any]]:
 # Answered as text: Envoy's 400 mapping (MALFORMED_REQUEST below) wraps it in the JSON error model.
 ZONES_BODY_REQUIRED = 'body: is required: send {"zones": [...]} (an empty list clears every zone)'
 
+# A JSON call's body, and an imported file, at most this large (by its content-length): beyond, 413
+# here. The transcoder turns a larger body into a gRPC message the replica refuses (over its 1 MiB,
+# or 16 MiB for ImportRun), answered as 429 with no ErrorInfo: read as "slow down", retried.
+JSON_REQUEST_MAX_BYTES = 1024 * 1024
+IMPORT_REQUEST_MAX_BYTES = 16 * 1024 * 1024
+
 HEADER_NAME_CHECK = (
     """
 function envoy_on_request(handle)
   local path = handle:headers():get(":path") or ""
+  local content_type = handle:headers():get("content-type") or ""
+  local length = tonumber(handle:headers():get("content-length") or "0") or 0
+  if string.find(content_type, "^application/grpc") == nil then
+    local limit = """
+    + str(JSON_REQUEST_MAX_BYTES)
+    + """
+    if string.find(path, "^/v1/runs:import") then
+      limit = """
+    + str(IMPORT_REQUEST_MAX_BYTES)
+    + """
+    end
+    if length > limit then
+      handle:respond({[":status"] = "413"}, "the body is " .. length .. " bytes; this method takes at most " .. limit)
+      return
+    end
+  end
   if string.find(path, "[?&]=") then
     handle:respond({[":status"] = "400"}, "a query parameter has no name")
     return
