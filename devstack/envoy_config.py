@@ -566,6 +566,8 @@ def _local_replies(r: LocalReply) -> list[dict[str, Any]]:
 # their door back on every shared trail. `{"zones": []}` still clears them, on purpose.
 # Answered as text: Envoy's 400 mapping (MALFORMED_REQUEST below) wraps it in the JSON error model.
 ZONES_BODY_REQUIRED = 'body: is required: send {"zones": [...]} (an empty list clears every zone)'
+# The transcoder drops a null in a list: `{"zones": [null]}` read as `{"zones": []}` and cleared them.
+ZONES_NO_NULL = "zones: a zone is an object {latitude, longitude, radiusM}, not null"
 
 # A JSON call's body, and an imported file, at most this large (by its content-length): beyond, 413
 # here. The transcoder turns a larger body into a gRPC message the replica refuses (over its 1 MiB,
@@ -602,6 +604,12 @@ function envoy_on_request(handle)
     if body == nil or body:length() == 0 then
       handle:respond({[":status"] = "400"}, [==["""
     + ZONES_BODY_REQUIRED
+    + """]==])
+      return
+    end
+    if string.find(body:getBytes(0, body:length()), "[%[,]%s*null") then
+      handle:respond({[":status"] = "400"}, [==["""
+    + ZONES_NO_NULL
     + """]==])
       return
     end
