@@ -236,6 +236,16 @@ LOCAL_REPLIES = (
         json_message="the request is not valid for this method: %LOCAL_REPLY_BODY%",
         grpc=False,
     ),
+    # A JSON body over its limit (JSON_REQUEST_MAX_BYTES, IMPORT_REQUEST_MAX_BYTES), or over what Envoy
+    # buffers for a filter that reads the whole body: too large for the method, not to be resent as is.
+    LocalReply(
+        _http_status(413),
+        code_pb2.RESOURCE_EXHAUSTED,
+        "REQUEST_TOO_LARGE",
+        "the request body is larger than this method takes",
+        json_message="the request body is too large: %LOCAL_REPLY_BODY%",
+        grpc=False,
+    ),
     # No method answers this path and verb.
     LocalReply(
         _http_status(404),
@@ -415,6 +425,8 @@ class Layout:
     # Against slow and oversized clients: a request's headers must arrive within this, at most this
     # large and this many (beyond: 408, 431).
     request_headers_timeout_s: int = 10
+    # A TLS handshake must complete within this (a ClientHello and then nothing is closed after it).
+    tls_handshake_timeout_s: int = 10
     max_request_headers_kb: int = 32
     max_headers_count: int = 100
     # The overload manager: past the connection limit new connections are refused; as the heap nears
@@ -615,11 +627,35 @@ def _local_replies(r: LocalReply) -> list[dict[str, Any]]:
 # their door back on every shared trail. `{"zones": []}` still clears them, on purpose.
 # Answered as text: Envoy's 400 mapping (MALFORMED_REQUEST below) wraps it in the JSON error model.
 ZONES_BODY_REQUIRED = 'body: is required: send {"zones": [...]} (an empty list clears every zone)'
+# The transcoder drops a null in a list: `{"zones": [null]}` read as `{"zones": []}` and cleared them.
+ZONES_NO_NULL = "zones: a zone is an object {latitude, longitude, radiusM}, not null"
+
+# A JSON call's body, and an imported file, at most this large (by its content-length): beyond, 413
+# here. The transcoder turns a larger body into a gRPC message the replica refuses (over its 1 MiB,
+# or 16 MiB for ImportRun), answered as 429 with no ErrorInfo: read as "slow down", retried.
+JSON_REQUEST_MAX_BYTES = 1024 * 1024
+IMPORT_REQUEST_MAX_BYTES = 16 * 1024 * 1024
 
 HEADER_NAME_CHECK = (
     """
 function envoy_on_request(handle)
   local path = handle:headers():get(":path") or ""
+  local content_type = handle:headers():get("content-type") or ""
+  local length = tonumber(handle:headers():get("content-length") or "0") or 0
+  if string.find(content_type, "^application/grpc") == nil then
+    local limit = """
+    + str(JSON_REQUEST_MAX_BYTES)
+    + """
+    if string.find(path, "^/v1/runs:import") then
+      limit = """
+    + str(IMPORT_REQUEST_MAX_BYTES)
+    + """
+    end
+    if length > limit then
+      handle:respond({[":status"] = "413"}, "the body is " .. length .. " bytes; this method takes at most " .. limit)
+      return
+    end
+  end
   if string.find(path, "[?&]=") then
     handle:respond({[":status"] = "400"}, "a query parameter has no name")
     return
@@ -629,6 +665,12 @@ function envoy_on_request(handle)
     if body == nil or body:length() == 0 then
       handle:respond({[":status"] = "400"}, [==["""
     + ZONES_BODY_REQUIRED
+    + """]==])
+      return
+    end
+    if string.find(body:getBytes(0, body:length()), "[%[,]%s*null") then
+      handle:respond({[":status"] = "400"}, [==["""
+    + ZONES_NO_NULL
     + """]==])
       return
     end
@@ -1016,6 +1058,8 @@ def _tls_listener(tls: Tls, layout: Layout, hcm: dict[str, Any]) -> dict[str, An
             }
         ]
     listener = _listener("public_tls", tls.port, layout, secure)
+    # Without it, a connection that stops mid-handshake is held until the HCM's idle timeout (an hour).
+    listener["filter_chains"][0]["transport_socket_connect_timeout"] = f"{layout.tls_handshake_timeout_s}s"
     listener["filter_chains"][0]["transport_socket"] = {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {

@@ -108,6 +108,11 @@ def openapi(out: Path, includes: list[str]) -> None:
     (out / OPENAPI.name).write_text(json.dumps(document, indent=2) + "\n")
 
 
+# An example of each path parameter, for the reader and for tools that send the document's examples
+# (Schemathesis's examples phase).
+PATH_EXAMPLES = {"runId": "3f1c2d4e-5a6b-4c7d-8e9f-0a1b2c3d4e5f", "userId": "me", "linkId": "q2Xv8KpL0sN4tW6y"}
+
+
 def _plain_path_parameters(paths: dict[str, Any]) -> dict[str, Any]:
     """`/v1/runs/{run.run_id}` (UpdateRun's path names a field of its body) becomes
     `/v1/runs/{runId}`, merged with GetRun's and DeleteRun's: the same URL, and a parameter name
@@ -127,6 +132,8 @@ def _plain_path_parameters(paths: dict[str, Any]) -> dict[str, Any]:
             for parameter in operation.get("parameters", []):
                 if parameter["in"] == "path" and parameter["name"] == "runId":
                     parameter["schema"]["format"] = "uuid"  # chosen by the phone at START RUN
+                if parameter["in"] == "path" and parameter["name"] in PATH_EXAMPLES:
+                    parameter["example"] = PATH_EXAMPLES[parameter["name"]]
         merged.setdefault(path, {}).update(item)
     return merged
 

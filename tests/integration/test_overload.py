@@ -1,6 +1,6 @@
 """Envoy's overload manager acting, on a third Envoy of the test stack whose limits are set low enough
 to reach: past its connection limit a new connection is refused while those held are served; as its
-heap fills (JSON bodies it must hold to transcode, never finished) it stops keep-alive, then new
+heap fills (imported files it must hold whole to transcode, never finished) it stops keep-alive, then new
 connections and requests, and serves again once the memory is given back. Figures go to
 .dev/logs/test/faults.jsonl."""
 
@@ -10,7 +10,6 @@ import socket
 import time
 import urllib.error
 import urllib.request
-import uuid
 
 from devstack import procs
 from tests.helpers import http_json
@@ -110,17 +109,17 @@ def test_past_its_connection_limit_envoy_refuses_new_connections_and_serves_thos
 
 
 def _open_body(address: str, token: str) -> socket.socket:
-    """A StopRun as JSON whose body Envoy must hold whole to transcode it, announced as 16 MiB (the
-    transcoder's most) and fed by `_feed`, never finished."""
+    """An imported file (ImportRun over HTTP) whose body Envoy must hold whole to transcode it,
+    announced as 16 MiB (the most a file may be) and fed by `_feed`, never finished."""
     host, port = address.split(":")
     s = socket.create_connection((host, int(port)), timeout=10)
     # A small send buffer: what was fed is in Envoy, not queued in the kernel.
     s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
     head = (
-        f"POST /v1/runs/{uuid.uuid4()}:stop HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {16 * MiB}\r\n\r\n"
+        f"POST /v1/runs:import HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/gpx+xml\r\nContent-Length: {16 * MiB}\r\n\r\n"
     )
-    s.sendall(head.encode() + b'{"overview": {"polyline": "')
+    s.sendall(head.encode() + b'<?xml version="1.0"?><gpx version="1.1" creator="t"><!-- ')
     return s
 
 

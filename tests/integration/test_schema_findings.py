@@ -23,6 +23,14 @@ async def test_replacing_privacy_zones_needs_a_body_and_an_empty_list_still_clea
         tracking_pb2.GetPrivacyZonesRequest(user_id="me")
     )
     assert len(kept.zones) == 1, "a PUT without a body changed nothing"
+    # The transcoder would drop a null in the list, and clear them (Schemathesis's coverage phase).
+    for zones in ([None], [None, None], [zone, None]):
+        status, body = http_json(stack.envoy_address, "PUT", "/v1/users/me/privacyZones", {"zones": zones}, token=token)
+        assert status == 400 and "not null" in body["message"], body
+    kept = await tracking_pb2_grpc.TrackingServiceStub(channel).GetPrivacyZones(
+        tracking_pb2.GetPrivacyZonesRequest(user_id="me")
+    )
+    assert len(kept.zones) == 1, "a PUT with nulls for zones changed nothing"
     status, body = http_json(stack.envoy_address, "PUT", "/v1/users/me/privacyZones", {"zones": []}, token=token)
     assert status == 200 and body.get("zones", []) == []
 
