@@ -184,9 +184,10 @@ LOCAL_REPLIES = (
     _rate_limited("stream_opens", "streams opened"),
     # Every replica of the service reports NOT_SERVING (its store is down) or none is running.
     LocalReply(_flags("UH"), code_pb2.UNAVAILABLE, "NO_HEALTHY_REPLICA", "no healthy replica; retry shortly", 1.0),
-    # A replica went away between the health check and the call, or too many calls are open.
+    # A replica went away between the health check and the call, or too many calls are open, or it
+    # reset the stream before answering (UR: a stream route has no retries to hide it).
     LocalReply(
-        _flags("UF", "UC", "URX", "UO", "UT"),
+        _flags("UF", "UC", "UR", "URX", "UO", "UT"),
         code_pb2.UNAVAILABLE,
         "REPLICA_UNREACHABLE",
         "no replica could take the call; retry",
@@ -207,14 +208,13 @@ LOCAL_REPLIES = (
     ),
     # The transcoder could not read a JSON call as its method's request (a malformed body, a value
     # of the wrong type, an unknown query parameter; Envoy's words name the field), or Envoy refused
-    # the path itself. JSON calls only: a gRPC call never reaches the transcoder's parser.
+    # the path itself or a header (a gRPC call with a header name that is not a metadata key).
     LocalReply(
         _http_status(400),
         code_pb2.INVALID_ARGUMENT,
         "MALFORMED_REQUEST",
-        "the request is not valid JSON for this method",
+        "the request is not valid for this method (its path or a header)",
         json_message="the request is not valid for this method: %LOCAL_REPLY_BODY%",
-        grpc=False,
     ),
     # No method answers this path and verb.
     LocalReply(
@@ -531,13 +531,12 @@ def _local_replies(r: LocalReply) -> list[dict[str, Any]]:
         "body_format_override": {"json_format": body, "content_type": "application/json"},
     }
     details = base64.b64encode(r.status().SerializeToString()).decode()
+    # grpc-status too: Envoy's own mapping of the HTTP status (400 -> INTERNAL, ...) gives way to it.
     grpc_reply: dict[str, Any] = {
         "filter": r.when,
         "headers_to_add": [
-            {
-                "header": {"key": "grpc-status-details-bin", "value": details},
-                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-            }
+            {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            for key, value in (("grpc-status", str(r.code)), ("grpc-status-details-bin", details))
         ],
         "body": {"inline_string": r.message},
     }
