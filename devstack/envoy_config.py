@@ -547,6 +547,9 @@ def _local_replies(r: LocalReply) -> list[dict[str, Any]]:
 
 # gRPC metadata keys are lowercase letters, digits, "_", "-" and "."; HTTP/1.1 allows more in a
 # header name (`!`, `*`, `^`, `|`...), and a replica refused such a transcoded call with INTERNAL.
+# A grpc-timeout or grpc-encoding the gRPC runtime cannot parse is refused here too: forwarded, one
+# such call left the replica's connection from Envoy failing every later call that had a deadline
+# (INTERNAL "Error parsing 'grpc-timeout' metadata", for every runner) until it was reopened.
 # Envoy refuses it first, as the bad request it is; and a query parameter with no name, which the
 # transcoder would silently ignore.
 # Replacing a runner's privacy zones needs a body: a PUT without one would read as "no zones" and put
@@ -577,6 +580,16 @@ function envoy_on_request(handle)
       handle:respond({[":status"] = "400"}, "header " .. name .. rule)
       return
     end
+  end
+  local timeout = handle:headers():get("grpc-timeout")
+  if timeout ~= nil and not string.find(timeout, "^%d%d?%d?%d?%d?%d?%d?%d?[HMSmun]$") then
+    handle:respond({[":status"] = "400"}, "header grpc-timeout: 1 to 8 digits and a unit (H M S m u n)")
+    return
+  end
+  local encoding = handle:headers():get("grpc-encoding")
+  if encoding ~= nil and encoding ~= "identity" and encoding ~= "gzip" and encoding ~= "deflate" then
+    handle:respond({[":status"] = "400"}, "header grpc-encoding: identity, gzip or deflate")
+    return
   end
 end
 """
