@@ -934,8 +934,8 @@ async def test_10000_streams_on_one_connection_past_100_are_refused_and_others_a
 
 
 def rapid_reset(address: str, token: str, n: int) -> dict[str, Any]:
-    """HEADERS then RST_STREAM (CANCEL) at once, `n` times, on one connection and on a new one each time
-    Envoy closes it; what Envoy did."""
+    """HEADERS then RST_STREAM (CANCEL) at once, at least `n` times, on one connection and on a new one
+    each time Envoy closes it (the last too: up to 1,000 on it); what Envoy did."""
     headers = grpc_headers(path(RECORD_TRACK), token, address)
     began = time.monotonic()
     sent, connections, goaways, still_open = 0, [], collections.Counter(), 0
@@ -943,7 +943,7 @@ def rapid_reset(address: str, token: str, n: int) -> dict[str, Any]:
         peer = Peer(address)
         peer.drain(0.3)
         on_this = 0
-        for sid in range(1, 2 * (n - sent), 2):
+        for sid in range(1, 2 * max(n - sent, 1000), 2):
             if peer.closed:
                 break
             peer.conn.send_headers(sid, headers)
@@ -993,7 +993,7 @@ async def test_a_rapid_reset_connection_is_closed_and_others_are_served(stack, e
     # Envoy's defaults (overload.premature_reset_total_stream_count 500, ..._min_stream_lifetime_seconds
     # 1): once 500 streams of a connection have closed, more than half of them reset by the client
     # within 1 s of opening closes the connection. None outlives that; each is counted.
-    assert result["sent"] == ATTACK_STREAMS and result["connections_left_open"] == 0, result
+    assert result["sent"] >= ATTACK_STREAMS and result["connections_left_open"] == 0, result
     assert closed_for_resets >= result["connections"] - 1, (closed_for_resets, result)
     assert watch.peak - watch.before < 64, f"Envoy's RSS {watch.before:.0f} -> {watch.peak:.0f} MiB"
     assert procs.alive(envoy)
