@@ -204,9 +204,10 @@ LOCAL_REPLIES = (
     _rate_limited("files", "files imported or exported"),
     # Every replica of the service reports NOT_SERVING (its store is down) or none is running.
     LocalReply(_flags("UH"), code_pb2.UNAVAILABLE, "NO_HEALTHY_REPLICA", "no healthy replica; retry shortly", 1.0),
-    # A replica went away between the health check and the call, or too many calls are open.
+    # A replica went away between the health check and the call, or too many calls are open, or it
+    # reset the stream before answering (UR: a stream route has no retries to hide it).
     LocalReply(
-        _flags("UF", "UC", "URX", "UO", "UT"),
+        _flags("UF", "UC", "UR", "URX", "UO", "UT"),
         code_pb2.UNAVAILABLE,
         "REPLICA_UNREACHABLE",
         "no replica could take the call; retry",
@@ -227,14 +228,13 @@ LOCAL_REPLIES = (
     ),
     # The transcoder could not read a JSON call as its method's request (a malformed body, a value
     # of the wrong type, an unknown query parameter; Envoy's words name the field), or Envoy refused
-    # the path itself. JSON calls only: a gRPC call never reaches the transcoder's parser.
+    # the path itself or a header (a gRPC call with a header name that is not a metadata key).
     LocalReply(
         _http_status(400),
         code_pb2.INVALID_ARGUMENT,
         "MALFORMED_REQUEST",
-        "the request is not valid JSON for this method",
+        "the request is not valid for this method (its path or a header)",
         json_message="the request is not valid for this method: %LOCAL_REPLY_BODY%",
-        grpc=False,
     ),
     # A JSON body over its limit (JSON_REQUEST_MAX_BYTES, IMPORT_REQUEST_MAX_BYTES), or over what Envoy
     # buffers for a filter that reads the whole body: too large for the method, not to be resent as is.
@@ -604,13 +604,12 @@ def _local_replies(r: LocalReply) -> list[dict[str, Any]]:
         "body_format_override": {"json_format": body, "content_type": "application/json"},
     }
     details = base64.b64encode(r.status().SerializeToString()).decode()
+    # grpc-status too: Envoy's own mapping of the HTTP status (400 -> INTERNAL, ...) gives way to it.
     grpc_reply: dict[str, Any] = {
         "filter": r.when,
         "headers_to_add": [
-            {
-                "header": {"key": "grpc-status-details-bin", "value": details},
-                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-            }
+            {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            for key, value in (("grpc-status", str(r.code)), ("grpc-status-details-bin", details))
         ],
         "body": {"inline_string": r.message},
     }
@@ -621,6 +620,9 @@ def _local_replies(r: LocalReply) -> list[dict[str, Any]]:
 
 # gRPC metadata keys are lowercase letters, digits, "_", "-" and "."; HTTP/1.1 allows more in a
 # header name (`!`, `*`, `^`, `|`...), and a replica refused such a transcoded call with INTERNAL.
+# A grpc-timeout or grpc-encoding the gRPC runtime cannot parse is refused here too: forwarded, one
+# such call left the replica's connection from Envoy failing every later call that had a deadline
+# (INTERNAL "Error parsing 'grpc-timeout' metadata", for every runner) until it was reopened.
 # Envoy refuses it first, as the bad request it is; and a query parameter with no name, which the
 # transcoder would silently ignore.
 # Replacing a runner's privacy zones needs a body: a PUT without one would read as "no zones" and put
@@ -681,6 +683,16 @@ function envoy_on_request(handle)
       handle:respond({[":status"] = "400"}, "header " .. name .. rule)
       return
     end
+  end
+  local timeout = handle:headers():get("grpc-timeout")
+  if timeout ~= nil and not string.find(timeout, "^%d%d?%d?%d?%d?%d?%d?%d?[HMSmun]$") then
+    handle:respond({[":status"] = "400"}, "header grpc-timeout: 1 to 8 digits and a unit (H M S m u n)")
+    return
+  end
+  local encoding = handle:headers():get("grpc-encoding")
+  if encoding ~= nil and encoding ~= "identity" and encoding ~= "gzip" and encoding ~= "deflate" then
+    handle:respond({[":status"] = "400"}, "header grpc-encoding: identity, gzip or deflate")
+    return
   end
 end
 """

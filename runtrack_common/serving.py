@@ -193,7 +193,9 @@ class Replica:
                 ("grpc.server.max_pending_requests_hard_limit", s.max_concurrent_rpcs),
             ],
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
-            interceptors=[metrics.ServerMetrics(), MalformedRequests()],
+            # MalformedRequests first: it reads a unary call's request as a stream of one message, and
+            # the metrics (inside it) still count the call by its method's kind (not one refused here).
+            interceptors=[MalformedRequests(), metrics.ServerMetrics()],
         )
         self.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
