@@ -278,8 +278,8 @@ async def test_health_and_reflection_stay_open_without_a_token(stack):
             grpc.StatusCode.UNAUTHENTICATED,
         ),
         ("//runtrack.v1.SummaryService/ListRuns", grpc.StatusCode.UNAUTHENTICATED),
-        # An escaped slash is refused outright (HTTP 400, which gRPC reads as INTERNAL).
-        ("/grpc.health.v1.Health%2F..%2Fruntrack.v1.SummaryService/ListRuns", grpc.StatusCode.INTERNAL),
+        # An escaped slash is refused outright (Envoy's 400, answered as INVALID_ARGUMENT MALFORMED_REQUEST).
+        ("/grpc.health.v1.Health%2F..%2Fruntrack.v1.SummaryService/ListRuns", grpc.StatusCode.INVALID_ARGUMENT),
     ],
 )
 async def test_an_open_path_with_dot_segments_or_escaped_slashes_opens_nothing(stack, user_id, path, code):
