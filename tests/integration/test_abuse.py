@@ -356,6 +356,15 @@ async def test_an_oversized_message_in_a_stream_ends_it_and_the_points_before_it
     rest = [point(s, start_ms=start_ms) for s in range(11, 21)]
     done = await stub.RecordTrack(iter([tracking_pb2.RecordTrackRequest(run_id=run_id, points=rest)]), timeout=30)
     assert done.contiguous_seq == 20
+    report(
+        stack,
+        "oversized_message_in_stream",
+        message_bytes=oversized.ByteSize(),
+        limit_bytes=MAX_MESSAGE_BYTES,
+        answer=refused.value.code().name,
+        points_kept=cursor.contiguous_seq,
+        resumed_to=done.contiguous_seq,
+    )
 
 
 def _curl(stack, method: str, path: str, body: bytes, token: str, content_type: str) -> tuple[int, str]:
@@ -380,8 +389,10 @@ def test_a_json_body_over_envoys_limit_is_413_with_a_status_body_and_envoy_serve
         ("PATCH", f"/v1/runs/{run_id}?updateMask=name"): (b'{"name": "' + over + b'"}', "application/json"),
         ("POST", "/v1/runs:import"): (b"<gpx>" + b"a" * IMPORT_REQUEST_MAX_BYTES + b"</gpx>", "application/gpx+xml"),
     }
+    answers = {}
     for (method, path), (body, content_type) in calls.items():
         status, text = _curl(stack, method, path, body, token, content_type)
+        answers[f"{method} {path.split('?')[0].replace(run_id, '{id}')} ({len(body)} bytes)"] = status
         assert status == 413, (method, path, status, text[:300])
         error = json.loads(text)
         assert error["code"] == code_pb2.RESOURCE_EXHAUSTED and "at most" in error["message"], error
@@ -389,3 +400,4 @@ def test_a_json_body_over_envoys_limit_is_413_with_a_status_body_and_envoy_serve
         assert infos and infos[0]["reason"] == "REQUEST_TOO_LARGE", error
     status, _ = http_json(stack.envoy_address, "GET", "/v1/users/me/runs", token=token)
     assert status == 200
+    report(stack, "oversized_json_bodies", answers=answers, served_after=status)
