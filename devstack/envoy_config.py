@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import datetime as dt
 import json
 from dataclasses import dataclass, field
@@ -1151,17 +1152,8 @@ K8S_PLACEHOLDERS = (
     JWKS_PORT,
     JWKS_CA_FILE,
     PLAINTEXT_ADDRESS,
-    "__LIMIT_CALLS_PER_SECOND__",
-    "__LIMIT_CALLS_BURST__",
-    "__LIMIT_STREAM_OPENS_PER_SECOND__",
-    "__LIMIT_STREAM_OPENS_BURST__",
-    "__LIMIT_FILES_PER_SECOND__",
-    "__LIMIT_FILES_BURST__",
-    "__LIMIT_MAX_RUNNERS__",
-    "__LIMIT_RECORD_STREAMS_PER_RUNNER__",
-    "__LIMIT_WATCH_STREAMS_PER_LINK__",
-    "__LIMIT_STREAMS_PER_CONNECTION__",
-    "__LIMIT_STREAM_LB_POLICY__",
+    # Every value of K8S_LIMITS (its buckets' too) is a placeholder.
+    *(v for f in dataclasses.astuple(K8S_LIMITS) for v in (f if isinstance(f, tuple) else (f,))),
 )
 
 # The replicas' gRPC port in their pods, behind the headless Services `tracking` and `summary`.
