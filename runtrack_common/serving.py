@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 
 from runtrack.v1 import summary_pb2, tracking_pb2
 from runtrack_common import logs, metrics
+from runtrack_common.aborts import ReleaseAborts
 from runtrack_common.config import Settings
 from runtrack_common.malformed import MalformedRequests
 
@@ -36,7 +37,22 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # A health name that is SERVING while the process runs, whatever its store says: what a liveness probe
 # asks (a store outage takes a replica out of the balancer, it is no reason to restart it).
 LIVENESS = "liveness"
+# The cycle collector's thresholds (see `main`): a tracking replica's young generation is collected
+# after 100,000 new container objects instead of 700, and the whole heap rarely: with thousands of
+# streams open every collection walked all their objects, and at the default thresholds it took a third
+# of a loaded tracking replica's CPU (`scripts/bench phones`: 10 s of 50 at 8,000 phones; 1.8 s with
+# these). A summary replica holds no streams but answers many short calls, each leaving a small cycle
+# of gRPC's own: 100,000 young objects took a 0.11 s pause to collect, every other call waiting; at
+# 10,000 a collection takes ~6 ms (measured under the flood test's load).
 GC_THRESHOLDS = (100_000, 50, 100)
+SHORT_CALLS_GC_THRESHOLDS = (10_000, 50, 100)
+
+
+def interceptors() -> list[grpc.aio.ServerInterceptor]:
+    """A replica's, outermost first: ReleaseAborts must see every handler's AbortError; MalformedRequests
+    reads a unary call's request as a stream of one message, and the metrics (inside it) still count the
+    call by its method's kind (not one refused there)."""
+    return [ReleaseAborts(), MalformedRequests(), metrics.ServerMetrics()]
 
 
 def file_containing_symbol(pool: descriptor_pool.DescriptorPool, name: str) -> FileDescriptor:
@@ -193,9 +209,7 @@ class Replica:
                 ("grpc.server.max_pending_requests_hard_limit", s.max_concurrent_rpcs),
             ],
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
-            # MalformedRequests first: it reads a unary call's request as a stream of one message, and
-            # the metrics (inside it) still count the call by its method's kind (not one refused here).
-            interceptors=[MalformedRequests(), metrics.ServerMetrics()],
+            interceptors=interceptors(),
         )
         self.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -241,7 +255,12 @@ class Parts:
     max_receive_bytes: int | None = None
 
 
-def main(prog: str, service_name: str, build: Callable[[Settings], Parts]) -> None:
+def main(
+    prog: str,
+    service_name: str,
+    build: Callable[[Settings], Parts],
+    gc_thresholds: tuple[int, int, int] = GC_THRESHOLDS,
+) -> None:
     """The entry point of a replica process: `python -m <prog> --port N`."""
     parser = argparse.ArgumentParser(prog=prog, description=f"Run one {prog} replica.")
     parser.add_argument("--port", type=int, required=True)
@@ -267,9 +286,5 @@ def main(prog: str, service_name: str, build: Callable[[Settings], Parts]) -> No
             metrics_port=args.metrics_port,
         ).run()
 
-    # The cycle collector's young generation is collected after 100,000 new container objects instead of
-    # 700, and the whole heap rarely: with thousands of streams open every collection walks all their
-    # objects, and at the default thresholds it took a third of a loaded tracking replica's CPU
-    # (`scripts/bench phones`: 10 s of 50 at 8,000 phones; 1.8 s with these).
-    gc.set_threshold(*GC_THRESHOLDS)
+    gc.set_threshold(*gc_thresholds)
     asyncio.run(serve())

@@ -27,4 +27,4 @@ def build(settings: Settings) -> serving.Parts:
 
 
 if __name__ == "__main__":
-    serving.main("summary_service", SERVICE_NAME, build)
+    serving.main("summary_service", SERVICE_NAME, build, serving.SHORT_CALLS_GC_THRESHOLDS)
