@@ -606,6 +606,8 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--files", type=int, default=6, help="files per format (default 6)")
     f.add_argument("--clients", type=int, default=2, help="clients at once (default 2)")
     f.add_argument("--repeats", type=int, default=5, help="analysis runs per length (default 5)")
+    fl = sub.add_parser("flood", help="other runners' calls while one token floods, against the same calls quiet")
+    fl.add_argument("--rounds", type=int, default=3)
     t = sub.add_parser("tls", help="TLS handshakes and calls at Envoy against plaintext, alternating rounds")
     t.add_argument("--connections", type=int, default=2000, help="new connections per round (default 2000)")
     t.add_argument("--calls", type=int, default=5000, help="GetRun calls per round (default 5000)")
@@ -662,6 +664,10 @@ def main(argv: list[str] | None = None) -> int:
         from devstack import bench_files
 
         bench_files.run(stack, args.points, args.files, args.clients, args.repeats, ROOT / ".dev" / "bench")
+    elif args.what == "flood":
+        from devstack import bench_flood
+
+        bench_flood.run(stack, args.rounds, ROOT / ".dev" / "bench")
     elif args.what == "tls":
         from devstack import bench_tls
 

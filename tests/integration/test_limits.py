@@ -7,8 +7,6 @@ slowed; after the delay the runner is served again."""
 import asyncio
 import dataclasses
 import json
-import multiprocessing
-import os
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +17,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from devstack import procs
+from devstack import bench_flood, procs
 from devstack.auth import token_channel
 from devstack.envoy_config import Limits
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
@@ -36,15 +34,7 @@ WATCHERS = 3
 @pytest.fixture(scope="module")
 def limited(stack):
     """host:port of an Envoy with the product's limits, in front of the test stack's replicas."""
-    layout = dataclasses.replace(
-        stack.spec.layout,
-        limits=dataclasses.replace(LIMITS, watch_streams_per_link=WATCHERS),
-        listen_port=stack.spec.envoy_port + 3,
-        admin_port=stack.spec.envoy_admin_port + 3,
-        tls=None,
-    )
-    pid = stack.start_envoy(layout, name="envoy-limits")
-    address = f"127.0.0.1:{layout.listen_port}"
+    pid, address = bench_flood.limited_envoy(stack, dataclasses.replace(LIMITS, watch_streams_per_link=WATCHERS))
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -187,119 +177,15 @@ async def test_files_have_a_limit_of_their_own_and_leave_the_runners_calls_alone
     report(stack, "per_runner_files", served=served, refused=len(refused), burst=LIMITS.files.burst)
 
 
-def flood(address: str, token: str, total: int, started, results) -> None:
-    """`total` GetRun calls from one token as fast as 64 concurrent calls go, in its own process that
-    runs only when nothing else would (SCHED_IDLE): an attacker's CPU is not the stack's, and on this
-    2-core machine a flooding process of equal priority would take a core from Envoy and the replicas."""
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-
-    async def run() -> tuple[int, int, float]:
-        request = summary_pb2.GetRunRequest(run_id=str(uuid.uuid4()))
-        channels = [token_channel(address, token) for _ in range(4)]
-        stubs = [summary_pb2_grpc.SummaryServiceStub(c) for c in channels]
-        left, served, refused = total, 0, 0
-        began = time.monotonic()
-
-        async def worker(stub) -> None:
-            nonlocal left, served, refused
-            while left > 0:
-                left -= 1
-                try:
-                    await stub.GetRun(request)
-                    served += 1
-                except grpc.aio.AioRpcError as err:
-                    if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                        refused += 1
-                    else:
-                        served += 1  # NOT_FOUND: the call reached a replica
-                started.set()
-
-        await asyncio.gather(*(worker(stubs[i % 4]) for i in range(64)))
-        for c in channels:
-            await c.close()
-        return served, refused, time.monotonic() - began
-
-    results.put(asyncio.run(run()))
-
-
-def calm_runners(address: str, tokens: list[str], calls: int, quiet_done, go, results) -> None:
-    """Other runners, each a GetRun ten times a second (within its limit) on its own connection, in a
-    process of their own as phones are (not in the test's, whose heap after the whole suite makes
-    collection pauses of its own): `calls` each while quiet, then again once `go` is set."""
-
-    async def runner(token: str, offset: float) -> tuple[list[float], int]:
-        request = summary_pb2.GetRunRequest(run_id=str(uuid.uuid4()))
-        latencies, failed = [], 0
-        async with token_channel(address, token) as channel:
-            stub = summary_pb2_grpc.SummaryServiceStub(channel)
-            await asyncio.sleep(offset)  # not in step with the others
-            for _ in range(calls):
-                began = time.perf_counter()
-                try:
-                    await stub.GetRun(request)
-                except grpc.aio.AioRpcError as err:
-                    failed += err.code() != grpc.StatusCode.NOT_FOUND
-                latencies.append(time.perf_counter() - began)
-                await asyncio.sleep(0.1)
-        return latencies, failed
-
-    async def phase() -> tuple[list[float], int]:
-        done = await asyncio.gather(*(runner(t, i * 0.1 / len(tokens)) for i, t in enumerate(tokens)))
-        return [x for latencies, _ in done for x in latencies], sum(failed for _, failed in done)
-
-    quiet = asyncio.run(phase())
-    quiet_done.set()
-    go.wait(60)
-    results.put((quiet, asyncio.run(phase())))
-
-
-def _p99(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-
-
 async def test_a_flood_of_50000_calls_from_one_token_is_held_to_its_rate_and_others_are_served(stack, limited):
-    flooder = stack.issuer.token(f"flood-{uuid.uuid4().hex[:6]}")
-    others = [stack.issuer.token(f"calm{i}-{uuid.uuid4().hex[:6]}") for i in range(10)]
-    # Ten runners, 100 calls each way (10 s at 10 a second, within the flood's ~12 s): 1,000 calls, so
-    # that the p99 is a percentile and not the slowest call.
-    spawn = multiprocessing.get_context("spawn")
-    quiet_done, go, started = spawn.Event(), spawn.Event(), spawn.Event()
-    calm_results, flood_results = spawn.Queue(), spawn.Queue()
-    calm = spawn.Process(target=calm_runners, args=(limited, others, 100, quiet_done, go, calm_results))
-    calm.start()
-    assert await asyncio.to_thread(quiet_done.wait, 120)
-    total = 50_000
-    flooding = spawn.Process(target=flood, args=(limited, flooder, total, started, flood_results))
-    flooding.start()
-    assert await asyncio.to_thread(started.wait, 60)
-    await asyncio.sleep(0.5)
-    go.set()
-    (quiet, quiet_failed), (during, failed) = await asyncio.to_thread(calm_results.get, True, 120)
-    served, refused, took = await asyncio.to_thread(flood_results.get, True, 120)
-    calm.join(10)
-    flooding.join(10)
-    assert quiet_failed == 0
-    assert failed == 0, "another runner's call failed during the flood"
-    assert served + refused == total
-    assert served <= LIMITS.calls.burst + LIMITS.calls.per_second * (took + 1), (served, took)
-    report(
-        stack,
-        "flood_from_one_token",
-        calls=total,
-        seconds=round(took, 1),
-        served=served,
-        refused=refused,
-        other_runners=len(others),
-        other_runner_calls=len(during),
-        other_runner_p99_ms_quiet=round(_p99(quiet) * 1000, 1),
-        other_runner_p99_ms_during=round(_p99(during) * 1000, 1),
-        other_runner_p99_ratio=round(_p99(during) / _p99(quiet), 2),
-        other_runner_p50_ms_quiet=round(sorted(quiet)[len(quiet) // 2] * 1000, 1),
-        other_runner_p50_ms_during=round(sorted(during)[len(during) // 2] * 1000, 1),
-        other_runner_slowest_ms_during=round(max(during) * 1000, 1),
-        other_runner_failed=0,
-    )
+    # Ten other runners, 100 calls each way (10 s at 10 a second, within the flood's ~12 s): 1,000 calls,
+    # so that the p99 is a percentile and not the slowest call. `scripts/bench flood` runs more rounds.
+    r = await bench_flood.one_round(stack, limited)
+    assert r.quiet_failed == 0
+    assert r.failed == 0, "another runner's call failed during the flood"
+    assert r.served + r.refused == bench_flood.FLOOD_CALLS
+    assert r.served <= LIMITS.calls.burst + LIMITS.calls.per_second * (r.seconds + 1), (r.served, r.seconds)
+    report(stack, "flood_from_one_token", calls=bench_flood.FLOOD_CALLS, **r.figures())
 
 
 async def test_a_runner_holds_at_most_its_record_streams_open_and_nothing_they_sent_is_lost(stack, limited):
