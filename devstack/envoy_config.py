@@ -915,10 +915,6 @@ def _cluster(c: Cluster, layout: Layout) -> dict[str, Any]:
         ],
         # Never send traffic to a replica that failed its health check, even when most did.
         "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
-        # A replica taken out of discovery (retired: out of EDS first, then drained) gets no new calls at
-        # once; by default Envoy kept it until a health check failed, and a check delayed on a busy
-        # machine let calls reach it after it had exited ("no replica could take the call").
-        "ignore_health_on_host_removal": True,
         "circuit_breakers": {
             "thresholds": [
                 {
