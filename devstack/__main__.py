@@ -1,5 +1,5 @@
 """scripts/dev: up [--autoscale] | status [--json] | down | scale tracking=N summary=M | rollout |
-autoscale [--min N] [--max N] [--target SERVICE=VALUE]... | token USER."""
+autoscale [--min N] [--max N] [--target SERVICE=VALUE]... | token USER | owners [--json] [--claim]."""
 
 from __future__ import annotations
 
@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("user", metavar="USER")
     token.add_argument("--ttl", type=int, default=3600, metavar="SECONDS", help="lifetime (default 3600)")
     token.add_argument("--url", action="store_true", help="print the web page's sign-in URL instead")
+    owners = sub.add_parser("owners", help="list runs whose two stores disagree on their owner")
+    owners.add_argument("--json", action="store_true", help="one JSON document")
+    owners.add_argument("--claim", action="store_true", help="claim unclaimed runs for their dashboard row's runner")
     args = parser.parse_args(argv)
     # RUNTRACK_STACK=test: the stack scripts/test runs (its own ports and keys), e.g. for a look at it.
     specs = {"test": test_spec, "test-cluster": cluster_test_spec}
@@ -146,6 +149,19 @@ def main(argv: list[str] | None = None) -> int:
         stack.issuer.ensure_keys()
         jwt = stack.issuer.token(args.user, ttl_s=args.ttl)
         print(f"http://{stack.envoy_address}/#token={jwt}" if args.url else jwt)
+    elif args.command == "owners":
+        from devstack.owners import check
+
+        checked, found = check(stack, claim=args.claim)
+        if args.json:
+            print(json.dumps({"runs_checked": checked, "disagreements": [d.as_dict() for d in found]}, indent=2))
+        else:
+            for d in found:
+                print(
+                    f"{d.run_id}  {d.kind:15} dashboard={d.dashboard_owner} owner_of_record={d.owner_of_record or '-'}"
+                )
+            print(f"{checked} runs checked, {len(found)} disagree")
+        return 1 if found else 0
     elif args.command == "down":
         stack.down()
         print("RunTrack is down.")

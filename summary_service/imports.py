@@ -93,12 +93,20 @@ def sniff(data: bytes) -> str:
     )
 
 
-def read_file(data: bytes, *, now_us: int, max_points: int = MAX_POINTS) -> ImportedFile:
-    """The trail a file holds; InvalidArgument on `file` naming what is wrong and where."""
+def check_size(data: bytes) -> None:
     if not data:
         raise bad("is empty")
     if len(data) > MAX_FILE_BYTES:
         raise bad(f"must be at most {MAX_FILE_BYTES} bytes, got {len(data)}", "FILE_TOO_LARGE")
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_file(data: bytes, *, now_us: int, max_points: int = MAX_POINTS) -> ImportedFile:
+    """The trail a file holds; InvalidArgument on `file` naming what is wrong and where."""
+    check_size(data)
     kind = sniff(data)  # the content decides: a file's declared type or extension may be wrong
     if kind == FIT:
         name, raw, skipped = _read_fit(data, max_points)

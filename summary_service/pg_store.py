@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import uuid
 from pathlib import Path
 from types import TracebackType
@@ -106,6 +107,7 @@ class PgRunStore:
         self.q = queries.load(HERE / "queries.sql")
         self.pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] | None = None
         self._migrated = False
+        self._keys: dict[str, bytes] = {}
         self._lock = asyncio.Lock()
         POOL_IN_USE.set_function(lambda: self._pool_stat("in_use"))
         POOL_WAITING.set_function(lambda: self._pool_stat("requests_waiting"))
@@ -244,6 +246,18 @@ class PgRunStore:
     async def delete_run(self, run_id: uuid.UUID, user_id: str) -> None:
         async with self._conn() as conn:
             await conn.execute(self.q["delete_run"], {"run_id": run_id, "user_id": user_id})
+
+    async def server_key(self, name: str) -> bytes:
+        key = self._keys.get(name)
+        if key is None:
+            async with self._conn() as conn:
+                await conn.execute(self.q["add_server_key"], {"name": name, "key": secrets.token_bytes(32)})
+                cur = await conn.execute(self.q["server_key"], {"name": name})
+                row = await cur.fetchone()
+            if row is None:
+                raise Internal(f"server key {name!r} was not stored", metadata={"store": "postgresql"})
+            key = self._keys[name] = bytes(row["key"])
+        return key
 
     async def deleted_by(self, run_id: uuid.UUID) -> str | None:
         async with self._conn() as conn:

@@ -112,3 +112,9 @@ ORDER BY distance_m, start_time, run_id;
 
 -- name: set_name
 UPDATE runs SET name = %(name)s WHERE run_id = %(run_id)s RETURNING *;
+
+-- name: add_server_key
+INSERT INTO server_keys (name, key) VALUES (%(name)s, %(key)s) ON CONFLICT (name) DO NOTHING;
+
+-- name: server_key
+SELECT key FROM server_keys WHERE name = %(name)s;

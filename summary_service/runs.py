@@ -7,6 +7,8 @@ in reads a PUBLIC run (without its polyline); a PRIVATE run of someone else does
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import logging
 import uuid
 from collections.abc import Sequence
@@ -48,6 +50,11 @@ class TrailDeleter(Protocol):
 
     async def delete_trail(self, run_id: uuid.UUID, caller: Caller) -> bool: ...
 
+    async def claim(self, run_id: uuid.UUID, caller: Caller) -> None:
+        """Makes the caller the run's owner of record (the tracking service's one claim, shared by
+        every method that can create a run); raises PERMISSION_DENIED `RUN_ID_TAKEN` when another
+        runner is, FAILED_PRECONDITION when the caller deleted it."""
+
     async def mark_stopped(self, run_id: uuid.UUID, stop_us: int, caller: Caller) -> None:
         """Tells the run's live watchers it stopped (STOPPED); safe to repeat."""
 
@@ -79,19 +86,32 @@ def _not_yours(run: Run) -> PermissionDenied | NotFound:
 
 
 async def stop_run(
-    store: RunStore, caller: Caller, run_id: uuid.UUID, user_id: str, overview: Overview, zone: str = "UTC"
+    store: RunStore,
+    trails: TrailDeleter,
+    caller: Caller,
+    run_id: uuid.UUID,
+    user_id: str,
+    overview: Overview,
+    zone: str = "UTC",
 ) -> Run:
-    """Stores the run once; a retry with the same overview returns the same Run."""
+    """Stores the run once; a retry with the same overview returns the same Run. The run id is
+    claimed for the caller first: a run in progress (or stopped, or deleted) of another runner is
+    refused before anything is written here."""
     user = require_self(user_id, caller)
     validate_overview(overview)
+    await trails.claim(run_id, caller)
     run, inserted = await store.insert_run(run_id, user, overview, default_name(overview.start_us, zone))
     if run is None:
         raise _deleted(run_id)
     if inserted:
         log.info("run stopped run_id=%s user_id=%s distance_m=%.1f", run_id, user, overview.distance_m)
         return run
-    if run.user_id != user:
-        raise PermissionDenied(f"run_id: run {run_id} belongs to another user", metadata={"run_id": str(run_id)})
+    if run.user_id != user:  # a row written before runs had one owner of record (see scripts/dev owners)
+        raise PermissionDenied(
+            f"run_id: run {run_id} is taken; a new run needs a new id",
+            reason="RUN_ID_TAKEN",
+            metadata={"run_id": str(run_id)},
+        )
     if run.overview != overview:
         raise AlreadyExists(
             f"run_id: run {run_id} was already stopped with a different overview", metadata={"run_id": str(run_id)}
@@ -99,29 +119,45 @@ async def stop_run(
     return run
 
 
-# Imported runs are named by their owner and their file's content: the same file again is the same run.
-IMPORT_NAMESPACE = uuid.UUID("6f1c2a52-7f0e-4d8e-9a43-0b8f3d1e5c27")
+# Imported runs are named by their owner and their file's content, through a key only the replicas
+# know (kept in PostgreSQL): the same file again is the same run, and nobody can compute the id of
+# another runner's import to take it first.
+IMPORT_KEY = "import_ids"
+# How ids were derived before the key (without it): a runner's earlier imports are still found.
+LEGACY_IMPORT_NAMESPACE = uuid.UUID("6f1c2a52-7f0e-4d8e-9a43-0b8f3d1e5c27")
 
 
-def imported_run_id(user_id: str, sha256: str) -> uuid.UUID:
-    return uuid.uuid5(IMPORT_NAMESPACE, f"{user_id}:{sha256}")
+def imported_run_id(key: bytes, user_id: str, sha256: str) -> uuid.UUID:
+    digest = hmac.new(key, f"{user_id}:{sha256}".encode(), hashlib.sha256).digest()
+    return uuid.UUID(bytes=digest[:16], version=4)
 
 
-async def import_run(store: RunStore, trails: TrailDeleter, caller: Caller, prepared: PreparedRun, zone: str) -> Run:
-    """Stores an imported file's run once: its points first (the run is not listed until they are
-    all durable), then the dashboard row with its analysis. A repeat answers the stored run."""
-    file = prepared.file
-    run_id = imported_run_id(caller.user_id, file.sha256)
-    existing = await store.get_run(run_id)
-    if existing is not None:
-        log.info("import repeated run_id=%s user_id=%s sha256=%s", run_id, caller.user_id, file.sha256[:16])
-        return existing
+async def imported_run(store: RunStore, caller: Caller, sha256: str) -> tuple[uuid.UUID, Run | None]:
+    """The id a file (by its hash) gets for the caller, and the run it already is, if any: answered
+    before the file is parsed. FAILED_PRECONDITION when that run was deleted."""
+    run_id = imported_run_id(await store.server_key(IMPORT_KEY), caller.user_id, sha256)
+    for candidate in (run_id, uuid.uuid5(LEGACY_IMPORT_NAMESPACE, f"{caller.user_id}:{sha256}")):
+        existing = await store.get_run(candidate)
+        if existing is not None and existing.user_id == caller.user_id:
+            log.info("import repeated run_id=%s user_id=%s sha256=%s", candidate, caller.user_id, sha256[:16])
+            return candidate, existing
     if await store.deleted_by(run_id) is not None:
         raise FailedPrecondition(
             f"file: this file was imported as run {run_id}, which was deleted; it is not imported again",
             reason="RUN_DELETED",
             metadata={"run_id": str(run_id)},
         )
+    return run_id, None
+
+
+async def import_run(
+    store: RunStore, trails: TrailDeleter, caller: Caller, run_id: uuid.UUID, prepared: PreparedRun, zone: str
+) -> Run:
+    """Stores an imported file's run once (`run_id` from `imported_run`): the id claimed for the
+    caller, its points (the run is not listed until they are all durable), then the dashboard row
+    with its analysis. A repeat answers the stored run."""
+    file = prepared.file
+    await trails.claim(run_id, caller)
     await trails.store_points(run_id, file.points, caller)
     name = file.name or default_name(prepared.overview.start_us, zone)
     run, inserted = await store.insert_run(run_id, caller.user_id, prepared.overview, name)

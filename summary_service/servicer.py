@@ -181,7 +181,7 @@ class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
         zone = found.check(lambda: time_zone(request.time_zone))
         found.raise_if_any()
         assert run_id is not None and user_id is not None and overview is not None and zone is not None
-        run = await runs.stop_run(self.store, caller, run_id, user_id, overview, zone)
+        run = await runs.stop_run(self.store, self.trails, caller, run_id, user_id, overview, zone)
         try:  # the run's live watchers see STOPPED; the run is stored whatever happens here
             await self.trails.mark_stopped(run_id, run.stopped_at_us, caller)
         except RunTrackError as err:
@@ -277,8 +277,13 @@ class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
         except InvalidArgument as err:
             raise InvalidArgument(TIME_ZONE_HEADER, err.rule, reason=err.reason) from None
         now_us = time.time_ns() // 1000
+        imports.check_size(request.data)
+        sha256 = await asyncio.to_thread(imports.sha256_of, request.data)
+        run_id, existing = await runs.imported_run(self.store, caller, sha256)
+        if existing is not None:  # the same file again: answered from its hash, not parsed again
+            return run_to_proto(existing)
         prepared = await asyncio.to_thread(imports.prepare, request.data, now_us=now_us)
-        return run_to_proto(await runs.import_run(self.store, self.trails, caller, prepared, zone))
+        return run_to_proto(await runs.import_run(self.store, self.trails, caller, run_id, prepared, zone))
 
     @maps_errors
     async def AnalyseRun(
@@ -306,6 +311,10 @@ class TrackingApi(PublicApi):
         stub = tracking_pb2_grpc.TrackingServiceStub(self.channel)
         reply = await self.call(stub.DeleteTrack, tracking_pb2.DeleteTrackRequest(run_id=str(run_id)), caller)
         return reply.existed
+
+    async def claim(self, run_id: uuid.UUID, caller: Caller) -> None:
+        stub = tracking_pb2_grpc.TrackingServiceStub(self.channel)
+        await self.call(stub.ClaimRun, tracking_pb2.ClaimRunRequest(run_id=str(run_id)), caller)
 
     async def mark_stopped(self, run_id: uuid.UUID, stop_us: int, caller: Caller) -> None:
         stub = tracking_pb2_grpc.TrackingServiceStub(self.channel)

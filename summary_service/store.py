@@ -39,6 +39,9 @@ class RunStore(Protocol):
 
     async def deleted_by(self, run_id: uuid.UUID) -> str | None: ...
 
+    async def server_key(self, name: str) -> bytes:
+        """A 32-byte secret shared by every replica, made once (kept with the runs)."""
+
     async def user_stats(self, user_id: str, time_zone: str, weeks: int) -> UserTotals: ...
 
     async def record_improvements(self, user_id: str) -> list[Improvement]:

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter
 
-from runtrack_common.errors import FailedPrecondition, PermissionDenied, Unavailable
+from runtrack_common.errors import Unavailable
 from tracking_service.domain import MAX_REJECTIONS_LISTED, Point, Rejection, rejection_reason
 from tracking_service.retry import retry_unavailable
 from tracking_service.store import TrackStore
+from tracking_service.tracks import check_claim
 from tracking_service.writer import PointWriter
 
 log = logging.getLogger(__name__)
@@ -79,21 +80,15 @@ class IngestStream:
             context=f"run_id={run_id}",
             budget_s=self._retry_budget_s,
         )
-        if deleted_by is not None:
-            raise FailedPrecondition(
-                f"run_id: run {run_id} was deleted; it takes no more points", metadata={"run_id": str(run_id)}
+        owner = None
+        if deleted_by is None:
+            owner = await retry_unavailable(
+                lambda: self.store.claim_run(run_id, user_id),
+                what="claim",
+                context=f"run_id={run_id}",
+                budget_s=self._retry_budget_s,
             )
-        owner = await retry_unavailable(
-            lambda: self.store.claim_run(run_id, user_id),
-            what="claim",
-            context=f"run_id={run_id}",
-            budget_s=self._retry_budget_s,
-        )
-        if owner != user_id:
-            raise PermissionDenied(
-                f"run_id: run {self.result.run_id} belongs to another user",
-                metadata={"run_id": str(self.result.run_id)},
-            )
+        check_claim(run_id, user_id, deleted_by, owner)
 
     async def add(self, points: Sequence[Point]) -> None:
         self._raise_if_failed()

@@ -554,6 +554,15 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
             log.info("live state run_id=%s state=STOPPED links=%d", run_id, len(row.links))
         return Empty()
 
+    @maps_errors
+    async def ClaimRun(
+        self, request: tracking_pb2.ClaimRunRequest, context: Context[tracking_pb2.ClaimRunRequest, Empty]
+    ) -> Empty:
+        caller = status.caller_of(context)
+        run_id = parse_run_id(request.run_id)
+        await tracks.claim(self.store, caller, run_id)
+        return Empty()
+
 
 MAX_LINKS_PER_RUN = 20
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from runtrack_common import page_tokens
-from runtrack_common.errors import NotFound
+from runtrack_common.errors import FailedPrecondition, NotFound, PermissionDenied
 from runtrack_common.identity import Caller, require_self
 from tracking_service.domain import Cursor, Point, page_size
 from tracking_service.privacy import Zone, first_outside, validate_zones
@@ -46,6 +46,41 @@ async def _owner(store: TrackStore, run_id: uuid.UUID) -> str:
     if owner is None:
         raise _no_track(run_id)
     return owner
+
+
+def run_id_taken(run_id: uuid.UUID) -> PermissionDenied:
+    """Another runner's run id, named by a method that would create the run: refused, and nothing is
+    written. The message says no more than a never-used id would (whose it is stays unsaid)."""
+    return PermissionDenied(
+        f"run_id: run {run_id} is taken; a new run needs a new id",
+        reason="RUN_ID_TAKEN",
+        metadata={"run_id": str(run_id)},
+    )
+
+
+def run_deleted(run_id: uuid.UUID) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"run_id: run {run_id} was deleted; it takes nothing more",
+        reason="RUN_DELETED",
+        metadata={"run_id": str(run_id)},
+    )
+
+
+def check_claim(run_id: uuid.UUID, user_id: str, deleted_by: str | None, owner: str | None) -> None:
+    """The answer to a claim of `run_id` by `user_id`, from the tombstone and the owner of record."""
+    if deleted_by is not None:
+        raise run_deleted(run_id) if deleted_by == user_id else run_id_taken(run_id)
+    if owner != user_id:
+        raise run_id_taken(run_id)
+
+
+async def claim(store: TrackStore, caller: Caller, run_id: uuid.UUID) -> None:
+    """Makes the caller the run's owner of record unless someone else already is (one lightweight
+    transaction: the first caller to name a run id wins, whichever service they called)."""
+    deleted_by = await store.deleted_by(run_id)
+    check_claim(
+        run_id, caller.user_id, deleted_by, None if deleted_by else await store.claim_run(run_id, caller.user_id)
+    )
 
 
 async def cursor(store: TrackStore, caller: Caller, run_id: uuid.UUID) -> Cursor:

@@ -147,5 +147,5 @@ async def test_nobody_else_can_take_over_a_deleted_run_id(stack, channel, run_id
     await stopped_run(channel, run_id, [point(1)])
     await delete(channel, run_id)
     async with token_channel(stack.envoy_address, stack.issuer.token("mallory")) as mallory:
-        assert await code_of(record(mallory, run_id, [point(1)])) == grpc.StatusCode.FAILED_PRECONDITION
+        assert await code_of(record(mallory, run_id, [point(1)])) == grpc.StatusCode.PERMISSION_DENIED
         assert await code_of(delete(mallory, run_id)) == grpc.StatusCode.NOT_FOUND

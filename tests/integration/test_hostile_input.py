@@ -91,7 +91,7 @@ async def test_a_run_of_another_user_is_permission_denied_and_keeps_its_points(s
                 grpc.StatusCode.PERMISSION_DENIED,
                 tracking_pb2.RecordTrackRequest(run_id=run_id, user_id=claimed, points=[point(2)]),
             )
-            assert "belongs to another user" in details
+            assert "is taken" in details
         details = await expect_status(  # or naming the owner
             mallory,
             grpc.StatusCode.PERMISSION_DENIED,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import os
 import uuid
 from collections.abc import Sequence
 
@@ -89,6 +90,7 @@ class FakeRunStore:
     def __init__(self) -> None:
         self.runs: dict[uuid.UUID, Run] = {}
         self.deleted: dict[uuid.UUID, str] = {}
+        self.keys: dict[str, bytes] = {}
 
     async def ensure_ready(self) -> None: ...
 
@@ -149,6 +151,9 @@ class FakeRunStore:
     async def deleted_by(self, run_id: uuid.UUID) -> str | None:
         return self.deleted.get(run_id)
 
+    async def server_key(self, name: str) -> bytes:
+        return self.keys.setdefault(name, os.urandom(32))
+
     async def user_stats(self, user_id: str, time_zone: str, weeks: int) -> UserTotals:
         raise NotImplementedError("computed by PostgreSQL; covered by the integration tests")
 
@@ -167,6 +172,11 @@ class FakeTracksApi:
         if self.fail_with is not None:
             raise self.fail_with
         return await tracks.delete_track(self.tracks, caller, run_id)
+
+    async def claim(self, run_id: uuid.UUID, caller: Caller) -> None:
+        from tracking_service import tracks
+
+        await tracks.claim(self.tracks, caller, run_id)
 
     async def mark_stopped(self, run_id: uuid.UUID, stop_us: int, caller: Caller) -> None:
         self.stopped.append((run_id, stop_us))

@@ -122,7 +122,7 @@ async def test_a_run_claimed_by_someone_else_is_denied():
     store = FakeTrackStore()
     rid = uuid.uuid4()
     await stream(store, rid).claim("alice")
-    with pytest.raises(PermissionDenied, match="belongs to another user"):
+    with pytest.raises(PermissionDenied, match="is taken"):
         await stream(store, rid).claim("bob")
 
 

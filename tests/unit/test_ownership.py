@@ -35,7 +35,7 @@ class World:
             assert await self.tracks.claim_run(run_id, owner.user_id) == owner.user_id
             await self.tracks.write_points(run_id, [pt(s) for s in range(1, points + 1)])
         if stopped:
-            await runs.stop_run(self.runs, owner, run_id, "", overview())
+            await runs.stop_run(self.runs, self.trails, owner, run_id, "", overview())
         return run_id
 
 
@@ -146,7 +146,7 @@ async def test_after_a_delete_stop_run_is_failed_precondition(world):
     run_id = await world.run()
     await runs.delete_run(world.runs, world.trails, ADA, run_id)
     with pytest.raises(FailedPrecondition) as err:
-        await runs.stop_run(world.runs, ADA, run_id, "", overview())
+        await runs.stop_run(world.runs, world.trails, ADA, run_id, "", overview())
     assert err.value.reason == "RUN_DELETED"
 
 
@@ -156,7 +156,7 @@ async def test_a_non_owner_reads_a_shared_trail_trimmed_by_the_owners_zones(worl
     # 0.001 degree of latitude is ~111 m: points 1-2 and 6 lie within 150 m of the zone's centre.
     lats = [48.8566, 48.8570, 48.8600, 48.8650, 48.8600, 48.8567]
     await world.tracks.write_points(run_id, [pt(s, lat) for s, lat in enumerate(lats, start=1)])
-    await runs.stop_run(world.runs, ADA, run_id, "", overview())
+    await runs.stop_run(world.runs, world.trails, ADA, run_id, "", overview())
     await tracks.set_privacy_zones(world.tracks, ADA, "me", [Zone(48.8566, 2.3522, 150.0)])
     with pytest.raises(NotFound):  # private
         await tracks.track_page(world.tracks, world.visibility, BOB, run_id, 0, "")
@@ -185,3 +185,32 @@ async def test_a_run_is_named_by_its_local_start_and_renamed_by_its_owner_only(w
     with pytest.raises(Exception) as err:
         await runs.update_run(world.runs, BOB, run_id, Visibility.UNSPECIFIED, ["name"], "Mine now")
     assert type(err.value).__name__ in ("PermissionDenied", "NotFound")
+
+
+async def test_a_run_in_progress_cannot_be_taken_over_through_stop_run(world):
+    run_id = await world.run(stopped=False)  # ada's phone is streaming it
+    with pytest.raises(PermissionDenied) as err:
+        await runs.stop_run(world.runs, world.trails, BOB, run_id, "", overview())
+    assert err.value.reason == "RUN_ID_TAKEN"
+    assert await world.runs.get_run(run_id) is None  # nothing written
+    stopped = await runs.stop_run(world.runs, world.trails, ADA, run_id, "", overview())
+    assert stopped.user_id == "ada"
+
+
+async def test_a_stop_run_first_makes_the_caller_the_owner_of_record_for_the_trail_too(world):
+    run_id = uuid.uuid4()
+    await runs.stop_run(world.runs, world.trails, ADA, run_id, "", overview())
+    assert await world.tracks.run_owner(run_id) == "ada"
+    with pytest.raises(PermissionDenied) as err:
+        await tracks.claim(world.tracks, BOB, run_id)
+    assert err.value.reason == "RUN_ID_TAKEN"
+
+
+async def test_a_deleted_run_is_deleted_for_its_owner_and_taken_for_anyone_else(world):
+    run_id = await world.run()
+    await runs.delete_run(world.runs, world.trails, ADA, run_id)
+    with pytest.raises(FailedPrecondition):
+        await tracks.claim(world.tracks, ADA, run_id)
+    with pytest.raises(PermissionDenied) as err:
+        await tracks.claim(world.tracks, BOB, run_id)
+    assert err.value.reason == "RUN_ID_TAKEN"

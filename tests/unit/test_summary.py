@@ -9,7 +9,7 @@ from runtrack_common.errors import AlreadyExists, InvalidArgument, NotFound, Per
 from runtrack_common.identity import Caller
 from summary_service import runs
 from summary_service.domain import Overview, default_name, list_page_size, stats_weeks, time_zone, validate_overview
-from tests.unit.fakes import FakeRunStore
+from tests.unit.fakes import FakeRunStore, FakeTracksApi, FakeTrackStore
 
 HOUR = 3_600_000_000
 
@@ -66,28 +66,28 @@ def test_time_zone_defaults_to_utc_and_rejects_unknown_names():
 
 
 async def test_stop_run_twice_with_same_overview_returns_same_run():
-    store = FakeRunStore()
+    store, trails = FakeRunStore(), FakeTracksApi(FakeTrackStore())
     rid = uuid.uuid4()
-    first = await runs.stop_run(store, Caller("u"), rid, "", overview())
-    again = await runs.stop_run(store, Caller("u"), rid, "", overview())
+    first = await runs.stop_run(store, trails, Caller("u"), rid, "", overview())
+    again = await runs.stop_run(store, trails, Caller("u"), rid, "", overview())
     assert first == again
     assert first.track_url == f"/v1/runs/{rid}/track"
 
 
 async def test_stop_run_with_a_different_overview_already_exists():
-    store = FakeRunStore()
+    store, trails = FakeRunStore(), FakeTracksApi(FakeTrackStore())
     rid = uuid.uuid4()
-    await runs.stop_run(store, Caller("u"), rid, "", overview())
+    await runs.stop_run(store, trails, Caller("u"), rid, "", overview())
     with pytest.raises(AlreadyExists):
-        await runs.stop_run(store, Caller("u"), rid, "", overview(distance_m=9_999.0))
+        await runs.stop_run(store, trails, Caller("u"), rid, "", overview(distance_m=9_999.0))
 
 
 async def test_stop_run_of_someone_elses_run_is_denied():
-    store = FakeRunStore()
+    store, trails = FakeRunStore(), FakeTracksApi(FakeTrackStore())
     rid = uuid.uuid4()
-    await runs.stop_run(store, Caller("alice"), rid, "", overview())
+    await runs.stop_run(store, trails, Caller("alice"), rid, "", overview())
     with pytest.raises(PermissionDenied):
-        await runs.stop_run(store, Caller("bob"), rid, "bob", overview())
+        await runs.stop_run(store, trails, Caller("bob"), rid, "bob", overview())
 
 
 async def test_get_run_of_an_unknown_run_is_not_found():
@@ -96,10 +96,11 @@ async def test_get_run_of_an_unknown_run_is_not_found():
 
 
 async def test_list_runs_pages_newest_first_until_an_empty_token():
-    store = FakeRunStore()
+    store, trails = FakeRunStore(), FakeTracksApi(FakeTrackStore())
     for i in range(7):
         await runs.stop_run(
             store,
+            trails,
             Caller("u"),
             uuid.uuid4(),
             "",
@@ -124,9 +125,9 @@ async def test_a_garbled_list_token_is_invalid_argument(token):
 
 
 async def test_a_list_token_of_another_user_is_invalid_argument():
-    store = FakeRunStore()
+    store, trails = FakeRunStore(), FakeTracksApi(FakeTrackStore())
     for _ in range(3):
-        await runs.stop_run(store, Caller("alice"), uuid.uuid4(), "", overview())
+        await runs.stop_run(store, trails, Caller("alice"), uuid.uuid4(), "", overview())
     _, token = await runs.list_runs(store, Caller("alice"), "", 1, "")
     with pytest.raises(InvalidArgument, match="page_token"):
         await runs.list_runs(store, Caller("bob"), "", 1, token)

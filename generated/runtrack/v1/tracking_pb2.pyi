@@ -411,6 +411,28 @@ class MarkRunStoppedRequest(_message.Message):
 Global___MarkRunStoppedRequest: _TypeAlias = MarkRunStoppedRequest  # noqa: Y015
 
 @_typing.final
+class ClaimRunRequest(_message.Message):
+    """Claims a run id for the caller."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run id to claim."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimRunRequest: _TypeAlias = ClaimRunRequest  # noqa: Y015
+
+@_typing.final
 class PrivacyZone(_message.Message):
     """A circle around a place the runner keeps private (home, work)."""
 

@@ -102,6 +102,11 @@ class TrackingServiceStub:
                 request_serializer=runtrack_dot_v1_dot_tracking__pb2.MarkRunStoppedRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.ClaimRun = channel.unary_unary(
+                '/runtrack.v1.TrackingService/ClaimRun',
+                request_serializer=runtrack_dot_v1_dot_tracking__pb2.ClaimRunRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class TrackingServiceServicer:
@@ -206,6 +211,17 @@ class TrackingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClaimRun(self, request, context):
+        """Claims a run id for the caller in the one place that records a run's owner (the CQL store's
+        `runs` table, a lightweight transaction): OK when the run is the caller's, now or already;
+        PERMISSION_DENIED `RUN_ID_TAKEN` when it is another runner's; FAILED_PRECONDITION when the
+        caller deleted it. Called by SummaryService.StopRun and ImportRun on the caller's behalf before
+        they write anything; safe to retry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrackingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -272,6 +288,11 @@ def add_TrackingServiceServicer_to_server(servicer, server):
             'MarkRunStopped': grpc.unary_unary_rpc_method_handler(
                     servicer.MarkRunStopped,
                     request_deserializer=runtrack_dot_v1_dot_tracking__pb2.MarkRunStoppedRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ClaimRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimRun,
+                    request_deserializer=runtrack_dot_v1_dot_tracking__pb2.ClaimRunRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
@@ -626,6 +647,33 @@ class TrackingService:
             target,
             '/runtrack.v1.TrackingService/MarkRunStopped',
             runtrack_dot_v1_dot_tracking__pb2.MarkRunStoppedRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtrack.v1.TrackingService/ClaimRun',
+            runtrack_dot_v1_dot_tracking__pb2.ClaimRunRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,

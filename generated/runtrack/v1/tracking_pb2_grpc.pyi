@@ -73,6 +73,13 @@ class TrackingServiceStub:
     """Marks a run stopped for its watchers (STOPPED). Called by SummaryService.StopRun on behalf of
     the owner; safe to retry.
     """
+    ClaimRun: _grpc.UnaryUnaryMultiCallable[_tracking_pb2.ClaimRunRequest, _empty_pb2.Empty]
+    """Claims a run id for the caller in the one place that records a run's owner (the CQL store's
+    `runs` table, a lightweight transaction): OK when the run is the caller's, now or already;
+    PERMISSION_DENIED `RUN_ID_TAKEN` when it is another runner's; FAILED_PRECONDITION when the
+    caller deleted it. Called by SummaryService.StopRun and ImportRun on the caller's behalf before
+    they write anything; safe to retry.
+    """
 
 @_typing.type_check_only
 class TrackingServiceAsyncStub(TrackingServiceStub):
@@ -116,6 +123,13 @@ class TrackingServiceAsyncStub(TrackingServiceStub):
     MarkRunStopped: _aio.UnaryUnaryMultiCallable[_tracking_pb2.MarkRunStoppedRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Marks a run stopped for its watchers (STOPPED). Called by SummaryService.StopRun on behalf of
     the owner; safe to retry.
+    """
+    ClaimRun: _aio.UnaryUnaryMultiCallable[_tracking_pb2.ClaimRunRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Claims a run id for the caller in the one place that records a run's owner (the CQL store's
+    `runs` table, a lightweight transaction): OK when the run is the caller's, now or already;
+    PERMISSION_DENIED `RUN_ID_TAKEN` when it is another runner's; FAILED_PRECONDITION when the
+    caller deleted it. Called by SummaryService.StopRun and ImportRun on the caller's behalf before
+    they write anything; safe to retry.
     """
 
 class TrackingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -235,6 +249,19 @@ class TrackingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
         """Marks a run stopped for its watchers (STOPPED). Called by SummaryService.StopRun on behalf of
         the owner; safe to retry.
+        """
+
+    @_abc_1.abstractmethod
+    def ClaimRun(
+        self,
+        request: _tracking_pb2.ClaimRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Claims a run id for the caller in the one place that records a run's owner (the CQL store's
+        `runs` table, a lightweight transaction): OK when the run is the caller's, now or already;
+        PERMISSION_DENIED `RUN_ID_TAKEN` when it is another runner's; FAILED_PRECONDITION when the
+        caller deleted it. Called by SummaryService.StopRun and ImportRun on the caller's behalf before
+        they write anything; safe to retry.
         """
 
 def add_TrackingServiceServicer_to_server(servicer: TrackingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
