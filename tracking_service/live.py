@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tracking_service.domain import Point
-from tracking_service.privacy import Zone, distance_m, inside_any
+from tracking_service.privacy import Zone, ZoneSet, distance_m
 
 LIVE, STALLED, RESUMED, STOPPED, DELETED = "LIVE", "STALLED", "RESUMED", "STOPPED", "DELETED"
 ENDED = frozenset({STOPPED, DELETED})
@@ -186,6 +186,7 @@ class ZoneTrim:
 
     def __init__(self, zones: Sequence[Zone]) -> None:
         self.zones = list(zones)
+        self.zone_set = ZoneSet(self.zones)
         self.started = False
         self.held: list[Point] = []
 
@@ -193,8 +194,8 @@ class ZoneTrim:
         if not self.zones:
             return list(points)
         out: list[Point] = []
-        for p in points:
-            if inside_any(p, self.zones):
+        for p, inside in zip(points, self.zone_set.inside(points), strict=True):
+            if inside:
                 if self.started:
                     self.held.append(p)
                 continue

@@ -12,7 +12,7 @@ from runtrack_common import page_tokens
 from runtrack_common.errors import FailedPrecondition, NotFound, PermissionDenied
 from runtrack_common.identity import Caller, require_self
 from tracking_service.domain import Cursor, Point, page_size
-from tracking_service.privacy import Zone, first_outside, validate_zones
+from tracking_service.privacy import Zone, ZoneSet, first_outside, validate_zones
 from tracking_service.store import TrackStore
 
 TRACK_TOKEN = "track"
@@ -94,24 +94,27 @@ async def visible_seqs(
     store: TrackStore, run_id: uuid.UUID, zones: Sequence[Zone], scan_page: int = SCAN_PAGE
 ) -> tuple[int, int]:
     """The seqs [first, last] a non-owner may see: from the first point outside every zone to the
-    last one. (1, 0) when every point is inside a zone."""
+    last one. (1, 0) when every point is inside a zone. Each end is scanned in pages that double
+    (a run that leaves home at once costs one small read) and decided a chunk at a time with cheap
+    arithmetic (ZoneSet): the scan stops at the first point outside every zone."""
     if not zones:
         return 1, NO_SEQ_ABOVE
+    zone_set = ZoneSet(zones)
     first = last = None
-    after = 0
+    after, size = 0, scan_page
     while first is None:
-        page = await store.points_after(run_id, after, scan_page)
+        page = await store.points_after(run_id, after, size)
         if not page:
             return 1, 0
-        first = first_outside(page, zones)
-        after = page[-1].seq
-    before = NO_SEQ_ABOVE
+        first = first_outside(page, zone_set)
+        after, size = page[-1].seq, min(size * 2, MAX_PAGE)
+    before, size = NO_SEQ_ABOVE, scan_page
     while last is None:
-        page = await store.points_before(run_id, before, scan_page)
+        page = await store.points_before(run_id, before, size)
         if not page:  # only when points vanished meanwhile (the run was deleted)
             return first.seq, first.seq
-        last = first_outside(page, zones)  # there is one: `first` at the latest
-        before = page[-1].seq
+        last = first_outside(page, zone_set)  # there is one: `first` at the latest
+        before, size = page[-1].seq, min(size * 2, MAX_PAGE)
     return first.seq, last.seq
 
 

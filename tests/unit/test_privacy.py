@@ -5,6 +5,7 @@ import math
 import uuid
 
 import pytest
+from geographiclib.geodesic import Geodesic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -12,7 +13,7 @@ from runtrack_common.errors import InvalidArgument
 from tests.unit.fakes import FakeTrackStore
 from tracking_service import tracks
 from tracking_service.domain import Point
-from tracking_service.privacy import Zone, distance_m, inside_any, trim, validate_zones
+from tracking_service.privacy import Zone, ZoneSet, distance_m, inside_any, trim, validate_zones
 
 HOME = Zone(48.8566, 2.3522, 200.0)
 # One degree of latitude is ~111.2 km: 0.001 degree ~ 111 m.
@@ -128,3 +129,44 @@ def test_a_non_owner_never_sees_a_point_in_a_zone_before_the_first_or_after_the_
     # and everything between them is seen (the middle of a run stays whole).
     assert [p.seq for p in seen] == list(range(outside[0], outside[-1] + 1))
     assert not inside_any(seen[0], zones) and not inside_any(seen[-1], zones)
+
+
+zone_st = st.builds(
+    Zone,
+    latitude=st.floats(-89.0, 89.0),
+    longitude=st.floats(-180.0, 180.0),
+    radius_m=st.floats(100.0, 5000.0),
+)
+
+
+@st.composite
+def zones_and_points(draw):
+    """Zones anywhere on Earth (poles, the antimeridian) and points placed about their edges: the
+    places where a sphere and the ellipsoid disagree."""
+    zones = draw(st.lists(zone_st, min_size=1, max_size=10))
+    points = []
+    for seq in range(1, draw(st.integers(1, 40)) + 1):
+        z = draw(st.sampled_from(zones))
+        bearing = draw(st.floats(0.0, 360.0))
+        metres = z.radius_m * draw(st.floats(0.9, 1.1)) if draw(st.booleans()) else draw(st.floats(0.0, 20_000.0))
+        there = Geodesic.WGS84.Direct(z.latitude, z.longitude, bearing, metres)
+        points.append(Point(seq=seq, time_ms=seq * 1000, latitude=there["lat2"], longitude=there["lon2"]))
+    return zones, points
+
+
+@settings(max_examples=300, deadline=None)
+@given(zones_and_points())
+def test_the_cheap_zone_test_answers_as_the_geodesic_does_everywhere(case):
+    zones, points = case
+    assert list(ZoneSet(zones).inside(points)) == [inside_any(p, zones) for p in points]
+
+
+def test_a_geodesic_is_computed_only_near_a_zones_edge():
+    zones = [Zone(48.8566 + k * 0.05, 2.3522, 1000.0) for k in range(10)]
+    # 2,000 points: half deep inside the first zone, half far from every zone.
+    points = [at(s, 10.0 * (s % 50)) for s in range(1, 1001)] + [at(s, 100_000.0) for s in range(1001, 2001)]
+    zone_set = ZoneSet(zones)
+    inside = zone_set.inside(points)
+    assert inside[:1000].all() and not inside[1000:].any()
+    assert zone_set.geodesics == 0
+    assert zone_set.first_outside(points) == 1000
