@@ -612,6 +612,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--connections", type=int, default=2000, help="new connections per round (default 2000)")
     t.add_argument("--calls", type=int, default=5000, help="GetRun calls per round (default 5000)")
     t.add_argument("--rounds", type=int, default=3)
+    tr = sub.add_parser("trim", help="a stranger's read of a trail trimmed by privacy zones, against the owner's")
+    tr.add_argument("--points", type=int, default=100_000, help="points in the trail (default 100,000)")
+    tr.add_argument("--repeats", type=int, default=3, help="reads of each kind, the median reported (default 3)")
     a = sub.add_parser("auth")
     a.add_argument("--calls", type=int, default=2000, help="GetRun calls per round (streams: a quarter)")
     a.add_argument("--rounds", type=int, default=3)
@@ -672,6 +675,10 @@ def main(argv: list[str] | None = None) -> int:
         from devstack import bench_tls
 
         bench_tls.run(stack, args.connections, args.calls, args.rounds, ROOT / ".dev" / "bench")
+    elif args.what == "trim":
+        from devstack import bench_trim
+
+        bench_trim.run(stack, args.points, args.repeats, ROOT / ".dev" / "bench")
     elif args.what == "auth":
         asyncio.run(bench_auth(stack, args.calls, args.rounds))
     elif args.cql_nodes == 3:

@@ -120,6 +120,12 @@ class Settings:
     webhook_backoff_s: float = 1.0
     webhook_timeout_s: float = 5.0
     webhook_allow_private: bool = False
+    # Networks (CIDR, comma-separated) whose addresses may be targets although not public, over http
+    # too: a test's receiver on 127.0.0.1/32, an operator's own relay. Everything else stays refused.
+    webhook_allow_networks: str = ""
+    # Deliveries at once (threads), and at once to one receiver (host:port): a slow one waits alone.
+    webhook_threads: int = 16
+    webhook_per_receiver: int = 2
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -175,6 +181,9 @@ class Settings:
             webhook_attempts=_int(env, "LIVE_WEBHOOK_ATTEMPTS", d.webhook_attempts),
             webhook_backoff_s=_float(env, "LIVE_WEBHOOK_BACKOFF_S", d.webhook_backoff_s),
             webhook_timeout_s=_float(env, "LIVE_WEBHOOK_TIMEOUT_S", d.webhook_timeout_s),
+            webhook_allow_networks=env.get("LIVE_WEBHOOK_ALLOW_NETWORKS", d.webhook_allow_networks),
+            webhook_threads=_int(env, "LIVE_WEBHOOK_THREADS", d.webhook_threads),
+            webhook_per_receiver=_int(env, "LIVE_WEBHOOK_PER_RECEIVER", d.webhook_per_receiver),
             webhook_allow_private=_choice(
                 env, "LIVE_WEBHOOK_ALLOW_PRIVATE", ("0", "1"), "1" if d.webhook_allow_private else "0"
             )

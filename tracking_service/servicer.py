@@ -47,7 +47,7 @@ from tracking_service.open_limits import MAX_LINK_WATCHERS_HEADER, MAX_RECORD_ST
 from tracking_service.privacy import Zone
 from tracking_service.store import TrackStore
 from tracking_service.tracks import RunVisibility
-from tracking_service.webhooks import check_url
+from tracking_service.webhooks import TargetPolicy, check_url
 from tracking_service.writer import PointWriter
 
 log = logging.getLogger(__name__)
@@ -447,7 +447,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
             except ValueError as err:
                 found.add("expire_time", str(err))
         url = request.webhook_url.strip()
-        if url and (rule := check_url(url, allow_private=self.settings.webhook_allow_private)) is not None:
+        if url and (rule := check_url(url, policy=TargetPolicy.of(self.settings))) is not None:
             found.add("webhook_url", rule)
         found.raise_if_any()
         assert run_id is not None

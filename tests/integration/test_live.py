@@ -562,6 +562,45 @@ async def test_link_requests_are_checked(stack, channel, run_id, user_id):
     await phone.finish()
 
 
+# What an attacker writes to make the replica call inside: every form is refused at creation, over
+# gRPC and JSON, naming webhook_url (the test stack allows only its own receivers on 127.0.0.1/32).
+INSIDE_TARGETS = [
+    "https://%31%32%37.0.0.1/hook",
+    "https://%31%30.0.0.1/hook",
+    "https://2130706433/hook",
+    "https://0x7f.0.0.1/hook",
+    "https://0177.0.0.1/hook",
+    "https://127.1/hook",
+    "https://10.0.0.1/hook",
+    "https://[::1]/hook",
+    "https://[::ffff:127.0.0.1]/hook",
+    "https://[64:ff9b::a9fe:a9fe]/hook",
+    "https://169.254.169.254/latest/meta-data",
+    "https://100.64.0.1/hook",
+    "https://user@hooks.example.org/hook",
+    "https://localhost/hook",
+    "http://127.0.0.2:9/hook",
+]
+
+
+async def test_a_webhook_cannot_be_aimed_inside_whatever_the_spelling(stack, channel, run_id, token):
+    phone = Phone(channel, run_id)
+    await phone.started()
+    t = tracking_pb2_grpc.TrackingServiceStub(channel)
+    for url in INSIDE_TARGETS:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await t.CreateLiveLink(tracking_pb2.CreateLiveLinkRequest(run_id=run_id, webhook_url=url))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, url
+        assert violated_fields(caught.value) == ["webhook_url"], url
+        status, body = http_json(
+            stack.envoy_address, "POST", f"/v1/runs/{run_id}/liveLinks", {"webhookUrl": url}, token=token
+        )
+        assert status == 400 and "webhook_url" in json.dumps(body), (url, body)
+    listed = await t.ListLiveLinks(tracking_pb2.ListLiveLinksRequest(run_id=run_id))
+    assert list(listed.links) == []  # nothing was stored
+    await phone.finish()
+
+
 # ---- the watch on the runner, and its webhooks ----------------------------------------------------
 
 

@@ -2,6 +2,8 @@
 of points still arriving, a link's life, and the webhook's signature and target rules."""
 
 import datetime as dt
+import http.server
+import threading
 
 import pytest
 from hypothesis import given
@@ -22,7 +24,7 @@ from tracking_service.live import (
     next_state,
 )
 from tracking_service.privacy import Zone, trim
-from tracking_service.webhooks import check_url, signature, verify
+from tracking_service.webhooks import PRIVATE_RULE, TargetPolicy, check_url, post_pinned, signature, verify
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
 M_PER_DEG_LAT = 111_200
@@ -134,6 +136,9 @@ def test_the_signature_is_hmac_sha256_of_the_body_and_a_changed_byte_fails():
     assert not verify("other", body, signature("Jefe", body))
 
 
+DOTTED = "must write an IPv4 host as four decimal numbers 0-255 (no hex, octal or short forms)"
+
+
 @pytest.mark.parametrize(
     ("url", "rule"),
     [
@@ -141,12 +146,39 @@ def test_the_signature_is_hmac_sha256_of_the_body_and_a_changed_byte_fails():
         ("/relative", "must be an absolute https URL"),
         ("http://example.org/hook", "must be an https URL"),
         ("https://user:pw@example.org/hook", "must not carry credentials"),
-        ("https://127.0.0.1/hook", "must not point at a loopback, private or link-local address"),
-        ("https://10.1.2.3/hook", "must not point at a loopback, private or link-local address"),
-        ("https://169.254.169.254/latest", "must not point at a loopback, private or link-local address"),
-        ("https://[::1]/hook", "must not point at a loopback, private or link-local address"),
-        ("https://localhost/hook", "must not point at a loopback, private or link-local address"),
+        ("https://127.0.0.1/hook", PRIVATE_RULE),
+        ("https://10.1.2.3/hook", PRIVATE_RULE),
+        ("https://169.254.169.254/latest", PRIVATE_RULE),
+        ("https://[::1]/hook", PRIVATE_RULE),
+        ("https://localhost/hook", PRIVATE_RULE),
         ("https://example.org/" + "a" * 2100, "must be at most 2048 characters"),
+        # What a filter that reads the host differently from the client lets through.
+        ("https://%31%32%37.0.0.1/hook", "must name its host plainly (no percent-escapes)"),
+        ("https://%31%30.0.0.1/hook", "must name its host plainly (no percent-escapes)"),
+        ("https://[::1%25lo]/hook", "must name its host plainly (no percent-escapes)"),
+        ("https://2130706433/hook", DOTTED),
+        ("https://0x7f000001/hook", DOTTED),
+        ("https://0177.0.0.1/hook", DOTTED),
+        ("https://0x7f.0.0.1/hook", DOTTED),
+        ("https://127.1/hook", DOTTED),
+        ("https://10.0.0.1./hook", PRIVATE_RULE),
+        ("https://100.64.0.1/hook", PRIVATE_RULE),  # shared (CGNAT)
+        ("https://224.0.0.1/hook", PRIVATE_RULE),
+        ("https://0.0.0.0/hook", PRIVATE_RULE),
+        ("https://[::]/hook", PRIVATE_RULE),
+        ("https://[fd00::1]/hook", PRIVATE_RULE),  # unique local
+        ("https://[fe80::1]/hook", PRIVATE_RULE),
+        ("https://[::ffff:127.0.0.1]/hook", PRIVATE_RULE),  # IPv4-mapped
+        ("https://[::ffff:a9fe:a9fe]/latest", PRIVATE_RULE),
+        ("https://[64:ff9b::a00:1]/hook", PRIVATE_RULE),  # NAT64 of 10.0.0.1
+        ("https://[2002:a00:1::]/hook", PRIVATE_RULE),  # 6to4 of 10.0.0.1
+        ("https://@example.org/hook", "must not carry credentials"),
+        ("https://example.org@10.0.0.1/hook", "must not carry credentials"),
+        ("https://exa mple.org/hook", "must not contain spaces, control characters or backslashes"),
+        ("https://example.org\\@10.0.0.1/", "must not contain spaces, control characters or backslashes"),
+        ("https://ex_ample.org/hook", "must have a DNS name of letters, digits and hyphens as its host"),
+        ("https://example.org:99999/hook", "must be an absolute https URL with a valid port"),
+        ("https://example.org:0/hook", "must be an absolute https URL with a valid port"),
     ],
 )
 def test_a_webhook_target_must_be_public_https(url, rule):
@@ -156,6 +188,74 @@ def test_a_webhook_target_must_be_public_https(url, rule):
 def test_development_may_post_to_loopback_over_http():
     assert check_url("http://127.0.0.1:8099/hook", allow_private=True) is None
     assert check_url("https://hooks.example.org/runtrack", allow_private=False) is None
+    assert check_url("https://93.184.215.14/hook") is None
+    assert check_url("https://[2606:2800:21f:cb07:6820:80da:af6b:8b2c]/hook") is None
+
+
+def test_an_allowed_network_opens_only_itself():
+    policy = TargetPolicy(allowed="127.0.0.1/32")
+    assert check_url("http://127.0.0.1:8099/hook", policy=policy) is None
+    assert check_url("http://127.0.0.2:8099/hook", policy=policy) == PRIVATE_RULE
+    assert check_url("http://[::1]:8099/hook", policy=policy) == PRIVATE_RULE
+    assert check_url("http://hooks.example.org/hook") == "must be an https URL"
+    # A name over http, with an allowed network: taken, and delivered only to that network's addresses.
+    assert check_url("http://hooks.example.org/hook", policy=policy) is None
+    public = Recorder([["93.184.215.14"]])
+    assert post_pinned("http://hooks.example.org/h", b"", {}, policy=policy, timeout_s=1, resolver=public) == (
+        "refused:plain-http"
+    )
+
+
+class Recorder:
+    def __init__(self, answers: list[list[str]]) -> None:
+        self.answers = answers
+        self.asked = 0
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        self.asked += 1
+        return self.answers.pop(0)
+
+
+@pytest.mark.parametrize(
+    "addresses",
+    [["10.0.0.1"], ["127.0.0.1"], ["93.184.215.14", "169.254.169.254"], ["::ffff:10.0.0.1"], ["100.64.1.1"]],
+)
+def test_a_name_is_refused_at_delivery_when_any_of_its_addresses_is_not_public(addresses):
+    resolver = Recorder([addresses])
+    outcome = post_pinned(
+        "https://hooks.example.org/x", b"{}", {}, policy=TargetPolicy(), timeout_s=1, resolver=resolver
+    )
+    assert outcome == "refused:private-address" and resolver.asked == 1
+
+
+def test_the_connection_goes_to_the_checked_address_whatever_the_name_answers_later():
+    """A receiver on loopback (allowed here), reached through a name that answers a private address
+    on its next look-up (rebinding): the name is resolved once per delivery and the connection made
+    to the address that was checked; the next delivery sees the new answer and is refused."""
+    hosts: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            hosts.append(self.headers["host"])
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        resolver = Recorder([["127.0.0.1"], ["10.0.0.1"]])
+        policy = TargetPolicy(allowed="127.0.0.1/32")
+        url = f"http://hooks.example.org:{port}/x"
+        assert post_pinned(url, b"{}", {}, policy=policy, timeout_s=2, resolver=resolver) == 204
+        assert hosts == [f"hooks.example.org:{port}"] and resolver.asked == 1
+        assert post_pinned(url, b"{}", {}, policy=policy, timeout_s=2, resolver=resolver) == "refused:private-address"
+        assert len(hosts) == 1
+    finally:
+        server.shutdown()
 
 
 @given(st.lists(st.integers(min_value=1, max_value=60), max_size=80), st.integers(min_value=0, max_value=70))
