@@ -65,6 +65,8 @@ class Run:
     analysis: dict[str, Any] | None = None
     # As the runner named it; empty: the default from the start time in UTC (runs stored before names).
     stored_name: str = ""
+    # Heart rate and cadence shown to others (strangers on a PUBLIC run, live-link holders).
+    share_health: bool = False
 
     @property
     def name(self) -> str:
@@ -77,12 +79,42 @@ class Run:
     def readable_by(self, user_id: str) -> bool:
         return user_id == self.user_id or self.visibility == Visibility.PUBLIC
 
-    def as_seen_by(self, user_id: str) -> Run:
-        """What `user_id` may see of the run: everything when it is theirs; without the polyline
-        (which starts and ends at the owner's door) when it is someone else's."""
+    def as_seen_by(self, user_id: str, visible: VisiblePart | None = None) -> Run:
+        """What `user_id` may see of the run: everything when it is theirs. Anyone else gets no
+        polyline (it starts and ends at the owner's door), no analysis (computed on the whole trail:
+        its splits and efforts would measure the hidden stretch), heart rate only when the owner
+        shares it, and, when privacy zones trim the trail (`visible`), the times, distance and
+        moving time of the part left."""
         if user_id == self.user_id:
             return self
-        return dataclasses.replace(self, overview=dataclasses.replace(self.overview, polyline=""))
+        o = self.overview
+        overview = dataclasses.replace(
+            o, polyline="", avg_heart_rate_bpm=o.avg_heart_rate_bpm if self.share_health else None
+        )
+        if visible is not None and visible.trimmed:
+            overview = dataclasses.replace(
+                overview,
+                start_us=visible.start_us,
+                end_us=visible.end_us,
+                distance_m=visible.distance_m,
+                moving_time_us=visible.moving_time_us,
+                point_count=visible.point_count,
+                elevation_gain_m=0.0,
+                avg_heart_rate_bpm=None,
+            )
+        return dataclasses.replace(self, overview=overview, analysis=None)
+
+
+@dataclass(frozen=True, slots=True)
+class VisiblePart:
+    """The trail as others see it (after the owner's privacy zones), summed up by the tracking service."""
+
+    trimmed: bool
+    point_count: int = 0
+    start_us: int = 0
+    end_us: int = 0
+    distance_m: float = 0.0
+    moving_time_us: int = 0
 
 
 @dataclass(frozen=True, slots=True)

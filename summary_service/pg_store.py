@@ -77,6 +77,7 @@ def _row_to_run(row: dict[str, Any]) -> Run:
         visibility=Visibility(row["visibility"]),
         analysis=row.get("analysis"),
         stored_name=row.get("name") or "",
+        share_health=bool(row.get("share_health", False)),
     )
 
 
@@ -236,6 +237,12 @@ class PgRunStore:
                 )
             rows = await cur.fetchall()
         return [_row_to_run(r) for r in rows]
+
+    async def set_share_health(self, run_id: uuid.UUID, share: bool) -> Run | None:
+        async with self._conn() as conn:
+            cur = await conn.execute(self.q["set_share_health"], {"run_id": run_id, "share_health": share})
+            row = await cur.fetchone()
+        return None if row is None else _row_to_run(row)
 
     async def set_visibility(self, run_id: uuid.UUID, visibility: Visibility) -> Run | None:
         async with self._conn() as conn:

@@ -118,3 +118,6 @@ INSERT INTO server_keys (name, key) VALUES (%(name)s, %(key)s) ON CONFLICT (name
 
 -- name: server_key
 SELECT key FROM server_keys WHERE name = %(name)s;
+
+-- name: set_share_health
+UPDATE runs SET share_health = %(share_health)s WHERE run_id = %(run_id)s RETURNING *;

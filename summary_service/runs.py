@@ -6,6 +6,7 @@ in reads a PUBLIC run (without its polyline); a PRIVATE run of someone else does
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import hmac
@@ -30,6 +31,7 @@ from summary_service.domain import (
     Run,
     UserTotals,
     Visibility,
+    VisiblePart,
     check_name,
     default_name,
     list_page_size,
@@ -42,7 +44,7 @@ from summary_service.store import RunStore
 
 log = logging.getLogger(__name__)
 LIST_TOKEN = "runs"
-UPDATABLE = ("visibility", "name")
+UPDATABLE = ("visibility", "name", "share_health")
 
 
 class TrailDeleter(Protocol):
@@ -57,6 +59,9 @@ class TrailDeleter(Protocol):
 
     async def mark_stopped(self, run_id: uuid.UUID, stop_us: int, caller: Caller) -> None:
         """Tells the run's live watchers it stopped (STOPPED); safe to repeat."""
+
+    async def visible_part(self, run_id: uuid.UUID, viewer: Caller | LinkHolder) -> VisiblePart:
+        """The trail as `viewer` (not its owner) sees it after the owner's privacy zones, summed up."""
 
     async def check_link(self, run_id: uuid.UUID, holder: LinkHolder) -> None:
         """Raises UNAUTHENTICATED (revoked, expired) or PERMISSION_DENIED (another run) unless the
@@ -184,23 +189,44 @@ async def import_run(
 
 
 async def get_run_by_link(store: RunStore, trails: TrailDeleter, holder: LinkHolder, run_id: uuid.UUID) -> Run:
-    """A live link's holder sees its run as anyone else would (without the polyline), shared or not."""
+    """A live link's holder sees its run as anyone else would, shared or not."""
     await trails.check_link(run_id, holder)
     run = await store.get_run(run_id)
     if run is None:
         raise _no_run(run_id)
-    return run.as_seen_by("")
+    return run.as_seen_by("", await trails.visible_part(run_id, holder))
 
 
-async def get_run(store: RunStore, caller: Caller, run_id: uuid.UUID) -> Run:
+async def get_run(store: RunStore, trails: TrailDeleter, caller: Caller, run_id: uuid.UUID) -> Run:
     run = await store.get_run(run_id)
     if run is None or not run.readable_by(caller.user_id):
         raise _no_run(run_id)
-    return run.as_seen_by(caller.user_id)
+    if run.user_id == caller.user_id:
+        return run
+    return run.as_seen_by(caller.user_id, await trails.visible_part(run_id, caller))
+
+
+async def check_visible(store: RunStore, trails: TrailDeleter, viewer: Caller | LinkHolder, run_id: uuid.UUID) -> Run:
+    """The run, when `viewer` may see it (owner, a PUBLIC run, its live link); decided from the
+    dashboard's row and visibility, NOT_FOUND otherwise."""
+    if isinstance(viewer, LinkHolder):
+        await trails.check_link(run_id, viewer)
+        run = await store.get_run(run_id)
+    else:
+        run = await store.get_run(run_id)
+        if run is not None and not run.readable_by(viewer.user_id):
+            run = None
+    if run is None:
+        raise _no_run(run_id)
+    return run
+
+
+# Another runner's list: the trimmed summaries of a page's runs asked this many at a time.
+LIST_SUMMARIES_AT_ONCE = 8
 
 
 async def list_runs(
-    store: RunStore, caller: Caller, user_id: str, page_size: int, page_token: str
+    store: RunStore, trails: TrailDeleter, caller: Caller, user_id: str, page_size: int, page_token: str
 ) -> tuple[list[Run], str]:
     """The caller's runs, or another runner's PUBLIC runs; newest first, in keyset pages."""
     user = resolve_user(user_id, caller)
@@ -223,7 +249,15 @@ async def list_runs(
         runs = runs[:size]
         last = runs[-1]
         token = page_tokens.encode(LIST_TOKEN, scope, [last.overview.start_us, str(last.run_id)])
-    return [r.as_seen_by(caller.user_id) for r in runs], token
+    if not public_only:
+        return runs, token
+    gate = asyncio.Semaphore(LIST_SUMMARIES_AT_ONCE)
+
+    async def seen(run: Run) -> Run:
+        async with gate:
+            return run.as_seen_by(caller.user_id, await trails.visible_part(run.run_id, caller))
+
+    return list(await asyncio.gather(*(seen(r) for r in runs))), token
 
 
 async def user_stats(store: RunStore, caller: Caller, user_id: str, zone: str, weeks: int) -> tuple[str, UserTotals]:
@@ -232,12 +266,20 @@ async def user_stats(store: RunStore, caller: Caller, user_id: str, zone: str, w
 
 
 async def update_run(
-    store: RunStore, caller: Caller, run_id: uuid.UUID, raw_visibility: int, mask: list[str], raw_name: str = ""
+    store: RunStore,
+    caller: Caller,
+    run_id: uuid.UUID,
+    raw_visibility: int,
+    mask: list[str],
+    raw_name: str = "",
+    share_health: bool = False,
 ) -> Run:
     """Changes what the mask names (AIP-134: no mask means every populated updatable field):
-    `visibility` and `name`, and only the owner changes them."""
+    `visibility`, `name` and `share_health`, and only the owner changes them."""
     paths = mask or (
-        (["visibility"] if raw_visibility != Visibility.UNSPECIFIED else []) + (["name"] if raw_name else [])
+        (["visibility"] if raw_visibility != Visibility.UNSPECIFIED else [])
+        + (["name"] if raw_name else [])
+        + (["share_health"] if share_health else [])
     )
     found = Violations()
     if not paths:  # a PATCH without a body and without a mask: a client bug, not a no-op
@@ -257,6 +299,12 @@ async def update_run(
             raise _no_run(run_id)
         log.info("run updated run_id=%s name_chars=%d", run_id, len(name))
         run = renamed
+    if "share_health" in paths and share_health != run.share_health:
+        shared = await store.set_share_health(run_id, share_health)
+        if shared is None:  # deleted meanwhile
+            raise _no_run(run_id)
+        log.info("run updated run_id=%s share_health=%s", run_id, share_health)
+        run = shared
     if "visibility" in paths and visibility != run.visibility:
         updated = await store.set_visibility(run_id, visibility)
         if updated is None:  # deleted meanwhile

@@ -25,7 +25,7 @@ from runtrack_common.status import maps_errors
 from summary_service import imports, runs
 from summary_service.analyser import Analyser
 from summary_service.analysis import Sample
-from summary_service.domain import Overview, Run, check_user_id, time_zone
+from summary_service.domain import Overview, Run, VisiblePart, check_user_id, time_zone
 from summary_service.imports import FilePoint
 from summary_service.runs import TrailDeleter
 from summary_service.store import RunStore
@@ -89,6 +89,7 @@ def run_to_proto(run: Run) -> summary_pb2.Run:
         track_url=run.track_url,
         visibility=summary_pb2.Visibility.ValueType(int(run.visibility)),
         name=run.name,
+        share_health=run.share_health,
     )
     if run.analysis is not None:
         out.analysis.CopyFrom(analysis_to_proto(run.analysis))
@@ -198,7 +199,7 @@ class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
         run_id = parse_run_id(request.run_id)
         if isinstance(viewer, LinkHolder):
             return run_to_proto(await runs.get_run_by_link(self.store, self.trails, viewer, run_id))
-        return run_to_proto(await runs.get_run(self.store, viewer, run_id))
+        return run_to_proto(await runs.get_run(self.store, self.trails, viewer, run_id))
 
     @maps_errors
     async def ListRuns(
@@ -208,7 +209,9 @@ class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
     ) -> summary_pb2.ListRunsResponse:
         caller = status.caller_of(context)
         user_id = check_user_id(request.user_id)
-        page, token = await runs.list_runs(self.store, caller, user_id, request.page_size, request.page_token)
+        page, token = await runs.list_runs(
+            self.store, self.trails, caller, user_id, request.page_size, request.page_token
+        )
         return summary_pb2.ListRunsResponse(runs=[run_to_proto(r) for r in page], next_page_token=token)
 
     @maps_errors
@@ -244,7 +247,15 @@ class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
         caller = status.caller_of(context)
         run_id = parse_run_id(request.run.run_id, field="run.run_id")
         mask = list(request.update_mask.paths)
-        run = await runs.update_run(self.store, caller, run_id, int(request.run.visibility), mask, request.run.name)
+        run = await runs.update_run(
+            self.store,
+            caller,
+            run_id,
+            int(request.run.visibility),
+            mask,
+            request.run.name,
+            share_health=request.run.share_health,
+        )
         return run_to_proto(run)
 
     @maps_errors
@@ -294,6 +305,17 @@ class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
         if self.analyser is not None and self.analyser.trail_grew(run, caller, request.point_count):
             log.info("analysis again run_id=%s point_count=%d", run.run_id, request.point_count)
         return Empty()
+
+    @maps_errors
+    async def CheckRunVisible(
+        self,
+        request: summary_pb2.CheckRunVisibleRequest,
+        context: Context[summary_pb2.CheckRunVisibleRequest, summary_pb2.RunVisibilityGrant],
+    ) -> summary_pb2.RunVisibilityGrant:
+        viewer = status.viewer_of(context)
+        run = await runs.check_visible(self.store, self.trails, viewer, parse_run_id(request.run_id))
+        owner = isinstance(viewer, Caller) and viewer.user_id == run.user_id
+        return summary_pb2.RunVisibilityGrant(owner=owner, share_health=run.share_health)
 
     @maps_errors
     async def DeleteRun(
@@ -367,6 +389,20 @@ class TrackingApi(PublicApi):
                 f"({reply.points_rejected} rejected{': ' + first if first else ''})",
                 reason="TRAIL_INCOMPLETE",
             )
+
+    async def visible_part(self, run_id: uuid.UUID, viewer: Caller | LinkHolder) -> VisiblePart:
+        stub = tracking_pb2_grpc.TrackingServiceStub(self.channel)
+        reply = await self.call(
+            stub.GetVisibleSummary, tracking_pb2.GetVisibleSummaryRequest(run_id=str(run_id)), viewer
+        )
+        return VisiblePart(
+            trimmed=reply.trimmed,
+            point_count=reply.point_count,
+            start_us=_ts_to_us(reply.start_time),
+            end_us=_ts_to_us(reply.end_time),
+            distance_m=reply.distance_m,
+            moving_time_us=_duration_to_us(reply.moving_time),
+        )
 
     async def check_link(self, run_id: uuid.UUID, holder: LinkHolder) -> None:
         stub = tracking_pb2_grpc.TrackingServiceStub(self.channel)

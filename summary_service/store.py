@@ -34,6 +34,8 @@ class RunStore(Protocol):
 
     async def set_visibility(self, run_id: uuid.UUID, visibility: Visibility) -> Run | None: ...
 
+    async def set_share_health(self, run_id: uuid.UUID, share: bool) -> Run | None: ...
+
     async def delete_run(self, run_id: uuid.UUID, user_id: str) -> None:
         """Removes the run's row (if any) and remembers that `user_id` deleted it."""
 

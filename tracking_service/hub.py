@@ -155,6 +155,7 @@ class LiveHub:
         link_id: str | None,
         after_seq: int,
         row: LiveRow | None = None,
+        share_health: bool = True,
     ) -> AsyncIterator[tracking_pb2.RunEvent]:
         """The watcher's stream: the current state, the stored points after `after_seq`, then new
         points and state changes until the run ends (or the watcher is ended: revoked, too slow)."""
@@ -164,7 +165,10 @@ class LiveHub:
         if row is not None and link_id is not None and link_id not in run.row.links:
             run.row = dataclasses.replace(run.row, links=row.links)  # a link made since the run's row was read
         # Without zones a spectator sees what the owner sees: the events built once serve both.
-        watch = Watch(run, None if owner_view or not run.zones else ZoneTrim(run.zones), link_id)
+        # Others get the zones' trim (applied to zones changed while they watch, too) and no heart rate
+        # unless it is shared.
+        trim = None if owner_view else ZoneTrim(run.zones, health=share_health)
+        watch = Watch(run, trim, link_id)
         ended = run.state in ENDED
         if not ended:
             run.watches.add(watch)
@@ -370,8 +374,27 @@ class LiveHub:
                 run.refresh = True
             elif row.point.seq not in run.sent:
                 run.pending[row.point.seq] = row.point
+        if check:  # every state poll: a zone set or removed reaches open watches within one
+            await self._refresh_zones([r for r in runs if any(w.trim is not None for w in r.watches)])
         gate = asyncio.Semaphore(CONCURRENT_READS)
         await asyncio.gather(*(self._advance(r, now, check, gate) for r in runs))
+
+    async def _refresh_zones(self, runs: list[WatchedRun]) -> None:
+        """Reads the zones of the owners of runs that others watch (one read per owner) and applies
+        any change to those watches from their next point."""
+        owners = sorted({r.owner for r in runs})
+        if not owners:
+            return
+        found = await asyncio.gather(*(self.store.privacy_zones(owner) for owner in owners))
+        zones = dict(zip(owners, found, strict=True))
+        for run in runs:
+            new = list(zones[run.owner])
+            if new != run.zones:
+                run.zones = new
+                for watch in run.watches:
+                    if watch.trim is not None:
+                        watch.trim.set_zones(new)
+                log.info("zones changed run_id=%s zones=%d watchers=%d", run.run_id, len(new), len(run.watches))
 
     async def _advance(self, run: WatchedRun, now: float, check: bool, gate: asyncio.Semaphore) -> None:
         """Sends the run's watchers what the feed brought (in seq order, without gaps), reading the

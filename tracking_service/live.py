@@ -3,6 +3,7 @@ watcher who is not the owner may see of points still arriving. Pure logic; the h
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from collections import deque
@@ -184,15 +185,34 @@ class ZoneTrim:
     points inside a zone held back until a later point outside releases them (the runner may be
     arriving home: if the trail ends there, they stay hidden)."""
 
-    def __init__(self, zones: Sequence[Zone]) -> None:
-        self.zones = list(zones)
-        self.zone_set = ZoneSet(self.zones)
+    def __init__(self, zones: Sequence[Zone], *, health: bool = True) -> None:
+        self.health = health
         self.started = False
         self.held: list[Point] = []
+        self.set_zones(zones)
+
+    def set_zones(self, zones: Sequence[Zone]) -> None:
+        """The owner changed their zones: they apply from the next point on (nothing sent is unsent)."""
+        self.zones = list(zones)
+        self.zone_set = ZoneSet(self.zones)
 
     def feed(self, points: Sequence[Point]) -> list[Point]:
+        out = self._trimmed(points)
+        if self.health:
+            return out
+        return [
+            dataclasses.replace(p, heart_rate_bpm=None, cadence_spm=None)
+            if p.heart_rate_bpm is not None or p.cadence_spm is not None
+            else p
+            for p in out
+        ]
+
+    def _trimmed(self, points: Sequence[Point]) -> list[Point]:
         if not self.zones:
-            return list(points)
+            released = list(self.held) + list(points)
+            self.held.clear()
+            self.started = self.started or bool(released)
+            return released
         out: list[Point] = []
         for p, inside in zip(points, self.zone_set.inside(points), strict=True):
             if inside:

@@ -46,7 +46,7 @@ from tracking_service.live import DELETED, ENDED, STOPPED, LinkRecord, LiveRow, 
 from tracking_service.open_limits import MAX_LINK_WATCHERS_HEADER, MAX_RECORD_STREAMS_HEADER, OpenCounts, parse_limit
 from tracking_service.privacy import Zone
 from tracking_service.store import TrackStore
-from tracking_service.tracks import RunVisibility
+from tracking_service.tracks import Grant, RunVisibility
 from tracking_service.webhooks import TargetPolicy, check_url
 from tracking_service.writer import PointWriter
 
@@ -412,13 +412,23 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
                 most = parse_limit(status.metadata(context, MAX_LINK_WATCHERS_HEADER))
                 if self._link_watchers.enter(link_id, most):
                     counted = link_id
+                grant = await self.visibility.visible(run_id, viewer)
+                if grant is None:
+                    raise NotFound(f"run_id: no run {run_id}", metadata={"run_id": str(run_id)})
             else:
                 owner_view, link_id = owner == viewer.user_id, None
-                if not owner_view and not await self.visibility.visible(run_id, viewer):
+                grant = Grant(share_health=True) if owner_view else await self.visibility.visible(run_id, viewer)
+                if grant is None:
                     raise NotFound(f"run_id: no track for run {run_id}", metadata={"run_id": str(run_id)})
             log.info("watch opened run_id=%s owner=%s link=%s", run_id, owner_view, link_id or "-")
             async for event in hub.watch(
-                run_id, owner, owner_view=owner_view, link_id=link_id, after_seq=request.after_seq, row=row
+                run_id,
+                owner,
+                owner_view=owner_view,
+                link_id=link_id,
+                after_seq=request.after_seq,
+                row=row,
+                share_health=grant.share_health,
             ):
                 yield event
         except Exception as err:  # noqa: BLE001 (every failure leaves with a status; cancellation passes)
@@ -555,6 +565,39 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         return Empty()
 
     @maps_errors
+    async def GetVisibleSummary(
+        self,
+        request: tracking_pb2.GetVisibleSummaryRequest,
+        context: Context[tracking_pb2.GetVisibleSummaryRequest, tracking_pb2.VisibleSummary],
+    ) -> tracking_pb2.VisibleSummary:
+        viewer = status.viewer_of(context)
+        run_id = parse_run_id(request.run_id)
+        owner = await self.store.run_owner(run_id)
+        if owner is None:
+            raise NotFound(f"run_id: no track for run {run_id}", metadata={"run_id": str(run_id)})
+        if isinstance(viewer, LinkHolder):
+            if viewer.run_id != str(run_id):
+                raise PermissionDenied(
+                    f"run_id: this live link grants run {viewer.run_id} only, not {run_id}", reason="LINK_OTHER_RUN"
+                )
+            row = await self._hub().store.live_row(run_id)
+            if (why := row.refusal(viewer.link_id, dt.datetime.now(dt.UTC))) is not None:
+                raise link_refused(why, run_id)
+        elif owner == viewer.user_id:
+            return tracking_pb2.VisibleSummary(trimmed=False)
+        elif await self.visibility.visible(run_id, viewer) is None:
+            raise NotFound(f"run_id: no track for run {run_id}", metadata={"run_id": str(run_id)})
+        summary = await tracks.visible_summary(self.store, run_id, await self.store.privacy_zones(owner))
+        out = tracking_pb2.VisibleSummary(
+            trimmed=summary.trimmed, point_count=summary.point_count, distance_m=summary.distance_m
+        )
+        if summary.point_count:
+            out.start_time.FromMilliseconds(summary.start_ms)
+            out.end_time.FromMilliseconds(summary.end_ms)
+            out.moving_time.FromMilliseconds(summary.moving_time_ms)
+        return out
+
+    @maps_errors
     async def ClaimRun(
         self, request: tracking_pb2.ClaimRunRequest, context: Context[tracking_pb2.ClaimRunRequest, Empty]
     ) -> Empty:
@@ -592,8 +635,8 @@ def zones_to_proto(user_id: str, zones: list[Zone]) -> tracking_pb2.PrivacyZones
 
 
 class SummaryApi(PublicApi):
-    """RunVisibility through the dashboard's public API: GetRun answers the caller only for a run
-    they may see (their own, or a shared one)."""
+    """RunVisibility through the dashboard's CheckRunVisible, as the caller: decided from the run's
+    row (the owner of record's) and its visibility, without asking anything back of this service."""
 
     async def trail_grew(self, run_id: uuid.UUID, point_count: int, caller: Caller) -> None:
         stub = summary_pb2_grpc.SummaryServiceStub(self.channel)
@@ -601,10 +644,12 @@ class SummaryApi(PublicApi):
             stub.AnalyseRun, summary_pb2.AnalyseRunRequest(run_id=str(run_id), point_count=point_count), caller
         )
 
-    async def visible(self, run_id: uuid.UUID, caller: Caller) -> bool:
+    async def visible(self, run_id: uuid.UUID, caller: Caller | LinkHolder) -> Grant | None:
         stub = summary_pb2_grpc.SummaryServiceStub(self.channel)
         try:
-            await self.call(stub.GetRun, summary_pb2.GetRunRequest(run_id=str(run_id)), caller)
+            grant = await self.call(
+                stub.CheckRunVisible, summary_pb2.CheckRunVisibleRequest(run_id=str(run_id)), caller
+            )
         except NotFound:
-            return False
-        return True
+            return None
+        return Grant(share_health=grant.owner or grant.share_health)

@@ -3,16 +3,20 @@ zones for anyone but its owner), the owner's privacy zones, and deleting a trail
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import itertools
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from runtrack_common import page_tokens
 from runtrack_common.errors import FailedPrecondition, NotFound, PermissionDenied
-from runtrack_common.identity import Caller, require_self
+from runtrack_common.identity import Caller, LinkHolder, require_self
 from tracking_service.domain import Cursor, Point, page_size
-from tracking_service.privacy import Zone, ZoneSet, first_outside, validate_zones
+from tracking_service.privacy import Zone, ZoneSet, distance_m, first_outside, validate_zones
 from tracking_service.store import TrackStore
 
 TRACK_TOKEN = "track"
@@ -22,10 +26,19 @@ NO_SEQ_ABOVE = 2**32
 MAX_PAGE = 10_000
 
 
-class RunVisibility(Protocol):
-    """Whether the caller may see someone else's run: the dashboard knows which runs are shared."""
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A reader who is not the owner may see the run (trimmed by the owner's zones); heart rate and
+    cadence too when the owner shares them."""
 
-    async def visible(self, run_id: uuid.UUID, caller: Caller) -> bool: ...
+    share_health: bool = False
+
+
+class RunVisibility(Protocol):
+    """Whether the caller may see someone else's run: the dashboard's row (the owner of record's)
+    says whether it is shared, and whether its heart rate is."""
+
+    async def visible(self, run_id: uuid.UUID, caller: Caller | LinkHolder) -> Grant | None: ...
 
     async def trail_grew(self, run_id: uuid.UUID, point_count: int, caller: Caller) -> None:
         """A stopped run's trail now holds points 1..point_count: its analysis is computed again."""
@@ -130,8 +143,10 @@ async def track_page(
     shared run only, without its start and end inside the owner's privacy zones."""
     owner = await _owner(store, run_id)
     first, last = 1, NO_SEQ_ABOVE
+    grant = None
     if owner != caller.user_id:
-        if not await visibility.visible(run_id, caller):
+        grant = await visibility.visible(run_id, caller)
+        if grant is None:
             raise _no_track(run_id)
         first, last = await visible_seqs(store, run_id, await store.privacy_zones(owner))
     size = page_size(requested_size)
@@ -146,7 +161,91 @@ async def track_page(
     if len(points) > size:
         points = points[:size]
         token = page_tokens.encode(TRACK_TOKEN, str(run_id), [points[-1].seq])
+    if grant is not None and not grant.share_health:
+        points = without_health(points)
     return TrackPage(points, token)
+
+
+def without_health(points: Sequence[Point]) -> list[Point]:
+    """The points without heart rate and cadence (not shared by their owner)."""
+    return [
+        dataclasses.replace(p, heart_rate_bpm=None, cadence_spm=None)
+        if p.heart_rate_bpm is not None or p.cadence_spm is not None
+        else p
+        for p in points
+    ]
+
+
+# A stretch between two points counts as moving at this speed or more (as an imported file's).
+MOVING_MPS = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class VisibleSummary:
+    trimmed: bool
+    point_count: int = 0
+    start_ms: int = 0
+    end_ms: int = 0
+    distance_m: float = 0.0
+    moving_time_ms: int = 0
+
+
+def summarise(points: Sequence[Point]) -> tuple[float, int]:
+    """Metres along the geodesics between the points, and the milliseconds spent moving."""
+    distance, moving = 0.0, 0
+    for a, b in itertools.pairwise(points):
+        d = distance_m(a.latitude, a.longitude, b.latitude, b.longitude)
+        distance += d
+        dt_ms = (b.time_ms or 0) - (a.time_ms or 0)
+        if dt_ms > 0 and d / (dt_ms / 1000) >= MOVING_MPS:
+            moving += dt_ms
+    return distance, moving
+
+
+# What others are told of a trail, by (run, zones, visible seqs): computed once per change of either.
+_SUMMARIES: OrderedDict[tuple[object, ...], VisibleSummary] = OrderedDict()
+_SUMMARIES_KEPT = 1000
+# One summary computed at a time per replica (a thread: the event loop keeps answering).
+_SUMMARISING = asyncio.Semaphore(1)
+
+
+async def visible_summary(store: TrackStore, run_id: uuid.UUID, zones: Sequence[Zone]) -> VisibleSummary:
+    """The trail as others see it (after the owner's zones), summed up; `trimmed` False when no zone
+    hides any of it (others are then shown the owner's overview, less heart rate unless shared)."""
+    if not zones:
+        return VisibleSummary(trimmed=False)
+    first, last = await visible_seqs(store, run_id, zones)
+    cursor = await store.cursor(run_id)
+    if first <= 1 and last >= cursor.max_seq:
+        return VisibleSummary(trimmed=False)
+    if last < first:
+        return VisibleSummary(trimmed=True)
+    key = (run_id, tuple(zones), first, last)
+    if (known := _SUMMARIES.get(key)) is not None:
+        _SUMMARIES.move_to_end(key)
+        return known
+    points: list[Point] = []
+    after = first - 1
+    while after < last:
+        page = [p for p in await store.points_after(run_id, after, MAX_PAGE) if p.seq <= last]
+        if not page:
+            break
+        points += page
+        after = page[-1].seq
+    async with _SUMMARISING:
+        distance, moving = await asyncio.to_thread(summarise, points)
+    out = VisibleSummary(
+        trimmed=True,
+        point_count=len(points),
+        start_ms=points[0].time_ms or 0 if points else 0,
+        end_ms=points[-1].time_ms or 0 if points else 0,
+        distance_m=distance,
+        moving_time_ms=moving,
+    )
+    _SUMMARIES[key] = out
+    while len(_SUMMARIES) > _SUMMARIES_KEPT:
+        _SUMMARIES.popitem(last=False)
+    return out
 
 
 async def whole_track(

@@ -10,9 +10,10 @@ import uuid
 from collections.abc import Sequence
 
 from runtrack_common.identity import Caller
-from summary_service.domain import Overview, Run, UserTotals, Visibility
+from summary_service.domain import Overview, Run, UserTotals, Visibility, VisiblePart
 from tracking_service.domain import Cursor, Point, cursor_from_seqs
 from tracking_service.privacy import Zone
+from tracking_service.tracks import Grant
 
 
 class FakeTrackStore:
@@ -138,6 +139,12 @@ class FakeRunStore:
         self.runs[run_id] = dataclasses.replace(self.runs[run_id], stored_name=name)
         return self.runs[run_id]
 
+    async def set_share_health(self, run_id: uuid.UUID, share: bool) -> Run | None:
+        if run_id not in self.runs:
+            return None
+        self.runs[run_id] = dataclasses.replace(self.runs[run_id], share_health=share)
+        return self.runs[run_id]
+
     async def set_visibility(self, run_id: uuid.UUID, visibility: Visibility) -> Run | None:
         if run_id not in self.runs:
             return None
@@ -173,6 +180,15 @@ class FakeTracksApi:
             raise self.fail_with
         return await tracks.delete_track(self.tracks, caller, run_id)
 
+    async def visible_part(self, run_id: uuid.UUID, viewer: object) -> VisiblePart:
+        from tracking_service import tracks
+
+        owner = await self.tracks.run_owner(run_id)
+        s = await tracks.visible_summary(self.tracks, run_id, await self.tracks.privacy_zones(owner or ""))
+        return VisiblePart(
+            s.trimmed, s.point_count, s.start_ms * 1000, s.end_ms * 1000, s.distance_m, s.moving_time_ms * 1000
+        )
+
     async def claim(self, run_id: uuid.UUID, caller: Caller) -> None:
         from tracking_service import tracks
 
@@ -191,9 +207,11 @@ class FakeRunsApi:
     def __init__(self, runs: FakeRunStore) -> None:
         self.runs = runs
 
-    async def visible(self, run_id: uuid.UUID, caller: Caller) -> bool:
+    async def visible(self, run_id: uuid.UUID, caller: Caller) -> Grant | None:
         run = self.runs.runs.get(run_id)
-        return run is not None and run.readable_by(caller.user_id)
+        if run is None or not run.readable_by(caller.user_id):
+            return None
+        return Grant(share_health=run.user_id == caller.user_id or run.share_health)
 
     async def trail_grew(self, run_id: uuid.UUID, point_count: int, caller: Caller) -> None:
         raise AssertionError("no stopped runs' late points in the unit tests' fakes")

@@ -1,6 +1,7 @@
 """The pure logic of following a run: the stall watch, the state machine, what a spectator may see
 of points still arriving, a link's life, and the webhook's signature and target rules."""
 
+import dataclasses
 import datetime as dt
 import http.server
 import threading
@@ -104,6 +105,20 @@ def test_a_spectator_sees_at_every_moment_what_gettrack_shows_of_the_trail_so_fa
 
 def test_without_zones_every_point_is_shown_at_once():
     assert ZoneTrim([]).feed(walk(3, 5.0)) == walk(3, 5.0)
+
+
+def test_a_zone_set_during_a_watch_applies_from_the_next_point_and_heart_rate_stays_the_owners():
+    beating = [dataclasses.replace(p, heart_rate_bpm=140, cadence_spm=160) for p in walk(6, 5.0)]
+    view = ZoneTrim([], health=False)
+    assert view.feed(beating[:2]) == [
+        dataclasses.replace(p, heart_rate_bpm=None, cadence_spm=None) for p in beating[:2]
+    ]
+    home = Zone(beating[0].latitude, beating[0].longitude, 100.0)
+    view.set_zones([home])  # the runner is still within 100 m of where the watch began
+    assert view.feed(beating[2:4]) == []
+    view.set_zones([])  # removed again: what was held back is shown
+    assert [p.seq for p in view.feed(beating[4:])] == [3, 4, 5, 6]
+    assert ZoneTrim([], health=True).feed(beating[:1]) == beating[:1]
 
 
 def test_a_link_without_expiry_ends_an_hour_after_the_stop_and_a_revoked_one_at_once():

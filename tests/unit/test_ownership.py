@@ -55,21 +55,30 @@ def test_me_and_empty_are_the_caller_and_anyone_else_is_not():
 
 async def test_a_run_is_private_until_shared_and_others_never_see_its_polyline(world):
     run_id = await world.run()
-    assert (await runs.get_run(world.runs, ADA, run_id)).visibility == Visibility.PRIVATE
+    assert (await runs.get_run(world.runs, world.trails, ADA, run_id)).visibility == Visibility.PRIVATE
     with pytest.raises(NotFound):
-        await runs.get_run(world.runs, BOB, run_id)
+        await runs.get_run(world.runs, world.trails, BOB, run_id)
     shared = await runs.update_run(world.runs, ADA, run_id, Visibility.PUBLIC, ["visibility"])
     assert shared.visibility == Visibility.PUBLIC and shared.overview.polyline
-    seen = await runs.get_run(world.runs, BOB, run_id)
-    assert seen.overview.polyline == "" and seen.overview == dataclasses.replace(shared.overview, polyline="")
-    listed, _ = await runs.list_runs(world.runs, BOB, "ada", 0, "")
+    seen = await runs.get_run(world.runs, world.trails, BOB, run_id)
+    # No polyline, and no heart rate: the owner has not shared it (no zones here: nothing else changes).
+    assert seen.overview == dataclasses.replace(shared.overview, polyline="", avg_heart_rate_bpm=None)
+    shared = await runs.update_run(world.runs, ADA, run_id, 0, ["share_health"], share_health=True)
+    seen = await runs.get_run(world.runs, world.trails, BOB, run_id)
+    assert seen.overview.avg_heart_rate_bpm == 150.0 and seen.share_health
+    listed, _ = await runs.list_runs(world.runs, world.trails, BOB, "ada", 0, "")
     assert [r.run_id for r in listed] == [run_id] and listed[0].overview.polyline == ""
 
 
 @pytest.mark.parametrize(
     "visibility, mask, field, message",
     [
-        (Visibility.PUBLIC, ["overview.distance_m"], "update_mask", "only visibility, name can be updated"),
+        (
+            Visibility.PUBLIC,
+            ["overview.distance_m"],
+            "update_mask",
+            "only visibility, name, share_health can be updated",
+        ),
         (Visibility.PUBLIC, ["name"], "run.name", "must not be empty"),
         (Visibility.UNSPECIFIED, ["visibility"], "run.visibility", "must be PRIVATE or PUBLIC"),
         (7, [], "run.visibility", "must be PRIVATE or PUBLIC"),
@@ -88,7 +97,7 @@ async def test_update_run_without_a_mask_changes_the_populated_visibility_and_no
     with pytest.raises(InvalidArgument) as err:  # no mask and nothing set (a PATCH without a body)
         await runs.update_run(world.runs, ADA, run_id, Visibility.UNSPECIFIED, [])
     assert err.value.field == "update_mask" and "nothing to update" in err.value.rule
-    assert (await runs.get_run(world.runs, ADA, run_id)).visibility == Visibility.PUBLIC
+    assert (await runs.get_run(world.runs, world.trails, ADA, run_id)).visibility == Visibility.PUBLIC
 
 
 async def test_only_the_owner_changes_or_deletes_a_run_and_stats_are_the_owners_only(world):
@@ -173,7 +182,7 @@ async def test_a_non_owner_reads_a_shared_trail_trimmed_by_the_owners_zones(worl
 
 async def test_a_run_is_named_by_its_local_start_and_renamed_by_its_owner_only(world):
     run_id = await world.run()
-    run = await runs.get_run(world.runs, ADA, run_id)
+    run = await runs.get_run(world.runs, world.trails, ADA, run_id)
     assert run.name.endswith(" run")
     renamed = await runs.update_run(world.runs, ADA, run_id, Visibility.UNSPECIFIED, ["name"], "  Lakeside 10k  ")
     assert renamed.name == "Lakeside 10k" and renamed.visibility == run.visibility
@@ -214,3 +223,42 @@ async def test_a_deleted_run_is_deleted_for_its_owner_and_taken_for_anyone_else(
     with pytest.raises(PermissionDenied) as err:
         await tracks.claim(world.tracks, BOB, run_id)
     assert err.value.reason == "RUN_ID_TAKEN"
+
+
+async def test_others_see_the_times_and_distance_of_the_trimmed_trail_and_no_analysis(world):
+    run_id = uuid.uuid4()
+    await world.tracks.claim_run(run_id, "ada")
+    # 0.001 degree of latitude is ~111 m: points 1-2 and 6 lie within 150 m of the zone's centre.
+    lats = [48.8566, 48.8570, 48.8600, 48.8650, 48.8600, 48.8567]
+    await world.tracks.write_points(run_id, [pt(s, lat) for s, lat in enumerate(lats, start=1)])
+    await runs.stop_run(world.runs, world.trails, ADA, run_id, "", overview())
+    await world.runs.set_analysis(run_id, {"distance_m": 1234.0, "splits_km": [], "best_efforts": []})
+    await runs.update_run(world.runs, ADA, run_id, Visibility.PUBLIC, ["visibility"])
+    await tracks.set_privacy_zones(world.tracks, ADA, "me", [Zone(48.8566, 2.3522, 150.0)])
+    mine = await runs.get_run(world.runs, world.trails, ADA, run_id)
+    assert mine.analysis is not None and mine.overview == overview()
+    seen = await runs.get_run(world.runs, world.trails, BOB, run_id)
+    o = seen.overview
+    assert seen.analysis is None
+    assert (o.start_us, o.end_us, o.point_count) == (pt(3).time_ms * 1000, pt(5).time_ms * 1000, 3)
+    # 48.8600 -> 48.8650 -> 48.8600: two legs of ~556 m along the meridian.
+    assert o.distance_m == pytest.approx(2 * 555.9, abs=1.0)
+    assert o.moving_time_us == 2_000_000 and o.avg_heart_rate_bpm is None and o.elevation_gain_m == 0.0
+    listed, _ = await runs.list_runs(world.runs, world.trails, BOB, "ada", 0, "")
+    assert listed[0].overview == o
+
+
+async def test_a_non_owner_gets_heart_rate_and_cadence_only_when_the_owner_shares_them(world):
+    run_id = uuid.uuid4()
+    await world.tracks.claim_run(run_id, "ada")
+    beats = [dataclasses.replace(pt(s), heart_rate_bpm=150, cadence_spm=170) for s in (1, 2)]
+    await world.tracks.write_points(run_id, beats)
+    await runs.stop_run(world.runs, world.trails, ADA, run_id, "", overview())
+    await runs.update_run(world.runs, ADA, run_id, Visibility.PUBLIC, ["visibility"])
+    page = await tracks.track_page(world.tracks, world.visibility, BOB, run_id, 0, "")
+    assert [(p.heart_rate_bpm, p.cadence_spm) for p in page.points] == [(None, None)] * 2
+    own = await tracks.track_page(world.tracks, world.visibility, ADA, run_id, 0, "")
+    assert [(p.heart_rate_bpm, p.cadence_spm) for p in own.points] == [(150, 170)] * 2
+    await runs.update_run(world.runs, ADA, run_id, 0, [], share_health=True)  # no mask: the populated field
+    page = await tracks.track_page(world.tracks, world.visibility, BOB, run_id, 0, "")
+    assert [(p.heart_rate_bpm, p.cadence_spm) for p in page.points] == [(150, 170)] * 2

@@ -92,7 +92,7 @@ async def test_stop_run_of_someone_elses_run_is_denied():
 
 async def test_get_run_of_an_unknown_run_is_not_found():
     with pytest.raises(NotFound):
-        await runs.get_run(FakeRunStore(), Caller("u"), uuid.uuid4())
+        await runs.get_run(FakeRunStore(), FakeTracksApi(FakeTrackStore()), Caller("u"), uuid.uuid4())
 
 
 async def test_list_runs_pages_newest_first_until_an_empty_token():
@@ -110,7 +110,7 @@ async def test_list_runs_pages_newest_first_until_an_empty_token():
         )
     seen, token = [], ""
     while True:
-        page, token = await runs.list_runs(store, Caller("u"), "me", 3, token)
+        page, token = await runs.list_runs(store, trails, Caller("u"), "me", 3, token)
         seen += page
         if not token:
             break
@@ -121,16 +121,16 @@ async def test_list_runs_pages_newest_first_until_an_empty_token():
 @pytest.mark.parametrize("token", ["garbage!!", "eyJrIjoicnVucyJ9", "e30"])
 async def test_a_garbled_list_token_is_invalid_argument(token):
     with pytest.raises(InvalidArgument, match="page_token"):
-        await runs.list_runs(FakeRunStore(), Caller("u"), "", 3, token)
+        await runs.list_runs(FakeRunStore(), FakeTracksApi(FakeTrackStore()), Caller("u"), "", 3, token)
 
 
 async def test_a_list_token_of_another_user_is_invalid_argument():
     store, trails = FakeRunStore(), FakeTracksApi(FakeTrackStore())
     for _ in range(3):
         await runs.stop_run(store, trails, Caller("alice"), uuid.uuid4(), "", overview())
-    _, token = await runs.list_runs(store, Caller("alice"), "", 1, "")
+    _, token = await runs.list_runs(store, trails, Caller("alice"), "", 1, "")
     with pytest.raises(InvalidArgument, match="page_token"):
-        await runs.list_runs(store, Caller("bob"), "", 1, token)
+        await runs.list_runs(store, trails, Caller("bob"), "", 1, token)
 
 
 @pytest.mark.parametrize(

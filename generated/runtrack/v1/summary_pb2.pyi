@@ -47,6 +47,54 @@ PUBLIC: Visibility.ValueType  # 2
 Global___Visibility: _TypeAlias = Visibility  # noqa: Y015
 
 @_typing.final
+class CheckRunVisibleRequest(_message.Message):
+    """Asks whether the caller may see a run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckRunVisibleRequest: _TypeAlias = CheckRunVisibleRequest  # noqa: Y015
+
+@_typing.final
+class RunVisibilityGrant(_message.Message):
+    """The caller may see the run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    SHARE_HEALTH_FIELD_NUMBER: _builtins.int
+    owner: _builtins.bool
+    """The caller is its owner."""
+    share_health: _builtins.bool
+    """Heart rate and cadence are shared with others."""
+    def __init__(
+        self,
+        *,
+        owner: _builtins.bool = ...,
+        share_health: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "share_health", b"share_health"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunVisibilityGrant: _TypeAlias = RunVisibilityGrant  # noqa: Y015
+
+@_typing.final
 class AnalyseRunRequest(_message.Message):
     """Asks for a run's analysis to be computed again."""
 
@@ -304,6 +352,7 @@ class Run(_message.Message):
     VISIBILITY_FIELD_NUMBER: _builtins.int
     ANALYSIS_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    SHARE_HEALTH_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run_id the phone chose at START RUN."""
     user_id: _builtins.str
@@ -317,6 +366,11 @@ class Run(_message.Message):
     name: _builtins.str
     """What the runner calls it: by default from its local start time ("Morning run", "Evening run"...);
     the owner may change it (UpdateRun, "name" in the mask): 1 to 200 characters, no control characters.
+    """
+    share_health: _builtins.bool
+    """Whether heart rate and cadence reach anyone but the owner (a stranger on a PUBLIC run, a live
+    link's holder), on every path: GetRun, GetTrack, ExportTrack, WatchRun. Default false; the owner
+    changes it with UpdateRun ("share_health" in the mask).
     """
     @_builtins.property
     def overview(self) -> Global___RunOverview:
@@ -349,10 +403,11 @@ class Run(_message.Message):
         visibility: Global___Visibility.ValueType = ...,
         analysis: Global___RunAnalysis | None = ...,
         name: _builtins.str = ...,
+        share_health: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "elapsed_time", b"elapsed_time", "overview", b"overview", "stopped_at", b"stopped_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "avg_pace_s_per_km", b"avg_pace_s_per_km", "elapsed_time", b"elapsed_time", "name", b"name", "overview", b"overview", "run_id", b"run_id", "stopped_at", b"stopped_at", "track_url", b"track_url", "user_id", b"user_id", "visibility", b"visibility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "avg_pace_s_per_km", b"avg_pace_s_per_km", "elapsed_time", b"elapsed_time", "name", b"name", "overview", b"overview", "run_id", b"run_id", "share_health", b"share_health", "stopped_at", b"stopped_at", "track_url", b"track_url", "user_id", b"user_id", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

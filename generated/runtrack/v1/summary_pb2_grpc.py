@@ -82,6 +82,11 @@ class SummaryServiceStub:
                 request_serializer=runtrack_dot_v1_dot_summary__pb2.AnalyseRunRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.CheckRunVisible = channel.unary_unary(
+                '/runtrack.v1.SummaryService/CheckRunVisible',
+                request_serializer=runtrack_dot_v1_dot_summary__pb2.CheckRunVisibleRequest.SerializeToString,
+                response_deserializer=runtrack_dot_v1_dot_summary__pb2.RunVisibilityGrant.FromString,
+                _registered_method=True)
 
 
 class SummaryServiceServicer:
@@ -157,6 +162,15 @@ class SummaryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckRunVisible(self, request, context):
+        """Whether the caller may see the run, decided from its dashboard row (the owner of record's) and
+        its visibility: OK for the owner or anyone on a PUBLIC run, NOT_FOUND otherwise. Nothing of the
+        run but what others may be shown is answered. Called by the tracking service for a reader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SummaryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -204,6 +218,11 @@ def add_SummaryServiceServicer_to_server(servicer, server):
                     servicer.AnalyseRun,
                     request_deserializer=runtrack_dot_v1_dot_summary__pb2.AnalyseRunRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'CheckRunVisible': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckRunVisible,
+                    request_deserializer=runtrack_dot_v1_dot_summary__pb2.CheckRunVisibleRequest.FromString,
+                    response_serializer=runtrack_dot_v1_dot_summary__pb2.RunVisibilityGrant.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -450,6 +469,33 @@ class SummaryService:
             '/runtrack.v1.SummaryService/AnalyseRun',
             runtrack_dot_v1_dot_summary__pb2.AnalyseRunRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckRunVisible(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtrack.v1.SummaryService/CheckRunVisible',
+            runtrack_dot_v1_dot_summary__pb2.CheckRunVisibleRequest.SerializeToString,
+            runtrack_dot_v1_dot_summary__pb2.RunVisibilityGrant.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,11 @@ class SummaryServiceStub:
     """A stopped run's trail grew (points that arrived after StopRun): its analysis is computed again
     once the trail holds `point_count` points. Called by the tracking service on the owner's behalf.
     """
+    CheckRunVisible: _grpc.UnaryUnaryMultiCallable[_summary_pb2.CheckRunVisibleRequest, _summary_pb2.RunVisibilityGrant]
+    """Whether the caller may see the run, decided from its dashboard row (the owner of record's) and
+    its visibility: OK for the owner or anyone on a PUBLIC run, NOT_FOUND otherwise. Nothing of the
+    run but what others may be shown is answered. Called by the tracking service for a reader.
+    """
 
 @_typing.type_check_only
 class SummaryServiceAsyncStub(SummaryServiceStub):
@@ -94,6 +99,11 @@ class SummaryServiceAsyncStub(SummaryServiceStub):
     AnalyseRun: _aio.UnaryUnaryMultiCallable[_summary_pb2.AnalyseRunRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """A stopped run's trail grew (points that arrived after StopRun): its analysis is computed again
     once the trail holds `point_count` points. Called by the tracking service on the owner's behalf.
+    """
+    CheckRunVisible: _aio.UnaryUnaryMultiCallable[_summary_pb2.CheckRunVisibleRequest, _summary_pb2.RunVisibilityGrant]  # type: ignore[assignment]
+    """Whether the caller may see the run, decided from its dashboard row (the owner of record's) and
+    its visibility: OK for the owner or anyone on a PUBLIC run, NOT_FOUND otherwise. Nothing of the
+    run but what others may be shown is answered. Called by the tracking service for a reader.
     """
 
 class SummaryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -178,6 +188,17 @@ class SummaryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
         """A stopped run's trail grew (points that arrived after StopRun): its analysis is computed again
         once the trail holds `point_count` points. Called by the tracking service on the owner's behalf.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckRunVisible(
+        self,
+        request: _summary_pb2.CheckRunVisibleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_summary_pb2.RunVisibilityGrant, _abc.Awaitable[_summary_pb2.RunVisibilityGrant]]:
+        """Whether the caller may see the run, decided from its dashboard row (the owner of record's) and
+        its visibility: OK for the owner or anyone on a PUBLIC run, NOT_FOUND otherwise. Nothing of the
+        run but what others may be shown is answered. Called by the tracking service for a reader.
         """
 
 def add_SummaryServiceServicer_to_server(servicer: SummaryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -5,6 +5,7 @@ Live GPS ingest: the phone streams each point as it is recorded."""
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -409,6 +410,74 @@ class MarkRunStoppedRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MarkRunStoppedRequest: _TypeAlias = MarkRunStoppedRequest  # noqa: Y015
+
+@_typing.final
+class GetVisibleSummaryRequest(_message.Message):
+    """Asks what others may be told of a run's trail."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetVisibleSummaryRequest: _TypeAlias = GetVisibleSummaryRequest  # noqa: Y015
+
+@_typing.final
+class VisibleSummary(_message.Message):
+    """The trimmed trail, summed up."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRIMMED_FIELD_NUMBER: _builtins.int
+    POINT_COUNT_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    DISTANCE_M_FIELD_NUMBER: _builtins.int
+    MOVING_TIME_FIELD_NUMBER: _builtins.int
+    trimmed: _builtins.bool
+    """The owner has privacy zones and they hide part of the trail; false: others see it whole."""
+    point_count: _builtins.int
+    """Points left."""
+    distance_m: _builtins.float
+    """Metres along the geodesics between the points left."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The first and last point left."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def moving_time(self) -> _duration_pb2.Duration:
+        """Time between the points left, less pauses (a gap of more than 30 s between two points)."""
+
+    def __init__(
+        self,
+        *,
+        trimmed: _builtins.bool = ...,
+        point_count: _builtins.int = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        distance_m: _builtins.float = ...,
+        moving_time: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "moving_time", b"moving_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["distance_m", b"distance_m", "end_time", b"end_time", "moving_time", b"moving_time", "point_count", b"point_count", "start_time", b"start_time", "trimmed", b"trimmed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VisibleSummary: _TypeAlias = VisibleSummary  # noqa: Y015
 
 @_typing.final
 class ClaimRunRequest(_message.Message):

@@ -107,6 +107,11 @@ class TrackingServiceStub:
                 request_serializer=runtrack_dot_v1_dot_tracking__pb2.ClaimRunRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.GetVisibleSummary = channel.unary_unary(
+                '/runtrack.v1.TrackingService/GetVisibleSummary',
+                request_serializer=runtrack_dot_v1_dot_tracking__pb2.GetVisibleSummaryRequest.SerializeToString,
+                response_deserializer=runtrack_dot_v1_dot_tracking__pb2.VisibleSummary.FromString,
+                _registered_method=True)
 
 
 class TrackingServiceServicer:
@@ -222,6 +227,15 @@ class TrackingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetVisibleSummary(self, request, context):
+        """What a reader who is not the owner may be told of the run's trail: the part left after the
+        owner's privacy zones trim it (GetTrack's points), its times, distance and moving time.
+        Called by SummaryService.GetRun and ListRuns for such a reader, as that reader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrackingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -294,6 +308,11 @@ def add_TrackingServiceServicer_to_server(servicer, server):
                     servicer.ClaimRun,
                     request_deserializer=runtrack_dot_v1_dot_tracking__pb2.ClaimRunRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'GetVisibleSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVisibleSummary,
+                    request_deserializer=runtrack_dot_v1_dot_tracking__pb2.GetVisibleSummaryRequest.FromString,
+                    response_serializer=runtrack_dot_v1_dot_tracking__pb2.VisibleSummary.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -675,6 +694,33 @@ class TrackingService:
             '/runtrack.v1.TrackingService/ClaimRun',
             runtrack_dot_v1_dot_tracking__pb2.ClaimRunRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVisibleSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtrack.v1.TrackingService/GetVisibleSummary',
+            runtrack_dot_v1_dot_tracking__pb2.GetVisibleSummaryRequest.SerializeToString,
+            runtrack_dot_v1_dot_tracking__pb2.VisibleSummary.FromString,
             options,
             channel_credentials,
             insecure,

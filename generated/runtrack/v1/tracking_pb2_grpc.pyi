@@ -80,6 +80,11 @@ class TrackingServiceStub:
     caller deleted it. Called by SummaryService.StopRun and ImportRun on the caller's behalf before
     they write anything; safe to retry.
     """
+    GetVisibleSummary: _grpc.UnaryUnaryMultiCallable[_tracking_pb2.GetVisibleSummaryRequest, _tracking_pb2.VisibleSummary]
+    """What a reader who is not the owner may be told of the run's trail: the part left after the
+    owner's privacy zones trim it (GetTrack's points), its times, distance and moving time.
+    Called by SummaryService.GetRun and ListRuns for such a reader, as that reader.
+    """
 
 @_typing.type_check_only
 class TrackingServiceAsyncStub(TrackingServiceStub):
@@ -130,6 +135,11 @@ class TrackingServiceAsyncStub(TrackingServiceStub):
     PERMISSION_DENIED `RUN_ID_TAKEN` when it is another runner's; FAILED_PRECONDITION when the
     caller deleted it. Called by SummaryService.StopRun and ImportRun on the caller's behalf before
     they write anything; safe to retry.
+    """
+    GetVisibleSummary: _aio.UnaryUnaryMultiCallable[_tracking_pb2.GetVisibleSummaryRequest, _tracking_pb2.VisibleSummary]  # type: ignore[assignment]
+    """What a reader who is not the owner may be told of the run's trail: the part left after the
+    owner's privacy zones trim it (GetTrack's points), its times, distance and moving time.
+    Called by SummaryService.GetRun and ListRuns for such a reader, as that reader.
     """
 
 class TrackingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -262,6 +272,17 @@ class TrackingServiceServicer(metaclass=_abc_1.ABCMeta):
         PERMISSION_DENIED `RUN_ID_TAKEN` when it is another runner's; FAILED_PRECONDITION when the
         caller deleted it. Called by SummaryService.StopRun and ImportRun on the caller's behalf before
         they write anything; safe to retry.
+        """
+
+    @_abc_1.abstractmethod
+    def GetVisibleSummary(
+        self,
+        request: _tracking_pb2.GetVisibleSummaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracking_pb2.VisibleSummary, _abc.Awaitable[_tracking_pb2.VisibleSummary]]:
+        """What a reader who is not the owner may be told of the run's trail: the part left after the
+        owner's privacy zones trim it (GetTrack's points), its times, distance and moving time.
+        Called by SummaryService.GetRun and ListRuns for such a reader, as that reader.
         """
 
 def add_TrackingServiceServicer_to_server(servicer: TrackingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
