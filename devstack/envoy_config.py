@@ -512,10 +512,10 @@ def _per_runner_limits(limits: Limits) -> dict[str, Any]:
     without one (the page's files, health) are not counted."""
     on = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "per_runner_limits"}
 
-    def family(name: str) -> dict[str, Any]:
+    def family(name: str, key: str = "user", header: str = CALLER_HEADER) -> dict[str, Any]:
         return {
             "actions": [
-                {"request_headers": {"header_name": "x-runtrack-user", "descriptor_key": "user"}},
+                {"request_headers": {"header_name": header, "descriptor_key": key}},
                 {
                     "header_value_match": {
                         "descriptor_key": "family",
@@ -527,10 +527,13 @@ def _per_runner_limits(limits: Limits) -> dict[str, Any]:
             ]
         }
 
-    def bucket(name: str, b: Bucket) -> dict[str, Any]:
-        return {"entries": [{"key": "user", "value": ""}, {"key": "family", "value": name}], "token_bucket": _bucket(b)}
+    def bucket(name: str, b: Bucket, key: str = "user") -> dict[str, Any]:
+        return {"entries": [{"key": key, "value": ""}, {"key": "family", "value": name}], "token_bucket": _bucket(b)}
 
     buckets = {"calls": limits.calls, "stream_opens": limits.stream_opens, "files": limits.files}
+    # A live link's token carries no runner: its calls (GetRun) and watches opened (WatchRun) count
+    # in buckets of the link (its jti, set by jwt_authn), sized as a runner's.
+    link_buckets = {"calls": limits.calls, "stream_opens": limits.stream_opens}
 
     return {
         "name": "envoy.filters.http.local_ratelimit",
@@ -545,8 +548,14 @@ def _per_runner_limits(limits: Limits) -> dict[str, Any]:
             "rate_limited_as_resource_exhausted": True,
             "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
             "max_dynamic_descriptors": limits.max_runners,
-            "descriptors": [bucket(name, b) for name, b in buckets.items()],
-            "rate_limits": [family(name) for name in buckets],
+            "descriptors": [
+                *(bucket(name, b) for name, b in buckets.items()),
+                *(bucket(name, b, "link") for name, b in link_buckets.items()),
+            ],
+            "rate_limits": [
+                *(family(name) for name in buckets),
+                *(family(name, "link", LINK_ID_HEADER) for name in link_buckets),
+            ],
         },
     }
 

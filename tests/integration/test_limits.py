@@ -287,3 +287,34 @@ async def test_a_live_link_holds_at_most_its_watchers_and_the_owner_is_not_count
         done = await phone.finish()
         assert done.points_stored == 2
     report(stack, "link_watchers_limit", most=WATCHERS, refused_reason=reason)
+
+
+async def test_a_live_links_calls_and_watches_opened_have_limits_of_their_own(stack, limited):
+    """A link's token carries no runner: its GetRun calls and WatchRun opens count in the link's own
+    buckets (sized as a runner's), and the owner's are untouched."""
+    owner = stack.issuer.token(f"lnk-{uuid.uuid4().hex[:6]}")
+    run_id = str(uuid.uuid4())
+    async with token_channel(limited, owner) as channel:
+        phone = Phone(channel, run_id)
+        await phone.started()
+        link = await create_link(channel, run_id)
+        async with token_channel(limited, link.token) as holder:
+            served, refused = await burst(holder, run_id, LIMITS.calls.burst + 3 * LIMITS.calls.per_second)
+            assert refused and served >= LIMITS.calls.burst
+            assert refusal(refused[0])[:2] == ("RATE_LIMITED", {"limit": "calls"})
+            stub = tracking_pb2_grpc.TrackingServiceStub(holder)
+            opens: list[str] = []
+            for _ in range(LIMITS.stream_opens.burst + 5):
+                call = stub.WatchRun(tracking_pb2.WatchRunRequest(run_id=run_id))
+                try:
+                    await seen(call, 1)
+                    opens.append("opened")
+                except grpc.aio.AioRpcError as err:
+                    opens.append(refusal(err)[1].get("limit", err.code().name))
+                call.cancel()
+            assert "stream_opens" in opens and opens.count("opened") <= LIMITS.stream_opens.burst, opens
+        # The owner's own calls are not the link's: served.
+        served, refused = await burst(channel, run_id, 5)
+        assert (served, refused) == (5, [])
+        await phone.finish()
+    report(stack, "link_limits", link_calls_refused=len(refused), watch_opens=opens)
