@@ -9,6 +9,7 @@ point, or the FIT record). Nothing is stored from a file that is refused.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import math
@@ -18,11 +19,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from xml.parsers import expat
 
 import defusedxml.ElementTree as SafeET
 import fitdecode
 import gpxpy
 import gpxpy.gpx
+import gpxpy.parser
 import polyline
 from defusedxml import DefusedXmlException
 
@@ -104,21 +107,98 @@ def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_file(data: bytes, *, now_us: int, max_points: int = MAX_POINTS) -> ImportedFile:
+# What one XML file may hold, counted by the parser before anything is built from it: a 16 MiB file
+# of empty elements is ~800,000 of them, and each would cost a tree node and an object.
+MAX_XML_ELEMENTS = 1_000_000
+MAX_ELEMENTS_BY_NAME = {"wpt": 10_000, "rte": 1_000, "rtept": 100_000, "trk": 1_000, "trkseg": 10_000}
+MAX_XML_DEPTH = 64
+GATE_CHUNK = 1024 * 1024
+
+
+class Abandoned(Exception):
+    """The caller went away: the parse stopped."""
+
+
+def scan_xml(data: bytes, *, cancelled: Callable[[], bool] = lambda: False, max_points: int = MAX_POINTS) -> str:
+    """One streaming pass of expat over the file, building nothing: a DTD or an entity declaration
+    is refused where the parser meets it (whatever the encoding or where it hides), and every
+    element is counted, with limits per kind and in all, before any tree is built. Stops between
+    chunks when `cancelled()`. Returns the root element's name ({namespace}local)."""
+    parser = expat.ParserCreate(namespace_separator="}")
+    counts: dict[str, int] = {}
+    total = depth = 0
+    root: list[str] = []
+
+    def forbidden(*_: object) -> None:
+        raise bad("must not contain a DTD or entity declarations", "XML_DTD_FORBIDDEN")
+
+    def start(name: str, _attrs: object) -> None:
+        nonlocal total, depth
+        total += 1
+        depth += 1
+        if not root:
+            root.append("{" + name if "}" in name else name)
+        local = name.rsplit("}", 1)[-1]
+        seen = counts[local] = counts.get(local, 0) + 1
+        if total > MAX_XML_ELEMENTS:
+            raise bad(f"must hold at most {MAX_XML_ELEMENTS:,} XML elements", "FILE_TOO_COMPLEX")
+        if depth > MAX_XML_DEPTH:
+            raise bad(f"must nest elements at most {MAX_XML_DEPTH} deep", "FILE_TOO_COMPLEX")
+        most = MAX_ELEMENTS_BY_NAME.get(local)
+        if most is not None and seen > most:
+            raise bad(f"must hold at most {most:,} <{local}> elements", "FILE_TOO_COMPLEX")
+        if local in ("trkpt", "Trackpoint") and seen > max_points:
+            raise _too_many(max_points)
+
+    def end(_name: str) -> None:
+        nonlocal depth
+        depth -= 1
+
+    # The handlers' signatures differ; each only raises.
+    parser.StartDoctypeDeclHandler = forbidden
+    parser.EntityDeclHandler = forbidden
+    parser.UnparsedEntityDeclHandler = forbidden
+    parser.ExternalEntityRefHandler = forbidden  # type: ignore[assignment]
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    try:
+        for at in range(0, len(data), GATE_CHUNK):
+            if cancelled():
+                raise Abandoned
+            parser.Parse(data[at : at + GATE_CHUNK], False)
+        parser.Parse(b"", True)
+    except expat.ExpatError as err:
+        raise bad(
+            f"line {err.lineno}, column {err.offset + 1}: not well-formed XML ({expat.ErrorString(err.code)})"
+        ) from None
+    except (LookupError, ValueError) as err:  # an encoding Python does not know, for one
+        raise bad(f"not readable XML: {type(err).__name__}: {str(err)[:200]}") from None
+    if not root:
+        raise bad("is not XML with a root element")
+    if counts.get("wpt") and not counts.get("trkpt") and not counts.get("Trackpoint"):
+        raise bad(
+            f"holds {counts['wpt']} waypoint(s) and no track: waypoints mark places, not a run's trail",
+            "NO_TRACK",
+        )
+    return root[0]
+
+
+def read_file(
+    data: bytes, *, now_us: int, max_points: int = MAX_POINTS, cancelled: Callable[[], bool] = lambda: False
+) -> ImportedFile:
     """The trail a file holds; InvalidArgument on `file` naming what is wrong and where."""
     check_size(data)
     kind = sniff(data)  # the content decides: a file's declared type or extension may be wrong
     if kind == FIT:
         name, raw, skipped = _read_fit(data, max_points)
     else:
-        root = _parse_xml(data)
-        tag = root.tag
-        if tag in {f"{{{ns}}}gpx" for ns in GPX_NAMESPACES}:
+        tag = scan_xml(data, cancelled=cancelled, max_points=max_points)
+        if tag in {f"{{{ns}}}gpx" for ns in GPX_NAMESPACES} or tag == "gpx":
             kind = GPX
             name, raw, skipped = _read_gpx(data, max_points)
         elif tag == f"{{{TCX_NS}}}TrainingCenterDatabase":
             kind = TCX
-            name, raw, skipped = _read_tcx(root, max_points)
+            name, raw, skipped = _read_tcx(_parse_xml(data), max_points)
         else:
             raise bad(
                 f"is XML but neither GPX 1.0/1.1 nor TCX v2: its root element is {tag[:120]!r}", "UNKNOWN_FILE_TYPE"
@@ -205,6 +285,21 @@ def _gpx_extension_int(point: gpxpy.gpx.GPXTrackPoint, local: str) -> int | None
                 except ValueError:
                     return None
     return None
+
+
+class _HardenedEtree:
+    """What gpxpy asks of an ElementTree module, backed by defusedxml: gpxpy reads the file with the
+    same hardened expat parser as the rest (it would otherwise use lxml's own, with its defaults)."""
+
+    XML = staticmethod(functools.partial(SafeET.XML, forbid_dtd=True))
+    register_namespace = staticmethod(ET.register_namespace)
+    ParseError = ET.ParseError
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(ET, name)
+
+
+setattr(gpxpy.parser, "mod_etree", _HardenedEtree())  # noqa: B010 (gpxpy's module global, not exported)
 
 
 def _read_gpx(data: bytes, max_points: int) -> tuple[str | None, list[FilePoint], int]:
@@ -405,9 +500,12 @@ class PreparedRun:
     analysis: dict[str, Any]
 
 
-def prepare(data: bytes, *, now_us: int) -> PreparedRun:
-    """The CPU part of an import (parse, geodesics, analysis), run off the event loop."""
-    file = read_file(data, now_us=now_us)
+def prepare(data: bytes, *, now_us: int, cancelled: Callable[[], bool] = lambda: False) -> PreparedRun:
+    """The CPU part of an import (parse, geodesics, analysis), run off the event loop; abandoned
+    (Abandoned) at the next step once `cancelled()` says the caller went away."""
+    file = read_file(data, now_us=now_us, cancelled=cancelled)
+    if cancelled():
+        raise Abandoned
     samples = samples_of(file.points)
     cum = cumulative_distances(samples)
     analysis = analyse(samples, cum=cum)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -18,7 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from runtrack_common import status
 from runtrack_common.api import PublicApi
-from runtrack_common.errors import Internal, InvalidArgument, RunTrackError, Violations
+from runtrack_common.errors import Internal, InvalidArgument, ResourceExhausted, RunTrackError, Violations
 from runtrack_common.identity import Caller, LinkHolder
 from runtrack_common.ids import parse_run_id
 from runtrack_common.status import maps_errors
@@ -152,6 +155,12 @@ def _track_point(seq: int, p: FilePoint) -> tracking_pb2.TrackPoint:
     return out
 
 
+# Files read at once per replica, the rest waiting their turn up to IMPORT_WAIT_S: a 16 MiB GPX takes
+# up to ~11x its size while read (gpxpy's tree and objects), so two at once stay within the pod's
+# 512 MiB beside the replica's own ~100 MiB, however many arrive (scripts/bench files measures it).
+IMPORTS_AT_ONCE = 2
+IMPORT_WAIT_S = 30.0
+IMPORT_THREADS = ThreadPoolExecutor(max_workers=IMPORTS_AT_ONCE, thread_name_prefix="import")
 POINTS_PER_MESSAGE = 1000
 # Storing an imported trail (up to imports.MAX_POINTS points) may take longer than a unary call.
 IMPORT_STORE_TIMEOUT_S = 60.0
@@ -165,6 +174,7 @@ class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
         self.store = store
         self.trails = trails
         self.analyser = analyser
+        self._importing = asyncio.Semaphore(IMPORTS_AT_ONCE)
 
     @maps_errors
     async def StopRun(
@@ -293,7 +303,23 @@ class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
         run_id, existing = await runs.imported_run(self.store, caller, sha256)
         if existing is not None:  # the same file again: answered from its hash, not parsed again
             return run_to_proto(existing)
-        prepared = await asyncio.to_thread(imports.prepare, request.data, now_us=now_us)
+        gone = threading.Event()  # the caller went away: the parse stops at its next chunk
+        context.add_done_callback(lambda _: gone.set())  # type: ignore[arg-type]  # the stubs' callback type
+        try:  # a few files parsed at once, each on the imports' own threads: memory stays bounded
+            await asyncio.wait_for(self._importing.acquire(), IMPORT_WAIT_S)
+        except TimeoutError:
+            raise ResourceExhausted(
+                f"file: {IMPORTS_AT_ONCE} files are being read on this replica; retry shortly",
+                reason="IMPORTS_BUSY",
+                metadata={"limit": "imports_at_once"},
+                retry_after_s=2.0,
+            ) from None
+        try:
+            prepared = await asyncio.get_running_loop().run_in_executor(
+                IMPORT_THREADS, functools.partial(imports.prepare, request.data, now_us=now_us, cancelled=gone.is_set)
+            )
+        finally:
+            self._importing.release()
         return run_to_proto(await runs.import_run(self.store, self.trails, caller, run_id, prepared, zone))
 
     @maps_errors

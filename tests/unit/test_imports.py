@@ -5,6 +5,7 @@ InvalidArgument on `file`, never another exception."""
 import dataclasses
 import datetime as dt
 import time
+import tracemalloc
 
 import polyline
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from devstack.activity_files import fit_file, gpx_file, synthetic_run, tcx_file
 from runtrack_common.errors import InvalidArgument
-from summary_service.imports import MAX_FILE_BYTES, FilePoint, prepare, read_file
+from summary_service.imports import MAX_FILE_BYTES, Abandoned, FilePoint, prepare, read_file
 
 # fitdecode warns about each malformed definition the fuzzing makes; the answer is what is tested.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -135,3 +136,74 @@ def test_arbitrary_bytes_give_a_named_refusal(data):
         read_file(data, now_us=NOW_US)
     except InvalidArgument as err:
         assert err.field == "file"
+
+
+# ---- one hardened parse, bounded ----------------------------------------------------------------
+
+
+def waypoint_bomb(size: int = MAX_FILE_BYTES - 1024) -> bytes:
+    """The file that took 1 GiB: a GPX of empty waypoints up to the size limit, and two track points."""
+    head = b'<?xml version="1.0"?><gpx version="1.1" xmlns="http://www.topografix.com/GPX/1/1">'
+    track = b'<trk><trkseg><trkpt lat="1" lon="1"><time>2026-01-01T00:00:00Z</time></trkpt>'
+    track += b'<trkpt lat="1.001" lon="1"><time>2026-01-01T00:00:10Z</time></trkpt></trkseg></trk></gpx>'
+    wpt = b'<wpt lat="0" lon="0"/>'
+    return head + wpt * ((size - len(head) - len(track)) // len(wpt)) + track
+
+
+def test_a_file_of_countless_elements_is_refused_while_it_is_read_in_little_memory():
+    data = waypoint_bomb()
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidArgument) as err:
+            read_file(data, now_us=NOW_US)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert err.value.reason == "FILE_TOO_COMPLEX" and "at most 10,000 <wpt> elements" in err.value.rule
+    assert peak < 4 * 1024 * 1024, f"the scan held {peak:,} bytes"  # a chunk of 1 MiB and its copy
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        b'<?xml version="1.0"?><!DOCTYPE gpx [<!ENTITY a "aaaa">]><gpx version="1.1"><trk/></gpx>',
+        b'<?xml version="1.0"?>\n<!-- a comment first -->\n<!DOCTYPE gpx SYSTEM "http://example.org/x.dtd"><gpx/>',
+        # After a byte-order mark and a long comment: past any look at the file's first bytes.
+        b"\xef\xbb\xbf<!--" + b"x" * 4096 + b'--><!DOCTYPE gpx [<!ENTITY a "b">]><gpx>&a;</gpx>',
+    ],
+)
+def test_a_dtd_is_refused_by_the_parser_wherever_and_however_it_is_written(doc):
+    with pytest.raises(InvalidArgument) as err:
+        read_file(doc, now_us=NOW_US)
+    assert err.value.reason == "XML_DTD_FORBIDDEN"
+
+
+def test_a_gpx_without_version_or_namespace_reads_as_gpx():
+    data = gpx_file(FIXES).replace(b' xmlns="http://www.topografix.com/GPX/1/1"', b"").replace(b' version="1.1"', b"")
+    assert b'topografix.com/GPX/1/1"' not in data
+    got = read_file(data, now_us=NOW_US)
+    assert got.format == "gpx" and len(got.points) == len(FIXES)
+
+
+def test_a_file_of_waypoints_only_says_so():
+    data = b'<?xml version="1.0"?><gpx version="1.1" xmlns="http://www.topografix.com/GPX/1/1">'
+    data += b'<wpt lat="48.85" lon="2.35"><name>Start</name></wpt><wpt lat="48.86" lon="2.35"/></gpx>'
+    with pytest.raises(InvalidArgument) as err:
+        read_file(data, now_us=NOW_US)
+    assert err.value.reason == "NO_TRACK" and "2 waypoint(s) and no track" in err.value.rule
+
+
+def test_a_parse_is_abandoned_once_the_caller_has_gone():
+    asked = []
+
+    def gone() -> bool:
+        asked.append(1)
+        return len(asked) > 2
+
+    with pytest.raises(Abandoned):
+        prepare(
+            gpx_file(FIXES).replace(b"<trk>", b"<!--" + b"x" * (8 * 1024 * 1024) + b"--><trk>"),
+            now_us=NOW_US,
+            cancelled=gone,
+        )
+    assert len(asked) == 3  # stopped at its third chunk of 1 MiB, not after reading all eight
