@@ -667,6 +667,19 @@ function envoy_on_request(handle)
       handle:respond({[":status"] = "413"}, "the body is " .. length .. " bytes; this method takes at most " .. limit)
       return
     end
+    -- Sent chunked, or over HTTP/2 without a content-length: read whole (past the connection's
+    -- buffer, 256 KiB, Envoy answers 413 itself) and measured. An import without one is bounded by
+    -- the transcoder's own limit, which is the import's.
+    local method = handle:headers():get(":method")
+    if handle:headers():get("content-length") == nil and (method == "POST" or method == "PUT" or method == "PATCH")
+        and string.find(path, "^/v1/runs:import") == nil then
+      local body = handle:body()
+      local size = body and body:length() or 0
+      if size > limit then
+        handle:respond({[":status"] = "413"}, "the body is " .. size .. " bytes; this method takes at most " .. limit)
+        return
+      end
+    end
   end
   if string.find(path, "[?&]=") then
     handle:respond({[":status"] = "400"}, "a query parameter has no name")

@@ -401,3 +401,36 @@ def test_a_json_body_over_envoys_limit_is_413_with_a_status_body_and_envoy_serve
     status, _ = http_json(stack.envoy_address, "GET", "/v1/users/me/runs", token=token)
     assert status == 200
     report(stack, "oversized_json_bodies", answers=answers, served_after=status)
+
+
+def _without_length(stack, method: str, path: str, body: bytes, token: str, *, http2: bool) -> tuple[int, str]:
+    """(status, body) of an HTTP call whose body has no content-length: chunked over HTTP/1.1, or
+    over HTTP/2 (curl reads the body from a pipe, so it cannot know the length)."""
+    args = ["--http2-prior-knowledge"] if http2 else ["-H", "transfer-encoding: chunked"]
+    out = subprocess.run(
+        [
+            "curl", "-sS", *args, "-X", method, "-T", "-", "-o", "-", "-w", "\n%{http_code}",
+            "-H", "content-type: application/json", "-H", f"authorization: Bearer {token}",
+            f"http://{stack.envoy_address}{path}",
+        ],
+        input=body, capture_output=True, timeout=60,
+    )  # fmt: skip
+    text, _, code = out.stdout.decode(errors="replace").rpartition("\n")
+    assert code.isdigit() and code != "000", out.stderr.decode()
+    return int(code), text
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["chunked", "http2"])
+def test_a_json_body_without_a_content_length_is_capped_as_well(stack, token, run_id, http2):
+    over = b'{"timeZone": "' + b"a" * (JSON_REQUEST_MAX_BYTES + 1024) + b'"}'
+    status, text = _without_length(stack, "POST", f"/v1/runs/{run_id}:stop", over, token, http2=http2)
+    assert status == 413, (status, text[:300])
+    infos = [d for d in json.loads(text).get("details", []) if d["@type"].endswith("google.rpc.ErrorInfo")]
+    assert infos and infos[0]["reason"] == "REQUEST_TOO_LARGE", text[:300]
+    # A body of the usual size without a length is served as before.
+    ok = json.dumps(
+        {"overview": {"startTime": "2026-05-01T08:00:00Z", "endTime": "2026-05-01T08:30:00Z", "distanceM": 5000}}
+    ).encode()
+    status, text = _without_length(stack, "POST", f"/v1/runs/{run_id}:stop", ok, token, http2=http2)
+    assert status == 200 and json.loads(text)["runId"] == run_id, text[:300]
+    report(stack, f"json_body_without_length_{'http2' if http2 else 'chunked'}", over_bytes=len(over), status=413)
