@@ -3,7 +3,7 @@ probes and scrapes) reach the replicas' gRPC port 50051, only the node their met
 
 A pod of the app image that is not Envoy tries both ports of every tracking and summary pod, by
 address and through the headless Services' names, and must be refused or time out; a connection to
-an Envoy pod (which no policy selects) shows that pod can connect at all. Every Envoy pod connects to
+an Envoy pod's TLS port (open to all) shows that pod can connect at all. Every Envoy pod connects to
 every replica's 50051, a call of each service goes through the cluster's Envoy, and the node reaches
 both ports. With nothing enforcing the policies the attacker connects, and the first test fails.
 """
@@ -27,7 +27,7 @@ from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb
 
 GRPC_PORT = 50051
 METRICS_PORT = 9100
-ENVOY_PORT = 8080
+ENVOY_PORT = 8443  # Envoy's TLS port, open to every pod (its plaintext one only to the replicas)
 REPLICAS = ("tracking", "summary")
 ATTACKER = "netpol-attacker"
 CONNECT_TIMEOUT_S = 3
@@ -191,7 +191,7 @@ def test_a_pod_that_is_not_envoy_reaches_no_replica(k8s: Cluster, attacker: str)
     names = [f"{c}.{NAMESPACE}.svc.cluster.local" for c in REPLICAS]
     targets = [f"{ip}:{port}" for c in REPLICAS for ip in _ips(k8s, c) for port in (GRPC_PORT, METRICS_PORT)]
     targets += [f"{name}:{port}" for name in names for port in (GRPC_PORT, METRICS_PORT)]
-    # The control: Envoy's pods are selected by no policy, so the same probe connects to them.
+    # The control: Envoy's TLS port is open to every pod, so the same probe connects to it.
     controls = [f"{ip}:{ENVOY_PORT}" for ip in _ips(k8s, "envoy")]
     started = time.monotonic()
     results = _probe_from(k8s, attacker, targets + controls)

@@ -218,7 +218,7 @@ def test_each_replica_runs_its_service_on_the_grpc_port_with_metrics_beside_it(r
         assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"grpc": REPLICA_PORT, "metrics": 9100}
         variables = env(deployment)
         assert variables["RUNTRACK_BIND_HOST"] == "0.0.0.0"
-        assert variables["RUNTRACK_API_ADDRESS"] == f"envoy.{NAMESPACE}.svc.cluster.local:8080"
+        assert variables["RUNTRACK_API_ADDRESS"] == f"envoy-internal.{NAMESPACE}.svc.cluster.local:8080"
         annotations = deployment["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/scrape"] == "true"
         assert annotations["prometheus.io/port"] == "9100"
@@ -466,13 +466,26 @@ def test_envoy_is_a_node_port_over_tls_and_plaintext_only_when_asked(render, tmp
     assert [(p["name"], p["port"], p["nodePort"]) for p in spec["ports"]] == [("https", 8443, 31443)]
     pod = one(objects, "Deployment", "envoy")["spec"]["template"]["spec"]
     assert {"name": "tls", "secret": {"secretName": "runtrack-tls"}} in pod["volumes"]
-    assert [p["name"] for p in container(one(objects, "Deployment", "envoy"))["ports"]] == ["https"]
+    assert [p["name"] for p in container(one(objects, "Deployment", "envoy"))["ports"]] == ["https", "http"]
     probe = container(one(objects, "Deployment", "envoy"))["readinessProbe"]["httpGet"]
     assert (probe["port"], probe["scheme"]) == ("https", "HTTPS")
     config = yaml.safe_load(envoy_config(objects))
     listeners = {x["name"]: x["address"]["socket_address"] for x in config["static_resources"]["listeners"]}
     assert listeners["public_tls"] == {"address": "0.0.0.0", "port_value": 8443}
-    assert listeners["public"]["address"] == "127.0.0.1", "plaintext off: the pod's loopback only"
+    # Plaintext off: not on the public Service, but on the pod for the replicas' calls to each other,
+    # through a Service of the cluster's own that only the replicas may reach.
+    assert listeners["public"]["address"] == "0.0.0.0"
+    internal = one(objects, "Service", "envoy-internal")["spec"]
+    assert internal["type"] == "ClusterIP" and [(p["port"], p["targetPort"]) for p in internal["ports"]] == [
+        (8080, "http")
+    ]
+    policy = one(objects, "NetworkPolicy", "envoy")["spec"]
+    rules = {r["ports"][0]["port"]: r.get("from") for r in policy["ingress"]}
+    assert rules[8443] is None, "TLS from anywhere"
+    assert sorted(p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in rules[8080]) == [
+        "summary",
+        "tracking",
+    ]
     sds = yaml.safe_load(one(objects, "ConfigMap", "envoy-tls-sds")["data"]["sds.yaml"])
     assert sds["resources"][0]["tls_certificate"]["private_key"] == {"filename": "/etc/runtrack/tls/tls.key"}
 

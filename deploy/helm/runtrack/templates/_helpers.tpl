@@ -41,7 +41,7 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* Envoy's in-cluster address: where a replica calls the other service's API (with the caller's token). */}}
 {{- define "runtrack.apiAddress" -}}
-{{- printf "envoy.%s.svc.%s:8080" .Release.Namespace .Values.clusterDomain -}}
+{{- printf "envoy-internal.%s.svc.%s:8080" .Release.Namespace .Values.clusterDomain -}}
 {{- end -}}
 
 {{/*
