@@ -776,7 +776,8 @@ def _auth_filters(auth: Auth) -> list[dict[str, Any]]:
             "issuer": auth.link_issuer,
             "audiences": [auth.link_audience],
             "local_jwks": {"filename": auth.link_jwks_file},
-            # GetRun forwards it to CheckLiveLink, which says whether the link still stands.
+            # GetRun forwards it to CheckLiveLink, which says whether the link still stands, and to
+            # GetVisibleSummary; WatchRun to CheckRunVisible.
             "forward": True,
             "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
             "claim_to_headers": [
@@ -799,7 +800,14 @@ def _auth_filters(auth: Auth) -> list[dict[str, Any]]:
             },
             *(
                 {"match": {"path": f"/{service.full_name}/{method}"}, "requires": either}
-                for service, method in ((TRACKING, "WatchRun"), (SUMMARY, "GetRun"), (TRACKING, "CheckLiveLink"))
+                for service, method in (
+                    (TRACKING, "WatchRun"),
+                    (SUMMARY, "GetRun"),
+                    (TRACKING, "CheckLiveLink"),
+                    # What GetRun and WatchRun ask the other service on the holder's behalf.
+                    (TRACKING, "GetVisibleSummary"),
+                    (SUMMARY, "CheckRunVisible"),
+                )
             ),
         ]
         jwt_authn["rules"] = [*open_rules, *link_rules, jwt_authn["rules"][-1]]
