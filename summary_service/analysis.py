@@ -29,6 +29,17 @@ BEST_EFFORTS = (
     ("half_marathon", 21097.5),
     ("marathon", 42195.0),
 )
+# The fastest a runner has ever covered each distance (the world records, rounded up by about 5 %):
+# an effort faster than this was not run (a drive, a ride, a GPS jump) and holds no personal record.
+MAX_RUNNING_MPS = {
+    "400m": 9.8,  # 43.03 s
+    "1k": 8.0,  # 2:11.96
+    "1mile": 7.6,  # 3:43.13
+    "5k": 7.0,  # 12:35.36
+    "10k": 6.7,  # 26:11.00
+    "half_marathon": 6.5,  # 56:42
+    "marathon": 6.15,  # 2:00:35
+}
 # Altitudes are averaged over this many fixes either side, then a climb or a descent counts once it
 # exceeds the hysteresis (GPS altitude wanders by metres while standing still).
 SMOOTH_HALF_WINDOW = 5

@@ -310,13 +310,15 @@ def _read_gpx(data: bytes, max_points: int) -> tuple[str | None, list[FilePoint]
     except Exception as err:  # noqa: BLE001 (a corrupt file may break gpxpy in other ways than GPXException)
         raise bad(f"GPX unreadable: {str(err)[:300]}") from None
     out: list[FilePoint] = []
+    skipped = 0
     for t, track in enumerate(doc.tracks, 1):
         for s, segment in enumerate(track.segments, 1):
             for i, p in enumerate(segment.points, 1):
                 where = f"track {t}, segment {s}, point {i}"
                 time_us = _us(p.time)
-                if time_us is None:
-                    raise bad(f"{where}: a track point needs a <time>")
+                if time_us is None:  # a recorder's point without a time: no place in a timed trail
+                    skipped += 1
+                    continue
                 if len(out) >= max_points:
                     raise _too_many(max_points)
                 out.append(
@@ -332,7 +334,7 @@ def _read_gpx(data: bytes, max_points: int) -> tuple[str | None, list[FilePoint]
                     )
                 )
     name = doc.name or next((t.name for t in doc.tracks if t.name), None)
-    return name, out, 0
+    return name, out, skipped
 
 
 def _tcx_children(el: ET.Element, path: str) -> Iterator[ET.Element]:
@@ -363,8 +365,9 @@ def _read_tcx(root: ET.Element, max_points: int) -> tuple[str | None, list[FileP
             for i, tp in enumerate(_tcx_children(lap, "t:Track/t:Trackpoint"), 1):
                 where = f"activity {a}, lap {lap_n}, trackpoint {i}"
                 raw_time = tp.findtext("t:Time", namespaces={"t": TCX_NS})
-                if raw_time is None:
-                    raise bad(f"{where}: a Trackpoint needs a <Time>")
+                if raw_time is None:  # skipped and counted, like a point without a position
+                    skipped += 1
+                    continue
                 try:
                     when = datetime.fromisoformat(raw_time.strip().replace("Z", "+00:00"))
                 except ValueError:

@@ -19,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from runtrack_common import queries
 from runtrack_common.config import Settings
 from runtrack_common.errors import Internal, InvalidArgument, RunTrackError, Unavailable
+from summary_service.analysis import MAX_RUNNING_MPS
 from summary_service.domain import (
     Improvement,
     Overview,
@@ -216,7 +217,9 @@ class PgRunStore:
 
     async def record_improvements(self, user_id: str) -> list[Improvement]:
         async with self._conn() as conn:
-            cur = await conn.execute(self.q["record_improvements"], {"user_id": user_id})
+            cur = await conn.execute(
+                self.q["record_improvements"], {"user_id": user_id, "max_mps": Jsonb(MAX_RUNNING_MPS)}
+            )
             rows = await cur.fetchall()
         return [
             Improvement(r["name"], r["distance_m"], r["elapsed_s"], r["run_id"], datetime_to_us(r["start_time"]))

@@ -100,7 +100,11 @@ WITH efforts AS (
     SELECT r.run_id, r.start_time, e->>'name' AS name, (e->>'distance_m')::double precision AS distance_m,
            (e->>'elapsed_s')::double precision AS elapsed_s
     FROM runs r CROSS JOIN LATERAL jsonb_array_elements(r.analysis->'best_efforts') e
+    JOIN jsonb_each_text(%(max_mps)s::jsonb) cap ON cap.key = e->>'name'
     WHERE r.user_id = %(user_id)s AND r.analysis IS NOT NULL
+      -- only efforts at a speed a runner can reach: a drive around town sets no 1 km record
+      AND (e->>'elapsed_s')::double precision > 0
+      AND (e->>'distance_m')::double precision / (e->>'elapsed_s')::double precision <= cap.value::double precision
 ), ranked AS (
     SELECT *, min(elapsed_s) OVER (PARTITION BY name ORDER BY start_time, run_id
                                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS best_before

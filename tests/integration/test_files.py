@@ -225,6 +225,19 @@ async def test_personal_records_keep_each_improvement_and_a_deleted_run_gives_ba
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
+async def test_an_effort_faster_than_any_runner_sets_no_personal_record(stack, channel):
+    """A drive around town recorded as a run (20 m/s: 1 km in 50 s) keeps its analysis, but holds no
+    record; the runner's own best stays the record."""
+    day = dt.timedelta(days=1)
+    ran = await analysed_run(channel, START, 4.0)
+    drove = await analysed_run(channel, START + day, 20.0)
+    summary = summary_pb2_grpc.SummaryServiceStub(channel)
+    run = await summary.GetRun(summary_pb2.GetRunRequest(run_id=drove))
+    assert any(e.name == "1k" for e in run.analysis.best_efforts)  # the run's own analysis says it
+    records = {r.name: r for r in (await summary.ListRecords(summary_pb2.ListRecordsRequest(user_id="me"))).records}
+    assert records["1k"].best.run_id == ran and [h.run_id for h in records["1k"].history] == [ran]
+
+
 def schema(name: str) -> etree.XMLSchema:
     return etree.XMLSchema(etree.parse(str(tools.file_schemas() / name)))
 
