@@ -193,10 +193,10 @@ def test_helm_lint_passes(helm):
 def test_defaults_render_every_object_under_its_fixed_name(render):
     objects = render()
     assert names(objects, "Deployment") == set(COMPONENTS)
-    assert names(objects, "Service") == set(COMPONENTS)
+    assert names(objects, "Service") == {*COMPONENTS, "envoy-internal"}
     assert names(objects, "HorizontalPodAutoscaler") == set(REPLICAS)
     assert names(objects, "PodDisruptionBudget") == set(COMPONENTS)
-    assert names(objects, "NetworkPolicy") == set(REPLICAS)
+    assert names(objects, "NetworkPolicy") == {*REPLICAS, "envoy"}
     assert names(objects, "ConfigMap") == {"envoy", "envoy-jwks", "envoy-live-jwks", "envoy-tls-sds"}
     assert names(objects, "Secret") == {"runtrack-postgres"}
     for o in objects:
@@ -276,7 +276,7 @@ def test_envoy_is_ready_by_its_own_health_answer_on_the_listener(render):
     assert c["readinessProbe"]["httpGet"] == {"path": K8S_READY_PATH, "port": "https", "scheme": "HTTPS"}
     assert c["command"] == ["envoy"]
     assert c["args"][:2] == ["-c", "/etc/envoy/envoy.yaml"]
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"https": 8443}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"https": 8443, "http": 8080}
 
 
 def test_the_grace_period_covers_the_prestop_sleep_the_drain_and_the_shutdown(render):
@@ -724,8 +724,11 @@ def test_the_per_runner_limits_default_to_envoy_limits_yaml_and_reach_envoys_con
     config = yaml.safe_load(envoy_config(render({"limits": {**values, "calls": {"perSecond": 7, "burst": 9}}})))
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     (limiter,) = [f["typed_config"] for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.local_ratelimit"]
-    calls, streams, files = limiter["descriptors"]
+    calls, streams, files, link_calls, link_streams = limiter["descriptors"]
     assert calls["token_bucket"] == {"max_tokens": 9, "tokens_per_fill": 7, "fill_interval": "1s"}
+    # A live link's buckets, sized as a runner's, keyed by the link.
+    assert link_calls["token_bucket"] == calls["token_bucket"] and link_calls["entries"][0]["key"] == "link"
+    assert link_streams["token_bucket"] == streams["token_bucket"]
     assert streams["token_bucket"]["max_tokens"] == limits.stream_opens.burst
     assert files["token_bucket"]["tokens_per_fill"] == limits.files.per_second
     assert limiter["max_dynamic_descriptors"] == limits.max_runners
