@@ -73,6 +73,8 @@ DEBIAN_PACKAGES = {
     "iptables": "iptables",
     "buildah": "buildah",
     "mmdebstrap": "mmdebstrap",
+    # The bridge's and the overlay's kernel modules are loaded with it; a new machine may not have it.
+    "modprobe": "kmod",
 }
 PAUSE_IMAGE = "docker.io/runtrack/pause:3.10"
 
