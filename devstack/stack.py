@@ -237,21 +237,23 @@ class Stack:
         return f"http://127.0.0.1:{self.spec.envoy_admin_port}"
 
     def replica_env(self) -> dict[str, str]:
-        return dict(
-            os.environ,
-            SCYLLA_HOSTS=self.scylla_hosts,
-            SCYLLA_PORT=str(self.scylla_port),
-            SCYLLA_KEYSPACE=self.spec.keyspace,
-            DATABASE_URL=self.database_url,
-            # Where a replica calls the other service's public API on a caller's behalf.
-            RUNTRACK_API_ADDRESS=self.envoy_address,
-            LIVE_LINK_KEY_FILE=str(self.link_keys.private_key_file),
-            PUBLIC_ORIGIN=f"http://{self.envoy_address}",
-            # Webhooks to the developer's own machine are the point here.
-            LIVE_WEBHOOK_ALLOW_PRIVATE="1",
-            PYTHONUNBUFFERED="1",
-            **self.cluster_settings(),
-            **self.spec.replica_settings,
+        return (
+            dict(
+                os.environ,
+                SCYLLA_HOSTS=self.scylla_hosts,
+                SCYLLA_PORT=str(self.scylla_port),
+                SCYLLA_KEYSPACE=self.spec.keyspace,
+                DATABASE_URL=self.database_url,
+                # Where a replica calls the other service's public API on a caller's behalf.
+                RUNTRACK_API_ADDRESS=self.envoy_address,
+                LIVE_LINK_KEY_FILE=str(self.link_keys.private_key_file),
+                PUBLIC_ORIGIN=f"http://{self.envoy_address}",
+                # Webhooks to the developer's own machine are the point here.
+                LIVE_WEBHOOK_ALLOW_PRIVATE="1",
+                PYTHONUNBUFFERED="1",
+            )
+            | self.cluster_settings()
+            | self.spec.replica_settings
         )
 
     def cluster_settings(self) -> dict[str, str]:
