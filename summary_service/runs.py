@@ -206,17 +206,17 @@ async def get_run(store: RunStore, trails: TrailDeleter, caller: Caller, run_id:
     return run.as_seen_by(caller.user_id, await trails.visible_part(run_id, caller))
 
 
-async def check_visible(store: RunStore, trails: TrailDeleter, viewer: Caller | LinkHolder, run_id: uuid.UUID) -> Run:
+async def check_visible(
+    store: RunStore, trails: TrailDeleter, viewer: Caller | LinkHolder, run_id: uuid.UUID
+) -> Run | None:
     """The run, when `viewer` may see it (owner, a PUBLIC run, its live link); decided from the
-    dashboard's row and visibility, NOT_FOUND otherwise."""
+    dashboard's row and visibility, NOT_FOUND otherwise. A live link's holder may see its run before
+    it stops (None: no row yet, so nothing shared beyond the trimmed trail)."""
     if isinstance(viewer, LinkHolder):
         await trails.check_link(run_id, viewer)
-        run = await store.get_run(run_id)
-    else:
-        run = await store.get_run(run_id)
-        if run is not None and not run.readable_by(viewer.user_id):
-            run = None
-    if run is None:
+        return await store.get_run(run_id)
+    run = await store.get_run(run_id)
+    if run is None or not run.readable_by(viewer.user_id):
         raise _no_run(run_id)
     return run
 

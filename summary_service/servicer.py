@@ -340,6 +340,8 @@ class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
     ) -> summary_pb2.RunVisibilityGrant:
         viewer = status.viewer_of(context)
         run = await runs.check_visible(self.store, self.trails, viewer, parse_run_id(request.run_id))
+        if run is None:  # a live link's run in progress
+            return summary_pb2.RunVisibilityGrant(owner=False, share_health=False)
         owner = isinstance(viewer, Caller) and viewer.user_id == run.user_id
         return summary_pb2.RunVisibilityGrant(owner=owner, share_health=run.share_health)
 

@@ -68,7 +68,8 @@ def expected(method: str, caller: str, state: str) -> grpc.StatusCode:
             return NF  # the run is looked up before the link: it is gone
         if caller == "revoked_link" or state == "deleted":
             return UA  # revoked (a deleted run's links go with it)
-        if method == "GetRun" or method == "CheckRunVisible":
+        # CheckRunVisible: a link's run is visible to its holder from its first point (WatchRun asks).
+        if method == "GetRun":
             return OK if stopped else NF  # no dashboard row until StopRun
         return OK
     if caller == "owner":
