@@ -416,6 +416,8 @@ def _without_length(stack, method: str, path: str, body: bytes, token: str, *, h
         input=body, capture_output=True, timeout=60,
     )  # fmt: skip
     text, _, code = out.stdout.decode(errors="replace").rpartition("\n")
+    if http2 and out.returncode == 92:  # Envoy reset the stream while curl was still sending
+        return 0, out.stderr.decode()
     assert code.isdigit() and code != "000", out.stderr.decode()
     return int(code), text
 
@@ -424,13 +426,19 @@ def _without_length(stack, method: str, path: str, body: bytes, token: str, *, h
 def test_a_json_body_without_a_content_length_is_capped_as_well(stack, token, run_id, http2):
     over = b'{"timeZone": "' + b"a" * (JSON_REQUEST_MAX_BYTES + 1024) + b'"}'
     status, text = _without_length(stack, "POST", f"/v1/runs/{run_id}:stop", over, token, http2=http2)
-    assert status == 413, (status, text[:300])
-    infos = [d for d in json.loads(text).get("details", []) if d["@type"].endswith("google.rpc.ErrorInfo")]
-    assert infos and infos[0]["reason"] == "REQUEST_TOO_LARGE", text[:300]
+    if status == 0:
+        # Over HTTP/2 Envoy ends the stream at its buffer's limit (RST_STREAM) before curl has sent
+        # the body: refused at the edge all the same; nothing reached a replica.
+        assert http2 and "HTTP/2" in text, text
+    else:
+        assert status == 413, (status, text[:300])
+        infos = [d for d in json.loads(text).get("details", []) if d["@type"].endswith("google.rpc.ErrorInfo")]
+        assert infos and infos[0]["reason"] == "REQUEST_TOO_LARGE", text[:300]
+    assert http_json(stack.envoy_address, "GET", f"/v1/runs/{run_id}", token=token)[0] == 404
     # A body of the usual size without a length is served as before.
     ok = json.dumps(
         {"overview": {"startTime": "2026-05-01T08:00:00Z", "endTime": "2026-05-01T08:30:00Z", "distanceM": 5000}}
     ).encode()
     status, text = _without_length(stack, "POST", f"/v1/runs/{run_id}:stop", ok, token, http2=http2)
     assert status == 200 and json.loads(text)["runId"] == run_id, text[:300]
-    report(stack, f"json_body_without_length_{'http2' if http2 else 'chunked'}", over_bytes=len(over), status=413)
+    report(stack, f"json_body_without_length_{'http2' if http2 else 'chunked'}", over_bytes=len(over), status=status)
