@@ -98,7 +98,7 @@ async def read_all(channel: grpc.aio.Channel, run_id: str) -> tuple[int, float]:
 
 
 def tracking_pids(stack: Stack) -> list[int]:
-    return [int(p["pid"]) for p in stack.processes() if p["kind"] == "tracking" and p.get("pid")]
+    return [int(p["pid"]) for p in stack.processes() if p["kind"] == "tracking-replica" and p.get("pid")]
 
 
 async def timed_read(stack: Stack, channel: grpc.aio.Channel, run_id: str, repeats: int) -> dict[str, float]:

@@ -37,7 +37,7 @@ from runtrack_common.ids import parse_run_id
 from runtrack_common.status import maps_errors
 from tracking_service import tracks
 from tracking_service.convert import point_from_proto, point_to_proto
-from tracking_service.domain import StreamIdentity
+from tracking_service.domain import Point, StreamIdentity
 from tracking_service.files import FORMATS, to_gpx, to_tcx
 from tracking_service.hub import LiveHub, link_refused
 from tracking_service.ingest import IngestStream
@@ -331,7 +331,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
             self.store, self.visibility, caller, run_id, request.page_size, request.page_token
         )
         return tracking_pb2.Track(
-            run_id=str(run_id), points=[point_to_proto(p) for p in page.points], next_page_token=page.next_page_token
+            run_id=str(run_id), points=await points_to_proto(page.points), next_page_token=page.next_page_token
         )
 
     @maps_errors
@@ -608,6 +608,18 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
 
 
 MAX_LINKS_PER_RUN = 20
+# Points converted between two yields to the event loop: a page of 10,000 is ~50 ms of work, and
+# other calls (health answers, other readers) get their turn in between.
+CONVERT_CHUNK = 1000
+
+
+async def points_to_proto(points: list[Point]) -> list[tracking_pb2.TrackPoint]:
+    out: list[tracking_pb2.TrackPoint] = []
+    for start in range(0, len(points), CONVERT_CHUNK):
+        if start:
+            await asyncio.sleep(0)
+        out += [point_to_proto(p) for p in points[start : start + CONVERT_CHUNK]]
+    return out
 
 
 def _format_from_path(context: Context[Any, Any]) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -103,6 +104,31 @@ async def cursor(store: TrackStore, caller: Caller, run_id: uuid.UUID) -> Cursor
     return await store.cursor(run_id)
 
 
+# A reader's pages each need the visible range: it is kept a few seconds per (run, zones). A range
+# kept while points arrive can only be too narrow, never too wide: the first point outside every
+# zone stays the first, and the last one can only move later; new zones make a new key.
+_RANGES: OrderedDict[tuple[object, ...], tuple[float, tuple[int, int]]] = OrderedDict()
+_RANGES_KEPT = 1000
+RANGE_TTL_S = 2.0
+
+
+async def visible_range(store: TrackStore, run_id: uuid.UUID, zones: Sequence[Zone]) -> tuple[int, int]:
+    """visible_seqs, remembered for RANGE_TTL_S per run and zones."""
+    if not zones:
+        return 1, NO_SEQ_ABOVE
+    key = (run_id, tuple(zones))
+    now = time.monotonic()
+    known = _RANGES.get(key)
+    if known is not None and now - known[0] < RANGE_TTL_S:
+        return known[1]
+    found = await visible_seqs(store, run_id, zones)
+    _RANGES[key] = (now, found)
+    _RANGES.move_to_end(key)
+    while len(_RANGES) > _RANGES_KEPT:
+        _RANGES.popitem(last=False)
+    return found
+
+
 async def visible_seqs(
     store: TrackStore, run_id: uuid.UUID, zones: Sequence[Zone], scan_page: int = SCAN_PAGE
 ) -> tuple[int, int]:
@@ -148,7 +174,7 @@ async def track_page(
         grant = await visibility.visible(run_id, caller)
         if grant is None:
             raise _no_track(run_id)
-        first, last = await visible_seqs(store, run_id, await store.privacy_zones(owner))
+        first, last = await visible_range(store, run_id, await store.privacy_zones(owner))
     size = page_size(requested_size)
     after = first - 1
     if page_token:
