@@ -82,6 +82,14 @@ async def record(channel: grpc.aio.Channel, run_id: str, points: list[tracking_p
             update_mask=FieldMask(paths=["visibility"]),
         )
     )
+    # The run's analysis (the whole trail read and its geodesics, seconds of a replica's CPU) is
+    # computed after StopRun: the reads are timed once it is done, not beside it.
+    for _ in range(600):
+        run = await summary_pb2_grpc.SummaryServiceStub(channel).GetRun(summary_pb2.GetRunRequest(run_id=run_id))
+        if run.HasField("analysis"):
+            return
+        await asyncio.sleep(0.5)
+    raise RuntimeError(f"run {run_id} was not analysed within 5 minutes")
 
 
 async def read_all(channel: grpc.aio.Channel, run_id: str) -> tuple[int, float]:
