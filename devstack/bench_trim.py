@@ -54,7 +54,7 @@ def trail(shape: str, n: int, seed: int = 7) -> list[tracking_pb2.TrackPoint]:
     edge = n // 10
     for seq in range(1, n + 1):
         if shape == "inside" or seq <= edge or seq > n - edge:
-            lat, lon = _near(ZONES[seq % len(ZONES)], rng)
+            lat, lon = _near(ZONES[(seq // 10_000) % len(ZONES)], rng)
         else:  # out on the road, 2 km east of every zone
             lat, lon = HOME[0] + (seq % 5000) * 3 * DEG_PER_M, HOME[1] + 0.03
         p = tracking_pb2.TrackPoint(seq=seq, latitude=lat, longitude=lon)
