@@ -426,6 +426,7 @@ def _without_length(stack, method: str, path: str, body: bytes, token: str, *, h
 def test_a_json_body_without_a_content_length_is_capped_as_well(stack, token, run_id, http2):
     over = b'{"timeZone": "' + b"a" * (JSON_REQUEST_MAX_BYTES + 1024) + b'"}'
     status, text = _without_length(stack, "POST", f"/v1/runs/{run_id}:stop", over, token, http2=http2)
+    refused_with = status or "stream reset"
     if status == 0:
         # Over HTTP/2 Envoy ends the stream at its buffer's limit (RST_STREAM) before curl has sent
         # the body: refused at the edge all the same; nothing reached a replica.
@@ -441,4 +442,9 @@ def test_a_json_body_without_a_content_length_is_capped_as_well(stack, token, ru
     ).encode()
     status, text = _without_length(stack, "POST", f"/v1/runs/{run_id}:stop", ok, token, http2=http2)
     assert status == 200 and json.loads(text)["runId"] == run_id, text[:300]
-    report(stack, f"json_body_without_length_{'http2' if http2 else 'chunked'}", over_bytes=len(over), status=status)
+    report(
+        stack,
+        f"json_body_without_length_{'http2' if http2 else 'chunked'}",
+        over_bytes=len(over),
+        refused_with=refused_with,
+    )

@@ -214,8 +214,8 @@ def make_machine(stack):
 def test_two_runners_where_one_tries_to_reach_the_others_data(stack):
     machine = make_machine(stack)
     machine.TestCase.settings = settings(
-        max_examples=15,
-        stateful_step_count=12,
+        max_examples=25,
+        stateful_step_count=15,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )
