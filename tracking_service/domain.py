@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from runtrack_common.errors import InvalidArgument, Violations
@@ -127,3 +128,13 @@ def page_size(requested: int) -> int:
     if requested == 0:
         return DEFAULT_TRACK_PAGE
     return min(requested, MAX_TRACK_PAGE)
+
+
+def without_health(points: Sequence[Point]) -> list[Point]:
+    """The points without heart rate and cadence (what others get unless the owner shares them)."""
+    return [
+        dataclasses.replace(p, heart_rate_bpm=None, cadence_spm=None)
+        if p.heart_rate_bpm is not None or p.cadence_spm is not None
+        else p
+        for p in points
+    ]

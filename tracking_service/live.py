@@ -3,14 +3,13 @@ watcher who is not the owner may see of points still arriving. Pure logic; the h
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tracking_service.domain import Point
+from tracking_service.domain import Point, without_health
 from tracking_service.privacy import Zone, ZoneSet, distance_m
 
 LIVE, STALLED, RESUMED, STOPPED, DELETED = "LIVE", "STALLED", "RESUMED", "STOPPED", "DELETED"
@@ -198,14 +197,7 @@ class ZoneTrim:
 
     def feed(self, points: Sequence[Point]) -> list[Point]:
         out = self._trimmed(points)
-        if self.health:
-            return out
-        return [
-            dataclasses.replace(p, heart_rate_bpm=None, cadence_spm=None)
-            if p.heart_rate_bpm is not None or p.cadence_spm is not None
-            else p
-            for p in out
-        ]
+        return out if self.health else without_health(out)
 
     def _trimmed(self, points: Sequence[Point]) -> list[Point]:
         if not self.zones:

@@ -4,7 +4,6 @@ zones for anyone but its owner), the owner's privacy zones, and deleting a trail
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import time
 import uuid
@@ -16,7 +15,7 @@ from typing import Protocol
 from runtrack_common import page_tokens
 from runtrack_common.errors import FailedPrecondition, NotFound, PermissionDenied
 from runtrack_common.identity import Caller, LinkHolder, require_self
-from tracking_service.domain import Cursor, Point, page_size
+from tracking_service.domain import Cursor, Point, page_size, without_health
 from tracking_service.privacy import Zone, ZoneSet, distance_m, first_outside, validate_zones
 from tracking_service.store import TrackStore
 
@@ -190,16 +189,6 @@ async def track_page(
     if grant is not None and not grant.share_health:
         points = without_health(points)
     return TrackPage(points, token)
-
-
-def without_health(points: Sequence[Point]) -> list[Point]:
-    """The points without heart rate and cadence (not shared by their owner)."""
-    return [
-        dataclasses.replace(p, heart_rate_bpm=None, cadence_spm=None)
-        if p.heart_rate_bpm is not None or p.cadence_spm is not None
-        else p
-        for p in points
-    ]
 
 
 # A stretch between two points counts as moving at this speed or more (as an imported file's).

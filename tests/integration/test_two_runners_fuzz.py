@@ -55,17 +55,23 @@ class Model:
 
 
 def make_machine(stack):
-    ada_user = f"fuzz-ada-{uuid.uuid4().hex[:6]}"
-    ada = Runner(stack.envoy_address, stack.issuer.token(ada_user, ttl_s=3600))
-    mallory = Runner(stack.envoy_address, stack.issuer.token(f"fuzz-mallory-{uuid.uuid4().hex[:6]}", ttl_s=3600))
-
     class TwoRunners(RuleBasedStateMachine):
         runs = Bundle("runs")
 
         def __init__(self) -> None:
             super().__init__()
+            # Two runners new to the store in each example: what one example left does not count in the next.
+            self.ada_user = f"fuzz-ada-{uuid.uuid4().hex[:8]}"
+            self.ada = Runner(stack.envoy_address, stack.issuer.token(self.ada_user, ttl_s=3600))
+            self.mallory = Runner(
+                stack.envoy_address, stack.issuer.token(f"fuzz-mallory-{uuid.uuid4().hex[:8]}", ttl_s=3600)
+            )
             self.model: dict[str, Model] = {}
             self.zoned = False
+
+        def teardown(self) -> None:
+            self.ada.channel.close()
+            self.mallory.channel.close()
 
         def _stream(self, who: Runner, run_id: str, points) -> grpc.StatusCode:
             request = iter([tracking_pb2.RecordTrackRequest(run_id=run_id, points=points)])
@@ -75,7 +81,7 @@ def make_machine(stack):
         def ada_starts_a_run(self, n, start_inside):
             run_id = str(uuid.uuid4())
             points = [at_metres(s, (50.0 if start_inside and s == 1 else 500.0 + 100 * s)) for s in range(1, n + 1)]
-            assert self._stream(ada, run_id, points) == grpc.StatusCode.OK
+            assert self._stream(self.ada, run_id, points) == grpc.StatusCode.OK
             self.model[run_id] = Model()
             self.model[run_id].points = n
             return run_id
@@ -85,7 +91,7 @@ def make_machine(stack):
             m = self.model[run_id]
             ov = overview(START)
             ov.avg_heart_rate_bpm = 150.0
-            got = ada.code(ada.summary.StopRun, summary_pb2.StopRunRequest(run_id=run_id, overview=ov))
+            got = self.ada.code(self.ada.summary.StopRun, summary_pb2.StopRunRequest(run_id=run_id, overview=ov))
             assert got == (grpc.StatusCode.FAILED_PRECONDITION if m.deleted else grpc.StatusCode.OK)
             m.stopped = m.stopped or not m.deleted
 
@@ -96,7 +102,7 @@ def make_machine(stack):
                 run=summary_pb2.Run(run_id=run_id, visibility=summary_pb2.PUBLIC if public else summary_pb2.PRIVATE),
                 update_mask=FieldMask(paths=["visibility"]),
             )
-            got = ada.code(ada.summary.UpdateRun, request)
+            got = self.ada.code(self.ada.summary.UpdateRun, request)
             if m.stopped and not m.deleted:
                 assert got == grpc.StatusCode.OK
                 m.public = public
@@ -106,14 +112,17 @@ def make_machine(stack):
         @rule(on=st.booleans())
         def ada_zones_her_door(self, on):
             zones = [tracking_pb2.PrivacyZone(latitude=HOME[0], longitude=HOME[1], radius_m=200.0)] if on else []
-            got = ada.code(ada.tracking.SetPrivacyZones, tracking_pb2.SetPrivacyZonesRequest(zones=zones))
+            got = self.ada.code(self.ada.tracking.SetPrivacyZones, tracking_pb2.SetPrivacyZonesRequest(zones=zones))
             assert got == grpc.StatusCode.OK
             self.zoned = on
 
         @rule(run_id=consumes(runs))
         def ada_deletes(self, run_id):
             m = self.model[run_id]
-            assert ada.code(ada.summary.DeleteRun, summary_pb2.DeleteRunRequest(run_id=run_id)) == grpc.StatusCode.OK
+            assert (
+                self.ada.code(self.ada.summary.DeleteRun, summary_pb2.DeleteRunRequest(run_id=run_id))
+                == grpc.StatusCode.OK
+            )
             m.deleted, m.public, m.stopped = True, False, False
 
         @rule(
@@ -137,27 +146,41 @@ def make_machine(stack):
             requests = {
                 "RecordTrack": (None, None),
                 "StopRun": (
-                    mallory.summary.StopRun,
+                    self.mallory.summary.StopRun,
                     summary_pb2.StopRunRequest(run_id=run_id, overview=overview(START)),
                 ),
-                "ClaimRun": (mallory.tracking.ClaimRun, tracking_pb2.ClaimRunRequest(run_id=run_id)),
+                "ClaimRun": (self.mallory.tracking.ClaimRun, tracking_pb2.ClaimRunRequest(run_id=run_id)),
                 "UpdateRun": (
-                    mallory.summary.UpdateRun,
+                    self.mallory.summary.UpdateRun,
                     summary_pb2.UpdateRunRequest(
                         run=summary_pb2.Run(run_id=run_id, visibility=summary_pb2.PUBLIC),
                         update_mask=FieldMask(paths=["visibility"]),
                     ),
                 ),
-                "DeleteRun": (mallory.summary.DeleteRun, summary_pb2.DeleteRunRequest(run_id=run_id)),
-                "DeleteTrack": (mallory.tracking.DeleteTrack, tracking_pb2.DeleteTrackRequest(run_id=run_id)),
-                "CreateLiveLink": (mallory.tracking.CreateLiveLink, tracking_pb2.CreateLiveLinkRequest(run_id=run_id)),
-                "MarkRunStopped": (mallory.tracking.MarkRunStopped, tracking_pb2.MarkRunStoppedRequest(run_id=run_id)),
-                "AnalyseRun": (mallory.summary.AnalyseRun, summary_pb2.AnalyseRunRequest(run_id=run_id, point_count=1)),
-                "GetTrackCursor": (mallory.tracking.GetTrackCursor, tracking_pb2.GetTrackCursorRequest(run_id=run_id)),
+                "DeleteRun": (self.mallory.summary.DeleteRun, summary_pb2.DeleteRunRequest(run_id=run_id)),
+                "DeleteTrack": (self.mallory.tracking.DeleteTrack, tracking_pb2.DeleteTrackRequest(run_id=run_id)),
+                "CreateLiveLink": (
+                    self.mallory.tracking.CreateLiveLink,
+                    tracking_pb2.CreateLiveLinkRequest(run_id=run_id),
+                ),
+                "MarkRunStopped": (
+                    self.mallory.tracking.MarkRunStopped,
+                    tracking_pb2.MarkRunStoppedRequest(run_id=run_id),
+                ),
+                "AnalyseRun": (
+                    self.mallory.summary.AnalyseRun,
+                    summary_pb2.AnalyseRunRequest(run_id=run_id, point_count=1),
+                ),
+                "GetTrackCursor": (
+                    self.mallory.tracking.GetTrackCursor,
+                    tracking_pb2.GetTrackCursorRequest(run_id=run_id),
+                ),
             }
             method, request = requests[attack]
             got = (
-                self._stream(mallory, run_id, [at_metres(99, 0.0)]) if method is None else mallory.code(method, request)
+                self._stream(self.mallory, run_id, [at_metres(99, 0.0)])
+                if method is None
+                else self.mallory.code(method, request)
             )
             ATTEMPTS[attack] = ATTEMPTS.get(attack, 0) + 1
             assert got != grpc.StatusCode.OK, f"Mallory's {attack} on Ada's run succeeded"
@@ -167,11 +190,11 @@ def make_machine(stack):
         def mallory_reads(self, run_id):
             m = self.model[run_id]
             visible = m.public and m.stopped and not m.deleted
-            run_code = mallory.code(mallory.summary.GetRun, summary_pb2.GetRunRequest(run_id=run_id))
+            run_code = self.mallory.code(self.mallory.summary.GetRun, summary_pb2.GetRunRequest(run_id=run_id))
             assert run_code == (grpc.StatusCode.OK if visible else grpc.StatusCode.NOT_FOUND)
             try:
-                track = mallory.tracking.GetTrack(
-                    tracking_pb2.GetTrackRequest(run_id=run_id), metadata=mallory.metadata, timeout=15
+                track = self.mallory.tracking.GetTrack(
+                    tracking_pb2.GetTrackRequest(run_id=run_id), metadata=self.mallory.metadata, timeout=15
                 )
             except grpc.RpcError as err:
                 assert not visible and err.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
@@ -180,29 +203,31 @@ def make_machine(stack):
             assert not any(p.HasField("heart_rate_bpm") for p in track.points), "heart rate not shared"
             if self.zoned:  # the door's 200 m are never shown
                 assert all(p.latitude > HOME[0] + 190 * DEG_PER_M for p in track.points)
-            run = mallory.summary.GetRun(summary_pb2.GetRunRequest(run_id=run_id), metadata=mallory.metadata)
+            run = self.mallory.summary.GetRun(summary_pb2.GetRunRequest(run_id=run_id), metadata=self.mallory.metadata)
             assert not run.HasField("analysis") and not run.overview.HasField("avg_heart_rate_bpm")
 
         @invariant()
         def ada_sees_her_runs_as_she_made_them(self):
             for run_id, m in self.model.items():
-                cursor_code = ada.code(ada.tracking.GetTrackCursor, tracking_pb2.GetTrackCursorRequest(run_id=run_id))
+                cursor_code = self.ada.code(
+                    self.ada.tracking.GetTrackCursor, tracking_pb2.GetTrackCursorRequest(run_id=run_id)
+                )
                 if m.deleted:
                     assert cursor_code == grpc.StatusCode.NOT_FOUND
                     continue
-                cursor = ada.tracking.GetTrackCursor(
-                    tracking_pb2.GetTrackCursorRequest(run_id=run_id), metadata=ada.metadata, timeout=15
+                cursor = self.ada.tracking.GetTrackCursor(
+                    tracking_pb2.GetTrackCursorRequest(run_id=run_id), metadata=self.ada.metadata, timeout=15
                 )
                 assert cursor.point_count == m.points, "someone else's point reached Ada's trail"
                 if m.stopped:
-                    run = ada.summary.GetRun(summary_pb2.GetRunRequest(run_id=run_id), metadata=ada.metadata)
-                    assert run.user_id == ada_user
+                    run = self.ada.summary.GetRun(summary_pb2.GetRunRequest(run_id=run_id), metadata=self.ada.metadata)
+                    assert run.user_id == self.ada_user
                     assert run.visibility == (summary_pb2.PUBLIC if m.public else summary_pb2.PRIVATE)
 
         @invariant()
         def mallory_lists_exactly_adas_shared_runs(self):
-            listed = mallory.summary.ListRuns(
-                summary_pb2.ListRunsRequest(user_id=ada_user, page_size=100), metadata=mallory.metadata
+            listed = self.mallory.summary.ListRuns(
+                summary_pb2.ListRunsRequest(user_id=self.ada_user, page_size=100), metadata=self.mallory.metadata
             )
             shared = {r for r, m in self.model.items() if m.public and m.stopped and not m.deleted}
             assert {r.run_id for r in listed.runs} == shared
