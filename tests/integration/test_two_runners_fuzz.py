@@ -14,7 +14,7 @@ import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule
 
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from tests.helpers import point
@@ -76,6 +76,10 @@ def make_machine(stack):
         def _stream(self, who: Runner, run_id: str, points) -> grpc.StatusCode:
             request = iter([tracking_pb2.RecordTrackRequest(run_id=run_id, points=points)])
             return who.code(who.tracking.RecordTrack, request)
+
+        @initialize(target=runs, n=st.integers(2, 6), start_inside=st.booleans())
+        def ada_has_a_run_already(self, n, start_inside):
+            return self.ada_starts_a_run(n, start_inside)
 
         @rule(target=runs, n=st.integers(2, 6), start_inside=st.booleans())
         def ada_starts_a_run(self, n, start_inside):
