@@ -518,14 +518,19 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         run_id = parse_run_id(request.run_id)
         if not isinstance(viewer, LinkHolder):
             raise PermissionDenied("only a live link's holder asks whether it grants a run", reason="NOT_A_LIVE_LINK")
-        if viewer.run_id != str(run_id):
+        await self._link_stands(hub, viewer, run_id)
+        return tracking_pb2.LiveLinkGrant(link_id=viewer.link_id, run_id=str(run_id))
+
+    @staticmethod
+    async def _link_stands(hub: LiveHub, holder: LinkHolder, run_id: uuid.UUID) -> None:
+        """Raises unless the holder's live link grants this run and still stands."""
+        if holder.run_id != str(run_id):
             raise PermissionDenied(
-                f"run_id: this live link grants run {viewer.run_id} only, not {run_id}", reason="LINK_OTHER_RUN"
+                f"run_id: this live link grants run {holder.run_id} only, not {run_id}", reason="LINK_OTHER_RUN"
             )
         row = await hub.store.live_row(run_id)
-        if (why := row.refusal(viewer.link_id, dt.datetime.now(dt.UTC))) is not None:
+        if (why := row.refusal(holder.link_id, dt.datetime.now(dt.UTC))) is not None:
             raise link_refused(why, run_id)
-        return tracking_pb2.LiveLinkGrant(link_id=viewer.link_id, run_id=str(run_id))
 
     @maps_errors
     async def ExportTrack(
@@ -576,13 +581,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         if owner is None:
             raise NotFound(f"run_id: no track for run {run_id}", metadata={"run_id": str(run_id)})
         if isinstance(viewer, LinkHolder):
-            if viewer.run_id != str(run_id):
-                raise PermissionDenied(
-                    f"run_id: this live link grants run {viewer.run_id} only, not {run_id}", reason="LINK_OTHER_RUN"
-                )
-            row = await self._hub().store.live_row(run_id)
-            if (why := row.refusal(viewer.link_id, dt.datetime.now(dt.UTC))) is not None:
-                raise link_refused(why, run_id)
+            await self._link_stands(self._hub(), viewer, run_id)
         elif owner == viewer.user_id:
             return tracking_pb2.VisibleSummary(trimmed=False)
         elif await self.visibility.visible(run_id, viewer) is None:

@@ -229,7 +229,7 @@ async def visible_summary(store: TrackStore, run_id: uuid.UUID, zones: Sequence[
     hides any of it (others are then shown the owner's overview, less heart rate unless shared)."""
     if not zones:
         return VisibleSummary(trimmed=False)
-    first, last = await visible_seqs(store, run_id, zones)
+    first, last = await visible_range(store, run_id, zones)  # the range a reader's pages use too
     cursor = await store.cursor(run_id)
     if first <= 1 and last >= cursor.max_seq:
         return VisibleSummary(trimmed=False)
