@@ -346,6 +346,7 @@ class Limits:
     max_runners: int | str
     record_streams_per_runner: int | str
     watch_streams_per_link: int | str
+    watch_streams_per_runner: int | str
     streams_per_connection: int | str
     # How the tracking replicas are chosen: MAGLEV (consistent hashing on the runner or link, so one
     # replica counts all of a runner's streams), or LEAST_REQUEST (streams spread; each replica
@@ -362,6 +363,7 @@ class Limits:
             int(doc["max_runners"]),
             int(doc["open_streams"]["record_per_runner"]),
             int(doc["open_streams"]["watch_per_link"]),
+            int(doc["open_streams"]["watch_per_runner"]),
             int(doc["streams_per_connection"]),
         )
 
@@ -446,7 +448,11 @@ def _addr(port: int | str, address: str = "127.0.0.1") -> dict[str, Any]:
 
 # The headers that carry the limits on streams open at once to the replicas; Envoy drops any a
 # client sent.
-OPEN_LIMIT_HEADERS = {"runner": "x-runtrack-max-record-streams", "link": "x-runtrack-max-link-watchers"}
+OPEN_LIMIT_HEADERS = {
+    "record": "x-runtrack-max-record-streams",
+    "link_watch": "x-runtrack-max-link-watchers",
+    "runner_watch": "x-runtrack-max-runner-watchers",
+}
 
 
 def _route(r: Route, limits: Limits | None) -> dict[str, Any]:
@@ -454,16 +460,15 @@ def _route(r: Route, limits: Limits | None) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if limits is not None and r.open_per is not None:
         if r.open_per == "runner":
-            most, keys = limits.record_streams_per_runner, [CALLER_HEADER]
+            keys, most = [CALLER_HEADER], {"record": limits.record_streams_per_runner}
         else:
-            # A link holder's link; the run's owner watching (no link) by the owner.
-            most, keys = limits.watch_streams_per_link, [LINK_ID_HEADER, CALLER_HEADER]
+            # A link holder's streams by the link; a runner's (their own runs, or PUBLIC ones) by the runner.
+            keys = [LINK_ID_HEADER, CALLER_HEADER]
+            most = {"link_watch": limits.watch_streams_per_link, "runner_watch": limits.watch_streams_per_runner}
         action["hash_policy"] = [{"header": {"header_name": k}} for k in keys]
         extra["request_headers_to_add"] = [
-            {
-                "header": {"key": OPEN_LIMIT_HEADERS[r.open_per], "value": str(most)},
-                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-            }
+            {"header": {"key": OPEN_LIMIT_HEADERS[f], "value": str(n)}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            for f, n in most.items()
         ]
     if r.max_stream_s is not None:
         action["max_stream_duration"] = {"max_stream_duration": f"{r.max_stream_s}s"}
@@ -1169,6 +1174,7 @@ K8S_LIMITS = Limits(
     "__LIMIT_MAX_RUNNERS__",
     "__LIMIT_RECORD_STREAMS_PER_RUNNER__",
     "__LIMIT_WATCH_STREAMS_PER_LINK__",
+    "__LIMIT_WATCH_STREAMS_PER_RUNNER__",
     "__LIMIT_STREAMS_PER_CONNECTION__",
     "__LIMIT_STREAM_LB_POLICY__",
 )

@@ -133,6 +133,8 @@ def test_spec(env: Mapping[str, str] = os.environ) -> StackSpec:
             "LIVE_STATE_POLL_S": "0.5",
             "LIVE_WATCHED_REFRESH_S": "0.5",
             "LIVE_WEBHOOK_BACKOFF_S": "0.2",
+            # Strangers on one PUBLIC run per replica: a few, so that the test reaches the cap.
+            "LIVE_MAX_SPECTATORS_PER_RUN": "3",
             # Webhooks contained as in production, but for the tests' own receivers on 127.0.0.1.
             "LIVE_WEBHOOK_ALLOW_PRIVATE": "0",
             "LIVE_WEBHOOK_ALLOW_NETWORKS": "127.0.0.1/32",

@@ -1,11 +1,16 @@
-"""Streams open at once per runner (RecordTrack) and per live link (WatchRun).
+"""Streams open at once per runner (RecordTrack, WatchRun), per live link (WatchRun), and per run
+(WatchRun by strangers on a PUBLIC run).
 
-The numbers come from the edge: an Envoy that enforces the limits (envoy/limits.yaml, the chart's
-`limits`) sends them on each stream in a header, and sends all of a runner's RecordTrack streams,
-and all of a link's WatchRun streams, to the same replica (consistent hashing on the verified
-runner or link). So a replica's own count is the runner's (or link's) count. A stream without the
-header is not counted: the local stacks, whose tests and benchmarks open many streams under one
-token on purpose.
+The numbers per runner and per link come from the edge: an Envoy that enforces the limits
+(envoy/limits.yaml, the chart's `limits`) sends them on each stream in a header, and sends all of a
+runner's streams of one method, and all of a link's WatchRun streams, to the same replica
+(consistent hashing on the verified runner or link). So a replica's own count is the runner's (or
+link's) count. A stream without the header is not counted: the local stacks, whose tests and
+benchmarks open many streams under one token on purpose.
+
+Strangers following one PUBLIC run are many runners, spread over the replicas by their own hash, so
+their cap (`LIVE_MAX_SPECTATORS_PER_RUN`) is each replica's: the fleet holds at most that many per
+run per replica. The run's owner and its links' holders are not counted there.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from runtrack_common.errors import ResourceExhausted
 # What Envoy sends (and strips from what clients send).
 MAX_RECORD_STREAMS_HEADER = "x-runtrack-max-record-streams"
 MAX_LINK_WATCHERS_HEADER = "x-runtrack-max-link-watchers"
+MAX_RUNNER_WATCHERS_HEADER = "x-runtrack-max-runner-watchers"
 # A phone's stream that is still open is usually one whose network just changed: the replica ends
 # it within the stream idle time, or the phone cancels it; a few seconds is enough to try again.
 RETRY_AFTER_S = 5.0

@@ -43,7 +43,13 @@ from tracking_service.hub import LiveHub, link_refused
 from tracking_service.ingest import IngestStream
 from tracking_service.links import LinkSigner, new_link_id, new_webhook_secret
 from tracking_service.live import DELETED, ENDED, STOPPED, LinkRecord, LiveRow, link_expiry
-from tracking_service.open_limits import MAX_LINK_WATCHERS_HEADER, MAX_RECORD_STREAMS_HEADER, OpenCounts, parse_limit
+from tracking_service.open_limits import (
+    MAX_LINK_WATCHERS_HEADER,
+    MAX_RECORD_STREAMS_HEADER,
+    MAX_RUNNER_WATCHERS_HEADER,
+    OpenCounts,
+    parse_limit,
+)
 from tracking_service.privacy import Zone
 from tracking_service.store import TrackStore
 from tracking_service.tracks import Grant, RunVisibility
@@ -93,6 +99,8 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         self._open_streams: dict[asyncio.Task[Any], OpenStream] = {}
         self._record_streams = OpenCounts("record_streams", "this runner", "RecordTrack streams")
         self._link_watchers = OpenCounts("link_watchers", "this live link", "WatchRun streams")
+        self._runner_watchers = OpenCounts("runner_watchers", "this runner", "WatchRun streams")
+        self._run_spectators = OpenCounts("run_spectators", "this run", "strangers following it")
         self._sweeper: asyncio.Task[None] | None = None
         self._jobs: set[asyncio.Task[None]] = set()
 
@@ -391,7 +399,12 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         context: Context[tracking_pb2.WatchRunRequest, tracking_pb2.RunEvent],
     ) -> AsyncIterator[tracking_pb2.RunEvent]:
         run_id_text = request.run_id or "-"
-        counted: str | None = None
+        counted: list[tuple[OpenCounts, str]] = []
+
+        def enter(counts: OpenCounts, key: str, most: int | None) -> None:
+            if counts.enter(key, most):
+                counted.append((counts, key))
+
         try:
             hub = self._hub()
             viewer = status.viewer_of(context)
@@ -409,9 +422,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
                 if (why := row.refusal(viewer.link_id, dt.datetime.now(dt.UTC))) is not None:
                     raise link_refused(why, run_id)
                 owner_view, link_id = False, viewer.link_id
-                most = parse_limit(status.metadata(context, MAX_LINK_WATCHERS_HEADER))
-                if self._link_watchers.enter(link_id, most):
-                    counted = link_id
+                enter(self._link_watchers, link_id, parse_limit(status.metadata(context, MAX_LINK_WATCHERS_HEADER)))
                 grant = await self.visibility.visible(run_id, viewer)
                 if grant is None:
                     raise NotFound(f"run_id: no run {run_id}", metadata={"run_id": str(run_id)})
@@ -420,6 +431,10 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
                 grant = Grant(share_health=True) if owner_view else await self.visibility.visible(run_id, viewer)
                 if grant is None:
                     raise NotFound(f"run_id: no track for run {run_id}", metadata={"run_id": str(run_id)})
+                most = parse_limit(status.metadata(context, MAX_RUNNER_WATCHERS_HEADER))
+                enter(self._runner_watchers, viewer.user_id, most)
+                if not owner_view:
+                    enter(self._run_spectators, str(run_id), self.settings.live_max_spectators_per_run or None)
             log.info("watch opened run_id=%s owner=%s link=%s", run_id, owner_view, link_id or "-")
             async for event in hub.watch(
                 run_id,
@@ -436,8 +451,8 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
                 log.info("watch ended run_id=%s reason=%s: %s", run_id_text, err.reason, err.message)
             await status.abort(context, err, rpc="WatchRun", run_id=run_id_text)
         finally:
-            if counted is not None:
-                self._link_watchers.leave(counted)
+            for counts, key in counted:
+                counts.leave(key)
 
     @maps_errors
     async def CreateLiveLink(

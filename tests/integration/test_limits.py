@@ -5,6 +5,7 @@ ErrorInfo RATE_LIMITED naming the limit, RetryInfo and the rate-limit headers; a
 slowed; after the delay the runner is served again."""
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import time
@@ -14,6 +15,7 @@ import uuid
 
 import grpc
 import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -22,19 +24,20 @@ from devstack.auth import token_channel
 from devstack.envoy_config import Limits
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from tests.integration.faults import report
-from tests.integration.test_live import Phone, create_link
+from tests.integration.test_live import Phone, create_link, stop
 
 LIMITS = Limits.load()
-# The test Envoy's WatchRun streams per link: the file's number lowered so that the test opens a
-# few streams, not a hundred (the replicas take the number Envoy sends; the chart's test checks
-# that Envoy sends the file's).
+# The test Envoy's WatchRun streams per link and per runner: the file's numbers lowered so that the
+# test opens a few streams, not a hundred (the replicas take the number Envoy sends; the chart's test
+# checks that Envoy sends the file's).
 WATCHERS = 3
 
 
 @pytest.fixture(scope="module")
 def limited(stack):
     """host:port of an Envoy with the product's limits, in front of the test stack's replicas."""
-    pid, address = bench_flood.limited_envoy(stack, dataclasses.replace(LIMITS, watch_streams_per_link=WATCHERS))
+    limits = dataclasses.replace(LIMITS, watch_streams_per_link=WATCHERS, watch_streams_per_runner=WATCHERS)
+    pid, address = bench_flood.limited_envoy(stack, limits)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -304,6 +307,7 @@ async def test_a_live_links_calls_and_watches_opened_have_limits_of_their_own(st
             assert refusal(refused[0])[:2] == ("RATE_LIMITED", {"limit": "calls"})
             stub = tracking_pb2_grpc.TrackingServiceStub(holder)
             opens: list[str] = []
+            began = time.monotonic()
             for _ in range(LIMITS.stream_opens.burst + 5):
                 call = stub.WatchRun(tracking_pb2.WatchRunRequest(run_id=run_id))
                 try:
@@ -312,9 +316,102 @@ async def test_a_live_links_calls_and_watches_opened_have_limits_of_their_own(st
                 except grpc.aio.AioRpcError as err:
                     opens.append(refusal(err)[1].get("limit", err.code().name))
                 call.cancel()
-            assert "stream_opens" in opens and opens.count("opened") <= LIMITS.stream_opens.burst, opens
+            # At most the burst and what refilled while the opens went on (a token each half second).
+            refilled = LIMITS.stream_opens.per_second * (time.monotonic() - began)
+            assert "stream_opens" in opens and opens.count("opened") <= LIMITS.stream_opens.burst + refilled, opens
         # The owner's own calls are not the link's: served.
         owner_served, owner_refused = await burst(channel, run_id, 5)
         assert (owner_served, owner_refused) == (5, [])
         await phone.finish()
     report(stack, "link_limits", link_calls_served=served, link_calls_refused=len(refused), watch_opens=opens)
+
+
+async def test_a_runner_holds_at_most_its_watches_open_and_their_links_holders_are_not_counted(stack, limited):
+    owner = stack.issuer.token(f"own-{uuid.uuid4().hex[:6]}")
+    run_id = str(uuid.uuid4())
+    async with token_channel(limited, owner) as channel:
+        phone = Phone(channel, run_id)
+        await phone.started()
+        link = await create_link(channel, run_id)
+        stub = tracking_pb2_grpc.TrackingServiceStub(channel)
+        request = tracking_pb2.WatchRunRequest(run_id=run_id)
+        mine = [stub.WatchRun(request) for _ in range(WATCHERS)]
+        for call in mine:
+            await seen(call, 1)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.WatchRun(request).read()
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        reason, metadata, delay = refusal(refused.value)
+        assert (reason, metadata, delay) == (
+            "RATE_LIMITED",
+            {"limit": "runner_watchers", "max_open": str(WATCHERS)},
+            5.0,
+        )
+        # The link's holders have their own count: the owner's tabs do not use it up.
+        async with token_channel(limited, link.token) as spectators:
+            theirs = tracking_pb2_grpc.TrackingServiceStub(spectators).WatchRun(request)
+            await seen(theirs, 1)
+            seq = await phone.send()
+            for call in [*mine, theirs]:
+                await seen(call, seq)
+            theirs.cancel()
+        for call in mine:
+            call.cancel()
+        await phone.finish()
+    report(stack, "runner_watchers_limit", most=WATCHERS, refused_reason=reason)
+
+
+async def test_strangers_following_one_public_run_are_capped_per_replica_and_its_owner_is_not(stack, channel, run_id):
+    """A PUBLIC run whose stop never reached the live state (the notice lost while the tracking
+    replicas were away) stays open to watchers: strangers piling onto it are held to
+    LIVE_MAX_SPECTATORS_PER_RUN on each replica, its owner is still served."""
+    from cassandra.cluster import Cluster
+
+    most = int(stack.spec.replica_settings["LIVE_MAX_SPECTATORS_PER_RUN"])
+    replicas = len(stack.replica_ports()["tracking"])
+    phone = Phone(channel, run_id)
+    await phone.started()
+    await phone.finish()
+    await stop(channel, run_id, 1)
+    await summary_pb2_grpc.SummaryServiceStub(channel).UpdateRun(
+        summary_pb2.UpdateRunRequest(
+            run=summary_pb2.Run(run_id=run_id, visibility=summary_pb2.PUBLIC),
+            update_mask=FieldMask(paths=["visibility"]),
+        )
+    )
+    cluster = Cluster([stack.scylla_hosts], port=stack.scylla_port)
+    try:
+        session = await asyncio.to_thread(cluster.connect)
+        await asyncio.to_thread(
+            session.execute,
+            f"DELETE state, state_at, stopped_at FROM {stack.spec.keyspace}.run_live WHERE run_id = %s",
+            (uuid.UUID(run_id),),
+        )
+    finally:
+        await asyncio.to_thread(cluster.shutdown)
+    request = tracking_pb2.WatchRunRequest(run_id=run_id)
+    strangers = [stack.issuer.token(f"fan-{i}-{uuid.uuid4().hex[:6]}") for i in range(most * replicas + 2)]
+    held, refused = [], []
+    async with contextlib.AsyncExitStack() as exits:
+        for token in strangers:
+            ch = await exits.enter_async_context(token_channel(stack.envoy_address, token))
+            call = tracking_pb2_grpc.TrackingServiceStub(ch).WatchRun(request)
+            try:
+                first = await asyncio.wait_for(call.read(), 10)
+                assert first is not grpc.aio.EOF and first.HasField("state"), first
+                held.append(call)
+            except grpc.aio.AioRpcError as err:
+                refused.append(err)
+        assert most <= len(held) <= most * replicas, (len(held), most, replicas)
+        assert len(refused) >= 2
+        for err in refused:
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+            assert refusal(err)[:2] == ("RATE_LIMITED", {"limit": "run_spectators", "max_open": str(most)})
+        # The owner is not a spectator of their own run.
+        mine = tracking_pb2_grpc.TrackingServiceStub(channel).WatchRun(request)
+        first = await asyncio.wait_for(mine.read(), 10)
+        assert first is not grpc.aio.EOF and first.HasField("state")
+        mine.cancel()
+        for call in held:
+            call.cancel()
+    report(stack, "run_spectators_limit", most=most, replicas=replicas, held=len(held), refused=len(refused))

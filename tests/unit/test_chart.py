@@ -174,6 +174,7 @@ def test_the_charts_envoy_configs_hold_every_placeholder_the_chart_replaces():
         "__LIMIT_MAX_RUNNERS__",
         "__LIMIT_RECORD_STREAMS_PER_RUNNER__",
         "__LIMIT_WATCH_STREAMS_PER_LINK__",
+        "__LIMIT_WATCH_STREAMS_PER_RUNNER__",
         "__LIMIT_STREAMS_PER_CONNECTION__",
         "__LIMIT_STREAM_LB_POLICY__",
     }
@@ -717,6 +718,7 @@ def test_the_per_runner_limits_default_to_envoy_limits_yaml_and_reach_envoys_con
         "openStreams": {
             "recordPerRunner": limits.record_streams_per_runner,
             "watchPerLink": limits.watch_streams_per_link,
+            "watchPerRunner": limits.watch_streams_per_runner,
             "sameReplica": True,
         },
         "streamsPerConnection": limits.streams_per_connection,
@@ -743,8 +745,11 @@ def test_the_per_runner_limits_default_to_envoy_limits_yaml_and_reach_envoys_con
         "value": str(limits.record_streams_per_runner),
     }
     assert record["route"]["hash_policy"] == [{"header": {"header_name": "x-runtrack-user"}}]
-    watch = routes["/runtrack.v1.TrackingService/WatchRun"]["request_headers_to_add"][0]["header"]
-    assert watch == {"key": "x-runtrack-max-link-watchers", "value": str(limits.watch_streams_per_link)}
+    watch = [h["header"] for h in routes["/runtrack.v1.TrackingService/WatchRun"]["request_headers_to_add"]]
+    assert watch == [
+        {"key": "x-runtrack-max-link-watchers", "value": str(limits.watch_streams_per_link)},
+        {"key": "x-runtrack-max-runner-watchers", "value": str(limits.watch_streams_per_runner)},
+    ]
     spread = {**values, "openStreams": {**values["openStreams"], "sameReplica": False}}
     config = yaml.safe_load(envoy_config(render({"limits": spread})))
     assert cluster(config, "tracking")["lb_policy"] == "LEAST_REQUEST"
