@@ -133,6 +133,9 @@ def test_spec(env: Mapping[str, str] = os.environ) -> StackSpec:
             "LIVE_STATE_POLL_S": "0.5",
             "LIVE_WATCHED_REFRESH_S": "0.5",
             "LIVE_WEBHOOK_BACKOFF_S": "0.2",
+            # A lost replica's pending deliveries taken over within a few seconds.
+            "LIVE_WEBHOOK_LEASE_S": "1",
+            "LIVE_WEBHOOK_SWEEP_S": "0.5",
             # Strangers on one PUBLIC run per replica: a few, so that the test reaches the cap.
             "LIVE_MAX_SPECTATORS_PER_RUN": "3",
             # Webhooks contained as in production, but for the tests' own receivers on 127.0.0.1.

@@ -128,6 +128,10 @@ class Settings:
     # Deliveries at once (threads), and at once to one receiver (host:port): a slow one waits alone.
     webhook_threads: int = 16
     webhook_per_receiver: int = 2
+    # A pending delivery is its replica's while it works on it (each attempt's timeout and backoff, and
+    # this margin); every sweep, each replica takes those whose lease ran out (their replica gone).
+    webhook_lease_s: float = 10.0
+    webhook_sweep_s: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -187,6 +191,8 @@ class Settings:
             webhook_allow_networks=env.get("LIVE_WEBHOOK_ALLOW_NETWORKS", d.webhook_allow_networks),
             webhook_threads=_int(env, "LIVE_WEBHOOK_THREADS", d.webhook_threads),
             webhook_per_receiver=_int(env, "LIVE_WEBHOOK_PER_RECEIVER", d.webhook_per_receiver),
+            webhook_lease_s=_float(env, "LIVE_WEBHOOK_LEASE_S", d.webhook_lease_s),
+            webhook_sweep_s=_float(env, "LIVE_WEBHOOK_SWEEP_S", d.webhook_sweep_s),
             webhook_allow_private=_choice(
                 env, "LIVE_WEBHOOK_ALLOW_PRIVATE", ("0", "1"), "1" if d.webhook_allow_private else "0"
             )

@@ -136,6 +136,7 @@ class Replica:
         backend: Backend,
         register: Callable[[grpc.aio.Server], None],
         on_drain: Callable[[], Awaitable[None]] | None = None,
+        on_start: Callable[[], None] | None = None,
         metrics_port: int | None = None,
     ) -> None:
         self.service_name = service_name
@@ -145,6 +146,7 @@ class Replica:
         self.backend = backend
         self.register = register
         self.on_drain = on_drain
+        self.on_start = on_start
         self.health = health.aio.HealthServicer()
         self.serving: bool | None = None
         self._last_error = ""
@@ -219,6 +221,8 @@ class Replica:
         await self._set_health(False)
         await self.health.set(LIVENESS, SERVING)
         await server.start()
+        if self.on_start is not None:
+            self.on_start()
         if self.metrics_port is not None:
             metrics.initialize(descriptor_pool.Default().FindServiceByName(self.service_name))
             metrics.serve(s.bind_host, self.metrics_port)
@@ -251,6 +255,8 @@ class Parts:
     backend: Backend
     register: Callable[[grpc.aio.Server], None]
     on_drain: Callable[[], Awaitable[None]] | None = None
+    # Background work begun once the server listens (on the event loop).
+    on_start: Callable[[], None] | None = None
     # The largest message the service takes, when it needs more than GRPC_MAX_MESSAGE_BYTES (a file).
     max_receive_bytes: int | None = None
 
@@ -283,6 +289,7 @@ def main(
             backend=parts.backend,
             register=parts.register,
             on_drain=parts.on_drain,
+            on_start=parts.on_start,
             metrics_port=args.metrics_port,
         ).run()
 

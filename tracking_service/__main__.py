@@ -13,12 +13,14 @@ SERVICE_NAME = tracking_pb2.DESCRIPTOR.services_by_name["TrackingService"].full_
 
 def build(settings: Settings) -> serving.Parts:
     store = CqlTrackStore(settings)
-    hub = LiveHub(store, settings, Webhooks(settings))
+    webhooks = Webhooks(settings, store)
+    hub = LiveHub(store, settings, webhooks)
     servicer = TrackingServicer(store, settings, SummaryApi(settings.api_address, settings.api_timeout_s), hub)
     return serving.Parts(
         backend=store,
         register=lambda server: tracking_pb2_grpc.add_TrackingServiceServicer_to_server(servicer, server),
         on_drain=servicer.drain,
+        on_start=webhooks.start,
     )
 
 

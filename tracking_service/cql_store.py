@@ -31,6 +31,7 @@ from runtrack_common.errors import Internal, RunTrackError, Unavailable
 from tracking_service.domain import Cursor, Point, cursor_from_seqs
 from tracking_service.live import FEED_SHARDS, FeedRow, LinkRecord, LiveRow, feed_shard
 from tracking_service.privacy import Zone
+from tracking_service.webhooks import OUTBOX_SHARDS, Delivery, outbox_shard
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
@@ -40,7 +41,7 @@ DELETED_FOREVER_US = 2**62
 
 
 # A lightweight transaction: sent twice, the second answer says "not applied" (the first claimed it).
-NOT_IDEMPOTENT = frozenset({"claim_run", "change_state"})
+NOT_IDEMPOTENT = frozenset({"claim_run", "change_state", "outbox_take"})
 
 # A retry can fix these: no node reachable, a timeout, a node overloaded, starting or rate-limiting.
 RETRYABLE: tuple[type[BaseException], ...] = (
@@ -386,6 +387,49 @@ class CqlTrackStore:
             *(_execute(session, self.q["watched_runs"], (shard,), all_pages=True) for shard in range(FEED_SHARDS))
         )
         return {r["run_id"] for page in pages for r in page}
+
+    # ---- the webhooks' outbox -----------------------------------------------------------------
+
+    async def outbox_put(self, d: Delivery, lease_until: dt.datetime) -> None:
+        values = (outbox_shard(d.event_id), d.event_id, uuid.UUID(d.run_id), d.link_id, d.url, d.secret, d.state)
+        await _execute(self._ready(), self.q["outbox_put"], (*values, d.at, d.reason, lease_until))
+
+    async def outbox_waiting(self) -> list[tuple[Delivery, dt.datetime]]:
+        session = self._ready()
+        pages = await asyncio.gather(
+            *(_execute(session, self.q["outbox_shard"], (shard,), all_pages=True) for shard in range(OUTBOX_SHARDS))
+        )
+        return [
+            (
+                Delivery(
+                    str(r["run_id"]),
+                    r["link_id"],
+                    r["url"],
+                    r["secret"],
+                    r["state"],
+                    r["at"],
+                    r["reason"],
+                    event_id=r["event_id"],
+                    attempts=r["attempts"] or 0,
+                ),
+                _utc(r["lease_until"]),
+            )
+            for page in pages
+            for r in page
+            if r["lease_until"] is not None
+        ]
+
+    async def outbox_take(self, event_id: uuid.UUID, held_until: dt.datetime, lease_until: dt.datetime) -> bool:
+        params = (lease_until, outbox_shard(event_id), event_id, held_until)
+        rows = await _execute(self._ready(), self.q["outbox_take"], params)
+        return bool(rows[0]["[applied]"])
+
+    async def outbox_renew(self, event_id: uuid.UUID, attempts: int, lease_until: dt.datetime) -> None:
+        params = (lease_until, attempts, outbox_shard(event_id), event_id)
+        await _execute(self._ready(), self.q["outbox_renew"], params)
+
+    async def outbox_done(self, event_id: uuid.UUID) -> None:
+        await _execute(self._ready(), self.q["outbox_done"], (outbox_shard(event_id), event_id))
 
 
 def _utc(value: dt.datetime) -> dt.datetime:

@@ -2,11 +2,17 @@
 
 Signature: `x-runtrack-signature: sha256=<hex HMAC-SHA256(secret, raw body)>`. The body carries its
 own `id` (the same on every retry: receivers drop repeats) and `time`, so a replayed old body is
-recognisable. One log line per attempt."""
+recognisable. One log line per attempt.
+
+A delivery outlives the replica that made it: it is written to the CQL store's outbox before the
+first attempt and removed once answered. Its replica holds a lease on the row, renewed before each
+attempt; every replica sweeps the outbox now and then and takes (with a lightweight transaction) the
+rows whose lease ran out, going on from the attempts made, with the same id."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 import hashlib
 import hmac
@@ -20,11 +26,13 @@ import ssl
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 from runtrack_common.config import Settings
+from runtrack_common.errors import RunTrackError
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "x-runtrack-signature"
@@ -207,22 +215,62 @@ class Delivery:
     state: str
     at: str  # RFC 3339
     reason: str
+    event_id: uuid.UUID = field(default_factory=uuid.uuid4)  # the body's id, the same on every attempt
+    attempts: int = 0  # made already (by any replica)
+
+
+# The outbox's partitions: each sweep reads them all (a handful of reads whatever the traffic).
+OUTBOX_SHARDS = 8
+
+
+def outbox_shard(event_id: uuid.UUID) -> int:
+    return event_id.int % OUTBOX_SHARDS
+
+
+class Outbox(Protocol):
+    """Where deliveries wait until answered (the CQL store's `webhook_outbox`)."""
+
+    async def outbox_put(self, d: Delivery, lease_until: dt.datetime) -> None: ...
+
+    async def outbox_waiting(self) -> list[tuple[Delivery, dt.datetime]]:
+        """Every delivery waiting, with the time its lease runs out."""
+
+    async def outbox_take(self, event_id: uuid.UUID, held_until: dt.datetime, lease_until: dt.datetime) -> bool:
+        """Takes the lease of a row still held until `held_until`; False when another replica did first."""
+
+    async def outbox_renew(self, event_id: uuid.UUID, attempts: int, lease_until: dt.datetime) -> None: ...
+
+    async def outbox_done(self, event_id: uuid.UUID) -> None: ...
 
 
 class Webhooks:
     """Delivers in the background, on threads of its own (never the event loop's default pool, which
     imports and other work share), at most `webhook_per_receiver` at once to one receiver: a slow or
-    failing receiver delays no other, and nothing else."""
+    failing receiver delays no other, and nothing else. With an outbox, pending deliveries survive
+    this replica (see the module's doc)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, outbox: Outbox | None = None) -> None:
         self.settings = settings
+        self.outbox = outbox
         self.policy = TargetPolicy.of(settings)
         self._tasks: set[asyncio.Task[None]] = set()
         self._pool = ThreadPoolExecutor(max_workers=settings.webhook_threads, thread_name_prefix="webhook")
         self._receivers: dict[str, asyncio.Semaphore] = {}
+        self._mine: set[uuid.UUID] = set()  # deliveries this replica is making
+        self._sweeper: asyncio.Task[None] | None = None
 
     def send(self, delivery: Delivery) -> None:
-        task = asyncio.create_task(self._deliver(delivery))
+        self._spawn(self._deliver(delivery, new=True))
+        if self.outbox is not None and self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep())
+
+    def start(self) -> None:
+        """Starts the sweep of the outbox (on a replica's start: it takes what a lost replica left)."""
+        if self.outbox is not None and self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep())
+
+    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(job)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -236,12 +284,49 @@ class Webhooks:
             gate = self._receivers[key] = asyncio.Semaphore(self.settings.webhook_per_receiver)
         return gate
 
-    async def _deliver(self, d: Delivery) -> None:
+    def _lease(self, seconds: float) -> dt.datetime:
+        """Until when a delivery is this replica's: `seconds` of work ahead and the lease's margin."""
+        return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds + self.settings.webhook_lease_s)
+
+    async def _hold(self, d: Delivery, made: int, seconds: float) -> None:
+        """Keeps the delivery this replica's for `seconds` more (with `made` attempts made)."""
+        if self.outbox is not None:
+            await self._outbox("renew", d, self.outbox.outbox_renew(d.event_id, made, self._lease(seconds)))
+
+    async def _turn(self, d: Delivery, made: int) -> asyncio.Semaphore:
+        """Waits for the receiver's turn, the lease renewed meanwhile (a slow receiver's queue)."""
+        gate = self._receiver(d.url)
+        while True:
+            try:
+                await asyncio.wait_for(gate.acquire(), self.settings.webhook_lease_s / 2)
+                return gate
+            except TimeoutError:
+                await self._hold(d, made, self.settings.webhook_lease_s)
+
+    async def _outbox(self, what: str, d: Delivery, call: Coroutine[Any, Any, Any]) -> Any:
+        """An outbox write; the delivery goes on without it (it then lives only here) when the store fails."""
+        try:
+            return await call
+        except RunTrackError as err:
+            log.warning("webhook outbox %s failed run_id=%s link_id=%s: %s", what, d.run_id, d.link_id, err)
+            return None
+
+    async def _deliver(self, d: Delivery, *, new: bool) -> None:
+        self._mine.add(d.event_id)
+        try:
+            if new and self.outbox is not None:
+                await self._outbox("put", d, self.outbox.outbox_put(d, self._lease(self.settings.webhook_timeout_s)))
+            await self._attempts(d)
+        finally:
+            self._mine.discard(d.event_id)
+        if self.outbox is not None:
+            await self._outbox("done", d, self.outbox.outbox_done(d.event_id))
+
+    async def _attempts(self, d: Delivery) -> None:
         s = self.settings
-        event_id = str(uuid.uuid4())
         body = json.dumps(
             {
-                "id": event_id,
+                "id": str(d.event_id),
                 "type": "run.state_changed",
                 "run_id": d.run_id,
                 "link_id": d.link_id,
@@ -254,18 +339,22 @@ class Webhooks:
         headers = {
             "content-type": "application/json",
             "user-agent": "RunTrack-Webhook/1",
-            "webhook-id": event_id,
+            "webhook-id": str(d.event_id),
             SIGNATURE_HEADER: signature(d.secret, body),
         }
-        for attempt in range(1, s.webhook_attempts + 1):
-            started = time.monotonic()
-            async with self._receiver(d.url):
+        for attempt in range(d.attempts + 1, s.webhook_attempts + 1):
+            gate = await self._turn(d, attempt - 1)
+            try:
+                await self._hold(d, attempt - 1, s.webhook_timeout_s)
+                started = time.monotonic()
                 outcome = await asyncio.get_running_loop().run_in_executor(
                     self._pool,
                     functools.partial(
                         post_pinned, d.url, body, headers, policy=self.policy, timeout_s=s.webhook_timeout_s
                     ),
                 )
+            finally:
+                gate.release()
             ms = (time.monotonic() - started) * 1000
             ok = isinstance(outcome, int) and 200 <= outcome < 300
             log.info(
@@ -281,9 +370,38 @@ class Webhooks:
             if ok or outcome == 410:  # delivered, or the receiver is gone for good
                 return
             if attempt < s.webhook_attempts:
-                await asyncio.sleep(s.webhook_backoff_s * 2 ** (attempt - 1))
+                backoff = s.webhook_backoff_s * 2 ** (attempt - 1)
+                await self._hold(d, attempt, backoff)
+                await asyncio.sleep(backoff)
+
+    async def _sweep(self) -> None:
+        """Takes over the deliveries whose replica is gone (their lease ran out)."""
+        assert self.outbox is not None
+        while True:
+            await asyncio.sleep(self.settings.webhook_sweep_s)
+            try:
+                waiting = await self.outbox.outbox_waiting()
+                now = dt.datetime.now(dt.UTC)
+                for d, held_until in waiting:
+                    if held_until > now or d.event_id in self._mine:
+                        continue
+                    lease = self._lease(self.settings.webhook_timeout_s)
+                    if await self.outbox.outbox_take(d.event_id, held_until, lease):
+                        log.info(
+                            "webhook taken over run_id=%s link_id=%s state=%s attempts_made=%d",
+                            d.run_id,
+                            d.link_id,
+                            d.state,
+                            d.attempts,
+                        )
+                        self._spawn(self._deliver(replace(d), new=False))
+            except RunTrackError as err:
+                log.warning("webhook outbox sweep failed: %s", err)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
