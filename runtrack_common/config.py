@@ -108,6 +108,8 @@ class Settings:
     live_stall_m: float = 20.0
     # Events a watcher may fall behind by before its stream is ended (it reconnects with after_seq).
     watch_queue_events: int = 300
+    # Trail pages read at once per tracking replica (GetTrack, ExportTrack, a visible summary); 0: no limit.
+    trail_reads_at_once: int = 2
     # Strangers following one PUBLIC run at once on this replica (the owner and link holders aside).
     live_max_spectators_per_run: int = 500
     # Live links: signed with this key (PEM, ES256); Envoy verifies them with its public half.
@@ -179,6 +181,7 @@ class Settings:
             live_reconcile_s=_float(env, "LIVE_RECONCILE_S", d.live_reconcile_s),
             live_stall_s=_float(env, "LIVE_STALL_S", d.live_stall_s),
             live_stall_m=_float(env, "LIVE_STALL_M", d.live_stall_m),
+            trail_reads_at_once=_int(env, "TRAIL_READS_AT_ONCE", d.trail_reads_at_once),
             live_max_spectators_per_run=_int(env, "LIVE_MAX_SPECTATORS_PER_RUN", d.live_max_spectators_per_run),
             watch_queue_events=_int(env, "WATCH_QUEUE_EVENTS", d.watch_queue_events),
             live_link_key_file=env.get("LIVE_LINK_KEY_FILE", d.live_link_key_file),

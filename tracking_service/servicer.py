@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import random
@@ -101,8 +102,16 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         self._link_watchers = OpenCounts("link_watchers", "this live link", "WatchRun streams")
         self._runner_watchers = OpenCounts("runner_watchers", "this runner", "WatchRun streams")
         self._run_spectators = OpenCounts("run_spectators", "this run", "strangers following it")
+        # Trail pages read and converted at once (GetTrack, ExportTrack, the visible summary): each is
+        # tens of ms of work on the event loop in slices; more at once would queue every other call
+        # (health answers among them) behind all their slices. The rest wait their turn.
+        self._trail_reads = asyncio.Semaphore(settings.trail_reads_at_once) if settings.trail_reads_at_once else None
         self._sweeper: asyncio.Task[None] | None = None
         self._jobs: set[asyncio.Task[None]] = set()
+
+    def _turn(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """A turn among the trail reads (none to wait for when unbounded)."""
+        return self._trail_reads if self._trail_reads is not None else contextlib.nullcontext()
 
     def _background(self, job: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(job)
@@ -335,12 +344,13 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
     ) -> tracking_pb2.Track:
         caller = status.caller_of(context)
         run_id = parse_run_id(request.run_id)
-        page = await tracks.track_page(
-            self.store, self.visibility, caller, run_id, request.page_size, request.page_token
-        )
-        return tracking_pb2.Track(
-            run_id=str(run_id), points=await points_to_proto(page.points), next_page_token=page.next_page_token
-        )
+        async with self._turn():
+            page = await tracks.track_page(
+                self.store, self.visibility, caller, run_id, request.page_size, request.page_token
+            )
+            return tracking_pb2.Track(
+                run_id=str(run_id), points=await points_to_proto(page.points), next_page_token=page.next_page_token
+            )
 
     @maps_errors
     async def GetPrivacyZones(
@@ -558,9 +568,11 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         fmt = request.format.lower() or _format_from_path(context)
         if fmt not in FORMATS:
             raise InvalidArgument("format", f"must be one of {', '.join(sorted(FORMATS))}, got {request.format!r}")
-        points = await tracks.whole_track(self.store, self.visibility, caller, run_id)
         name = f"Run {run_id}"
-        data = to_gpx(name, points) if fmt == "gpx" else to_tcx(name, points)
+        async with self._turn():
+            points = await tracks.whole_track(self.store, self.visibility, caller, run_id)
+            # Writing the file is one long piece of work: on a thread, off the event loop.
+            data = await asyncio.to_thread(to_gpx if fmt == "gpx" else to_tcx, name, points)
         filename = f"runtrack-{run_id}.{fmt}"
         await context.send_initial_metadata((("content-disposition", f'attachment; filename="{filename}"'),))
         log.info("track exported run_id=%s format=%s points=%d bytes=%d", run_id, fmt, len(points), len(data))
@@ -601,7 +613,9 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
             return tracking_pb2.VisibleSummary(trimmed=False)
         elif await self.visibility.visible(run_id, viewer) is None:
             raise NotFound(f"run_id: no track for run {run_id}", metadata={"run_id": str(run_id)})
-        summary = await tracks.visible_summary(self.store, run_id, await self.store.privacy_zones(owner))
+        zones = await self.store.privacy_zones(owner)
+        async with self._turn():
+            summary = await tracks.visible_summary(self.store, run_id, zones)
         out = tracking_pb2.VisibleSummary(
             trimmed=summary.trimmed, point_count=summary.point_count, distance_m=summary.distance_m
         )

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
-from google.api import httpbody_pb2
-from google.protobuf import descriptor_pool
+from google.api import annotations_pb2, httpbody_pb2
+from google.protobuf import descriptor_pool, json_format
 from google.protobuf.field_mask_pb2 import FieldMask
 
 from devstack.activity_files import gpx_file, synthetic_run
@@ -274,3 +279,98 @@ def test_the_matrix_documents_every_cell(caller):
     for _, method, _ in methods():
         for state in STATES:
             assert expected(method, caller, state) in (OK, NF, PD, UA)
+
+
+# ---- the same matrix over JSON (Envoy's transcoder), for every method with an HTTP binding ----------
+
+HTTP_STATUS = {OK: 200, NF: 404, PD: 403, UA: 401}
+
+
+def http_bindings() -> dict[str, tuple[str, str, str]]:
+    """method -> (HTTP verb, path template, body) from the descriptors' google.api.http rules."""
+    pool = descriptor_pool.Default()
+    out = {}
+    for name in ("runtrack.v1.TrackingService", "runtrack.v1.SummaryService"):
+        for m in pool.FindServiceByName(name).methods:
+            options = m.GetOptions()
+            if options.HasExtension(annotations_pb2.http):
+                rule = options.Extensions[annotations_pb2.http]
+                verb = rule.WhichOneof("pattern")
+                out[m.name] = (verb.upper(), getattr(rule, verb), rule.body)
+    return out
+
+
+def http_request(method: str, binding: tuple[str, str, str], request: Any) -> tuple[str, str, bytes | None, str]:
+    """(verb, path with its query, body, content type) of `request` sent as the binding says."""
+    verb, template, body_field = binding
+    if isinstance(request, httpbody_pb2.HttpBody):
+        return verb, template, request.data, request.content_type
+    fields = json_format.MessageToDict(request, preserving_proto_field_name=True)
+
+    def value(path: str) -> str:
+        v: Any = fields
+        for part in path.split("."):
+            v = v.get(part, "") if isinstance(v, dict) else ""
+        return urllib.parse.quote(str(v), safe="")
+
+    path = re.sub(r"\{([a-z_.]+)\}", lambda m: value(m.group(1)), template)
+    in_path = {m.split(".")[0] for m in re.findall(r"\{([a-z_.]+)\}", template)}
+    if body_field == "*":
+        return verb, path, json.dumps(fields).encode(), "application/json"
+    if body_field:
+        rest = {k: v for k, v in fields.items() if k != body_field and k not in in_path}
+        query = urllib.parse.urlencode(rest)  # a field mask is already its comma-joined string
+        data = json.dumps(fields.get(body_field, {})).encode()
+        return verb, f"{path}?{query}" if query else path, data, "application/json"
+    rest = {k: v for k, v in fields.items() if k not in in_path and not isinstance(v, dict)}
+    query = urllib.parse.urlencode(rest)
+    return verb, f"{path}?{query}" if query else path, None, "application/json"
+
+
+def http_call(base: str, verb: str, path: str, data: bytes | None, content_type: str, token: str | None) -> int:
+    headers = {"content-type": content_type}
+    if token is not None:
+        headers["authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(f"http://{base}{path}", data=data, method=verb, headers=headers)
+    try:
+        # A watch answers 200 with its first event and goes on: the status is the answer.
+        with urllib.request.urlopen(req, timeout=15) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        err.read()
+        return err.code
+
+
+async def test_over_json_every_method_caller_and_state_gets_its_documented_answer_and_refusals_write_nothing(stack):
+    owner = f"matrix-json-{uuid.uuid4().hex[:6]}"
+    stranger = stack.issuer.token(f"matrix-json-stranger-{uuid.uuid4().hex[:6]}")
+    runs, links, revoked = await make_runs(stack, owner)
+    bindings = http_bindings()
+    assert set(bindings) <= set(requests("", "")), "a method without a row in the matrix"
+    cells: dict[tuple[str, str, str], tuple[int, int]] = {}
+    async with token_channel(stack.envoy_address, stack.issuer.token(owner)) as mine:
+        before = await owners_view(mine, runs)
+        for caller in CALLERS:
+            for state in STATES:
+                for method, binding in bindings.items():
+                    if caller == "owner" and method not in OWNER_READS:
+                        continue
+                    if caller in ("link", "revoked_link", "other_link") and state == "never":
+                        continue
+                    run_id = str(uuid.uuid4()) if state == "never" else runs[state]
+                    token = {
+                        "owner": stack.issuer.token(owner),
+                        "stranger": stranger,
+                        "link": links.get(state),
+                        "revoked_link": revoked.get(state),
+                        "other_link": links["in_progress" if state != "in_progress" else "private"],
+                        "nobody": None,
+                    }[caller]
+                    verb, path, data, content_type = http_request(method, binding, requests(run_id, owner)[method]())
+                    got = await asyncio.to_thread(http_call, stack.envoy_address, verb, path, data, content_type, token)
+                    cells[(method, caller, state)] = (got, HTTP_STATUS[expected(method, caller, state)])
+        after = await owners_view(mine, runs)
+    wrong = {f"{m} {c} {s}": f"got {g}, documented {e}" for (m, c, s), (g, e) in cells.items() if g != e}
+    assert not wrong, wrong
+    assert after == before, "a refused call changed the owner's runs, trails, zones or links"
+    report(stack, "authorization_matrix_json", cells=len(cells), methods=len(bindings))
