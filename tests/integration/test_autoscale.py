@@ -95,7 +95,10 @@ async def test_phones_arriving_add_tracking_replicas_and_leaving_removes_them_wi
         await asyncio.sleep(1)
     finally:
         stop_scaler.set()
-        await asyncio.to_thread(loop_thread.join, 30)
+        # Until the loop is out of a scale it began (a retire waits for its replica's drain): the
+        # stack's own scale below must not race it for ports.
+        await asyncio.to_thread(loop_thread.join, 180)
+        assert not loop_thread.is_alive(), "the autoscaler did not stop"
         stop_traffic.set()
         await asyncio.gather(*traffic, watcher)
     try:
