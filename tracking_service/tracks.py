@@ -187,8 +187,21 @@ async def track_page(
         points = points[:size]
         token = page_tokens.encode(TRACK_TOKEN, str(run_id), [points[-1].seq])
     if grant is not None and not grant.share_health:
-        points = without_health(points)
+        points = await _without_health(points)
     return TrackPage(points, token)
+
+
+# Points copied without heart rate between two yields to the event loop (~2 ms of work).
+HEALTH_CHUNK = 1000
+
+
+async def _without_health(points: list[Point]) -> list[Point]:
+    out: list[Point] = []
+    for start in range(0, len(points), HEALTH_CHUNK):
+        if start:
+            await asyncio.sleep(0)
+        out += without_health(points[start : start + HEALTH_CHUNK])
+    return out
 
 
 # A stretch between two points counts as moving at this speed or more (as an imported file's).
