@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 
+from devstack import host
 from devstack.autoscale import DEFAULT_TARGETS, UNITS, Autoscaler, Policy
 from devstack.stack import SERVICES, Stack, cluster_test_spec, dev_spec, metrics_port, test_spec
 
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = dataclasses.replace(spec, cql_nodes=args.cql_nodes)
     stack = Stack(spec)
     if args.command == "up":
+        host.preflight("dev")
         stack.up()
         if args.autoscale:
             policies(args, parser)  # refuse bad options here, not in the background

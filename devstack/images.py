@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from devstack import host
 from devstack.paths import DESCRIPTOR_SET, OPENAPI, ROOT, cache_dir
 
 SUITE = "bookworm"
@@ -570,22 +571,6 @@ class Runner:
 def require_root(what: str) -> None:
     if os.geteuid() != 0:
         raise SystemExit(f"{what} runs mmdebstrap, chroot and buildah as root: run it as root (sudo)")
-
-
-# Programs the build and the check need, and the Debian package of each.
-BUILD_TOOLS = {"mmdebstrap": "mmdebstrap", "buildah": "buildah", "tar": "tar", "chroot": "coreutils"}
-VERIFY_TOOLS = {"containerd": "containerd", "ctr": "containerd", "runc": "runc"}
-
-
-def ensure_tools(tools: Mapping[str, str], run: Runner) -> None:
-    """Installs the Debian packages of missing programs with apt-get (once per machine)."""
-    missing = sorted({pkg for exe, pkg in tools.items() if shutil.which(exe) is None})
-    if not missing:
-        return
-    log(f"setup: installing {', '.join(missing)} from Debian's packages (once per machine)")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    run("apt-get", "update", "-qq", env=env)
-    run("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing, env=env)
 
 
 def chroot_env(path: str) -> dict[str, str]:
@@ -1167,7 +1152,7 @@ def build_all(*, force: bool = False, refresh_base: bool = False, only: Sequence
     rev = revision()
     cache = Cache()
     run = Runner(ROOT / ".dev" / "logs" / "images.log")
-    ensure_tools(BUILD_TOOLS, run)
+    host.preflight("image")
     log(f"tag {rev.tag} ({'uncommitted changes' if rev.dirty else 'clean'} at {rev.commit})")
     started = time.monotonic()
     records = {}
@@ -1322,7 +1307,7 @@ def verify(args: argparse.Namespace) -> None:
     tag = args.tag or rev.tag
     cache = Cache()
     run = Runner(ROOT / ".dev" / "logs" / "images.log")
-    ensure_tools(VERIFY_TOOLS, run)
+    host.preflight("image")
     archives = {image.name: cache.archive(image, tag) for image in IMAGES}
     for path in archives.values():
         if not path.exists():

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from devstack import k8s_netpol, procs, tls
+from devstack import host, k8s_netpol, procs, tls
 from devstack.auth import LINK_KEY_ID, LocalIssuer
 from devstack.cql_node import CqlNode
 from devstack.k8s_pki import Pair, Pki, b64, kubeconfig
@@ -62,19 +62,6 @@ TOOLS = {  # binary -> (wrapper module, package)
     "kubeconform": ("tools", "github.com/yannh/kubeconform/cmd/kubeconform"),
     "coredns": ("tools", "github.com/coredns/coredns"),
     "prometheus-adapter": ("adapter", "sigs.k8s.io/prometheus-adapter/cmd/adapter"),
-}
-DEBIAN_PACKAGES = {
-    "containerd": "containerd",
-    "runc": "runc",
-    "/usr/lib/cni/bridge": "containernetworking-plugins",
-    "prometheus": "prometheus",
-    "conntrack": "conntrack",
-    "ipset": "ipset",
-    "iptables": "iptables",
-    "buildah": "buildah",
-    "mmdebstrap": "mmdebstrap",
-    # The bridge's and the overlay's kernel modules are loaded with it; a new machine may not have it.
-    "modprobe": "kmod",
 }
 PAUSE_IMAGE = "docker.io/runtrack/pause:3.10"
 
@@ -128,18 +115,6 @@ def build() -> None:
         tmp = tools_bin() / f".{name}.tmp"
         _go_build(module, tmp, [pkg])
         tmp.replace(tools_bin() / name)
-
-
-def install_packages() -> None:
-    missing = sorted({pkg for exe, pkg in DEBIAN_PACKAGES.items() if not (Path(exe).exists() or shutil.which(exe))})
-    if not missing:
-        return
-    if os.geteuid() != 0:
-        raise SystemExit(f"scripts/k8s needs root for: apt-get install {' '.join(missing)}")
-    say(f"installing Debian packages: {' '.join(missing)}")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    run("apt-get", "update", "-qq", quiet=True, env=env)
-    run("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing, quiet=True, env=env)
 
 
 class Cluster:
@@ -706,7 +681,7 @@ state = "{self.containerd_state}"
         started = time.monotonic()
         if os.geteuid() != 0:
             raise SystemExit("scripts/k8s up runs a kubelet and containerd: it needs root")
-        install_packages()
+        host.preflight("k8s")
         build()
         self.state.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)

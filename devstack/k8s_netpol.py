@@ -19,13 +19,12 @@ the API server with a client certificate of its own, bound to a read-only Cluste
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from devstack import host
 from devstack.k8s_pki import kubeconfig
 
 if TYPE_CHECKING:
@@ -42,7 +41,6 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"]},
 ]
 # Commands it runs, and the Debian packages that have them.
-DEBIAN_PACKAGES = {"ipset": "ipset", "iptables": "iptables"}
 # The first full sync after a start writes this line (at --v=1): the policies are in the kernel then.
 SYNCED = "sync iptables took"
 
@@ -78,18 +76,6 @@ def build() -> None:
     _go_build(MODULE, tmp, [PACKAGE], ld)
     tmp.replace(binary())
     say(f"built kube-router in {time.monotonic() - started:.0f} s")
-
-
-def install_packages() -> None:
-    from devstack.k8s import run, say
-
-    missing = sorted({pkg for exe, pkg in DEBIAN_PACKAGES.items() if not shutil.which(exe)})
-    if not missing:
-        return
-    say(f"installing Debian packages: {' '.join(missing)}")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    run("apt-get", "update", "-qq", quiet=True, env=env)
-    run("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing, quiet=True, env=env)
 
 
 def credentials(cluster: Cluster) -> Path:
@@ -153,7 +139,7 @@ def start(cluster: Cluster) -> None:
 
     if cluster.pid(NAME):
         return
-    install_packages()
+    host.preflight("k8s")
     build()
     path = credentials(cluster)
     log = cluster.logs / f"{NAME}.log"

@@ -421,6 +421,7 @@ class Stack:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tools.envoy()
         tools.grpcurl()
+        tools.ghz()  # the README's load line: linked into .venv/bin like grpcurl
         tools.web()  # Envoy serves the built page: built before Envoy starts
         self.issuer.ensure_keys()
         self.link_keys.ensure_keys()
