@@ -777,6 +777,9 @@ def test_live_links_are_signed_by_the_tracking_pods_and_verified_by_envoy(render
     config = yaml.safe_load(envoy_config(objects))
     assert jwt_filter(config)["providers"]["runlink"]["local_jwks"] == {"filename": K8S_LIVE_JWKS_FILE}
     assert "live-link-key" not in names(render(), "Secret"), "no key given: no Secret, links refused"
+    # A key without the public origin: a link's url would name Envoy's in-cluster address.
+    with pytest.raises(ChartError, match=r"liveLinks\.publicOrigin is needed"):
+        render(**{"liveLinks.signingKey": key, "liveLinks.jwks": jwks})
 
 
 def test_the_per_runner_limits_default_to_envoy_limits_yaml_and_reach_envoys_config(render):
