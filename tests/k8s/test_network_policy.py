@@ -6,6 +6,12 @@ address and through the headless Services' names, and must be refused or time ou
 an Envoy pod's TLS port (open to all) shows that pod can connect at all. Every Envoy pod connects to
 every replica's 50051, a call of each service goes through the cluster's Envoy, and the node reaches
 both ports. With nothing enforcing the policies the attacker connects, and the first test fails.
+
+Egress, from the side of a replica taken over: a tracking pod reaches DNS, its CQL node and Envoy's
+internal port, and nothing else inside (not the summary's PostgreSQL, the API server, another pod, the
+clouds' metadata address); a summary pod reaches PostgreSQL and Envoy's internal port, not the CQL
+node; an Envoy pod neither store. (kube-router lets any pod reach the node's own NodePorts whatever the
+policies say; those are the public ports anyway, and none is probed here.)
 """
 
 from __future__ import annotations
@@ -21,13 +27,15 @@ from typing import Any
 import pytest
 
 from devstack.auth import LocalIssuer, token_channel
-from devstack.k8s import NAMESPACE, Cluster
+from devstack.k8s import API_PORT, CQL_PORT, NAMESPACE, NODE_IP, PG_PORT, Cluster
 from devstack.paths import ROOT
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 
 GRPC_PORT = 50051
 METRICS_PORT = 9100
 ENVOY_PORT = 8443  # Envoy's TLS port, open to every pod (its plaintext one only to the replicas)
+ENVOY_INTERNAL = f"envoy-internal.{NAMESPACE}.svc.cluster.local:8080"  # where a replica calls the other service
+METADATA = "169.254.169.254:80"  # the clouds' instance metadata service
 REPLICAS = ("tracking", "summary")
 ATTACKER = "netpol-attacker"
 CONNECT_TIMEOUT_S = 3
@@ -232,6 +240,64 @@ def test_every_envoy_pod_reaches_every_replicas_grpc_port_and_not_its_metrics(k8
         outcome = dict(line.split() for line in out.splitlines() if line.strip())
         assert all(outcome[t] == "connected" for t in grpc_targets), f"{name}: {outcome}"
         assert all(outcome[t] == "failed" for t in metrics_targets), f"{name}: {outcome}"
+
+
+def _probe_replica(k8s: Cluster, pod: dict[str, Any], targets: list[str]) -> dict[str, list[str]]:
+    """The probe run inside a replica's pod, as code that took the replica over would."""
+    name, component = pod["metadata"]["name"], pod["metadata"]["labels"]["app.kubernetes.io/component"]
+    out = k8s.kubectl(
+        "exec", "-n", NAMESPACE, name, "-c", component, "--", "python", "-c", PROBE, json.dumps(targets), capture=True
+    )
+    result: dict[str, list[str]] = json.loads(out)
+    return result
+
+
+def _shut(results: dict[str, list[str]], targets: list[str]) -> dict[str, list[str]]:
+    """Those of `targets` that any address let in (or that answered other than refused or timed out)."""
+    return {t: results[t] for t in targets if not results[t] or set(results[t]) - {"refused", "timeout"}}
+
+
+def test_a_tracking_pod_reaches_dns_its_store_and_envoys_internal_port_and_nothing_else_inside(k8s: Cluster) -> None:
+    pod = _pods(k8s, "tracking")[0]
+    others = [ip for ip in _ips(k8s, "tracking") if ip != pod["status"]["podIP"]]
+    allowed = [f"{NODE_IP}:{CQL_PORT}", ENVOY_INTERNAL]  # the name resolving shows DNS answers
+    refused = [
+        f"{NODE_IP}:{PG_PORT}",  # the summary's PostgreSQL
+        f"{NODE_IP}:{API_PORT}",  # the API server, on the node
+        "10.96.0.1:443",  # the same through the kubernetes Service
+        METADATA,
+        *[f"{ip}:{ENVOY_PORT}" for ip in _ips(k8s, "envoy")],  # Envoy's pods on any port but the internal one
+        *[f"{ip}:{port}" for ip in _ips(k8s, "summary") for port in (GRPC_PORT, METRICS_PORT)],
+        *[f"{ip}:{port}" for ip in others for port in (GRPC_PORT, METRICS_PORT)],  # another tracking pod
+    ]
+    started = time.monotonic()
+    results = _probe_replica(k8s, pod, allowed + refused)
+    assert all(results[t] and set(results[t]) == {"connected"} for t in allowed), results
+    assert not _shut(results, refused), f"a tracking pod connected outside its egress policy: {_shut(results, refused)}"
+    print(f"tracking egress: {len(refused)} targets refused or timed out in {time.monotonic() - started:.1f} s")
+
+
+def test_a_summary_pod_reaches_postgres_and_envoys_internal_port_and_not_the_cql_node(k8s: Cluster) -> None:
+    allowed = [f"{NODE_IP}:{PG_PORT}", ENVOY_INTERNAL]
+    refused = [
+        f"{NODE_IP}:{CQL_PORT}",
+        f"{NODE_IP}:{API_PORT}",
+        METADATA,
+        *[f"{ip}:{GRPC_PORT}" for ip in _ips(k8s, "tracking")],
+    ]
+    results = _probe_replica(k8s, _pods(k8s, "summary")[0], allowed + refused)
+    assert all(results[t] and set(results[t]) == {"connected"} for t in allowed), results
+    assert not _shut(results, refused), f"a summary pod connected outside its egress policy: {_shut(results, refused)}"
+
+
+def test_an_envoy_pod_reaches_neither_store(k8s: Cluster) -> None:
+    stores = [f"{NODE_IP}:{CQL_PORT}", f"{NODE_IP}:{PG_PORT}", f"{NODE_IP}:{API_PORT}"]
+    name = _pods(k8s, "envoy")[0]["metadata"]["name"]
+    out = k8s.kubectl(
+        "exec", "-n", NAMESPACE, name, "-c", "envoy", "--", "bash", "-c", BASH_PROBE, "probe", *stores, capture=True
+    )
+    outcome = dict(line.split() for line in out.splitlines() if line.strip())
+    assert all(outcome[t] == "failed" for t in stores), f"{name}: {outcome}"
 
 
 async def test_calls_through_the_clusters_envoy_reach_both_services(k8s: Cluster, k8s_envoy: str) -> None:

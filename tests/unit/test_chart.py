@@ -197,7 +197,7 @@ def test_defaults_render_every_object_under_its_fixed_name(render):
     assert names(objects, "Service") == {*COMPONENTS, "envoy-internal"}
     assert names(objects, "HorizontalPodAutoscaler") == set(REPLICAS)
     assert names(objects, "PodDisruptionBudget") == set(COMPONENTS)
-    assert names(objects, "NetworkPolicy") == {*REPLICAS, "envoy"}
+    assert names(objects, "NetworkPolicy") == {*COMPONENTS, *(f"{c}-egress" for c in COMPONENTS)}
     assert names(objects, "ConfigMap") == {"envoy", "envoy-jwks", "envoy-live-jwks", "envoy-tls-sds"}
     assert names(objects, "Secret") == {"runtrack-postgres"}
     for o in objects:
@@ -532,6 +532,79 @@ def test_only_envoy_and_the_node_reach_the_replicas(render):
     assert "NetworkPolicy" not in {o["kind"] for o in render({"networkPolicy": {"enabled": False}})}
 
 
+def _egress(objects: Objects, component: str) -> list[dict[str, Any]]:
+    spec = one(objects, "NetworkPolicy", f"{component}-egress")["spec"]
+    assert spec["policyTypes"] == ["Egress"]
+    assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == component
+    rules: list[dict[str, Any]] = spec["egress"]
+    for rule in rules:
+        assert rule["to"], "an empty `to` would let every address out"
+    return rules
+
+
+def _ports(rule: dict[str, Any]) -> list[tuple[int, str]]:
+    return [(p["port"], p["protocol"]) for p in rule.get("ports", [])]
+
+
+def _component_of(rule: dict[str, Any]) -> list[str]:
+    return sorted(p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in rule["to"])
+
+
+DNS = [(53, "UDP"), (53, "TCP")]
+NOT_PUBLIC_V4 = {"10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16"}
+NOT_PUBLIC_V6 = {"::1/128", "fc00::/7", "fe80::/10"}
+
+
+def test_each_component_may_connect_only_where_its_work_is(render):
+    store = [{"ipBlock": {"cidr": "10.1.2.0/24"}}]
+    pg = [{"ipBlock": {"cidr": "10.3.4.5/32"}}]
+    dns = [{"ipBlock": {"cidr": "10.0.0.10/32"}}]
+    values = {
+        "cql": {"port": 9043},
+        "networkPolicy": {"egress": {"dns": dns, "cql": store, "postgres": {"port": 6432, "to": pg}}},
+    }
+    objects = render(values)
+    dns_rule, internal, cql, public = _egress(objects, "tracking")
+    assert dns_rule == {"to": dns, "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}
+    assert _component_of(internal) == ["envoy"] and _ports(internal) == [(8080, "TCP")]
+    assert cql["to"] == store and _ports(cql) == [(9043, "TCP"), (19042, "TCP")]
+    # Webhooks: the public internet, any port, nothing private, loopback, link-local or shared.
+    assert "ports" not in public
+    v4, v6 = (peer["ipBlock"] for peer in public["to"])
+    assert v4["cidr"] == "0.0.0.0/0" and set(v4["except"]) >= NOT_PUBLIC_V4
+    assert v6["cidr"] == "::/0" and set(v6["except"]) >= NOT_PUBLIC_V6
+
+    dns_rule, internal, postgres = _egress(objects, "summary")
+    assert _ports(dns_rule) == DNS and _component_of(internal) == ["envoy"]
+    assert postgres == {"to": pg, "ports": [{"port": 6432, "protocol": "TCP"}]}
+
+    dns_rule, replicas = _egress(objects, "envoy")
+    assert _ports(dns_rule) == DNS
+    assert _component_of(replicas) == ["summary", "tracking"] and _ports(replicas) == [(REPLICA_PORT, "TCP")]
+
+
+def test_egress_is_shaped_by_values(render):
+    # No webhooks: tracking keeps its store and Envoy, and nothing public.
+    rules = _egress(render({"networkPolicy": {"egress": {"webhooks": False}}}), "tracking")
+    assert not any("ipBlock" in peer and peer["ipBlock"]["cidr"] == "0.0.0.0/0" for r in rules for peer in r["to"])
+    # A JWKS URL: Envoy fetches it from the public internet, on the URL's port alone.
+    rules = _egress(render({"jwks": {"url": "https://id.example.com:8443/jwks.json"}}), "envoy")
+    assert rules[-1]["to"][0]["ipBlock"]["cidr"] == "0.0.0.0/0" and _ports(rules[-1]) == [(8443, "TCP")]
+    assert _ports(_egress(render({"jwks": {"url": "https://id.example.com/jwks.json"}}), "envoy")[-1]) == [(443, "TCP")]
+    # More rules per component, as given.
+    extra = {"to": [{"ipBlock": {"cidr": "10.9.0.0/16"}}], "ports": [{"port": 4317, "protocol": "TCP"}]}
+    assert _egress(render({"networkPolicy": {"egress": {"extra": {"summary": [extra]}}}}), "summary")[-1] == extra
+    # Off: no egress policy (the ingress ones stay).
+    objects = render({"networkPolicy": {"egress": {"enabled": False}}})
+    assert names(objects, "NetworkPolicy") == set(COMPONENTS)
+    # An empty peer list is refused before anything is installed: it would let every address out.
+    for key in ("dns", "cql"):
+        with pytest.raises(ChartError):
+            render({"networkPolicy": {"egress": {key: []}}})
+    with pytest.raises(ChartError):
+        render({"networkPolicy": {"egress": {"postgres": {"port": 5432, "to": []}}}})
+
+
 def test_a_disruption_leaves_one_pod_of_each_component(render):
     objects = render()
     for name in COMPONENTS:
@@ -705,6 +778,9 @@ def test_live_links_are_signed_by_the_tracking_pods_and_verified_by_envoy(render
     config = yaml.safe_load(envoy_config(objects))
     assert jwt_filter(config)["providers"]["runlink"]["local_jwks"] == {"filename": K8S_LIVE_JWKS_FILE}
     assert "live-link-key" not in names(render(), "Secret"), "no key given: no Secret, links refused"
+    # A key without the public origin: a link's url would name Envoy's in-cluster address.
+    with pytest.raises(ChartError, match=r"liveLinks\.publicOrigin is needed"):
+        render(**{"liveLinks.signingKey": key, "liveLinks.jwks": jwks})
 
 
 def test_the_per_runner_limits_default_to_envoy_limits_yaml_and_reach_envoys_config(render):

@@ -94,3 +94,42 @@ envoy-tls
 {{- fail "TLS is required: set tls.secretName (a kubernetes.io/tls Secret) or tls.certificate and tls.key" -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Egress rules every component has: the cluster's DNS, UDP and TCP 53. */}}
+{{- define "runtrack.egressDns" -}}
+- to:
+    {{- toYaml .Values.networkPolicy.egress.dns | nindent 4 }}
+  ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- end -}}
+
+{{/* The public internet as NetworkPolicy peers: every IPv4 and IPv6 address but networkPolicy.egress.notPublic. */}}
+{{- define "runtrack.publicPeers" -}}
+{{- $not := .Values.networkPolicy.egress.notPublic -}}
+- ipBlock:
+    cidr: 0.0.0.0/0
+    {{- with $not.ipv4 }}
+    except:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+- ipBlock:
+    cidr: ::/0
+    {{- with $not.ipv6 }}
+    except:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+{{- end -}}
+
+{{/* Envoy's internal port, where a replica calls the other service (runtrack.apiAddress). */}}
+{{- define "runtrack.egressEnvoyInternal" -}}
+- to:
+    - podSelector:
+        matchLabels:
+          {{- include "runtrack.selectorLabels" (dict "root" . "component" "envoy") | nindent 10 }}
+  ports:
+    - port: 8080
+      protocol: TCP
+{{- end -}}
