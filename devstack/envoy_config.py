@@ -442,6 +442,42 @@ class Layout:
     limits: Limits | None = None
 
 
+# What a failed request's log line says: which replica (and how many tries) it went to, and why it
+# failed, so that an operator (or a test) can tell a replica leaving from a store failing.
+FAILURE_LOG_FORMAT = (
+    "[%START_TIME%] request failed %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% "
+    "status=%RESPONSE_CODE% grpc_status=%GRPC_STATUS% flags=%RESPONSE_FLAGS% "
+    "upstream=%UPSTREAM_HOST% cluster=%UPSTREAM_CLUSTER% attempts=%UPSTREAM_REQUEST_ATTEMPT_COUNT% "
+    "ms=%DURATION% details=%RESPONSE_CODE_DETAILS% transport=%UPSTREAM_TRANSPORT_FAILURE_REASON%\n"
+)
+# The gRPC statuses that mean the server side failed (a caller's mistake or a limit is not logged).
+SERVER_FAILURES = ["UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"]
+
+
+def _failure_log() -> dict[str, Any]:
+    """One line on Envoy's stdout per request that failed on the server's side (HTTP 5xx or one of
+    SERVER_FAILURES): nothing per successful request, so the hot path pays nothing."""
+    return {
+        "name": "envoy.access_loggers.stdout",
+        "filter": {
+            "or_filter": {
+                "filters": [
+                    {
+                        "status_code_filter": {
+                            "comparison": {"op": "GE", "value": {"default_value": 500, "runtime_key": "log.min_status"}}
+                        }
+                    },
+                    {"grpc_status_filter": {"statuses": SERVER_FAILURES}},
+                ]
+            }
+        },
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+            "log_format": {"text_format_source": {"inline_string": FAILURE_LOG_FORMAT}},
+        },
+    }
+
+
 def _addr(port: int | str, address: str = "127.0.0.1") -> dict[str, Any]:
     return {"socket_address": {"address": address, "port_value": port}}
 
@@ -1005,6 +1041,7 @@ def render(layout: Layout = Layout()) -> dict[str, Any]:
             "initial_connection_window_size": 1048576,
         },
         "local_reply_config": {"mappers": [m for r in layout.local_replies for m in _local_replies(r)]},
+        "access_log": [_failure_log()],
         "route_config": {
             "name": "runtrack",
             "max_direct_response_body_size_bytes": MAX_STATIC_BYTES,
