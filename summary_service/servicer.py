@@ -152,6 +152,8 @@ def _track_point(seq: int, p: FilePoint) -> tracking_pb2.TrackPoint:
         out.heart_rate_bpm = p.heart_rate_bpm
     if p.cadence_spm is not None:
         out.cadence_spm = p.cadence_spm
+    if p.after_pause:
+        out.after_pause = True
     return out
 
 
@@ -390,6 +392,7 @@ class TrackingApi(PublicApi):
                     longitude=p.longitude,
                     altitude_m=p.altitude_m if p.HasField("altitude_m") else None,
                     heart_rate_bpm=p.heart_rate_bpm if p.HasField("heart_rate_bpm") else None,
+                    after_pause=p.after_pause,
                 )
                 for p in page.points
             ]
