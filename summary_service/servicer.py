@@ -93,6 +93,7 @@ def run_to_proto(run: Run) -> summary_pb2.Run:
         visibility=summary_pb2.Visibility.ValueType(int(run.visibility)),
         name=run.name,
         share_health=run.share_health,
+        sport=run.sport,
     )
     if run.analysis is not None:
         out.analysis.CopyFrom(analysis_to_proto(run.analysis))
