@@ -32,6 +32,12 @@ from summary_service.domain import MAX_NAME_CHARS, Overview
 MAX_FILE_BYTES = 16 * 1024 * 1024
 # A day at one fix per second, with room to spare.
 MAX_POINTS = 100_000
+# An import's memory (its body, the points, the analysis) is at most this many times its file, and
+# any import at most this many times MAX_FILE_BYTES. Measured (scripts/bench imports): a 16 MiB GPX
+# of a watch's points +52 MiB (3.3x), TCX +38 MiB (2.4x), the densest GPX (100,000 bare points)
+# +70 MiB (4.4x), a FIT file of 100,000 records (1.8 MiB) +72 MiB; four 16 MiB imports at once peak
+# under 360 MiB, within the summary pod's 512 MiB (tests/integration/test_import_memory.py).
+MAX_MEMORY_MULTIPLE = 5
 EARLIEST_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z, as the trail accepts
 FUTURE_SLACK_US = 5 * 60 * 1_000_000
 FIELD = "file"

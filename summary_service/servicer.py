@@ -158,9 +158,10 @@ def _track_point(seq: int, p: FilePoint) -> tracking_pb2.TrackPoint:
     return out
 
 
-# Files read at once per replica, the rest waiting their turn up to IMPORT_WAIT_S: a 16 MiB GPX takes
-# up to ~11x its size while read (gpxpy's tree and objects), so two at once stay within the pod's
-# 512 MiB beside the replica's own ~100 MiB, however many arrive (scripts/bench files measures it).
+# Files read at once per replica, the rest waiting their turn up to IMPORT_WAIT_S. Memory is no longer
+# what bounds it: an import takes at most imports.MAX_MEMORY_MULTIPLE times its file (a 16 MiB GPX
+# +52 MiB), and four at once stay under 360 MiB of the pod's 512 MiB (scripts/bench imports); two
+# keep the pod's one core for the other calls (a 16 MiB import is seconds of CPU).
 IMPORTS_AT_ONCE = 2
 IMPORT_WAIT_S = 30.0
 IMPORT_THREADS = ThreadPoolExecutor(max_workers=IMPORTS_AT_ONCE, thread_name_prefix="import")
