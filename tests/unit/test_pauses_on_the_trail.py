@@ -75,3 +75,29 @@ def test_a_gpx_export_writes_a_segment_per_stretch_and_a_tcx_export_a_track():
 
 def _fields(p: Point) -> dict:
     return {name: getattr(p, name) for name in Point.__slots__}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Column with name 'after_pause' already exists",  # Cassandra 5
+        "Invalid column name after_pause because it conflicts with an existing column",  # ScyllaDB, Cassandra 3-4
+    ],
+)
+def test_the_schema_code_skips_a_column_already_added_and_raises_anything_else(answer):
+    from cassandra import InvalidRequest
+
+    from tracking_service.cql_store import _apply_schema
+
+    class Session:
+        def __init__(self, error: str) -> None:
+            self.error = error
+
+        def execute(self, cql: str, timeout: float) -> None:
+            raise InvalidRequest(self.error)
+
+    _apply_schema(Session(answer), "ALTER TABLE ks.track_points ADD after_pause boolean")  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest):
+        _apply_schema(Session("unconfigured table track_points"), "ALTER TABLE ks.track_points ADD x boolean")  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest):
+        _apply_schema(Session(answer), "CREATE TABLE IF NOT EXISTS ks.t (a int PRIMARY KEY)")  # type: ignore[arg-type]
