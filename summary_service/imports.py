@@ -255,7 +255,7 @@ class _XmlTrail:
                 self.lap_timer = (start, float(text), paused)
             except ValueError:
                 pass  # the timer only tells pauses apart from auto-laps: without it, no pause
-        else:
+        elif text:  # an empty element (<ele/>) says nothing
             self.fields.setdefault(key, text)
 
     def _gpx_start(self, local: str, attrs: dict[str, str]) -> None:

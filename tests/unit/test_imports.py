@@ -292,3 +292,11 @@ def test_each_format_declares_its_sport_where_its_recorders_write_it():
     assert read_file(tcx_file(FIXES, sport="Other"), now_us=NOW_US).sport == ""
     assert read_file(fit_file(FIXES, sport="running"), now_us=NOW_US).sport == "running"
     assert read_file(fit_file(FIXES), now_us=NOW_US).sport == ""
+
+
+def test_an_empty_element_of_a_point_is_no_value_and_a_word_where_a_number_goes_names_the_point():
+    data = gpx_file(FIXES).replace(b"<ele>35.0</ele>", b"<ele></ele>", 1)
+    assert data != gpx_file(FIXES)
+    assert read_file(data, now_us=NOW_US).points[0].altitude_m is None
+    err = refusal(gpx_file(FIXES).replace(b"<ele>35.0</ele>", b"<ele>high</ele>", 1))
+    assert err.rule == "track 1, segment 1, point 1: ele must be a number, got 'high'"
