@@ -12,6 +12,8 @@ scripts/bench auth        the cost of the token check: GetRun and 1-point stream
                           jwt_authn, against a second Envoy without it (same replicas), interleaved
 scripts/bench watch       live runs followed by spectators (WatchRun through Envoy): latency from a
                           point to every watcher, CPU per point with and without watchers
+scripts/bench imports     memory per import of a 16 MiB GPX and TCX and a FIT of 100,000 records, as a
+                          multiple of the file (no stack); four at once under the summary pod's cap
 
 Every call through Envoy carries a token for its runner, signed by the stack's key.
 """
@@ -618,7 +620,15 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("auth")
     a.add_argument("--calls", type=int, default=2000, help="GetRun calls per round (streams: a quarter)")
     a.add_argument("--rounds", type=int, default=3)
+    sub.add_parser(
+        "imports", help="memory per import (GPX, TCX, FIT) as a multiple of the file, and 4 at once under the pod's cap"
+    )
     args = parser.parse_args(argv)
+    if args.what == "imports":  # no stack: the import's own process, measured and capped
+        from devstack import bench_imports
+
+        bench_imports.run(ROOT / ".dev" / "bench")
+        return 0
     stack = Stack(dev_spec())
     stack.up()
     if args.what == "dashboard":

@@ -5,6 +5,12 @@ zones. Pure functions over the points in seq order; distances are geodesics on t
 
 Times inside a segment are interpolated linearly: a split ends, and a best effort starts, where the
 runner crossed the distance, not at the nearest fix.
+
+Pauses: a fix marked `after_pause` is the first after the recorder's timer was stopped (a new GPX track
+or segment, a new TCX Track, a FIT timer stop then start, or a phone's pause). Nothing between it and
+the fix before counts: no distance, no time in a split (a split's time is the time the recorder ran),
+no time in a heart-rate zone, no climb. A best effort may not span a pause: it lies within one stretch
+of the recorder running, so a record cannot be set by resting in the middle of it.
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ class Sample:
     longitude: float
     altitude_m: float | None = None
     heart_rate_bpm: int | None = None
+    # The first fix after a pause: nothing between the previous fix and this one counts.
+    after_pause: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,14 +102,31 @@ class Analysis:
 
 
 def cumulative_distances(samples: Sequence[Sample]) -> list[float]:
-    """Metres from the first fix to each fix along the trail."""
+    """Metres from the first fix to each fix along the trail (none across a pause)."""
     out = [0.0]
     total = 0.0
     inverse, mask = WGS84.Inverse, Geodesic.DISTANCE
     for a, b in itertools.pairwise(samples):
-        total += inverse(a.latitude, a.longitude, b.latitude, b.longitude, mask)["s12"]
+        if not b.after_pause:
+            total += inverse(a.latitude, a.longitude, b.latitude, b.longitude, mask)["s12"]
         out.append(total)
     return out
+
+
+def running_times(samples: Sequence[Sample]) -> list[float]:
+    """Seconds of the recorder running from the first fix to each fix: a pause's time left out."""
+    if not samples:
+        return []
+    out = [0.0]
+    for a, b in itertools.pairwise(samples):
+        out.append(out[-1] if b.after_pause else out[-1] + (b.t_s - a.t_s))
+    return out
+
+
+def stretches(samples: Sequence[Sample]) -> list[range]:
+    """The index ranges of the fixes between pauses (one range when the recorder never paused)."""
+    starts = [0] + [i for i in range(1, len(samples)) if samples[i].after_pause]
+    return [range(a, b) for a, b in zip(starts, [*starts[1:], len(samples)], strict=True)]
 
 
 def _time_at(d: float, cum: Sequence[float], times: Sequence[float], i: int) -> float:
@@ -113,7 +138,11 @@ def _time_at(d: float, cum: Sequence[float], times: Sequence[float], i: int) -> 
 
 
 def smoothed_altitudes(samples: Sequence[Sample], half: int = SMOOTH_HALF_WINDOW) -> list[float | None]:
-    """Each altitude averaged with those of the `half` fixes either side that have one."""
+    """Each altitude averaged with those of the `half` fixes either side that have one, within its
+    stretch between pauses (a lift taken while paused is not smoothed into a slope)."""
+    parts = stretches(samples)
+    if len(parts) > 1:
+        return [a for part in parts for a in smoothed_altitudes(samples[part.start : part.stop], half)]
     alts = [s.altitude_m for s in samples]
     known = [(i, a) for i, a in enumerate(alts) if a is not None and math.isfinite(a)]
     if not known:
@@ -133,15 +162,18 @@ def smoothed_altitudes(samples: Sequence[Sample], half: int = SMOOTH_HALF_WINDOW
     return out
 
 
-def climbs(altitudes: Sequence[float | None], hysteresis: float = HYSTERESIS_M) -> list[float]:
+def climbs(
+    altitudes: Sequence[float | None], hysteresis: float = HYSTERESIS_M, pauses: Sequence[bool] = ()
+) -> list[float]:
     """The climb (+) or descent (-) credited at each fix: a change counts once it passes `hysteresis`
-    from the last turning point, and is credited where it does."""
+    from the last turning point, and is credited where it does. After a pause (`pauses[i]`), the
+    climb starts again from the altitude there."""
     out = [0.0] * len(altitudes)
     anchor: float | None = None
     for i, a in enumerate(altitudes):
         if a is None:
             continue
-        if anchor is None:
+        if anchor is None or (i < len(pauses) and pauses[i]):
             anchor = a
         elif abs(a - anchor) >= hysteresis:
             out[i] = a - anchor
@@ -150,10 +182,11 @@ def climbs(altitudes: Sequence[float | None], hysteresis: float = HYSTERESIS_M) 
 
 
 def splits(samples: Sequence[Sample], cum: Sequence[float], unit: float, credited: Sequence[float]) -> list[Split]:
-    """Consecutive stretches of `unit` metres (the last one shorter), with their time."""
+    """Consecutive stretches of `unit` metres (the last one shorter), with the time the recorder ran
+    over each (a pause inside a split adds nothing to it)."""
     if len(samples) < 2 or cum[-1] <= 0:
         return []
-    times = [s.t_s for s in samples]
+    times = running_times(samples)
     out: list[Split] = []
     start_t, start_d = times[0], 0.0
     hr_sum = hr_n = 0.0
@@ -190,18 +223,24 @@ def _split(index: int, distance: float, elapsed: float, gain: float, hr_sum: flo
 
 def best_effort(samples: Sequence[Sample], cum: Sequence[float], name: str, distance: float) -> BestEffort | None:
     """The fastest stretch of exactly `distance` metres, in one pass: for each fix as the end, the
-    start is `distance` back along the trail (interpolated in its segment); both only move forward."""
+    start is `distance` back along the trail (interpolated in its segment); both only move forward.
+    An effort never spans a pause: its start lies in the same stretch of the recorder running."""
     if len(samples) < 2 or cum[-1] < distance:
         return None
     times = [s.t_s for s in samples]
     best: tuple[float, float, int, int] | None = None  # (elapsed, start_m, start_i, end_j)
     i = 0
+    stretch = 0  # the first fix of the stretch j is in
     for j in range(1, len(samples)):
+        if samples[j].after_pause:
+            stretch = j
         start = cum[j] - distance
         if start < 0:
             continue
         while cum[i + 1] <= start + 1e-6:  # the fix at (or just before) the start
             i += 1
+        if i < stretch:  # the start lies before the last pause
+            continue
         elapsed = times[j] - _time_at(start, cum, times, i)
         if best is None or elapsed < best[0]:
             best = (elapsed, start, i, j)
@@ -217,7 +256,7 @@ def heart_rate_zones(samples: Sequence[Sample], max_hr: float) -> list[float] | 
         return None
     zones = [0.0] * len(ZONE_BOUNDS)
     for a, b in itertools.pairwise(samples):
-        if a.heart_rate_bpm is None:
+        if a.heart_rate_bpm is None or b.after_pause:
             continue
         share = a.heart_rate_bpm / max_hr
         zone = sum(1 for bound in ZONE_BOUNDS if share >= bound) - 1
@@ -230,7 +269,7 @@ def analyse(samples: Sequence[Sample], *, max_hr: float = 190.0, cum: Sequence[f
     """Everything at once, for points in seq order (`cum`: their cumulative_distances, if known)."""
     cum = cumulative_distances(samples) if cum is None else cum
     smoothed = smoothed_altitudes(samples)
-    credited = climbs(smoothed)
+    credited = climbs(smoothed, pauses=[s.after_pause for s in samples])
     has_altitude = any(a is not None for a in smoothed)
     efforts = [e for name, d in BEST_EFFORTS if (e := best_effort(samples, cum, name, d)) is not None]
     return Analysis(

@@ -20,6 +20,10 @@ DEFAULT_WEEKS = 12
 MAX_WEEKS = 104
 MAX_POLYLINE_CHARS = 200_000
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+# The sports whose runs hold personal records: running, and undeclared (a phone's run, a file that
+# names no sport or a generic one), whose efforts still count only at a runner's speeds
+# (analysis.MAX_RUNNING_MPS). A ride or a drive declared as such sets no running record.
+RECORD_SPORTS = ("", "running")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,8 @@ class Run:
     stored_name: str = ""
     # Heart rate and cadence shown to others (strangers on a PUBLIC run, live-link holders).
     share_health: bool = False
+    # The sport an imported file declared (imports.sport_of); "" when none.
+    sport: str = ""
 
     @property
     def name(self) -> str:

@@ -21,6 +21,7 @@ from runtrack_common.config import Settings
 from runtrack_common.errors import Internal, InvalidArgument, RunTrackError, Unavailable
 from summary_service.analysis import MAX_RUNNING_MPS
 from summary_service.domain import (
+    RECORD_SPORTS,
     Improvement,
     Overview,
     Run,
@@ -79,6 +80,7 @@ def _row_to_run(row: dict[str, Any]) -> Run:
         analysis=row.get("analysis"),
         stored_name=row.get("name") or "",
         share_health=bool(row.get("share_health", False)),
+        sport=row.get("sport") or "",
     )
 
 
@@ -168,10 +170,11 @@ class PgRunStore:
             self.pool = None
 
     async def insert_run(
-        self, run_id: uuid.UUID, user_id: str, overview: Overview, name: str = ""
+        self, run_id: uuid.UUID, user_id: str, overview: Overview, name: str = "", sport: str = ""
     ) -> tuple[Run | None, bool]:
         params = {
             "name": name,
+            "sport": sport,
             "run_id": run_id,
             "user_id": user_id,
             "start_time": us_to_datetime(overview.start_us),
@@ -218,7 +221,8 @@ class PgRunStore:
     async def record_improvements(self, user_id: str) -> list[Improvement]:
         async with self._conn() as conn:
             cur = await conn.execute(
-                self.q["record_improvements"], {"user_id": user_id, "max_mps": Jsonb(MAX_RUNNING_MPS)}
+                self.q["record_improvements"],
+                {"user_id": user_id, "max_mps": Jsonb(MAX_RUNNING_MPS), "record_sports": list(RECORD_SPORTS)},
             )
             rows = await cur.fetchall()
         return [

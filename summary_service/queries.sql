@@ -1,10 +1,11 @@
 -- Stores the run unless it exists or was deleted.
 -- name: insert_run
 INSERT INTO runs (run_id, user_id, start_time, end_time, distance_m, moving_time_us,
-                  elevation_gain_m, point_count, avg_heart_rate_bpm, polyline, name)
+                  elevation_gain_m, point_count, avg_heart_rate_bpm, polyline, name, sport)
 SELECT %(run_id)s::uuid, %(user_id)s::text, %(start_time)s::timestamptz, %(end_time)s::timestamptz,
        %(distance_m)s::double precision, %(moving_time_us)s::bigint, %(elevation_gain_m)s::double precision,
-       %(point_count)s::bigint, %(avg_heart_rate_bpm)s::double precision, %(polyline)s::text, %(name)s::text
+       %(point_count)s::bigint, %(avg_heart_rate_bpm)s::double precision, %(polyline)s::text, %(name)s::text,
+       %(sport)s::text
 WHERE NOT EXISTS (SELECT 1 FROM deleted_runs WHERE run_id = %(run_id)s)
 ON CONFLICT (run_id) DO NOTHING
 RETURNING *;
@@ -94,14 +95,15 @@ RETURNING run_id;
 
 -- Every time a runner's best effort over a distance improved, oldest first: an effort is an
 -- improvement when it beats every earlier run's (by start time). Computed from the runs that exist,
--- so a deleted run's efforts are gone and the next best is the record again.
+-- so a deleted run's efforts are gone and the next best is the record again. Only runs whose sport
+-- holds records (running, or none declared): a ride or a drive declared as such sets none.
 -- name: record_improvements
 WITH efforts AS (
     SELECT r.run_id, r.start_time, e->>'name' AS name, (e->>'distance_m')::double precision AS distance_m,
            (e->>'elapsed_s')::double precision AS elapsed_s
     FROM runs r CROSS JOIN LATERAL jsonb_array_elements(r.analysis->'best_efforts') e
     JOIN jsonb_each_text(%(max_mps)s::jsonb) cap ON cap.key = e->>'name'
-    WHERE r.user_id = %(user_id)s AND r.analysis IS NOT NULL
+    WHERE r.user_id = %(user_id)s AND r.analysis IS NOT NULL AND r.sport = ANY(%(record_sports)s::text[])
       -- only efforts at a speed a runner can reach: a drive around town sets no 1 km record
       AND (e->>'elapsed_s')::double precision > 0
       AND (e->>'distance_m')::double precision / (e->>'elapsed_s')::double precision <= cap.value::double precision

@@ -165,7 +165,7 @@ async def import_run(
     await trails.claim(run_id, caller)
     await trails.store_points(run_id, file.points, caller)
     name = file.name or default_name(prepared.overview.start_us, zone)
-    run, inserted = await store.insert_run(run_id, caller.user_id, prepared.overview, name)
+    run, inserted = await store.insert_run(run_id, caller.user_id, prepared.overview, name, file.sport)
     if run is None:
         raise _deleted(run_id)
     if inserted:
@@ -176,10 +176,11 @@ async def import_run(
         except RunTrackError as err:
             log.warning("live stop not marked run_id=%s reason=%s: %s", run_id, err.reason, err.message)
     log.info(
-        "run imported run_id=%s user_id=%s format=%s points=%d skipped=%d distance_m=%.1f inserted=%s",
+        "run imported run_id=%s user_id=%s format=%s sport=%s points=%d skipped=%d distance_m=%.1f inserted=%s",
         run_id,
         caller.user_id,
         file.format,
+        file.sport or "-",
         len(file.points),
         file.skipped,
         prepared.overview.distance_m,

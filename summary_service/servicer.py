@@ -93,6 +93,7 @@ def run_to_proto(run: Run) -> summary_pb2.Run:
         visibility=summary_pb2.Visibility.ValueType(int(run.visibility)),
         name=run.name,
         share_health=run.share_health,
+        sport=run.sport,
     )
     if run.analysis is not None:
         out.analysis.CopyFrom(analysis_to_proto(run.analysis))
@@ -152,12 +153,15 @@ def _track_point(seq: int, p: FilePoint) -> tracking_pb2.TrackPoint:
         out.heart_rate_bpm = p.heart_rate_bpm
     if p.cadence_spm is not None:
         out.cadence_spm = p.cadence_spm
+    if p.after_pause:
+        out.after_pause = True
     return out
 
 
-# Files read at once per replica, the rest waiting their turn up to IMPORT_WAIT_S: a 16 MiB GPX takes
-# up to ~11x its size while read (gpxpy's tree and objects), so two at once stay within the pod's
-# 512 MiB beside the replica's own ~100 MiB, however many arrive (scripts/bench files measures it).
+# Files read at once per replica, the rest waiting their turn up to IMPORT_WAIT_S. Memory is no longer
+# what bounds it: an import takes at most imports.MAX_MEMORY_MULTIPLE times its file (a 16 MiB GPX
+# +52 MiB), and four at once stay under 360 MiB of the pod's 512 MiB (scripts/bench imports); two
+# keep the pod's one core for the other calls (a 16 MiB import is seconds of CPU).
 IMPORTS_AT_ONCE = 2
 IMPORT_WAIT_S = 30.0
 IMPORT_THREADS = ThreadPoolExecutor(max_workers=IMPORTS_AT_ONCE, thread_name_prefix="import")
@@ -390,6 +394,7 @@ class TrackingApi(PublicApi):
                     longitude=p.longitude,
                     altitude_m=p.altitude_m if p.HasField("altitude_m") else None,
                     heart_rate_bpm=p.heart_rate_bpm if p.HasField("heart_rate_bpm") else None,
+                    after_pause=p.after_pause,
                 )
                 for p in page.points
             ]

@@ -15,7 +15,7 @@ class RunStore(Protocol):
     async def close(self) -> None: ...
 
     async def insert_run(
-        self, run_id: uuid.UUID, user_id: str, overview: Overview, name: str = ""
+        self, run_id: uuid.UUID, user_id: str, overview: Overview, name: str = "", sport: str = ""
     ) -> tuple[Run | None, bool]:
         """Stores the run unless it exists; returns the stored run and whether this call stored it,
         or (None, False) when the run was deleted."""
@@ -47,4 +47,5 @@ class RunStore(Protocol):
     async def user_stats(self, user_id: str, time_zone: str, weeks: int) -> UserTotals: ...
 
     async def record_improvements(self, user_id: str) -> list[Improvement]:
-        """Every improvement of the user's best effort per distance, shortest distance first, then oldest."""
+        """Every improvement of the user's best effort per distance, shortest distance first, then
+        oldest, from runs whose sport holds records (domain.RECORD_SPORTS)."""

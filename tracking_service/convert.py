@@ -19,6 +19,7 @@ def point_from_proto(p: tracking_pb2.TrackPoint) -> Point:
         speed_mps=p.speed_mps if p.HasField("speed_mps") else None,
         heart_rate_bpm=p.heart_rate_bpm if p.HasField("heart_rate_bpm") else None,
         cadence_spm=p.cadence_spm if p.HasField("cadence_spm") else None,
+        after_pause=p.after_pause,
     )
 
 
@@ -29,6 +30,7 @@ def point_to_proto(p: Point) -> tracking_pb2.TrackPoint:
         time=Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000),
         latitude=p.latitude,
         longitude=p.longitude,
+        after_pause=p.after_pause,
     )
     for name in ("altitude_m", "horizontal_accuracy_m", "speed_mps", "heart_rate_bpm", "cadence_spm"):
         value = getattr(p, name)

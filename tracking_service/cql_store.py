@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import cassandra
-from cassandra import ConsistencyLevel
+from cassandra import ConsistencyLevel, InvalidRequest
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
 from cassandra.connection import ConnectionBusy, ConnectionException
 from cassandra.policies import (
@@ -129,6 +129,20 @@ async def _execute_batch(session: Session, statement: Any) -> None:
             statement.clear()
 
 
+# What Cassandra 5 and ScyllaDB answer to an ADD of a column the table already has.
+COLUMN_EXISTS = ("already exists", "conflicts with an existing column")
+
+
+def _apply_schema(session: Session, cql: str) -> None:
+    """One statement of schema.cql: CREATE ... IF NOT EXISTS runs as is; an ALTER TABLE ... ADD of a
+    column already there (a replica started before, or another starting now) is skipped."""
+    try:
+        session.execute(cql, timeout=60)
+    except InvalidRequest as err:
+        if not (cql.lstrip().upper().startswith("ALTER TABLE") and any(m in str(err) for m in COLUMN_EXISTS)):
+            raise
+
+
 class CqlTrackStore:
     def __init__(self, settings: Settings) -> None:
         if settings.cql_consistency not in ConsistencyLevel.name_to_value:
@@ -174,7 +188,7 @@ class CqlTrackStore:
         try:
             session = cluster.connect()
             for cql in queries.load(HERE / "schema.cql").values():
-                session.execute(cql.format(keyspace=s.keyspace, replication=s.replication), timeout=60)
+                _apply_schema(session, cql.format(keyspace=s.keyspace, replication=s.replication))
             session.set_keyspace(s.keyspace)
             prepared = {name: session.prepare(cql) for name, cql in queries.load(HERE / "queries.cql").items()}
             for name, statement in prepared.items():
@@ -267,6 +281,7 @@ class CqlTrackStore:
             _opt(p.speed_mps),
             _opt(p.heart_rate_bpm),
             _opt(p.cadence_spm),
+            True if p.after_pause else UNSET_VALUE,  # no cell for the points that are not
         )
 
     async def cursor(self, run_id: uuid.UUID) -> Cursor:
@@ -447,6 +462,7 @@ def _point(r: dict[str, Any]) -> Point:
         speed_mps=r["speed_mps"],
         heart_rate_bpm=r["heart_rate_bpm"],
         cadence_spm=r["cadence_spm"],
+        after_pause=bool(r["after_pause"]),
     )
 
 

@@ -33,6 +33,8 @@ class Point:
     speed_mps: float | None = None
     heart_rate_bpm: int | None = None
     cadence_spm: int | None = None
+    # The first point after the runner paused: no distance or time counts from the point before.
+    after_pause: bool = False
 
 
 @dataclass(frozen=True, slots=True)

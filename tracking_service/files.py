@@ -1,6 +1,8 @@
 """A run's trail as a file: GPX 1.1 (written by gpxpy) and TCX (Garmin's Training Center database v2,
 built with lxml). Heart rate and cadence go in Garmin's extensions where recorded; cadence is stored
-in steps per minute and written as Garmin's running cadence, strides (of one foot) per minute."""
+in steps per minute and written as Garmin's running cadence, strides (of one foot) per minute.
+A pause (a point marked after_pause) starts a new track segment (GPX) or a new Track in the lap (TCX),
+as recorders write them, so a file exported and imported again keeps its pauses."""
 
 from __future__ import annotations
 
@@ -51,16 +53,22 @@ def to_gpx(name: str, points: Sequence[Point]) -> bytes:
             if p.cadence_spm is not None:
                 ET.SubElement(extension, f"{{{GPXTPX}}}cad").text = str(_strides(p.cadence_spm))
             fix.extensions.append(extension)
+        if p.after_pause and segment.points:
+            segment = gpxpy.gpx.GPXTrackSegment()
+            track.segments.append(segment)
         segment.points.append(fix)
     return gpx.to_xml(version="1.1").encode()
 
 
 def to_tcx(name: str, points: Sequence[Point]) -> bytes:
-    """One activity, one lap over the whole trail, with each point's distance from the start (the
-    same geodesics as everywhere else)."""
+    """One activity, one lap over the whole trail (a Track per stretch between pauses), with each
+    point's distance from the start (the same geodesics as everywhere else, none across a pause)."""
     distances_m = list(
         itertools.accumulate(
-            (distance_m(a.latitude, a.longitude, b.latitude, b.longitude) for a, b in itertools.pairwise(points)),
+            (
+                0.0 if b.after_pause else distance_m(a.latitude, a.longitude, b.latitude, b.longitude)
+                for a, b in itertools.pairwise(points)
+            ),
             initial=0.0,
         )
     )[: len(points)]
@@ -80,7 +88,9 @@ def to_tcx(name: str, points: Sequence[Point]) -> bytes:
     sub(activity, "Id", _iso(start))
     lap = sub(activity, "Lap")
     lap.set("StartTime", _iso(start))
-    seconds = (_when(points[-1]) - start).total_seconds() if points else 0.0
+    # The lap's timer: its elapsed time less its pauses.
+    paused = sum(((b.time_ms or 0) - (a.time_ms or 0)) / 1000 for a, b in itertools.pairwise(points) if b.after_pause)
+    seconds = (_when(points[-1]) - start).total_seconds() - paused if points else 0.0
     sub(lap, "TotalTimeSeconds", f"{seconds:.3f}")
     sub(lap, "DistanceMeters", f"{(distances_m[-1] if distances_m else 0.0):.2f}")
     sub(lap, "Calories", "0")
@@ -91,7 +101,9 @@ def to_tcx(name: str, points: Sequence[Point]) -> bytes:
     sub(lap, "Intensity", "Active")
     sub(lap, "TriggerMethod", "Manual")
     track = sub(lap, "Track")
-    for p, distance in zip(points, distances_m, strict=True):
+    for k, (p, distance) in enumerate(zip(points, distances_m, strict=True)):
+        if p.after_pause and k:
+            track = sub(lap, "Track")
         tp = sub(track, "Trackpoint")
         sub(tp, "Time", _iso(_when(p)))
         position = sub(tp, "Position")

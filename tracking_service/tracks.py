@@ -219,9 +219,12 @@ class VisibleSummary:
 
 
 def summarise(points: Sequence[Point]) -> tuple[float, int]:
-    """Metres along the geodesics between the points, and the milliseconds spent moving."""
+    """Metres along the geodesics between the points, and the milliseconds spent moving; nothing
+    from a point to the next when the next is the first after a pause."""
     distance, moving = 0.0, 0
     for a, b in itertools.pairwise(points):
+        if b.after_pause:
+            continue
         d = distance_m(a.latitude, a.longitude, b.latitude, b.longitude)
         distance += d
         dt_ms = (b.time_ms or 0) - (a.time_ms or 0)

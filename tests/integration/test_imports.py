@@ -4,6 +4,7 @@ own distances; the same file again is the same run; a bad file is refused with w
 where, and nothing of it is stored."""
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
 import http.client
@@ -17,12 +18,14 @@ import gpxpy
 import grpc
 import psycopg
 import pytest
+from geographiclib.geodesic import Geodesic
 from google.api import httpbody_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from devstack.activity_files import Fix, fit_file, gpx_file, synthetic_run, tcx_file
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
+from summary_service.analysis import Sample, analyse
 from summary_service.runs import IMPORT_KEY, imported_run_id
 from tests.helpers import http_json
 from tests.integration.test_files import fetch, record
@@ -313,3 +316,117 @@ async def test_a_point_without_a_time_is_skipped_and_the_rest_imports(stack, tok
     status, run = await asyncio.to_thread(post_file, stack.envoy_address, data, GPX_TYPE, token)
     assert status == 200, run
     assert run["overview"]["pointCount"] == 39
+
+
+# ---- real recorders' pauses and the declared sport ------------------------------------------------
+
+
+def paused_for(fixes: list[Fix], at: int, seconds: float, north_deg: float = 0.01) -> list[Fix]:
+    """The fixes from `at` on later by `seconds` and ~1.1 km further north (0.01 deg): the runner
+    stopped the watch and went on elsewhere."""
+    return fixes[:at] + [
+        dataclasses.replace(f, time=f.time + dt.timedelta(seconds=seconds), latitude=f.latitude + north_deg)
+        for f in fixes[at:]
+    ]
+
+
+def samples_of_trail(points: list[tracking_pb2.TrackPoint]) -> list[Sample]:
+    """The stored trail as the summary service reads it to compute an analysis again."""
+    return [
+        Sample(
+            p.seq,
+            p.time.seconds + p.time.nanos / 1e9,
+            p.latitude,
+            p.longitude,
+            p.altitude_m if p.HasField("altitude_m") else None,
+            p.heart_rate_bpm if p.HasField("heart_rate_bpm") else None,
+            p.after_pause,
+        )
+        for p in points
+    ]
+
+
+async def test_a_multi_segment_gpx_imports_without_the_distance_or_time_across_its_pauses(
+    stack, channel, token, user_id
+):
+    fixes = paused_for(paused_for(synthetic_run(1200, seed=21), 400, 900), 800, 600)  # 20 min run, 25 min paused
+    gpxpy_whole = gpxpy_length(fixes)
+    gpxpy_stretches = gpxpy_length(fixes[:400]) + gpxpy_length(fixes[400:800]) + gpxpy_length(fixes[800:])
+    body = gpx_file(fixes, pauses=[400], new_tracks=[800], sport="running")
+    status, run = await asyncio.to_thread(post_file, stack.envoy_address, body, GPX_TYPE, token)
+    assert status == 200, run
+    o = run["overview"]
+    assert run["sport"] == "running"
+    assert o["distanceM"] == pytest.approx(gpxpy_stretches, rel=0.005)
+    assert gpxpy_whole - o["distanceM"] > 2000, "the two ~1.1 km jumps are not in the distance"
+    assert o["movingTime"] == "1197s", "1,200 fixes a second apart, less the two steps across a pause"
+    assert run["elapsedTime"] == "2699s"
+    a = run["analysis"]
+    assert a["distanceM"] == pytest.approx(o["distanceM"])
+    assert sum(float(s["elapsedTime"].rstrip("s")) for s in a["splitsKm"]) == pytest.approx(1197, abs=0.01)
+
+    # The trail keeps the pauses: an analysis computed again from it is the one stored.
+    points = await trail(channel, run["runId"])
+    assert [p.seq for p in points if p.after_pause] == [401, 801]
+    again = dataclasses.asdict(analyse(samples_of_trail(points)))
+    assert again["distance_m"] == pytest.approx(a["distanceM"], rel=1e-9)
+    assert [e["name"] for e in again["best_efforts"]] == [e["name"] for e in a["bestEfforts"]]
+    for mine, stored in zip(again["best_efforts"], a["bestEfforts"], strict=True):
+        assert (mine["start_seq"], mine["end_seq"]) == (stored["startSeq"], stored["endSeq"])
+    assert all(not (e["startSeq"] <= 400 < e["endSeq"] or e["startSeq"] <= 800 < e["endSeq"]) for e in a["bestEfforts"])
+
+    # GetRun and ListRuns show the sport; the export writes the pauses back as segments.
+    status, got = http_json(stack.envoy_address, "GET", f"/v1/runs/{run['runId']}", token=token)
+    assert status == 200 and got["sport"] == "running"
+    status, listed = http_json(stack.envoy_address, "GET", "/v1/users/me/runs", token=token)
+    assert [r["sport"] for r in listed["runs"]] == ["running"]
+    status, _, exported = await asyncio.to_thread(
+        fetch, stack.envoy_address, f"/v1/runs/{run['runId']}/track.gpx", token
+    )
+    assert status == 200 and exported.count(b"<trkseg>") == 3
+
+
+@pytest.mark.parametrize("kind", ["tcx", "fit"])
+async def test_a_tcx_track_and_a_fit_timer_stop_are_pauses_on_the_imported_run(stack, channel, kind):
+    fixes = paused_for(synthetic_run(600, seed=23), 300, 1200)
+    data, content_type = (
+        (tcx_file(fixes, laps=[150, 300, 450], pauses=[300], sport="Running"), TCX_TYPE)
+        if kind == "tcx"
+        else (fit_file(fixes, timer_stops=[300], sport="running"), FIT_TYPE)
+    )
+    run = await summary_pb2_grpc.SummaryServiceStub(channel).ImportRun(
+        httpbody_pb2.HttpBody(content_type=content_type, data=data)
+    )
+    assert run.sport == "running"
+    assert run.overview.distance_m == pytest.approx(gpxpy_length(fixes[:300]) + gpxpy_length(fixes[300:]), rel=0.005)
+    assert run.overview.moving_time.ToTimedelta().total_seconds() == 598
+    points = await trail(channel, run.run_id)
+    assert [p.seq for p in points if p.after_pause] == [301]
+
+
+async def test_a_ride_or_a_drive_declared_as_such_sets_no_running_record(stack, channel, token):
+    """At 6 m/s a kilometre takes 167 s: a speed a runner can reach, so only the declared sport tells
+    a ride from a run. The ride (and a drive) hold no record; the same trail undeclared does."""
+    start = dt.datetime(2025, 5, 1, 7, 0, tzinfo=dt.UTC)
+
+    def fast(seed: int, hours: int) -> list[Fix]:
+        fixes = synthetic_run(400, seed=seed, start=start + dt.timedelta(hours=hours))
+        out, lat, lon = [], fixes[0].latitude, fixes[0].longitude
+        for f in fixes:  # 6 m/s due east
+            out.append(dataclasses.replace(f, latitude=lat, longitude=lon))
+            step = Geodesic.WGS84.Direct(lat, lon, 90.0, 6.0)
+            lat, lon = round(step["lat2"], 7), round(step["lon2"], 7)
+        return out
+
+    for seed, hours, sport in ((31, 0, "cycling"), (32, 2, "driving"), (33, 4, None)):
+        status, run = await asyncio.to_thread(
+            post_file, stack.envoy_address, fit_file(fast(seed, hours), sport=sport), FIT_TYPE, token
+        )
+        assert status == 200, run
+        assert run.get("sport", "") == (sport or "")
+        assert any(e["name"] == "1k" for e in run["analysis"]["bestEfforts"]), "the run's own analysis keeps it"
+        if sport is None:
+            undeclared = run["runId"]
+    records = {r.name: r for r in (await summary_pb2_grpc.SummaryServiceStub(channel).ListRecords(
+        summary_pb2.ListRecordsRequest(user_id="me"))).records}  # fmt: skip
+    assert [h.run_id for h in records["1k"].history] == [undeclared]

@@ -98,14 +98,14 @@ class FakeRunStore:
     async def close(self) -> None: ...
 
     async def insert_run(
-        self, run_id: uuid.UUID, user_id: str, overview: Overview, name: str = ""
+        self, run_id: uuid.UUID, user_id: str, overview: Overview, name: str = "", sport: str = ""
     ) -> tuple[Run | None, bool]:
         if run_id in self.deleted:
             return None, False
         if run_id in self.runs:
             return self.runs[run_id], False
         now_us = int(dt.datetime.now(dt.UTC).timestamp() * 1e6)
-        self.runs[run_id] = Run(run_id, user_id, overview, now_us, stored_name=name)
+        self.runs[run_id] = Run(run_id, user_id, overview, now_us, stored_name=name, sport=sport)
         return self.runs[run_id], True
 
     async def get_run(self, run_id: uuid.UUID) -> Run | None:

@@ -16,23 +16,39 @@ from summary_service.analysis import (
     best_effort,
     climbs,
     cumulative_distances,
+    running_times,
     smoothed_altitudes,
 )
 
 WGS84 = Geodesic.WGS84
 
 
-def trail(speeds_mps, *, every_s=1.0, azimuth=30.0, altitudes=None, heart_rates=None) -> list[Sample]:
+def trail(
+    speeds_mps, *, every_s=1.0, azimuth=30.0, altitudes=None, heart_rates=None, start=(45.0, 6.0, 0.0), seq=1
+) -> list[Sample]:
     """Fixes every `every_s` seconds, each segment run at its speed, along one geodesic."""
-    lat, lon, t = 45.0, 6.0, 0.0
-    out = [Sample(1, t, lat, lon, altitudes[0] if altitudes else None, heart_rates[0] if heart_rates else None)]
+    lat, lon, t = start
+    out = [Sample(seq, t, lat, lon, altitudes[0] if altitudes else None, heart_rates[0] if heart_rates else None)]
     for k, v in enumerate(speeds_mps, start=1):
         step = WGS84.Direct(lat, lon, azimuth, v * every_s)
         lat, lon, t = step["lat2"], step["lon2"], t + every_s
         out.append(
-            Sample(k + 1, t, lat, lon, altitudes[k] if altitudes else None, heart_rates[k] if heart_rates else None)
+            Sample(seq + k, t, lat, lon, altitudes[k] if altitudes else None, heart_rates[k] if heart_rates else None)
         )
     return out
+
+
+def after_a_pause(before: list[Sample], speeds_mps, *, pause_s=600.0, moved_m=3000.0, **kw) -> list[Sample]:
+    """`before`, then the recorder stopped for `pause_s` while the runner went `moved_m` (a bus, a
+    car), then a new stretch at `speeds_mps` whose first fix is marked after the pause."""
+    last = before[-1]
+    away = WGS84.Direct(last.latitude, last.longitude, 120.0, moved_m)
+    after = trail(speeds_mps, start=(away["lat2"], away["lon2"], last.t_s + pause_s), seq=last.seq + 1, **kw)
+    return [*before, Sample(**{**_fields(after[0]), "after_pause": True}), *after[1:]]
+
+
+def _fields(s: Sample) -> dict:
+    return {name: getattr(s, name) for name in Sample.__slots__}
 
 
 def test_an_even_pace_gives_even_splits_and_the_known_best_efforts():
@@ -104,3 +120,53 @@ def test_time_in_heart_rate_zones():
     assert a.heart_rate_zones_s == [0.0, 0.0, 50.0, 0.0, 50.0]  # 79 % and 92 % of the maximum
     assert analyse(trail([3.0] * 10)).heart_rate_zones_s is None
     assert a.splits_km[0].avg_heart_rate_bpm == pytest.approx((150 * 49 + 175 * 51) / 100)
+
+
+def test_a_pause_adds_no_distance_no_split_time_and_no_zone_time():
+    run = after_a_pause(trail([4.0] * 250, heart_rates=[150] * 251), [4.0] * 250, heart_rates=[150] * 251)
+    a = analyse(run, max_hr=190)
+    assert a.distance_m == pytest.approx(2000, abs=0.01), "the 3 km ridden while paused are not run"
+    assert a.elapsed_s == pytest.approx(1100)
+    assert [round(s.elapsed_s, 6) for s in a.splits_km] == [250.0, 250.0]
+    assert a.splits_km[1].pace_s_per_km == pytest.approx(250)
+    assert running_times(run)[-1] == pytest.approx(500)
+    assert a.heart_rate_zones_s == [0.0, 0.0, 500.0, 0.0, 0.0]
+
+
+def test_a_best_effort_never_spans_a_pause():
+    run = after_a_pause(trail([5.0] * 120), [5.0] * 120, pause_s=5.0, moved_m=0.0)  # 600 m, a stop, 600 m
+    a = analyse(run)
+    assert a.distance_m == pytest.approx(1200, abs=0.01)
+    efforts = {e.name: e for e in a.best_efforts}
+    assert set(efforts) == {"400m"}, "no kilometre was run without stopping"
+    assert efforts["400m"].elapsed_s == pytest.approx(80)
+    fast_after = after_a_pause(trail([3.0] * 200), [6.0] * 200, pause_s=30.0, moved_m=50.0)
+    best = best_effort(fast_after, cumulative_distances(fast_after), "1k", KM)
+    assert best is not None and best.start_seq >= 202 and best.elapsed_s == pytest.approx(1000 / 6)
+
+
+def test_a_lift_taken_while_paused_is_no_climb():
+    before = trail([3.0] * 100, altitudes=[100.0] * 101)
+    run = after_a_pause(before, [3.0] * 100, altitudes=[400.0] * 101, moved_m=500.0)
+    a = analyse(run)
+    assert a.elevation_gain_m == 0 and a.elevation_loss_m == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.floats(min_value=0.0, max_value=7.0), min_size=1, max_size=400),
+    st.lists(st.floats(min_value=0.0, max_value=7.0), min_size=1, max_size=400),
+    st.floats(min_value=1.0, max_value=3600.0),
+    st.floats(min_value=0.0, max_value=20_000.0),
+)
+def test_with_a_pause_splits_add_up_to_the_running_time_and_efforts_stay_in_one_stretch(first, second, pause, moved):
+    run = after_a_pause(trail(first), second, pause_s=pause, moved_m=moved)
+    a = analyse(run)
+    resumed = len(first) + 2  # the seq of the first fix after the pause
+    assert a.distance_m == pytest.approx(sum(first) + sum(second), abs=1e-3)
+    if a.distance_m == 0:
+        return
+    for splits in (a.splits_km, a.splits_mile):
+        assert sum(s.elapsed_s for s in splits) == pytest.approx(a.elapsed_s - pause, abs=1e-6)
+    for effort in a.best_efforts:
+        assert (effort.start_seq >= resumed) == (effort.end_seq >= resumed), effort

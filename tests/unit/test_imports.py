@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from devstack.activity_files import fit_file, gpx_file, synthetic_run, tcx_file
 from runtrack_common.errors import InvalidArgument
-from summary_service.imports import MAX_FILE_BYTES, Abandoned, FilePoint, prepare, read_file
+from summary_service.imports import MAX_FILE_BYTES, Abandoned, FilePoint, prepare, read_file, sport_of
 
 # fitdecode warns about each malformed definition the fuzzing makes; the answer is what is tested.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -207,3 +207,96 @@ def test_a_parse_is_abandoned_once_the_caller_has_gone():
             cancelled=gone,
         )
     assert len(asked) == 3  # stopped at its third chunk of 1 MiB, not after reading all eight
+
+
+# ---- real recorders' pauses and the sport they declare ------------------------------------------
+
+
+def paused_for(fixes, at: int, seconds: float, north_deg: float = 0.01):
+    """The fixes from `at` on later by `seconds` and moved `north_deg` (~1.1 km a 0.01): the runner
+    stopped the watch and went on elsewhere (a bus, a car)."""
+    return fixes[:at] + [
+        dataclasses.replace(f, time=f.time + dt.timedelta(seconds=seconds), latitude=f.latitude + north_deg)
+        for f in fixes[at:]
+    ]
+
+
+def pauses_of(data: bytes) -> list[int]:
+    return [i for i, p in enumerate(read_file(data, now_us=NOW_US).points) if p.after_pause]
+
+
+def test_a_gpx_segment_or_track_boundary_is_a_pause_with_no_distance_and_no_moving_time_across_it():
+    fixes = paused_for(paused_for(synthetic_run(300), 100, 600), 200, 300)
+    whole = prepare(gpx_file(fixes), now_us=NOW_US)
+    data = gpx_file(fixes, pauses=[100], new_tracks=[200], sport="running")
+    assert pauses_of(data) == [100, 200]
+    paused = prepare(data, now_us=NOW_US)
+    assert paused.file.sport == "running"
+    jumps = whole.overview.distance_m - paused.overview.distance_m
+    assert jumps == pytest.approx(2 * 1112, rel=0.01), "the two jumps of ~1.1 km are not run"
+    assert paused.analysis["distance_m"] == pytest.approx(paused.overview.distance_m)
+    assert paused.overview.moving_time_us == 297_000_000, "the 300 fixes' 297 one-second steps, no gap"
+    assert paused.overview.end_us - paused.overview.start_us == 1_199_000_000
+    splits = paused.analysis["splits_km"]
+    assert sum(s["elapsed_s"] for s in splits) == pytest.approx(297), "no split holds the 15 minutes paused"
+
+
+def test_tcx_tracks_within_a_lap_are_pauses_and_laps_are_pauses_only_when_the_timer_stopped():
+    fixes = paused_for(paused_for(synthetic_run(400), 100, 120), 300, 240)
+    # Laps of one Track each, their timers running on from one to the next: auto-laps, whatever the gaps.
+    assert pauses_of(tcx_file(fixes, laps=[200, 300])) == [], "a lap boundary alone is an auto-lap"
+    assert pauses_of(tcx_file(fixes, laps=[200], pauses=[100, 300])) == [100, 300]
+    # The timer stopped between two laps: each its own Track, the first lap's timer ends before the gap.
+    assert pauses_of(tcx_file(fixes, laps=[100, 300], pauses=[100, 300])) == [100, 300]
+    # A pause inside a lap does not make the next (continuous) lap boundary a pause.
+    assert pauses_of(tcx_file(fixes, laps=[200], pauses=[100])) == [100]
+    got = read_file(tcx_file(fixes, laps=[200], pauses=[100, 300], sport="Biking"), now_us=NOW_US)
+    assert got.sport == "cycling" and got.name == "Biking (imported)"
+    assert got.points[100].where == "activity 1, lap 1, trackpoint 101"
+
+
+def test_a_fit_timer_stopped_and_started_is_a_pause_and_the_session_names_the_sport():
+    fixes = paused_for(synthetic_run(300), 150, 900)
+    data = fit_file(fixes, timer_stops=[150], sport="cycling", pauses=2)
+    assert pauses_of(data) == [150]
+    prepared = prepare(data, now_us=NOW_US)
+    assert prepared.file.sport == "cycling"
+    assert prepared.overview.moving_time_us == 298_000_000
+    assert prepared.overview.end_us - prepared.overview.start_us == 1_199_000_000
+    assert pauses_of(fit_file(fixes)) == [], "without the timer's events, a gap is only a gap"
+
+
+@pytest.mark.parametrize(
+    ("declared", "sport"),
+    [
+        ("Running", "running"),
+        ("trail_running", "running"),
+        ("Biking", "cycling"),
+        ("Road Biking", "cycling"),
+        ("driving", "driving"),
+        ("Other", ""),
+        ("generic", ""),
+        ("9", ""),
+        ("  Hiking ", "hiking"),
+        (None, ""),
+    ],
+)
+def test_a_declared_sport_reads_in_one_vocabulary(declared, sport):
+    assert sport_of(declared) == sport
+
+
+def test_each_format_declares_its_sport_where_its_recorders_write_it():
+    assert read_file(gpx_file(FIXES, sport="Ride"), now_us=NOW_US).sport == "cycling"
+    assert read_file(gpx_file(FIXES), now_us=NOW_US).sport == ""
+    assert read_file(tcx_file(FIXES), now_us=NOW_US).sport == "running"
+    assert read_file(tcx_file(FIXES, sport="Other"), now_us=NOW_US).sport == ""
+    assert read_file(fit_file(FIXES, sport="running"), now_us=NOW_US).sport == "running"
+    assert read_file(fit_file(FIXES), now_us=NOW_US).sport == ""
+
+
+def test_an_empty_element_of_a_point_is_no_value_and_a_word_where_a_number_goes_names_the_point():
+    data = gpx_file(FIXES).replace(b"<ele>35.0</ele>", b"<ele></ele>", 1)
+    assert data != gpx_file(FIXES)
+    assert read_file(data, now_us=NOW_US).points[0].altitude_m is None
+    err = refusal(gpx_file(FIXES).replace(b"<ele>35.0</ele>", b"<ele>high</ele>", 1))
+    assert err.rule == "track 1, segment 1, point 1: ele must be a number, got 'high'"

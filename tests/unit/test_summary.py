@@ -147,3 +147,18 @@ async def test_a_list_token_of_another_user_is_invalid_argument():
 def test_the_default_name_is_the_part_of_the_day_the_run_started_where_the_runner_is(local, zone, name):
     start = dt.datetime.fromisoformat(local).replace(tzinfo=zoneinfo.ZoneInfo(zone))
     assert default_name(int(start.timestamp() * 1_000_000), zone) == name
+
+
+def test_the_declared_sport_is_shown_and_only_running_or_undeclared_runs_hold_records():
+    from summary_service.domain import RECORD_SPORTS, Run
+    from summary_service.imports import sport_of
+    from summary_service.servicer import run_to_proto
+
+    ride = Run(uuid.uuid4(), "ada", overview(), 0, sport="cycling")
+    assert run_to_proto(ride).sport == "cycling"
+    assert run_to_proto(Run(uuid.uuid4(), "ada", overview(), 0)).sport == ""
+    assert [s for s in ("Running", "Biking", "driving", "Other", None, "Hiking") if sport_of(s) in RECORD_SPORTS] == [
+        "Running",
+        "Other",
+        None,
+    ]

@@ -353,6 +353,7 @@ class Run(_message.Message):
     ANALYSIS_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     SHARE_HEALTH_FIELD_NUMBER: _builtins.int
+    SPORT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run_id the phone chose at START RUN."""
     user_id: _builtins.str
@@ -371,6 +372,12 @@ class Run(_message.Message):
     """Whether heart rate and cadence reach anyone but the owner (a stranger on a PUBLIC run, a live
     link's holder), on every path: GetRun, GetTrack, ExportTrack, WatchRun. Default false; the owner
     changes it with UpdateRun ("share_health" in the mask).
+    """
+    sport: _builtins.str
+    """The sport an imported file declared (FIT session sport, GPX <type>, TCX Activity Sport), in one
+    vocabulary: "running", "cycling", "driving", or another sport's own name in lower case ("hiking");
+    empty when the file declared none or a generic one, and for runs recorded by the phone. Personal
+    records count only runs whose sport is "running" or empty (and then only efforts at a runner's speeds).
     """
     @_builtins.property
     def overview(self) -> Global___RunOverview:
@@ -404,10 +411,11 @@ class Run(_message.Message):
         analysis: Global___RunAnalysis | None = ...,
         name: _builtins.str = ...,
         share_health: _builtins.bool = ...,
+        sport: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "elapsed_time", b"elapsed_time", "overview", b"overview", "stopped_at", b"stopped_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "avg_pace_s_per_km", b"avg_pace_s_per_km", "elapsed_time", b"elapsed_time", "name", b"name", "overview", b"overview", "run_id", b"run_id", "share_health", b"share_health", "stopped_at", b"stopped_at", "track_url", b"track_url", "user_id", b"user_id", "visibility", b"visibility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "avg_pace_s_per_km", b"avg_pace_s_per_km", "elapsed_time", b"elapsed_time", "name", b"name", "overview", b"overview", "run_id", b"run_id", "share_health", b"share_health", "sport", b"sport", "stopped_at", b"stopped_at", "track_url", b"track_url", "user_id", b"user_id", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -459,7 +459,9 @@ class VisibleSummary(_message.Message):
     def end_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def moving_time(self) -> _duration_pb2.Duration:
-        """Time between the points left, less pauses (a gap of more than 30 s between two points)."""
+        """Time between the points left spent moving (at 0.5 m/s or more from one point to the next), less
+        pauses (a point marked after_pause: no time or distance from the point before it).
+        """
 
     def __init__(
         self,
@@ -668,6 +670,7 @@ class TrackPoint(_message.Message):
     SPEED_MPS_FIELD_NUMBER: _builtins.int
     HEART_RATE_BPM_FIELD_NUMBER: _builtins.int
     CADENCE_SPM_FIELD_NUMBER: _builtins.int
+    AFTER_PAUSE_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """1, 2, 3 ... per run, set by the phone; the idempotency key."""
     latitude: _builtins.float
@@ -684,6 +687,12 @@ class TrackPoint(_message.Message):
     """Heart rate from a paired sensor, beats per minute."""
     cadence_spm: _builtins.int
     """Cadence from the phone or a sensor, steps per minute."""
+    after_pause: _builtins.bool
+    """The first point after the runner paused the recording (the phone's pause, a watch's timer
+    stopped, a new track or segment in an imported file): nothing between the point before and this
+    one counts, neither distance nor time (moving time, splits, heart-rate zones), and a best
+    effort never spans it. Exports start a new track segment here. False for the first point.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the fix was taken."""
@@ -700,10 +709,11 @@ class TrackPoint(_message.Message):
         speed_mps: _builtins.float | None = ...,
         heart_rate_bpm: _builtins.int | None = ...,
         cadence_spm: _builtins.int | None = ...,
+        after_pause: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_altitude_m", b"_altitude_m", "_cadence_spm", b"_cadence_spm", "_heart_rate_bpm", b"_heart_rate_bpm", "_horizontal_accuracy_m", b"_horizontal_accuracy_m", "_speed_mps", b"_speed_mps", "altitude_m", b"altitude_m", "cadence_spm", b"cadence_spm", "heart_rate_bpm", b"heart_rate_bpm", "horizontal_accuracy_m", b"horizontal_accuracy_m", "speed_mps", b"speed_mps", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_altitude_m", b"_altitude_m", "_cadence_spm", b"_cadence_spm", "_heart_rate_bpm", b"_heart_rate_bpm", "_horizontal_accuracy_m", b"_horizontal_accuracy_m", "_speed_mps", b"_speed_mps", "altitude_m", b"altitude_m", "cadence_spm", b"cadence_spm", "heart_rate_bpm", b"heart_rate_bpm", "horizontal_accuracy_m", b"horizontal_accuracy_m", "latitude", b"latitude", "longitude", b"longitude", "seq", b"seq", "speed_mps", b"speed_mps", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_altitude_m", b"_altitude_m", "_cadence_spm", b"_cadence_spm", "_heart_rate_bpm", b"_heart_rate_bpm", "_horizontal_accuracy_m", b"_horizontal_accuracy_m", "_speed_mps", b"_speed_mps", "after_pause", b"after_pause", "altitude_m", b"altitude_m", "cadence_spm", b"cadence_spm", "heart_rate_bpm", b"heart_rate_bpm", "horizontal_accuracy_m", b"horizontal_accuracy_m", "latitude", b"latitude", "longitude", b"longitude", "seq", b"seq", "speed_mps", b"speed_mps", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__altitude_m: _TypeAlias = _typing.Literal["altitude_m"]  # noqa: Y015
     _WhichOneofArgType__altitude_m: _TypeAlias = _typing.Literal["_altitude_m", b"_altitude_m"]  # noqa: Y015
