@@ -43,14 +43,30 @@ async def _under_traffic(stack, channel, change) -> tuple[list, list, list]:
     runs = [new_run(channel, 400) for _ in range(4)]
     uploads = [asyncio.create_task(r.upload(paced(pts, 0.02))) for r, pts in runs]
     envoy_pid = stack.envoy_pid()
+    envoy_log = stack.spec.logs / "envoy.log"
+    logged = envoy_log.stat().st_size if envoy_log.exists() else 0
+    views: list[tuple[float, dict]] = []  # Envoy's view of each replica through the change
+
+    async def sample() -> None:
+        while not stop.is_set():
+            views.append((round(time.monotonic(), 2), await asyncio.to_thread(stack.host_health)))
+            await asyncio.sleep(0.25)
+
+    sampler = asyncio.create_task(sample())
     await asyncio.sleep(0.5)
     await asyncio.to_thread(change)
     await asyncio.wait_for(asyncio.gather(*uploads), timeout=120)
     stop.set()
-    await asyncio.gather(*traffic)
+    await asyncio.gather(*traffic, sampler)
     assert stack.envoy_pid() == envoy_pid, "Envoy was restarted"
     for recorder, pts in runs:
         assert list(await stored_trail(channel, recorder.run_id)) == pts
+    if failures:  # which replica each failed call went to, and how Envoy saw the replicas meanwhile
+        with envoy_log.open(errors="replace") as f:
+            f.seek(logged)
+            failed = [line for line in f if "request failed" in line]
+        changes = [v for i, v in enumerate(views) if i == 0 or v[1] != views[i - 1][1]]
+        failures.append({"envoy_failure_lines": failed[-20:], "envoy_views_when_they_changed": changes})
     return failures, calls, runs
 
 
