@@ -109,7 +109,9 @@ class Settings:
     # Events a watcher may fall behind by before its stream is ended (it reconnects with after_seq).
     watch_queue_events: int = 300
     # Trail pages read at once per tracking replica (GetTrack, ExportTrack, a visible summary); 0: no limit.
-    trail_reads_at_once: int = 2
+    # One: a page is ~100 ms of the event loop at most, in slices; two at once interleave on the same
+    # loop (no more throughput) and double what a health answer waits behind.
+    trail_reads_at_once: int = 1
     # Strangers following one PUBLIC run at once on this replica (the owner and link holders aside).
     live_max_spectators_per_run: int = 500
     # Live links: signed with this key (PEM, ES256); Envoy verifies them with its public half.
