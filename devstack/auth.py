@@ -2,7 +2,7 @@
 
 `scripts/dev up` makes the key pair once (ES256, with `cryptography`) under the stack's state
 directory and writes the public half as a JWKS file, which Envoy's jwt_authn reads. Tokens are
-signed with PyJWT. In production Envoy reads the identity provider's JWKS instead (README).
+signed with PyJWT. In production Envoy reads the identity provider's JWKS instead (docs/api.md).
 """
 
 from __future__ import annotations

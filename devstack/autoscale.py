@@ -1,7 +1,7 @@
 """The autoscaler: each service's replica count from its replicas' own metrics, by the Kubernetes
 HPA rule, applied exactly as `scripts/dev scale` applies a count (health-checked, drained).
 
-What a replica's load is (the README says why these):
+What a replica's load is (docs/operating.md says why these):
 - tracking: RecordTrack streams open on it (`runtrack_streams_open`); a phone holds one for its
   whole run, and a live phone's stream costs about the same as another's (1 point a second).
 - summary: calls it completed per second (the rate of `grpc_server_handled_total`), since the

@@ -67,10 +67,10 @@ from tests.integration.test_grpc_fuzz import UNARY, path, payloads
 
 RECORD_TRACK = tracking_pb2.DESCRIPTOR.services_by_name["TrackingService"].methods_by_name["RecordTrack"]
 METHODS = [RECORD_TRACK, *UNARY]
-# The gRPC statuses the API documents (README, "Errors"); each but OK carries ErrorInfo.
+# The gRPC statuses the API documents (docs/api.md, "Errors"); each but OK carries ErrorInfo.
 DOCUMENTED = {0, 3, 5, 6, 7, 8, 9, 14, 16}
 # What the gRPC runtime itself answers, before any RunTrack code runs, to a call that breaks the gRPC
-# protocol (README, "Errors", not covered): no details. (status, the start of grpc-message)
+# protocol (docs/api.md, "Errors", not covered): no details. (status, the start of grpc-message)
 RUNTIME_REFUSALS = (
     (8, "SERVER: Received message larger than max"),
     (13, "Compression bit set but no encoding configured"),
