@@ -1,6 +1,6 @@
 """`scripts/bench flood`: other runners' calls while one token floods, against the same calls quiet.
 
-An Envoy with the product's limits (envoy/limits.yaml) in front of the stack's replicas. Each round:
+An Envoy with the product's limits (edge/limits.yaml) in front of the stack's replicas. Each round:
 ten runners call GetRun ten times a second each (within their limit), 100 calls apiece, from a process
 of their own (as phones are): once quiet, then again while another process, scheduled only when the
 CPU is otherwise idle (SCHED_IDLE, an attacker's CPU is not the stack's), sends 50,000 GetRun calls
@@ -28,8 +28,8 @@ import grpc
 from devstack import procs
 from devstack.auth import token_channel
 from devstack.bench_phones import cpu_seconds, with_descendants
-from devstack.envoy_config import Limits
 from devstack.stack import Stack
+from edge.config import Limits
 from runtrack.v1 import summary_pb2, summary_pb2_grpc
 
 FLOOD_CALLS = 50_000

@@ -1352,7 +1352,7 @@ def verify(args: argparse.Namespace) -> None:
             config = chart_envoy_config(Path(tmp))
             if config is not None:
                 from devstack.auth import LocalIssuer
-                from devstack.envoy_config import K8S_JWKS_DIR, K8S_LIVE_JWKS_FILE
+                from edge.config import K8S_JWKS_DIR, K8S_LIVE_JWKS_FILE
 
                 LocalIssuer(Path(tmp) / "keys").ensure_keys()
                 LocalIssuer(Path(tmp) / "keys", prefix="live-").ensure_keys()

@@ -14,9 +14,6 @@ OPENAPI = GENERATED / "openapi.json"
 WEB = ROOT / "web"
 # The web page as built (`npm run build` in web/): what Envoy serves at / (not tracked).
 WEB_DIST = WEB / "dist"
-ENVOY_YAML = ROOT / "envoy" / "envoy.yaml"
-# The per-runner limits Envoy enforces (read by devstack/envoy_config.py when it renders).
-LIMITS_YAML = ROOT / "envoy" / "limits.yaml"
 VENV_BIN = Path(sys.executable).parent
 
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from devstack import procs, tls, tools
-from devstack.auth import LINK_KEY_ID, LocalIssuer
+from devstack.auth import AUDIENCE, ISSUER, LINK_AUDIENCE, LINK_ISSUER, LINK_KEY_ID, LocalIssuer
 from devstack.cql_node import CqlNode
-from devstack.envoy_config import Auth, Layout, Tls, eds_document, render, to_yaml
 from devstack.paths import ROOT
 from devstack.pg_node import PgNode
+from edge.config import Auth, Layout, Tls, eds_document, render, to_yaml
 
 SERVICES = ("tracking", "summary")
 # A replica on port P serves its Prometheus metrics on P + METRICS_PORT_OFFSET.
@@ -71,6 +71,10 @@ class StackSpec:
     def layout(self) -> Layout:
         return Layout(
             auth=Auth(
+                issuer=ISSUER,
+                audience=AUDIENCE,
+                link_issuer=LINK_ISSUER,
+                link_audience=LINK_AUDIENCE,
                 jwks_file=str((self.keys_dir / "jwks.json").relative_to(ROOT)),
                 link_jwks_file=str((self.keys_dir / "live-jwks.json").relative_to(ROOT)),
             ),

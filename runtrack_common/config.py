@@ -88,7 +88,7 @@ class Settings:
     # gRPC server.
     max_message_bytes: int = 1024 * 1024
     # HTTP/2 streams at once on one connection (Envoy's to this replica): as many as Envoy itself opens
-    # on one upstream connection (devstack/envoy_config.py Layout.max_concurrent_streams).
+    # on one upstream connection (edge/config.py Layout.max_concurrent_streams).
     max_streams_per_connection: int = 10_000
     # How often the database behind a replica is probed for the health status.
     health_probe_interval_s: float = 1.0

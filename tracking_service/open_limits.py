@@ -2,7 +2,7 @@
 (WatchRun by strangers on a PUBLIC run).
 
 The numbers per runner and per link come from the edge: an Envoy that enforces the limits
-(envoy/limits.yaml, the chart's `limits`) sends them on each stream in a header, and sends all of a
+(edge/limits.yaml, the chart's `limits`) sends them on each stream in a header, and sends all of a
 runner's streams of one method, and all of a link's WatchRun streams, to the same replica
 (consistent hashing on the verified runner or link). So a replica's own count is the runner's (or
 link's) count. A stream without the header is not counted: the local stacks, whose tests and

@@ -1,4 +1,4 @@
-"""Per-runner limits at Envoy (envoy/limits.yaml), on a second Envoy of the test stack that enforces
+"""Per-runner limits at Envoy (edge/limits.yaml), on a second Envoy of the test stack that enforces
 them (the stack's own serves the other tests, which drive one runner hard on purpose): a runner over
 its calls per second or its streams opened per second gets RESOURCE_EXHAUSTED (429 over HTTP) with
 ErrorInfo RATE_LIMITED naming the limit, RetryInfo and the rate-limit headers; another runner is not
@@ -21,7 +21,7 @@ from grpc_status import rpc_status
 
 from devstack import bench_flood, procs
 from devstack.auth import token_channel
-from devstack.envoy_config import Limits
+from edge.config import Limits
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from tests.integration.faults import report
 from tests.integration.test_live import Phone, create_link, stop

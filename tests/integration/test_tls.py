@@ -11,7 +11,7 @@ import time
 import pytest
 
 from devstack import procs, tls, tools
-from devstack.envoy_config import TLS_CIPHERS
+from edge.config import TLS_CIPHERS
 
 
 def tls_connect(stack, **context_options) -> ssl.SSLSocket:

@@ -31,7 +31,8 @@ from cryptography.x509.oid import NameOID
 
 from devstack import tls, tools
 from devstack.auth import ISSUER, LocalIssuer
-from devstack.envoy_config import (
+from devstack.paths import DESCRIPTOR_SET, OPENAPI, ROOT, cache_dir
+from edge.config import (
     K8S_JWKS_FILE,
     K8S_LIVE_JWKS_FILE,
     K8S_PLACEHOLDERS,
@@ -42,8 +43,7 @@ from devstack.envoy_config import (
     ImagePaths,
     Limits,
 )
-from devstack.gen_envoy import K8S_ENVOY_REMOTE_JWKS_YAML, K8S_ENVOY_YAML, outputs
-from devstack.paths import DESCRIPTOR_SET, OPENAPI, ROOT, cache_dir
+from edge.generate import ENVOY_YAML, K8S_ENVOY_REMOTE_JWKS_YAML, K8S_ENVOY_YAML, outputs
 
 CHART = ROOT / "deploy" / "helm" / "runtrack"
 DRAIN_HOOK = CHART / "files" / "envoy-drain.sh"
@@ -151,7 +151,9 @@ def jwt_provider(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_charts_envoy_configs_are_the_generators_render():
-    for path in (K8S_ENVOY_YAML, K8S_ENVOY_REMOTE_JWKS_YAML):
+    # files/envoy.yaml is envoy/envoy.yaml itself (a link): the render is committed once.
+    assert K8S_ENVOY_YAML.is_symlink() and K8S_ENVOY_YAML.resolve() == ENVOY_YAML.resolve()
+    for path in (ENVOY_YAML, K8S_ENVOY_REMOTE_JWKS_YAML):
         assert path.read_text() == outputs()[path], f"{path.relative_to(ROOT)} is stale: run scripts/gen-envoy"
 
 
@@ -324,7 +326,7 @@ def test_the_drain_hook_fails_envoys_readiness_and_drains_its_listener(tmp_path)
     """The hook against a real Envoy (the Kubernetes config, on free loopback ports): /healthz turns
     503 at once, the hook waits the drain time, and the listener is closed by then."""
     listen, admin = _free_port(), _free_port()
-    text = outputs()[K8S_ENVOY_YAML]
+    text = outputs()[ENVOY_YAML]
     config = yaml.safe_load(text)
     assert config["admin"]["address"]["socket_address"]["port_value"] == 9901
     assert "/dev/tcp/127.0.0.1/9901" in DRAIN_HOOK.read_text()

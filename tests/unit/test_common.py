@@ -60,7 +60,7 @@ def test_generated_files_match_the_protos():
 
 
 def test_a_replica_takes_as_many_streams_on_one_connection_as_envoy_opens_on_one():
-    from devstack.envoy_config import Layout
+    from edge.config import Layout
 
     assert Settings().max_streams_per_connection == Layout().max_concurrent_streams
     assert Settings.from_env({"GRPC_MAX_CONCURRENT_STREAMS": "500"}).max_streams_per_connection == 500

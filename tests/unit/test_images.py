@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from devstack import images
-from devstack.envoy_config import DESCRIPTOR_SET_NAME, K8S_JWKS_DIR, ImagePaths, render_k8s
+from edge.config import DESCRIPTOR_SET_NAME, K8S_JWKS_DIR, ImagePaths, render_k8s
 
 
 def test_the_tag_is_the_commit_or_the_commit_marked_dirty_with_the_content() -> None:

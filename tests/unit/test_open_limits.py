@@ -38,7 +38,7 @@ def test_each_call_falls_in_one_limit_family_whatever_its_query_string():
     """Envoy matches the families' regexes against the whole :path, as re.fullmatch does."""
     import re
 
-    from devstack.envoy_config import FAMILY_PATHS
+    from edge.config import FAMILY_PATHS
 
     def family(path: str) -> str:
         found = [name for name, regex in FAMILY_PATHS.items() if re.fullmatch(regex, path)]

@@ -3,11 +3,13 @@
 `render(layout)` turns it into Envoy's v3 bootstrap. Two targets share it; only discovery and a few
 paths differ:
 
-- the local stack (`Layout()`, written by `scripts/gen-envoy` to envoy/envoy.yaml): replica addresses
-  live in file-based EDS documents (`eds_document`) that `scripts/dev` rewrites as replicas come and go;
-- Kubernetes (`render_k8s`, written to the chart's files/): each service's replicas are what its
-  headless Service's DNS name resolves to, i.e. its ready pods. The chart replaces the placeholders
-  (`NAMESPACE`, `JWT_ISSUER`...) with the release's values when it loads the file.
+- production on Kubernetes (`render_k8s`, written by `scripts/gen-envoy` to envoy/envoy.yaml, which
+  the chart deploys): each service's replicas are what its headless Service's DNS name resolves to,
+  i.e. its ready pods. The chart replaces the placeholders (`NAMESPACE`, `JWT_ISSUER`...) with the
+  release's values when it loads the file;
+- the local stacks (a `Layout` with their ports, keys and token issuer, rendered at start and not
+  committed): replica addresses live in file-based EDS documents (`eds_document`) that `scripts/dev`
+  rewrites as replicas come and go.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 
-from devstack.auth import AUDIENCE, ISSUER, LINK_AUDIENCE, LINK_ISSUER
-from devstack.paths import LIMITS_YAML
 from runtrack.v1 import summary_pb2, tracking_pb2
+
+# The per-runner limits Envoy enforces (the chart's `limits` values default to these).
+LIMITS_YAML = Path(__file__).with_name("limits.yaml")
 
 TRACKING = tracking_pb2.DESCRIPTOR.services_by_name["TrackingService"]
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
@@ -172,7 +175,7 @@ def _http_status(code: int) -> dict[str, Any]:
 
 
 def _family_match(family: str) -> list[dict[str, Any]]:
-    """Header matchers on :path, all to match, for the calls of one family (envoy/limits.yaml)."""
+    """Header matchers on :path, all to match, for the calls of one family (edge/limits.yaml)."""
 
     def path(regex: str, invert: bool) -> dict[str, Any]:
         return {"name": ":path", "string_match": {"safe_regex": {"regex": regex}}, "invert_match": invert}
@@ -183,7 +186,7 @@ def _family_match(family: str) -> list[dict[str, Any]]:
 
 
 def _rate_limited(family: str, what: str) -> LocalReply:
-    """A runner over one of its limits (envoy/limits.yaml), told which and when to come back."""
+    """A runner over one of its limits (edge/limits.yaml), told which and when to come back."""
     return LocalReply(
         {
             "and_filter": {
@@ -276,16 +279,16 @@ class RemoteJwks:
 class Auth:
     """Tokens checked at the edge: who signs them, for whom, and where Envoy finds the keys."""
 
-    issuer: str = ISSUER
-    audience: str = AUDIENCE
+    issuer: str
+    audience: str
     # A JWKS file, relative to Envoy's working directory (unless `remote_jwks` is set).
     jwks_file: str = ".dev/keys/jwks.json"
     remote_jwks: RemoteJwks | None = None
     clock_skew_s: int = 30
     # Live links (their own issuer and key): accepted on WatchRun and GetRun only. None: no links.
     link_jwks_file: str | None = None
-    link_issuer: str = LINK_ISSUER
-    link_audience: str = LINK_AUDIENCE
+    link_issuer: str = "https://live.runtrack.local"
+    link_audience: str = "runtrack-live"
     # Open without a token: health, reflection, the web page and the API description.
     open_prefixes: tuple[str, ...] = (f"/{HEALTH.full_name}/", "/grpc.reflection.", "/assets/")
     open_paths: tuple[str, ...] = ("/", "/index.html", "/openapi.json", "/favicon.ico")
@@ -337,7 +340,7 @@ class Bucket:
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-runner limits (envoy/limits.yaml; in the chart, its `limits` values): token buckets, streams
+    """Per-runner limits (edge/limits.yaml; in the chart, its `limits` values): token buckets, streams
     open at once, streams per connection."""
 
     calls: Bucket
@@ -354,8 +357,8 @@ class Limits:
     stream_lb_policy: str = "MAGLEV"
 
     @classmethod
-    def load(cls, path: Path = LIMITS_YAML) -> Limits:
-        doc = yaml.safe_load(path.read_text())
+    def load(cls, path: Path | None = None) -> Limits:
+        doc = yaml.safe_load((path or LIMITS_YAML).read_text())
         return cls(
             Bucket(**doc["calls"]),
             Bucket(**doc["stream_opens"]),
@@ -419,7 +422,7 @@ class Layout:
     local_replies: tuple[LocalReply, ...] = LOCAL_REPLIES
     static_files: tuple[StaticFile, ...] = STATIC_FILES
     # None: no token check at all (a second listener for the benchmark's baseline only).
-    auth: Auth | None = field(default_factory=Auth)
+    auth: Auth | None = None
     # The TLS listener, beside the plaintext one unless `plaintext` is False (the chart).
     tls: Tls | None = field(default_factory=lambda: Tls(8443, ".dev/tls/sds/sds.yaml", ".dev/tls/sds"))
     plaintext: bool = True
@@ -436,9 +439,9 @@ class Layout:
     # its limit Envoy frees memory, stops keep-alive, stops accepting connections, then requests.
     max_connections: int = 50_000
     max_heap_bytes: int = 2 * 1024 * 1024 * 1024
-    # Per-runner limits: the chart's Envoy (its `limits` values, envoy/limits.yaml's by default). None
+    # Per-runner limits: the chart's Envoy (its `limits` values, edge/limits.yaml's by default). None
     # on the local stacks, whose tests and benchmarks drive one runner hard on purpose; the limits'
-    # own test runs a second Envoy with envoy/limits.yaml.
+    # own test runs a second Envoy with edge/limits.yaml.
     limits: Limits | None = None
 
 
@@ -790,7 +793,7 @@ def _auth_filters(auth: Auth) -> list[dict[str, Any]]:
                 "retry_policy": {"num_retries": 3},
             }
         }
-    jwt_authn = {
+    jwt_authn: dict[str, Any] = {
         "@type": JWT_AUTHN,
         "providers": {
             "runtrack": {
@@ -1004,7 +1007,7 @@ def _remote_jwks(layout: Layout) -> RemoteJwks | None:
     return layout.auth.remote_jwks if layout.auth is not None else None
 
 
-def render(layout: Layout = Layout()) -> dict[str, Any]:
+def render(layout: Layout) -> dict[str, Any]:
     transcoder = {
         "@type": TRANSCODER,
         "proto_descriptor": layout.descriptor_set,
@@ -1286,7 +1289,7 @@ def render_k8s(*, remote_jwks: bool = False, paths: ImagePaths = ImagePaths()) -
     return render(k8s_layout(remote_jwks=remote_jwks, paths=paths))
 
 
-HEADER = "# Generated by scripts/gen-envoy from devstack/envoy_config.py; do not edit by hand.\n"
+HEADER = "# Generated by scripts/gen-envoy from edge/config.py; do not edit by hand.\n"
 K8S_HEADER = HEADER + (
     "# The chart loads it into the envoy ConfigMap and replaces the __UPPERCASE__ placeholders with the release's\n"
     "# namespace, cluster domain, token issuer and audience (and the JWKS URL's parts).\n"
