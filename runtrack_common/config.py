@@ -63,8 +63,6 @@ class Settings:
     write_linger_ms: int = 50
     # How long a batch the store did not take is sent again (jittered backoff) before the stream ends.
     write_retry_budget_s: float = 3.0
-    # "batch": one unlogged single-partition batch per write; "concurrent": one insert per point.
-    write_mode: str = "batch"
     # A RecordTrack stream that sends nothing for this long is ended (DEADLINE_EXCEEDED).
     stream_idle_timeout_s: float = 300.0
     # A stream ends after about this long (jittered -20 %) with UNAVAILABLE STREAM_LIFETIME and the phone
@@ -158,7 +156,6 @@ class Settings:
             write_batch_points=_int(env, "TRACK_WRITE_BATCH_POINTS", d.write_batch_points),
             write_linger_ms=_int(env, "TRACK_WRITE_LINGER_MS", d.write_linger_ms),
             write_retry_budget_s=_float(env, "TRACK_WRITE_RETRY_BUDGET_S", d.write_retry_budget_s),
-            write_mode=_choice(env, "TRACK_WRITE_MODE", ("batch", "concurrent"), d.write_mode),
             stream_idle_timeout_s=_float(env, "TRACK_STREAM_IDLE_TIMEOUT_S", d.stream_idle_timeout_s),
             stream_lifetime_s=_float(env, "TRACK_STREAM_LIFETIME_S", d.stream_lifetime_s),
             stream_shed_above=_int(env, "TRACK_SHED_ABOVE_STREAMS", d.stream_shed_above),

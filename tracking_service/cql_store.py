@@ -233,9 +233,6 @@ class CqlTrackStore:
     async def write_points(self, run_id: uuid.UUID, points: Sequence[Point]) -> None:
         session = self._ready()
         insert = self.q["insert_point"]
-        if self.settings.write_mode == "concurrent":
-            await asyncio.gather(*(_execute(session, insert, self._values(run_id, p)) for p in points))
-            return
         if len(points) == 1:
             statement: Any = insert.bind(self._values(run_id, points[0]))
         else:
@@ -252,11 +249,6 @@ class CqlTrackStore:
             return
         session = self._ready()
         insert = self.q["insert_point"]
-        if self.settings.write_mode == "concurrent":
-            await asyncio.gather(
-                *(_execute(session, insert, self._values(run_id, p)) for run_id, points in rows for p in points)
-            )
-            return
         # Rows of many partitions in one request: an unlogged batch, which the coordinator applies per
         # partition (no batch log). It saves the replica a request per run, not the store its work.
         statement = BatchStatement(batch_type=BatchType.UNLOGGED)

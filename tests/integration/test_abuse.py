@@ -26,7 +26,7 @@ import grpc
 import pytest
 from google.rpc import code_pb2
 
-from devstack.bench_phones import cpu_seconds, with_descendants
+from bench.sampling import cpu_seconds, with_descendants
 from edge.config import IMPORT_REQUEST_MAX_BYTES, JSON_REQUEST_MAX_BYTES, Layout
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from runtrack_common.config import Settings

@@ -58,9 +58,9 @@ from hyperframe.frame import (
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
+from bench.sampling import with_descendants
 from devstack import procs
 from devstack.auth import token_channel
-from devstack.bench_phones import with_descendants
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from tests.integration.faults import new_run, report, stored_trail
 from tests.integration.test_grpc_fuzz import UNARY, path, payloads

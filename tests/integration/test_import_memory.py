@@ -8,7 +8,7 @@ four kills them: the cap is real. Needs root (a cgroup of its own); no stack."""
 
 import pytest
 
-from devstack import bench_imports
+from bench import imports as bench_imports
 from devstack.memcap import pod_memory_limit
 from summary_service.imports import MAX_FILE_BYTES, MAX_MEMORY_MULTIPLE, MAX_POINTS
 

@@ -19,7 +19,8 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from devstack import bench_flood, procs
+from bench import flood as bench_flood
+from devstack import procs
 from devstack.auth import token_channel
 from edge.config import Limits
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc

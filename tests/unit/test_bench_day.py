@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from devstack.bench_day import NIGHT_FLOOR, arrival_share, histogram_increase, phase_of, quantile_from_buckets
+from bench.day import NIGHT_FLOOR, arrival_share, phase_of
+from bench.sampling import histogram_increase, quantile_from_buckets
 
 
 def test_the_day_has_a_morning_and_an_evening_peak_over_a_night_trough():
@@ -38,7 +39,7 @@ def test_quantiles_are_interpolated_within_cumulative_buckets():
 
 
 def test_both_days_replay_one_arrival_schedule_drawn_before_the_day():
-    from devstack.bench_day import DayConfig, arrival_schedule
+    from bench.day import DayConfig, arrival_schedule
 
     config = DayConfig(minutes=6, peak_arrivals_per_s=1.2, seed=7)
     first, again = arrival_schedule(config), arrival_schedule(config)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from devstack.bench_phones import Step, ceiling, per_point_us
+from bench.phones import Step, ceiling
+from bench.sampling import per_point_us
 
 
 def step(phones: int, **kw: object) -> Step:

@@ -15,7 +15,7 @@ summary pod limit (a cgroup: devstack/memcap.py): it must end without being kill
 
 No stack is needed. Figures go to .dev/bench/imports-<time>.json.
 
-`python -m devstack.bench_imports worker FILE [--at-once N]` is the measured process.
+`python -m bench.imports worker FILE [--at-once N]` is the measured process.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def files(out_dir: Path) -> dict[str, Path]:
 
 def measure(path: Path, at_once: int = 1, limit_bytes: int | None = None) -> dict[str, Any]:
     """The worker's figures for one file in a fresh process (under a memory cap when given)."""
-    argv = [sys.executable, "-m", "devstack.bench_imports", "worker", str(path), "--at-once", str(at_once)]
+    argv = [sys.executable, "-m", "bench.imports", "worker", str(path), "--at-once", str(at_once)]
     if limit_bytes is None:
         import subprocess
 
@@ -174,7 +174,7 @@ def run(out_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devstack.bench_imports")
+    parser = argparse.ArgumentParser(prog="python -m bench.imports")
     sub = parser.add_subparsers(dest="what", required=True)
     w = sub.add_parser("worker", help="imports of one file at once in this process; JSON figures on stdout")
     w.add_argument("file", type=Path)

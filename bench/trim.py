@@ -30,8 +30,8 @@ import grpc
 from google.protobuf.field_mask_pb2 import FieldMask
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.sampling import cpu_seconds
 from devstack.auth import token_channel
-from devstack.bench_phones import cpu_seconds
 from devstack.stack import Stack
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from tracking_service.domain import Point
@@ -156,7 +156,7 @@ async def health_during(stack: Stack, readers: list[Any]) -> dict[str, float]:
     own, while `readers` run: the answers' p50, p99 and slowest in ms, over all replicas."""
     ports = ",".join(str(p) for p in stack.replica_ports()["tracking"])
     prober = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "devstack.bench_trim", "--probe", ports,
+        sys.executable, "-m", "bench.trim", "--probe", ports,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -249,5 +249,5 @@ def run(stack: Stack, n: int, repeats: int, out_dir: Path) -> dict[str, Any]:
     return result
 
 
-if __name__ == "__main__":  # the health prober: python -m devstack.bench_trim --probe PORT[,PORT...]
+if __name__ == "__main__":  # the health prober: python -m bench.trim --probe PORT[,PORT...]
     probe([int(p) for p in sys.argv[2].split(",")])

@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import grpc
 import psycopg
@@ -284,20 +285,27 @@ def _points(n: int, start_s: int) -> list[tracking_pb2.TrackPoint]:
 
 async def bench_store_modes(stack: Stack) -> None:
     from runtrack_common.config import Settings
+    from tracking_service import cql_store
     from tracking_service.cql_store import CqlTrackStore
     from tracking_service.domain import Point
 
+    class PerPointStore(CqlTrackStore):
+        """The store's writes as one insert per point, what its unlogged batches are measured against."""
+
+        async def write_points(self, run_id: uuid.UUID, points: Any) -> None:
+            session, insert = self._ready(), self.q["insert_point"]
+            await asyncio.gather(*(cql_store._execute(session, insert, self._values(run_id, p)) for p in points))
+
     print("\nCQL store: 40 runs x 2,000 points, 8 writes of 100 points in flight per run")
-    for mode in ("batch", "concurrent"):
+    for mode, kind in (("batch", CqlTrackStore), ("concurrent", PerPointStore)):
         settings = Settings.from_env(
             {
                 "SCYLLA_HOSTS": stack.scylla_hosts,
                 "SCYLLA_PORT": str(stack.scylla_port),
                 "SCYLLA_KEYSPACE": stack.spec.keyspace,
-                "TRACK_WRITE_MODE": mode,
             }
         )
-        store = CqlTrackStore(settings)
+        store = kind(settings)
         await store.ensure_ready()
         now_ms = int(time.time() * 1000) - 3_600_000
         slots = asyncio.Semaphore(8 * 40)
@@ -625,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.what == "imports":  # no stack: the import's own process, measured and capped
-        from devstack import bench_imports
+        from bench import imports as bench_imports
 
         bench_imports.run(ROOT / ".dev" / "bench")
         return 0
@@ -641,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         asyncio.run(bench_dashboard(stack, args.calls))
     elif args.what == "day":
-        from devstack.bench_day import DayConfig, run_day
+        from bench.day import DayConfig, run_day
 
         config = DayConfig(minutes=args.minutes, peak_arrivals_per_s=args.peak, fixed=args.fixed)
         for item in args.target:
@@ -654,13 +662,13 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"--target {item!r}: tracking=N or summary=N")
         run_day(stack, config, ROOT / ".dev" / "bench")
     elif args.what == "phones":
-        from devstack import bench_phones
+        from bench import phones as bench_phones
 
         first = args.start or args.step
         steps = list(range(first, args.max + 1, args.step)) or [args.max]
         bench_phones.run(stack, steps, args.seconds, ROOT / ".dev" / "bench", args.ramp_rate)
     elif args.what == "watch":
-        from devstack import bench_watch
+        from bench import watch as bench_watch
 
         config = bench_watch.WatchConfig(
             runs=args.runs,
@@ -674,19 +682,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         bench_watch.run(stack, config, ROOT / ".dev" / "bench")
     elif args.what == "files":
-        from devstack import bench_files
+        from bench import files as bench_files
 
         bench_files.run(stack, args.points, args.files, args.clients, args.repeats, ROOT / ".dev" / "bench")
     elif args.what == "flood":
-        from devstack import bench_flood
+        from bench import flood as bench_flood
 
         bench_flood.run(stack, args.rounds, ROOT / ".dev" / "bench")
     elif args.what == "tls":
-        from devstack import bench_tls
+        from bench import tls as bench_tls
 
         bench_tls.run(stack, args.connections, args.calls, args.rounds, ROOT / ".dev" / "bench")
     elif args.what == "trim":
-        from devstack import bench_trim
+        from bench import trim as bench_trim
 
         bench_trim.run(stack, args.points, args.repeats, ROOT / ".dev" / "bench")
     elif args.what == "auth":

@@ -1,7 +1,7 @@
 """scripts/bench watch: live runs followed by spectators (WatchRun through Envoy), against the same
 live runs without spectators, in one run.
 
-The phone generator (`devstack/phonegen.py`, its `watch` mode) streams `--runs` phones at 1 Hz as
+The phone generator (`bench/generator.py`, its `watch` mode) streams `--runs` phones at 1 Hz as
 `scripts/bench phones` does, arriving at `--ramp-rate` per second. Once every phone streams, a
 baseline window (`--baseline-seconds`) measures the phones alone. Then each run gets one live link
 (CreateLiveLink, as its owner) and `--watchers` spectators (10 per run by default) open one WatchRun
@@ -42,9 +42,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
+from bench.sampling import (
+    components,
+    cpu_by_component,
+    durable_points,
+    histogram_increase,
+    per_point_us,
+    quantile_from_buckets,
+    rss_by_component,
+    with_descendants,
+)
 from devstack.autoscale import metrics_text
-from devstack.bench_day import histogram_increase, quantile_from_buckets
-from devstack.bench_phones import _cpu, _rss, components, durable_points, per_point_us, with_descendants
 from devstack.paths import ROOT
 from devstack.stack import Stack, metrics_port
 
@@ -106,8 +114,8 @@ class Sample:
 
 def take_sample(phase: str, marker: dict[str, Any], pids: dict[str, list[int]], stack: Stack) -> Sample:
     at = time.monotonic()
-    cpu = _cpu(pids)
-    rss = _rss(pids)
+    cpu = cpu_by_component(pids)
+    rss = rss_by_component(pids)
     return Sample(phase, at, marker, cpu, rss, scrape(stack))
 
 
@@ -204,7 +212,7 @@ class WatchConfig:
 
 
 def run(stack: Stack, config: WatchConfig, out_dir: Path) -> dict[str, Any]:
-    from devstack.phonegen import phonegen
+    from bench.generator import phonegen
 
     generator = phonegen()
     before = len(stack.replica_ports()["tracking"])

@@ -1,4 +1,4 @@
-"""The phone load generator: a Go command (deploy/bench/phonegen) that streams GPS points like many
+"""The phone load generator: a Go command (bench/phonegen) that streams GPS points like many
 phones at once through Envoy, one RecordTrack stream and one goroutine per phone, at a small cost per
 phone. It reads the message types from generated/runtrack_descriptor.pb at run time (no generated Go
 code), so it is built once per machine and version, with the module versions its go.mod and go.sum pin
@@ -23,7 +23,7 @@ from devstack.paths import ROOT, cache_dir
 from devstack.tools import link_into_venv
 
 NAME = "phonegen"
-SOURCE = ROOT / "deploy" / "bench" / "phonegen"
+SOURCE = ROOT / "bench" / "phonegen"
 
 
 def say(msg: str) -> None:
@@ -39,7 +39,7 @@ def version() -> str:
 
 
 def phonegen() -> Path:
-    """The generator, built from deploy/bench/phonegen once per machine and version, linked into
+    """The generator, built from bench/phonegen once per machine and version, linked into
     .venv/bin so that it is at hand (`.venv/bin/phonegen`)."""
     exe = cache_dir() / "bin" / f"{NAME}-{version()}"
     if not exe.exists():

@@ -24,7 +24,7 @@ from typing import Any
 
 import grpc
 
-from devstack.bench_phones import cpu_seconds, with_descendants
+from bench.sampling import cpu_seconds, with_descendants
 from devstack.stack import Stack
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 

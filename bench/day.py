@@ -13,7 +13,6 @@ replica-seconds (what the day costs), points lost (every trail read back) and re
 from __future__ import annotations
 
 import asyncio
-import bisect
 import datetime as dt
 import json
 import math
@@ -24,18 +23,18 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
-from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bench.sampling import histogram_increase, quantile_from_buckets, tracking_sample
 from devstack.auth import token_channel
-from devstack.autoscale import Autoscaler, Policy, metrics_text
+from devstack.autoscale import Autoscaler, Policy
 from devstack.stack import Stack, metrics_port
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from runtrack_client import Backoff, RunRecorder
@@ -118,54 +117,6 @@ def _ts(value: dt.datetime) -> Timestamp:
     t = Timestamp()
     t.FromDatetime(value)
     return t
-
-
-def quantile_from_buckets(buckets: dict[float, float], q: float) -> float | None:
-    """The q-quantile of a Prometheus histogram's cumulative buckets, interpolated linearly."""
-    bounds = sorted(buckets)
-    if not bounds or buckets[bounds[-1]] <= 0:
-        return None
-    total = buckets[bounds[-1]]
-    rank = q * total
-    counts = [buckets[b] for b in bounds]
-    i = bisect.bisect_left(counts, rank)
-    if i >= len(bounds) or math.isinf(bounds[i]):
-        return bounds[-2] if len(bounds) > 1 else None
-    lower_bound = 0.0 if i == 0 else bounds[i - 1]
-    lower_count = 0.0 if i == 0 else counts[i - 1]
-    span = counts[i] - lower_count
-    return lower_bound + (bounds[i] - lower_bound) * ((rank - lower_count) / span if span else 1.0)
-
-
-def histogram_increase(before: dict[float, float], now: dict[float, float]) -> dict[float, float]:
-    """How much each cumulative bucket grew since `before`. A replica retired and a new one started on
-    its port counts from zero again: a fall is a reset, as Prometheus reads counters (taken as negative
-    growth, it had emptied whole phases of the day)."""
-    if now.get(math.inf, 0.0) < before.get(math.inf, 0.0):
-        return dict(now)
-    return {le: count - before.get(le, 0.0) for le, count in now.items()}
-
-
-class TrackingSample(NamedTuple):
-    buckets: dict[float, float]  # the durable histogram, cumulative
-    streams_open: float
-    points_stored: float
-
-
-def _tracking_sample(port: int) -> TrackingSample:
-    """A tracking replica's durable histogram (cumulative buckets), open streams and points stored."""
-    text = metrics_text(metrics_port(port))
-    buckets: dict[float, float] = {}
-    streams = stored = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "runtrack_point_durable_seconds_bucket":
-                buckets[float(sample.labels["le"])] = sample.value
-            elif sample.name == "runtrack_streams_open":
-                streams += sample.value
-            elif sample.name == "runtrack_points_stored_total":
-                stored += sample.value
-    return TrackingSample(buckets, streams, stored)
 
 
 class Day:
@@ -263,7 +214,7 @@ class Day:
             window: dict[float, float] = {}
             for port in ports["tracking"]:
                 try:
-                    buckets, open_streams, _ = await asyncio.to_thread(_tracking_sample, port)
+                    buckets, open_streams, _ = await asyncio.to_thread(tracking_sample, port)
                 except OSError:
                     continue
                 streams += open_streams

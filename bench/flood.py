@@ -25,9 +25,9 @@ from typing import Any
 
 import grpc
 
+from bench.sampling import cpu_seconds, with_descendants
 from devstack import procs
 from devstack.auth import token_channel
-from devstack.bench_phones import cpu_seconds, with_descendants
 from devstack.stack import Stack
 from edge.config import Limits
 from runtrack.v1 import summary_pb2, summary_pb2_grpc

@@ -1,6 +1,6 @@
 """scripts/bench phones: live phones at 1 Hz (one point a message) through Envoy, stepped up.
 
-Each step runs the compiled phone generator (`devstack/phonegen.py`) for `--seconds` with N phones, each
+Each step runs the compiled phone generator (`bench/generator.py`) for `--seconds` with N phones, each
 one RecordTrack stream sending one point a second, then reads every run back from the CQL store. Per
 step: streams failed, points durable / sent, arrival-to-durable p50/p99 (the tracking replicas' own
 histogram, the step's increase), the generator's lag behind its schedule, CPU microseconds per point of
@@ -25,13 +25,20 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devstack import procs
-from devstack.bench_day import _tracking_sample, quantile_from_buckets
+from bench.sampling import (
+    components,
+    cpu_by_component,
+    durable_histogram,
+    durable_points,
+    per_point_us,
+    quantile_from_buckets,
+    rss_by_component,
+    with_descendants,
+)
 from devstack.stack import Stack
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -77,103 +84,6 @@ def ceiling(steps: list[Step]) -> int:
     return max((s.phones for s in steps if s.ok), default=0)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far (its reaped children left out)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(") ", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def rss_kib(pid: int) -> float:
-    return procs.memory_mb(pid).get("VmRSS", 0.0) * 1024
-
-
-def per_point_us(cpu_s: float, points: int) -> float:
-    return round(cpu_s / points * 1e6, 1) if points else 0.0
-
-
-def components(stack: Stack) -> dict[str, list[int]]:
-    """The processes whose CPU a step is charged to, by component."""
-    out: dict[str, list[int]] = {"envoy": [], "tracking": [], "cql": []}
-    envoy = stack.envoy_pid()
-    if envoy:
-        out["envoy"].append(envoy)
-    for port in stack.replica_ports()["tracking"]:
-        pid = stack.replica_pid("tracking", port)
-        if pid:
-            out["tracking"].append(pid)
-    for node in stack.cql_nodes:
-        pid = node.pid()
-        if pid:
-            out["cql"].append(pid)
-    return out
-
-
-def with_descendants(pids: list[int]) -> list[int]:
-    """The processes and every process below them (Envoy runs under a small shell, for one)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(") ", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], list(pids)
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo += children.get(pid, [])
-    return out
-
-
-def _alive(pid: int) -> bool:
-    return os.path.exists(f"/proc/{pid}")
-
-
-def _cpu(pids: dict[str, list[int]]) -> dict[str, float]:
-    return {name: sum(cpu_seconds(p) for p in group if _alive(p)) for name, group in pids.items()}
-
-
-def _rss(pids: dict[str, list[int]]) -> dict[str, float]:
-    return {
-        name: sum(rss_kib(p) for p in group if _alive(p))
-        for name, group in pids.items()
-        if name in ("envoy", "tracking")
-    }
-
-
-def _histogram(stack: Stack) -> tuple[dict[float, float], float]:
-    """The tracking replicas' durable histogram, summed, and the points they have written so far."""
-    total: dict[float, float] = {}
-    stored = 0.0
-    for port in stack.replica_ports()["tracking"]:
-        sample = _tracking_sample(port)
-        stored += sample.points_stored
-        for bound, count in sample.buckets.items():
-            total[bound] = total.get(bound, 0.0) + count
-    return total, stored
-
-
-def durable_points(stack: Stack, run_ids: list[str]) -> int:
-    """Points of these runs in the CQL store, every run read back (counted by the store)."""
-    from cassandra.cluster import Cluster as CqlCluster  # scylla-driver
-    from cassandra.concurrent import execute_concurrent_with_args
-
-    hosts = stack.scylla_hosts.split(",")
-    cluster = CqlCluster(hosts, port=stack.scylla_port)
-    try:
-        session = cluster.connect(stack.spec.keyspace)
-        query = session.prepare("SELECT count(*) FROM track_points WHERE run_id = ?")
-        results = execute_concurrent_with_args(
-            session, query, [(uuid.UUID(r),) for r in run_ids], concurrency=64, raise_on_first_error=True
-        )
-        return sum(int(result.one()[0]) for ok, result in results if ok)
-    finally:
-        cluster.shutdown()
-
-
 def run_step(
     stack: Stack, generator: Path, tokens: Path, phones: int, seconds: float, work: Path, ramp_rate: float
 ) -> Step:
@@ -182,9 +92,9 @@ def run_step(
     seconds = max(seconds, ramp + 20.0)
     step = Step(phones, seconds)
     pids = {name: with_descendants(group) for name, group in components(stack).items()}
-    idle_rss = _rss(pids)
-    before_cpu = _cpu(pids)
-    before_hist, _ = _histogram(stack)
+    idle_rss = rss_by_component(pids)
+    before_cpu = cpu_by_component(pids)
+    before_hist, _ = durable_histogram(stack)
     out, run_ids = work / f"step-{phones}.json", work / f"runs-{phones}.txt"
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -216,14 +126,14 @@ def run_step(
     def sample_mid() -> None:
         if window[1] - window[0] >= 5.0:
             time.sleep(window[0])
-            steady.append((time.monotonic(), _cpu(pids), *_histogram(stack)))
+            steady.append((time.monotonic(), cpu_by_component(pids), *durable_histogram(stack)))
         time.sleep(max(0.0, ramp + seconds / 2 - (time.monotonic() - started)))
         if proc.poll() is None:
-            mid.update(_rss(pids))
+            mid.update(rss_by_component(pids))
         if steady:
             time.sleep(max(0.0, window[1] - (time.monotonic() - started)))
             if proc.poll() is None:
-                steady.append((time.monotonic(), _cpu(pids), *_histogram(stack)))
+                steady.append((time.monotonic(), cpu_by_component(pids), *durable_histogram(stack)))
 
     sampler = threading.Thread(target=sample_mid, daemon=True)
     sampler.start()
@@ -231,8 +141,8 @@ def run_step(
     sampler.join(timeout=1)
     wall = time.monotonic() - started
     time.sleep(1.0)  # the last lingering batches
-    after_cpu = _cpu(pids)
-    after_hist, _ = _histogram(stack)
+    after_cpu = cpu_by_component(pids)
+    after_hist, _ = durable_histogram(stack)
     result: dict[str, Any] = json.loads(out.read_text())
     step.streams_ok = int(result["streams_ok"])
     step.streams_failed = int(result["streams_failed"])
@@ -308,7 +218,7 @@ def ratio(s: Step) -> tuple[float, str] | None:
 
 
 def run(stack: Stack, steps: list[int], seconds: float, out_dir: Path, ramp_rate: float = 250.0) -> list[Step]:
-    from devstack.phonegen import phonegen
+    from bench.generator import phonegen
 
     generator = phonegen()
     out_dir.mkdir(parents=True, exist_ok=True)
