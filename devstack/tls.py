@@ -1,4 +1,4 @@
-"""The local CA and Envoy's server certificate (the `cryptography` library, through devstack.k8s_pki),
+"""The local CA and Envoy's server certificate (the `cryptography` library, through devstack.pki),
 and the SDS file Envoy reads them from.
 
 Made once per stack under its `tls/` directory (`.dev/tls/` for `scripts/dev`): `ca.pem` is what a
@@ -15,7 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from devstack.k8s_pki import Pki
+from devstack.pki import Pki
 
 SECRET_NAME = "runtrack-server"
 SERVER_NAMES = ("localhost",)

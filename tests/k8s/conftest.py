@@ -7,8 +7,8 @@ import os
 
 import pytest
 
+from deploy.k8s.cluster import Cluster, status
 from devstack import tools
-from devstack.k8s import Cluster, status
 
 
 @pytest.fixture(scope="session")

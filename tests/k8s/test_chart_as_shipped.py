@@ -31,10 +31,11 @@ import yaml
 from google.api import httpbody_pb2
 from google.protobuf import field_mask_pb2
 
+from deploy.k8s.cluster import Cluster
+from deploy.k8s.node import CHART, CQL_PORT, DEV_TLS_DIR, NODE_IP, PG_PORT
+from deploy.k8s.node import NAMESPACE as SESSION_NAMESPACE
 from devstack import tls
 from devstack.activity_files import gpx_file, synthetic_run
-from devstack.k8s import CHART, CQL_PORT, DEV_TLS_DIR, NODE_IP, PG_PORT, Cluster
-from devstack.k8s import NAMESPACE as SESSION_NAMESPACE
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from tests.helpers import point
 from tests.k8s.test_network_policy import PROBE, _attacker_manifest

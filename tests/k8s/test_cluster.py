@@ -15,9 +15,10 @@ from pathlib import Path
 
 import grpc
 
-from devstack import k8s as k8smod
+from deploy.k8s import node as k8smod
+from deploy.k8s.cluster import Cluster, status
+from deploy.k8s.node import NAMESPACE
 from devstack.auth import LocalIssuer, token_channel
-from devstack.k8s import NAMESPACE, Cluster, status
 from devstack.paths import ROOT
 from runtrack.v1 import summary_pb2, summary_pb2_grpc
 from runtrack_client import Backoff, RunRecorder

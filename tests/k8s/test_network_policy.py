@@ -26,8 +26,9 @@ from typing import Any
 
 import pytest
 
+from deploy.k8s.cluster import Cluster
+from deploy.k8s.node import API_PORT, CQL_PORT, NAMESPACE, NODE_IP, PG_PORT
 from devstack.auth import LocalIssuer, token_channel
-from devstack.k8s import API_PORT, CQL_PORT, NAMESPACE, NODE_IP, PG_PORT, Cluster
 from devstack.paths import ROOT
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 

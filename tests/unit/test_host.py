@@ -39,7 +39,13 @@ def programs_run(source: Path) -> set[str]:
 
 
 def test_every_program_the_scripts_run_is_in_the_table():
-    seen = {p: src.name for src in (ROOT / "devstack").glob("*.py") for p in programs_run(src)}
+    sources = [
+        *ROOT.glob("devstack/*.py"),
+        *ROOT.glob("deploy/**/*.py"),
+        *ROOT.glob("bench/*.py"),
+        *ROOT.glob("edge/*.py"),
+    ]
+    seen = {p: str(src.relative_to(ROOT)) for src in sources for p in programs_run(src)}
     unknown = {p: where for p, where in seen.items() if p not in host.PROGRAMS and p not in NOT_HOST}
     assert not unknown, f"add these to devstack/host.py PROGRAMS with their Debian package: {unknown}"
     assert {"modprobe", "ip", "buildah", "java", "npm"} <= set(seen), "the scan finds the calls"
@@ -69,5 +75,5 @@ def test_a_preflight_without_any_program_names_each_with_its_package(script, tmp
 def test_the_scripts_run_their_preflight_first():
     assert "devstack.host install test" in (ROOT / "scripts" / "test").read_text()
     assert 'host.preflight("dev")' in (ROOT / "devstack" / "__main__.py").read_text()
-    assert 'host.preflight("k8s")' in (ROOT / "devstack" / "k8s.py").read_text()
-    assert 'host.preflight("image")' in (ROOT / "devstack" / "images.py").read_text()
+    assert 'host.preflight("k8s")' in (ROOT / "deploy" / "k8s" / "cluster.py").read_text()
+    assert 'host.preflight("image")' in (ROOT / "deploy" / "images" / "build.py").read_text()

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from devstack import images
+from deploy.images import build as images
 from edge.config import DESCRIPTOR_SET_NAME, K8S_JWKS_DIR, ImagePaths, render_k8s
 
 
@@ -259,7 +259,7 @@ def test_the_envoy_image_holds_the_files_the_charts_envoy_config_reads() -> None
 
 def test_each_image_is_rebuilt_when_its_own_files_or_the_recipe_change() -> None:
     for image in images.IMAGES:
-        assert "devstack/images.py" in image.inputs
+        assert "deploy/images/build.py" in image.inputs
         assert f"deploy/images/{image.name}.packages" in image.inputs
     assert {"tracking_service", "summary_service", "generated/runtrack"} <= set(images.APP.inputs)
     assert "web" in images.ENVOY.inputs

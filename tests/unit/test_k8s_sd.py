@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from devstack.k8s_sd import targets
+from deploy.k8s.sd import targets
 
 
 def pod(

@@ -23,98 +23,43 @@ import time
 from pathlib import Path
 from typing import Any
 
-from devstack import host, k8s_netpol, procs, tls
+from deploy.k8s import netpol
+from deploy.k8s.node import (
+    ADAPTER_PORT,
+    ADAPTER_RULES,
+    API_PORT,
+    API_SERVICE_IP,
+    BRIDGE,
+    CHART,
+    CQL_PORT,
+    DEV_TLS_DIR,
+    ENVOY_NODE_PORT,
+    ENVOY_TLS_NODE_PORT,
+    ETCD_PORT,
+    GOMOD,
+    K8S_VERSION,
+    NAMESPACE,
+    NODE_IP,
+    NODE_NAME,
+    PAUSE_IMAGE,
+    PG_PORT,
+    POD_CIDR,
+    PROMETHEUS_PORT,
+    RELEASE,
+    SERVICE_CIDR,
+    VALUES_LOCAL,
+    build,
+    k8s_bin,
+    run,
+    say,
+    tools_bin,
+)
+from devstack import host, procs, tls
 from devstack.auth import LINK_KEY_ID, LocalIssuer
 from devstack.cql_node import CqlNode
-from devstack.k8s_pki import Pair, Pki, b64, kubeconfig
-from devstack.paths import ROOT, cache_dir
+from devstack.paths import ROOT
 from devstack.pg_node import PgNode
-
-K8S_VERSION = "v1.34.4"
-GOMOD = ROOT / "deploy" / "k8s" / "gomod"
-CHART = ROOT / "deploy" / "helm" / "runtrack"
-ADAPTER_RULES = ROOT / "deploy" / "k8s" / "adapter-rules.yaml"
-VALUES_LOCAL = ROOT / "deploy" / "k8s" / "values-local.yaml"
-RELEASE = "runtrack"
-
-NODE_NAME = "runtrack-node"
-BRIDGE = "rtk0"
-NODE_IP = "10.244.0.1"
-POD_CIDR = "10.244.0.0/24"
-SERVICE_CIDR = "10.96.0.0/24"
-API_SERVICE_IP = "10.96.0.1"
-NAMESPACE = "runtrack"
-ENVOY_NODE_PORT = 30080
-ENVOY_TLS_NODE_PORT = 30443
-DEV_TLS_DIR = ROOT / ".dev" / "tls"
-
-ETCD_PORT = 23790
-API_PORT = 6443
-ADAPTER_PORT = 6444
-PROMETHEUS_PORT = 19090
-CQL_PORT = 39042
-PG_PORT = 35432
-
-K8S_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl")
-TOOLS = {  # binary -> (wrapper module, package)
-    "etcd": ("etcd", "."),
-    "helm": ("tools", "helm.sh/helm/v3/cmd/helm"),
-    "kubeconform": ("tools", "github.com/yannh/kubeconform/cmd/kubeconform"),
-    "coredns": ("tools", "github.com/coredns/coredns"),
-    "prometheus-adapter": ("adapter", "sigs.k8s.io/prometheus-adapter/cmd/adapter"),
-}
-PAUSE_IMAGE = "docker.io/runtrack/pause:3.10"
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def run(*argv: str | Path, check: bool = True, quiet: bool = False, **kw: Any) -> subprocess.CompletedProcess[str]:
-    out = subprocess.DEVNULL if quiet else None
-    return subprocess.run([str(a) for a in argv], check=check, text=True, stdout=kw.pop("stdout", out), **kw)
-
-
-# ---- what is built once per machine -------------------------------------------------------------
-def k8s_bin() -> Path:
-    return cache_dir() / "k8s" / K8S_VERSION / "bin"
-
-
-def tools_bin() -> Path:
-    return cache_dir() / "k8s" / "tools" / "bin"
-
-
-def _go_build(module: str, out: Path, packages: list[str], ldflags: str = "-s -w") -> None:
-    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=mod")
-    run("go", "build", "-trimpath", "-ldflags", ldflags, "-o", out, *packages, cwd=GOMOD / module, env=env)
-
-
-def build() -> None:
-    """Builds whatever is missing: Kubernetes' commands, then the tools (minutes, once per machine)."""
-    missing = [b for b in K8S_BINARIES if not (k8s_bin() / b).exists()]
-    if missing:
-        say(f"building Kubernetes {K8S_VERSION} ({', '.join(missing)}) from the Go module proxy, once per machine")
-        started = time.monotonic()
-        k8s_bin().mkdir(parents=True, exist_ok=True)
-        minor = K8S_VERSION.split(".")[1]
-        ld = "-s -w"
-        for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
-            ld += f" -X {pkg}.gitVersion={K8S_VERSION} -X {pkg}.gitMajor=1 -X {pkg}.gitMinor={minor}"
-            ld += f" -X {pkg}.gitTreeState=clean"
-        tmp = k8s_bin().parent / "bin.tmp"
-        tmp.mkdir(exist_ok=True)
-        _go_build("kubernetes", tmp, [f"k8s.io/kubernetes/cmd/{b}" for b in missing], ld)
-        for b in missing:
-            (tmp / b).replace(k8s_bin() / b)
-        say(f"built Kubernetes in {time.monotonic() - started:.0f} s")
-    tools_bin().mkdir(parents=True, exist_ok=True)
-    for name, (module, pkg) in TOOLS.items():
-        if (tools_bin() / name).exists():
-            continue
-        say(f"building {name} from the Go module proxy, once per machine")
-        tmp = tools_bin() / f".{name}.tmp"
-        _go_build(module, tmp, [pkg])
-        tmp.replace(tools_bin() / name)
+from devstack.pki import Pair, Pki, b64, kubeconfig
 
 
 class Cluster:
@@ -576,7 +521,7 @@ state = "{self.containerd_state}"
             [
                 sys.executable,
                 "-m",
-                "devstack.k8s_sd",
+                "deploy.k8s.sd",
                 "--kubeconfig",
                 self.admin_kubeconfig,
                 "--out",
@@ -711,7 +656,7 @@ state = "{self.containerd_state}"
         self.start_prometheus()
         self.start_adapter(certs)
         self.wait_node_ready()
-        k8s_netpol.start(self)  # NetworkPolicy enforced before any replica starts
+        netpol.start(self)  # NetworkPolicy enforced before any replica starts
         say(f"cluster up in {time.monotonic() - started:.0f} s")
         refs = self.load_images()
         self.install_chart(refs)
@@ -720,7 +665,7 @@ state = "{self.containerd_state}"
 
     def load_images(self) -> dict[str, str]:
         """Builds the images (cached by content) and imports them into the node's containerd."""
-        from devstack import images
+        from deploy.images import build as images
 
         built = images.build_all()
         for image in built.values():
@@ -943,7 +888,7 @@ def main(argv: list[str]) -> int:
         cluster.down()
     elif args.cmd == "build":
         build()
-        k8s_netpol.build()
+        netpol.build()
     elif args.cmd == "status":
         info = status(cluster)
         if args.json:

@@ -3,7 +3,7 @@ this process lists the cluster's pods every `--interval` seconds and writes the 
 `prometheus.io/scrape: "true"` as a file_sd target file (rewritten atomically, only on change), each
 labelled with its namespace, pod and component, as Prometheus' own Kubernetes discovery would.
 
-    python -m devstack.k8s_sd --kubeconfig FILE --out FILE [--interval S]
+    python -m deploy.k8s.sd --kubeconfig FILE --out FILE [--interval S]
 """
 
 from __future__ import annotations

@@ -169,7 +169,7 @@ def _labels(title: str, description: str) -> tuple[tuple[str, str], ...]:
     )
 
 
-RECIPE = ("devstack/images.py", "pyproject.toml", "deploy/images/requirements.lock")
+RECIPE = ("deploy/images/build.py", "pyproject.toml", "deploy/images/requirements.lock")
 APP_DESCRIPTION = "RunTrack tracking_service and summary_service (python -m tracking_service | summary_service)"
 ENVOY_DESCRIPTION = "Envoy in front of RunTrack, with the web page and the API's descriptor set"
 APP = Image(

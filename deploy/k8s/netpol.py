@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from devstack import host
-from devstack.k8s_pki import kubeconfig
+from devstack.pki import kubeconfig
 
 if TYPE_CHECKING:
-    from devstack.k8s import Cluster
+    from deploy.k8s.cluster import Cluster
 
 NAME = "kube-router"
 MODULE = "netpol"
@@ -46,14 +46,14 @@ SYNCED = "sync iptables took"
 
 
 def binary() -> Path:
-    from devstack.k8s import tools_bin
+    from deploy.k8s.node import tools_bin
 
     return tools_bin() / NAME
 
 
 def version() -> str:
     """The kube-router version go.mod pins."""
-    from devstack.k8s import GOMOD
+    from deploy.k8s.node import GOMOD
 
     for line in (GOMOD / MODULE / "go.mod").read_text().splitlines():
         words = line.split()
@@ -64,7 +64,7 @@ def version() -> str:
 
 def build() -> None:
     """Builds kube-router when it is missing (about two minutes on two cores, once per machine)."""
-    from devstack.k8s import _go_build, say
+    from deploy.k8s.node import go_build, say
 
     if binary().exists():
         return
@@ -73,14 +73,14 @@ def build() -> None:
     binary().parent.mkdir(parents=True, exist_ok=True)
     tmp = binary().parent / f".{NAME}.tmp"
     ld = f"-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version={version()}"
-    _go_build(MODULE, tmp, [PACKAGE], ld)
+    go_build(MODULE, tmp, [PACKAGE], ld)
     tmp.replace(binary())
     say(f"built kube-router in {time.monotonic() - started:.0f} s")
 
 
 def credentials(cluster: Cluster) -> Path:
     """A kubeconfig with kube-router's own client certificate, and its read-only RBAC."""
-    from devstack.k8s import API_PORT, NODE_IP
+    from deploy.k8s.node import API_PORT, NODE_IP
 
     ca = cluster.pki.ca("ca")
     cert = cluster.pki.issue(NAME, ca, cn=USER, client=True)
@@ -108,7 +108,7 @@ def credentials(cluster: Cluster) -> Path:
 
 
 def argv(kubeconfig_path: Path) -> list[str | Path]:
-    from devstack.k8s import NODE_NAME, SERVICE_CIDR
+    from deploy.k8s.node import NODE_NAME, SERVICE_CIDR
 
     return [
         binary(),
@@ -135,7 +135,7 @@ def argv(kubeconfig_path: Path) -> list[str | Path]:
 def start(cluster: Cluster) -> None:
     """Starts kube-router (after the node is registered: it reads its own Node) and waits until its
     first full sync has written the policies into the kernel. Nothing to do when it runs already."""
-    from devstack.k8s import NODE_NAME
+    from deploy.k8s.node import NODE_NAME
 
     if cluster.pid(NAME):
         return
