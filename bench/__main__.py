@@ -23,12 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import functools
 import random
 import statistics
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -99,7 +100,8 @@ def say(msg: str) -> None:
 
 def seed(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        have = conn.execute("SELECT count(*) FROM runs WHERE user_id LIKE 'bench-%'").fetchone()[0]
+        row = conn.execute("SELECT count(*) FROM runs WHERE user_id LIKE 'bench-%'").fetchone()
+        have = row[0] if row else 0
         if have >= BENCH_USERS * RUNS_PER_USER:
             say(f"seed: {have} bench runs already there")
             return
@@ -154,7 +156,7 @@ async def bench_dashboard(stack: Stack, calls: int) -> None:
     channels = [grpc.aio.insecure_channel(stack.envoy_address) for _ in range(4)]
     stubs = [summary_pb2_grpc.SummaryServiceStub(c) for c in channels]
 
-    def s(i: int):
+    def s(i: int) -> summary_pb2_grpc.SummaryServiceAsyncStub:
         return stubs[i % len(stubs)]
 
     deep_tokens: dict[str, str] = {}
@@ -230,7 +232,7 @@ async def bench_dashboard(stack: Stack, calls: int) -> None:
     async with AsyncConnectionPool(url, min_size=16, max_size=16, open=False) as pool:
         await pool.open(wait=True)
 
-        async def sql(query: str, params: dict) -> None:
+        async def sql(query: str, params: dict[str, Any]) -> None:
             async with pool.connection() as conn:
                 await (await conn.execute(query, params)).fetchall()
 
@@ -318,7 +320,7 @@ async def bench_store_modes(stack: Stack) -> None:
             ]
             per_run = asyncio.Semaphore(8)
 
-            async def write(batch):
+            async def write(batch: list[Point]) -> None:
                 async with per_run, slots:
                     await store.write_points(rid, batch)
 
@@ -378,8 +380,8 @@ async def bench_streams(stack: Stack, streams: int, points: int, live_points: in
         await call.write(req)
         while True:
             try:
-                c = await stub.GetTrackCursor(tracking_pb2.GetTrackCursorRequest(run_id=rid), metadata=owner)
-                if c.contiguous_seq >= p.seq:
+                cursor = await stub.GetTrackCursor(tracking_pb2.GetTrackCursorRequest(run_id=rid), metadata=owner)
+                if cursor.contiguous_seq >= p.seq:
                     break
             except grpc.aio.AioRpcError as err:
                 if err.code() != grpc.StatusCode.NOT_FOUND:
@@ -448,7 +450,9 @@ def bench_ingest_cluster(stack: Stack, streams: int, points: int) -> None:
 # ---- auth -----------------------------------------------------------------------------------------
 
 
-async def _until_serving(stub: summary_pb2_grpc.SummaryServiceStub, request, metadata, timeout_s: float = 30.0):
+async def _until_serving(
+    stub: summary_pb2_grpc.SummaryServiceAsyncStub, request: Any, metadata: Any, timeout_s: float = 30.0
+) -> Any:
     """Retries `GetRun` until the listener routes it (a new Envoy health-checks its hosts first)."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -500,17 +504,17 @@ async def bench_auth(stack: Stack, calls: int, rounds: int) -> None:
             else:
                 results[key] = r
 
-        async def one_point_stream(stub: tracking_pb2_grpc.TrackingServiceStub, metadata) -> None:
+        async def one_point_stream(stub: tracking_pb2_grpc.TrackingServiceAsyncStub, metadata: Any) -> None:
             request = tracking_pb2.RecordTrackRequest(run_id=str(uuid.uuid4()), points=_points(1, start_s))
             reply = await stub.RecordTrack(iter([request]), metadata=metadata)
             assert reply.contiguous_seq == 1, reply
 
         live = _points(500, start_s)
 
-        async def live_stream(stub: tracking_pb2_grpc.TrackingServiceStub, metadata) -> float:
+        async def live_stream(stub: tracking_pb2_grpc.TrackingServiceAsyncStub, metadata: Any) -> float:
             """A phone's live stream: 500 messages of one point; ms per message until all durable."""
 
-            async def messages():
+            async def messages() -> AsyncIterator[tracking_pb2.RecordTrackRequest]:
                 yield tracking_pb2.RecordTrackRequest(run_id=str(uuid.uuid4()), points=live[:1])
                 for p in live[1:]:
                     yield tracking_pb2.RecordTrackRequest(points=[p])
@@ -524,12 +528,12 @@ async def bench_auth(stack: Stack, calls: int, rounds: int) -> None:
         for k in range(rounds):
             say(f"auth: round {k + 1} of {rounds}")
             for label, (_, metadata) in variants.items():
-                sstub = summary_pb2_grpc.SummaryServiceStub(channels[label])
-                tstub = tracking_pb2_grpc.TrackingServiceStub(channels[label])
+                sstub: Any = summary_pb2_grpc.SummaryServiceStub(channels[label])
+                tstub: Any = tracking_pb2_grpc.TrackingServiceStub(channels[label])
                 merge(
                     await drive(
                         "GetRun",
-                        lambda i, sstub=sstub, metadata=metadata: sstub.GetRun(get, metadata=metadata),
+                        functools.partial(lambda stub, md, _i: stub.GetRun(get, metadata=md), sstub, metadata),
                         calls=calls,
                     ),
                     label,
@@ -537,7 +541,7 @@ async def bench_auth(stack: Stack, calls: int, rounds: int) -> None:
                 merge(
                     await drive(
                         "1-point stream (open, 1 point, reply)",
-                        lambda i, tstub=tstub, metadata=metadata: one_point_stream(tstub, metadata),
+                        functools.partial(lambda stub, md, _i: one_point_stream(stub, md), tstub, metadata),
                         calls=calls // 4,
                     ),
                     label,
@@ -670,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "watch":
         from bench import watch as bench_watch
 
-        config = bench_watch.WatchConfig(
+        watch_config = bench_watch.WatchConfig(
             runs=args.runs,
             watchers=args.watchers or 10 * args.runs,
             seconds=args.seconds,
@@ -680,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
             replicas=args.replicas,
             stop_runs=args.stop_runs,
         )
-        bench_watch.run(stack, config, ROOT / ".dev" / "bench")
+        bench_watch.run(stack, watch_config, ROOT / ".dev" / "bench")
     elif args.what == "files":
         from bench import files as bench_files
 

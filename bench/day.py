@@ -21,6 +21,7 @@ import statistics
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,7 +150,7 @@ class Day:
         ]
         per_message = max(1, round(c.compression / 4))
 
-        async def live():
+        async def live() -> AsyncIterator[list[tracking_pb2.TrackPoint]]:
             for k in range(0, n, per_message):
                 yield points[k : k + per_message]
                 await asyncio.sleep(0.25)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import http.client
 import json
 import statistics
@@ -195,7 +196,7 @@ async def bench(stack: Stack, points: int, files: int, clients: int) -> dict[str
             t.points += run["overview"]["pointCount"]
             imported.append(run["runId"])
 
-        t.seconds = await _pool([lambda b=b: one(b) for b in bodies], clients)
+        t.seconds = await _pool([functools.partial(one, b) for b in bodies], clients)
 
     # Exports of the imported runs, against the same trails read as JSON pages.
     readers = {
@@ -233,7 +234,7 @@ async def bench(stack: Stack, points: int, files: int, clients: int) -> dict[str
                 return
             t.points += points
 
-        t.seconds = await _pool([lambda r=r: job(r) for r in imported], clients)
+        t.seconds = await _pool([functools.partial(job, r) for r in imported], clients)
     return {name: t.doc() for name, t in timings.items()}
 
 

@@ -51,7 +51,7 @@ def flood(address: str, token: str, total: int, started: Any, results: Any) -> N
         left, served, refused = total, 0, 0
         began = time.monotonic()
 
-        async def worker(stub: summary_pb2_grpc.SummaryServiceStub) -> None:
+        async def worker(stub: summary_pb2_grpc.SummaryServiceAsyncStub) -> None:
             nonlocal left, served, refused
             while left > 0:
                 left -= 1

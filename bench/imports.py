@@ -26,11 +26,12 @@ import gc
 import json
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from devstack.activity_files import START, fit_file, gpx_file, synthetic_run, tcx_file
+from devstack.activity_files import START, Fix, fit_file, gpx_file, synthetic_run, tcx_file
 from devstack.memcap import pod_memory_limit, run_capped
 
 MIB = 2**20
@@ -72,7 +73,7 @@ def worker(path: Path, at_once: int) -> dict[str, Any]:
 
 def at_size(kind: str, limit: int) -> bytes:
     """A file of `kind` as its writer makes it, as close under `limit` bytes as whole fixes allow."""
-    writer = {"gpx": gpx_file, "tcx": tcx_file}[kind]
+    writer: Callable[[list[Fix]], bytes] = gpx_file if kind == "gpx" else tcx_file
     per_fix = len(writer(synthetic_run(1000))) / 1000
     n = int(limit / per_fix)
     while True:
@@ -109,11 +110,11 @@ def files(out_dir: Path) -> dict[str, Path]:
         "gpx densest": lambda: gpx_densest(MAX_POINTS, MAX_FILE_BYTES),
         "fit": lambda: fit_file(synthetic_run(MAX_POINTS)),
     }
-    paths = {}
-    for name, make in makers.items():
+    paths: dict[str, Path] = {}
+    for name, make in makers.items():  # each a () -> bytes
         path = out_dir / f"import-{name.replace(' ', '-')}.{name.split()[0]}"
         if not path.exists():
-            path.write_bytes(make())
+            path.write_bytes(make())  # type: ignore[no-untyped-call]
         paths[name] = path
     return paths
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from bench.sampling import cpu_seconds, with_descendants
 from devstack.stack import Stack
@@ -83,7 +84,7 @@ async def calls(stack: Stack, tls: bool, n: int, metadata: Any, run_id: str) -> 
     times: list[float] = []
     left = n
 
-    async def client(stub: summary_pb2_grpc.SummaryServiceStub) -> None:
+    async def client(stub: summary_pb2_grpc.SummaryServiceAsyncStub) -> None:
         nonlocal left
         while left > 0:
             left -= 1
@@ -109,7 +110,7 @@ async def _a_run(stack: Stack, metadata: Any) -> str:
     run_id = str(uuid.uuid4())
     start = int(time.time()) - 3600
     points = [
-        tracking_pb2.TrackPoint(seq=i, latitude=48.85 + i * 1e-5, longitude=2.35, time={"seconds": start + i})
+        tracking_pb2.TrackPoint(seq=i, latitude=48.85 + i * 1e-5, longitude=2.35, time=Timestamp(seconds=start + i))
         for i in range(1, 11)
     ]
     async with grpc.aio.insecure_channel(stack.envoy_address) as channel:
@@ -125,7 +126,7 @@ async def _a_run(stack: Stack, metadata: Any) -> str:
 
 
 def _median(rounds: list[dict[str, Any]], key: str) -> float:
-    return round(statistics.median(r[key] for r in rounds), 2)
+    return round(float(statistics.median(r[key] for r in rounds)), 2)
 
 
 def run(stack: Stack, n_connections: int, n_calls: int, rounds: int, out_dir: Path) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ def trail(shape: str, n: int, seed: int = 7) -> list[tracking_pb2.TrackPoint]:
 
 
 async def record(channel: grpc.aio.Channel, run_id: str, points: list[tracking_pb2.TrackPoint]) -> None:
-    def messages():
+    def messages() -> Iterator[tracking_pb2.RecordTrackRequest]:
         for i in range(0, len(points), 1000):
             yield tracking_pb2.RecordTrackRequest(run_id=run_id if i == 0 else "", points=points[i : i + 1000])
 
@@ -110,7 +111,7 @@ async def read_all(channel: grpc.aio.Channel, run_id: str) -> tuple[int, float]:
 
 
 def tracking_pids(stack: Stack) -> list[int]:
-    return [int(p["pid"]) for p in stack.processes() if p["kind"] == "tracking-replica" and p.get("pid")]
+    return [int(str(p["pid"])) for p in stack.processes() if p["kind"] == "tracking-replica" and p.get("pid")]
 
 
 async def timed_read(stack: Stack, channel: grpc.aio.Channel, run_id: str, repeats: int) -> dict[str, float]:
@@ -134,7 +135,7 @@ def probe(ports: list[int]) -> None:
 
     def ask(port: int) -> None:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            stub = health_pb2_grpc.HealthStub(ch)
+            stub: Any = health_pb2_grpc.HealthStub(ch)
             while not stop.is_set():
                 began = time.perf_counter()
                 stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)

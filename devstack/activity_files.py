@@ -8,8 +8,9 @@ from __future__ import annotations
 import datetime as dt
 import math
 import xml.etree.ElementTree as ET
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 
 import garmin_fit_sdk
 import gpxpy.gpx
@@ -69,7 +70,7 @@ def gpx_file(
     gpx.creator = "Forerunner 265"
     gpx.nsmap["gpxtpx"] = GPXTPX
     track = gpxpy.gpx.GPXTrack(name=name)
-    track.type = sport
+    track.type = sport  # type: ignore[assignment]  # gpxpy annotates it as always None
     gpx.tracks.append(track)
     segment = gpxpy.gpx.GPXTrackSegment()
     track.segments.append(segment)
@@ -102,7 +103,7 @@ def tcx_file(
     its elapsed time less its pauses."""
     root = etree.Element(f"{{{TCX_NS}}}TrainingCenterDatabase", nsmap={None: TCX_NS, "ns3": ACTX_NS})
 
-    def sub(parent, tag, text=None, ns=TCX_NS):
+    def sub(parent: Any, tag: str, text: str | None = None, ns: str = TCX_NS) -> Any:
         el = etree.SubElement(parent, f"{{{ns}}}{tag}")
         if text is not None:
             el.text = text
@@ -137,7 +138,7 @@ def tcx_file(
     return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
 
 
-def _trackpoint(tp, f: Fix, sub, iso) -> None:
+def _trackpoint(tp: Any, f: Fix, sub: Callable[..., Any], iso: Callable[[dt.datetime], str]) -> None:
     sub(tp, "Time", iso(f.time))
     pos = sub(tp, "Position")
     sub(pos, "LatitudeDegrees", repr(f.latitude))

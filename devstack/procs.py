@@ -73,7 +73,7 @@ def start(
 
 def stop(pid: int | None, *, timeout: float = 20.0, sig: int = signal.SIGTERM) -> None:
     """Signals the process group of `pid`, then kills it if it outlives `timeout`."""
-    if not alive(pid):
+    if pid is None or not alive(pid):
         return
     try:
         os.killpg(pid, sig)
@@ -145,8 +145,8 @@ def merge_port_ranges(current: str, ranges: list[tuple[int, int]]) -> str:
     for part in current.replace("\n", "").split(","):
         part = part.strip()
         if part:
-            low, _, high = part.partition("-")
-            spans.append((int(low), int(high or low)))
+            first, _, last = part.partition("-")
+            spans.append((int(first), int(last or first)))
     merged: list[tuple[int, int]] = []
     for low, high in sorted(spans):
         if merged and low <= merged[-1][1] + 1:

@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from devstack import procs, tls, tools
 from devstack.auth import AUDIENCE, ISSUER, LINK_AUDIENCE, LINK_ISSUER, LINK_KEY_ID, LocalIssuer
@@ -361,7 +362,7 @@ class Stack:
     def _admin_get(self, path: str, admin_url: str | None = None) -> str | None:
         try:
             with urllib.request.urlopen((admin_url or self.admin_url) + path, timeout=2) as resp:
-                return resp.read().decode().strip()
+                return str(resp.read().decode().strip())
         except OSError:
             return None
 
@@ -516,10 +517,11 @@ class Stack:
         def serving() -> bool:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
                 try:
-                    reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    stub: Any = health_pb2_grpc.HealthStub(ch)
+                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
                 except grpc.RpcError:
                     return False
-                return reply.status == health_pb2.HealthCheckResponse.SERVING
+                return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
         procs.wait_until(
             f"{svc} replica on port {port}",

@@ -607,7 +607,7 @@ state = "{self.containerd_state}"
             ]
         )
 
-    def apply(self, objects: list[dict[str, Any]]) -> None:
+    def apply(self, objects: list[Any]) -> None:
         doc = {"apiVersion": "v1", "kind": "List", "items": objects}
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(doc))
 
