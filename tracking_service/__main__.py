@@ -5,7 +5,8 @@ from runtrack_common import serving
 from runtrack_common.config import Settings
 from tracking_service.cql_store import CqlTrackStore
 from tracking_service.hub import LiveHub
-from tracking_service.servicer import SummaryApi, TrackingServicer
+from tracking_service.servicer import TrackingServicer
+from tracking_service.summary_api import SummaryApi
 from tracking_service.webhooks import Webhooks
 
 SERVICE_NAME = tracking_pb2.DESCRIPTOR.services_by_name["TrackingService"].full_name

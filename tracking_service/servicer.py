@@ -18,9 +18,8 @@ from google.protobuf.empty_pb2 import Empty
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Gauge
 
-from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
+from runtrack.v1 import tracking_pb2, tracking_pb2_grpc
 from runtrack_common import status
-from runtrack_common.api import PublicApi
 from runtrack_common.config import Settings
 from runtrack_common.errors import (
     DeadlineExceeded,
@@ -37,13 +36,13 @@ from runtrack_common.identity import Caller, LinkHolder
 from runtrack_common.ids import parse_run_id
 from runtrack_common.status import maps_errors
 from tracking_service import tracks
-from tracking_service.convert import point_from_proto, point_to_proto
-from tracking_service.domain import Point, StreamIdentity
+from tracking_service.convert import link_to_proto, point_from_proto, points_to_proto, zones_to_proto
+from tracking_service.domain import StreamIdentity
 from tracking_service.files import FORMATS, to_gpx, to_tcx
 from tracking_service.hub import LiveHub, link_refused
 from tracking_service.ingest import IngestStream
 from tracking_service.links import LinkSigner, new_link_id, new_webhook_secret
-from tracking_service.live import DELETED, ENDED, STOPPED, LinkRecord, LiveRow, link_expiry
+from tracking_service.live import DELETED, ENDED, STOPPED, LinkRecord, link_expiry
 from tracking_service.open_limits import (
     MAX_LINK_WATCHERS_HEADER,
     MAX_RECORD_STREAMS_HEADER,
@@ -636,60 +635,9 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
 
 
 MAX_LINKS_PER_RUN = 20
-# Points converted between two yields to the event loop: a page of 10,000 is ~50 ms of work, and
-# other calls (health answers, other readers) get their turn in between.
-CONVERT_CHUNK = 1000
-
-
-async def points_to_proto(points: list[Point]) -> list[tracking_pb2.TrackPoint]:
-    out: list[tracking_pb2.TrackPoint] = []
-    for start in range(0, len(points), CONVERT_CHUNK):
-        if start:
-            await asyncio.sleep(0)
-        out += [point_to_proto(p) for p in points[start : start + CONVERT_CHUNK]]
-    return out
 
 
 def _format_from_path(context: Context[Any, Any]) -> str:
     """The file type a JSON call's path asked for (.gpx or .tcx): Envoy's transcoder passes it on."""
     path = status.metadata(context, "x-envoy-original-path").split("?", 1)[0]
     return path.rsplit(".", 1)[-1] if path.endswith((".gpx", ".tcx")) else "gpx"
-
-
-def link_to_proto(run_id: str, row: LiveRow, link: LinkRecord) -> tracking_pb2.LiveLink:
-    out = tracking_pb2.LiveLink(link_id=link.link_id, run_id=run_id, webhook_url=link.webhook_url)
-    out.create_time.FromDatetime(link.created_at)
-    expiry = row.expiry(link)
-    if expiry is not None:
-        out.expire_time.FromDatetime(expiry)
-    return out
-
-
-def zones_to_proto(user_id: str, zones: list[Zone]) -> tracking_pb2.PrivacyZones:
-    return tracking_pb2.PrivacyZones(
-        user_id=user_id,
-        zones=[
-            tracking_pb2.PrivacyZone(latitude=z.latitude, longitude=z.longitude, radius_m=z.radius_m) for z in zones
-        ],
-    )
-
-
-class SummaryApi(PublicApi):
-    """RunVisibility through the dashboard's CheckRunVisible, as the caller: decided from the run's
-    row (the owner of record's) and its visibility, without asking anything back of this service."""
-
-    async def trail_grew(self, run_id: uuid.UUID, point_count: int, caller: Caller) -> None:
-        stub = summary_pb2_grpc.SummaryServiceStub(self.channel)
-        await self.call(
-            stub.AnalyseRun, summary_pb2.AnalyseRunRequest(run_id=str(run_id), point_count=point_count), caller
-        )
-
-    async def visible(self, run_id: uuid.UUID, caller: Caller | LinkHolder) -> Grant | None:
-        stub = summary_pb2_grpc.SummaryServiceStub(self.channel)
-        try:
-            grant = await self.call(
-                stub.CheckRunVisible, summary_pb2.CheckRunVisibleRequest(run_id=str(run_id)), caller
-            )
-        except NotFound:
-            return None
-        return Grant(share_health=grant.owner or grant.share_health)
