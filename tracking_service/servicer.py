@@ -6,23 +6,19 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import random
 import uuid
 from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.api import httpbody_pb2
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.message import DecodeError
-from prometheus_client import Counter, Gauge
 
 from runtrack.v1 import tracking_pb2, tracking_pb2_grpc
 from runtrack_common import status
 from runtrack_common.config import Settings
 from runtrack_common.errors import (
-    DeadlineExceeded,
     FailedPrecondition,
     Internal,
     InvalidArgument,
@@ -52,29 +48,13 @@ from tracking_service.open_limits import (
 )
 from tracking_service.privacy import Zone
 from tracking_service.store import TrackStore
+from tracking_service.streams import SHUTDOWN_RETRY_S, StreamSupervisor
 from tracking_service.tracks import Grant, RunVisibility
 from tracking_service.webhooks import TargetPolicy, check_url
 from tracking_service.writer import PointWriter
 
 log = logging.getLogger(__name__)
-STREAMS_SHED = Counter(
-    "runtrack_streams_shed_total", "RecordTrack streams ended because the replica held more than its limit."
-)
-STREAMS_OPEN = Gauge("runtrack_streams_open", "RecordTrack streams open on this replica (what the autoscaler reads).")
 Context = grpc.aio.ServicerContext
-# Another replica is ready at once: a phone cut by a rollout may come back quickly.
-SHUTDOWN_RETRY_S = 0.1
-
-
-@dataclass(slots=True)
-class OpenStream:
-    """What the replica knows of one open RecordTrack stream, for the idle limit and the drain."""
-
-    task: asyncio.Task[Any]
-    last_message: float  # the event loop's clock
-    ends_at: float  # the stream's lifetime runs out (the event loop's clock)
-    reading: bool = False  # waiting for the phone's next message
-    end: str | None = None  # why the replica ends it: "idle", "drain", "lifetime" or "shed"
 
 
 class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
@@ -95,8 +75,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
             retry_budget_s=settings.write_retry_budget_s,
             on_durable=hub.published if hub is not None else None,
         )
-        self._draining = asyncio.Event()
-        self._open_streams: dict[asyncio.Task[Any], OpenStream] = {}
+        self.streams = StreamSupervisor(settings)
         self._record_streams = OpenCounts("record_streams", "this runner", "RecordTrack streams")
         self._link_watchers = OpenCounts("link_watchers", "this live link", "WatchRun streams")
         self._runner_watchers = OpenCounts("runner_watchers", "this runner", "WatchRun streams")
@@ -105,7 +84,6 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         # tens of ms of work on the event loop in slices; more at once would queue every other call
         # (health answers among them) behind all their slices. The rest wait their turn.
         self._trail_reads = asyncio.Semaphore(settings.trail_reads_at_once) if settings.trail_reads_at_once else None
-        self._sweeper: asyncio.Task[None] | None = None
         self._jobs: set[asyncio.Task[None]] = set()
 
     def _turn(self) -> contextlib.AbstractAsyncContextManager[Any]:
@@ -130,79 +108,10 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
 
     async def drain(self) -> None:
         """Replica shutting down: every open stream is flushed, then ended with UNAVAILABLE."""
-        self._draining.set()
+        self.streams.draining.set()
         if self.hub is not None:
             await self.hub.close()
-        if self._open_streams:
-            log.info("draining open_streams=%d", len(self._open_streams))
-            for stream in list(self._open_streams.values()):
-                self._end(stream, "drain")
-            await asyncio.wait(list(self._open_streams), timeout=self.settings.shutdown_grace_s)
-
-    # One task for the whole replica watches the idle limit (the stream loop itself awaits only the next
-    # message): a stream is ended by cancelling it while it waits for a message, or, busy writing, when it
-    # next comes back for one.
-    def _end(self, stream: OpenStream, why: str) -> None:
-        if stream.end is None:
-            stream.end = why
-            if stream.reading:
-                stream.task.cancel()
-
-    def _watch(self) -> None:
-        if self._sweeper is None or self._sweeper.done():
-            self._sweeper = asyncio.create_task(self._sweep())
-
-    async def _sweep(self) -> None:
-        idle = self.settings.stream_idle_timeout_s
-        loop = asyncio.get_running_loop()
-        while self._open_streams:
-            await asyncio.sleep(min(1.0, idle / 4))
-            now = loop.time()
-            for stream in list(self._open_streams.values()):
-                if now - stream.last_message > idle:
-                    self._end(stream, "idle")
-                elif now >= stream.ends_at:
-                    self._end(stream, "lifetime")
-            self._shed()
-
-    def _shed(self) -> None:
-        """Over its stream limit, the replica ends its newest streams (a few a second) with the resumable
-        status: the phones come back through Envoy, which sends them to the replica with the fewest."""
-        limit = self.settings.stream_shed_above
-        if not limit:
-            return
-        # Streams already told to end are on their way out: counting them would shed more than the excess.
-        staying = [s for s in self._open_streams.values() if s.end is None]
-        shed = min(len(staying) - limit, self.settings.stream_shed_per_s)
-        if shed <= 0:
-            return
-        for stream in staying[-shed:]:  # the newest: the fewest points
-            self._end(stream, "shed")
-        STREAMS_SHED.inc(shed)
-        log.info("shedding streams=%d open=%d limit=%d", shed, len(self._open_streams), limit)
-
-    def _lifetime(self, now: float) -> float:
-        """When a stream starting now ends: the lifetime, jittered by up to a fifth so that the streams of
-        a burst do not all come back at once."""
-        life = self.settings.stream_lifetime_s
-        return now + life * (0.8 + 0.2 * random.random()) if life > 0 else float("inf")
-
-    def _ended(self, stream: OpenStream, run_id: str) -> RunTrackError:
-        s = self.settings
-        resumable = {  # why the replica ended a stream the phone resumes elsewhere: (reason, what happened)
-            "drain": ("REPLICA_SHUTTING_DOWN", "replica shutting down"),
-            "lifetime": ("STREAM_LIFETIME", f"stream reached its lifetime of about {s.stream_lifetime_s:g}s"),
-            "shed": ("REPLICA_OVERLOADED", f"replica over its limit of {s.stream_shed_above} streams"),
-        }
-        if stream.end in resumable:
-            reason, what = resumable[stream.end]
-            return Unavailable(
-                f"{what}; resume from GetTrackCursor (run_id {run_id})", reason=reason, retry_after_s=SHUTDOWN_RETRY_S
-            )
-        return DeadlineExceeded(
-            f"points: no message for {self.settings.stream_idle_timeout_s:g}s (the idle limit); "
-            f"resume from GetTrackCursor (run_id {run_id})"
-        )
+        await self.streams.drain()
 
     async def RecordTrack(
         self,
@@ -214,11 +123,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         me = asyncio.current_task()
         assert me is not None
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        stream = OpenStream(me, now, self._lifetime(now))
-        self._open_streams[me] = stream
-        self._watch()
-        STREAMS_OPEN.inc()
+        stream = self.streams.open(me)
         messages = aiter(request_iterator)
         counted: str | None = None
         try:
@@ -227,7 +132,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
                 caller.user_id, parse_limit(status.metadata(context, MAX_RECORD_STREAMS_HEADER))
             ):
                 counted = caller.user_id
-            if self._draining.is_set():
+            if self.streams.draining.is_set():
                 raise Unavailable(
                     "replica shutting down; retry on another replica",
                     reason="REPLICA_SHUTTING_DOWN",
@@ -236,7 +141,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
             try:
                 while True:
                     if stream.end is not None:
-                        raise self._ended(stream, str(identity.run_id) if identity else "-")
+                        raise self.streams.ended(stream, str(identity.run_id) if identity else "-")
                     stream.reading = True
                     try:
                         message = await anext(messages, None)  # the one await per message
@@ -275,7 +180,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
                 if stream.end is None:
                     raise  # the phone's own cancel
                 me.uncancel()  # ours: the idle limit or the drain, answered with a status
-                raise self._ended(stream, str(identity.run_id) if identity else "-") from None
+                raise self.streams.ended(stream, str(identity.run_id) if identity else "-") from None
             if ingest is None:
                 raise InvalidArgument("run_id", "is required in the first message (the stream sent none)")
             r = await ingest.finish()
@@ -303,8 +208,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
                 self._record_streams.leave(counted)
             if ingest is not None:
                 await ingest.drain()
-            self._open_streams.pop(me, None)
-            STREAMS_OPEN.dec()
+            self.streams.close(me)
         if r.points_stored and self.hub is not None:
             self._background(self._tell_if_stopped(r.run_id, r.contiguous_seq, caller))
         log.info(
