@@ -84,9 +84,34 @@ def points_event(run_id: str, points: Sequence[Point]) -> tracking_pb2.RunEvent:
     )
 
 
-# What a watcher's queue carries: (kind, payload, the event prebuilt for the owner's view, the run's
-# floor once this was released: every seq up to it was released before, or given up on).
-Item = tuple[str, object, object, int]
+@dataclass(frozen=True, slots=True)
+class PointsReleased:
+    """Points of the run made durable, in a watcher's queue: the event built once for every view that
+    sees them all, and the run's floor once they were released (every seq up to it was released
+    before, or given up on)."""
+
+    points: list[Point]
+    event: tracking_pb2.RunEvent
+    floor: int
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged:
+    """The run's live state changed (the event built once for every watcher)."""
+
+    state: str
+    event: tracking_pb2.RunEvent
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEnded:
+    """The watcher is ended with this status (revoked, too slow, the replica closing)."""
+
+    error: RunTrackError
+
+
+# What a watcher's queue carries.
+Item = PointsReleased | StateChanged | WatchEnded
 
 
 @dataclass(eq=False, slots=True)
@@ -103,7 +128,7 @@ class Watch:
     def end(self, err: RunTrackError) -> None:
         if not self.ended:
             self.ended = True
-            self.queue.put_nowait(("end", err, None, 0))
+            self.queue.put_nowait(WatchEnded(err))
 
 
 @dataclass(eq=False, slots=True)
@@ -195,29 +220,29 @@ class LiveHub:
                 yield state_event(key, run.state, run.state_at, run.state.lower())
                 return
             while True:
-                kind, payload, prebuilt, floor = await watch.queue.get()
-                if kind == "end":
-                    assert isinstance(payload, RunTrackError)
-                    raise payload
-                if kind == "state":
-                    assert isinstance(payload, str) and isinstance(prebuilt, tracking_pb2.RunEvent)
-                    yield prebuilt
-                    if payload in ENDED:
+                item = await watch.queue.get()
+                if isinstance(item, WatchEnded):
+                    raise item.error
+                if isinstance(item, StateChanged):
+                    yield item.event
+                    if item.state in ENDED:
                         return
                     continue
-                released: list[Point] = payload  # type: ignore[assignment]
+                released = item.points
                 points = [p for p in released if p.seq not in watch.sent]
                 for p in points:
                     watch.sent.add(p.seq)
-                watch.sent.advance_to(floor)
+                watch.sent.advance_to(item.floor)
                 if not points:
                     continue
-                event = prebuilt if watch.trim is None and len(points) == len(released) else None
+                if watch.trim is None and len(points) == len(released):
+                    yield item.event  # built once for every watcher who sees all of them
+                    continue
                 if watch.trim is not None:
                     points = watch.trim.feed(points)
                     if not points:
                         continue
-                yield event if isinstance(event, tracking_pb2.RunEvent) else points_event(key, points)
+                yield points_event(key, points)
         finally:
             if watch in run.watches:
                 run.watches.discard(watch)
@@ -424,7 +449,7 @@ class LiveHub:
                 run.reconcile_at = now + s.live_reconcile_s
             if released:
                 run.movement.add(released, now)
-                self._fan_out(run, ("points", released, points_event(str(run.run_id), released), run.sent.floor))
+                self._fan_out(run, PointsReleased(released, points_event(str(run.run_id), released), run.sent.floor))
             if run.refresh or now >= run.refresh_at:
                 async with gate:
                     await self._refresh(run, now)
@@ -469,7 +494,7 @@ class LiveHub:
         if stored in ENDED:
             last = await self._read_run(run)  # the last points before the end
             if last:
-                self._fan_out(run, ("points", last, points_event(str(run.run_id), last), run.sent.floor))
+                self._fan_out(run, PointsReleased(last, points_event(str(run.run_id), last), run.sent.floor))
             self._change(run, stored, row.state_at, stored.lower())
             if self.runs.get(run.run_id) is run:
                 del self.runs[run.run_id]
@@ -505,14 +530,14 @@ class LiveHub:
             return
         run.state, run.state_at = state, at
         log.info("live state run_id=%s state=%s watchers=%d %s", run.run_id, state, len(run.watches), reason)
-        self._fan_out(run, ("state", state, state_event(str(run.run_id), state, at, reason), 0))
+        self._fan_out(run, StateChanged(state, state_event(str(run.run_id), state, at, reason)))
 
     def _fan_out(self, run: WatchedRun, item: Item) -> None:
         limit = self.settings.watch_queue_events
         # Counted once per fan-out, not per watcher (a spectator's own filter rarely drops an event).
         WATCH_EVENTS.inc(len(run.watches))
-        if item[0] == "points" and isinstance(item[1], list):
-            WATCH_POINTS.inc(len(item[1]) * len(run.watches))
+        if isinstance(item, PointsReleased):
+            WATCH_POINTS.inc(len(item.points) * len(run.watches))
         for watch in list(run.watches):
             if watch.ended:
                 continue
