@@ -2,7 +2,7 @@
 and FIT in the same run, and whether four imports at once fit the summary pod's memory limit.
 
 Each figure comes from a fresh process that loads the summary replica's modules (grpc, psycopg, the
-generated code), reads the file's bytes as a request body holds them, and runs `imports.prepare` as
+generated code), reads the file's bytes as a request body holds them, and runs `activity_files.prepare` as
 ImportRun does (on threads): parse, geodesics, analysis, overview. Its peak resident memory (VmHWM)
 less its resident memory just before the body was read is the import's cost; the multiple is that
 over the file's size (the body included). The files are at the size limit (16 MiB) as each format's
@@ -48,7 +48,7 @@ def _status_kib(key: str) -> int:
 def worker(path: Path, at_once: int) -> dict[str, Any]:
     """Runs `at_once` imports of the file at once in this process; what they cost."""
     import summary_service.servicer  # noqa: F401 (the replica's modules, loaded as a replica has them)
-    from summary_service import imports
+    from summary_service import activity_files as imports
 
     gc.collect()
     before_kib = _status_kib("VmRSS")
@@ -101,7 +101,7 @@ def gpx_densest(points: int, limit: int) -> bytes:
 
 def files(out_dir: Path) -> dict[str, Path]:
     """The files measured, written once under `out_dir`."""
-    from summary_service.imports import MAX_FILE_BYTES, MAX_POINTS
+    from summary_service.activity_files import MAX_FILE_BYTES, MAX_POINTS
 
     out_dir.mkdir(parents=True, exist_ok=True)
     makers = {

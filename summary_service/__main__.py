@@ -3,8 +3,8 @@
 from runtrack.v1 import summary_pb2, summary_pb2_grpc
 from runtrack_common import serving
 from runtrack_common.config import Settings
+from summary_service.activity_files import MAX_FILE_BYTES
 from summary_service.analyser import Analyser
-from summary_service.imports import MAX_FILE_BYTES
 from summary_service.pg_store import PgRunStore
 from summary_service.servicer import SummaryServicer, TrackingApi
 
@@ -21,7 +21,7 @@ def build(settings: Settings) -> serving.Parts:
             SummaryServicer(store, tracking, analyser), server
         ),
         on_drain=analyser.close,
-        # ImportRun takes a whole file (imports.MAX_FILE_BYTES) with the message's framing.
+        # ImportRun takes a whole file (activity_files.MAX_FILE_BYTES) with the message's framing.
         max_receive_bytes=MAX_FILE_BYTES + 64 * 1024,
     )
 

@@ -71,7 +71,7 @@ class Run:
     stored_name: str = ""
     # Heart rate and cadence shown to others (strangers on a PUBLIC run, live-link holders).
     share_health: bool = False
-    # The sport an imported file declared (imports.sport_of); "" when none.
+    # The sport an imported file declared (activity_files.sport_of); "" when none.
     sport: str = ""
 
     @property

@@ -25,6 +25,7 @@ from runtrack_common.errors import (
     Violations,
 )
 from runtrack_common.identity import Caller, LinkHolder, require_self, resolve_user
+from summary_service.activity_files import FilePoint, PreparedRun
 from summary_service.domain import (
     Improvement,
     Overview,
@@ -39,7 +40,6 @@ from summary_service.domain import (
     time_zone,
     validate_overview,
 )
-from summary_service.imports import FilePoint, PreparedRun
 from summary_service.store import RunStore
 
 log = logging.getLogger(__name__)

@@ -25,11 +25,11 @@ from runtrack_common.errors import Internal, InvalidArgument, ResourceExhausted,
 from runtrack_common.identity import Caller, LinkHolder
 from runtrack_common.ids import parse_run_id
 from runtrack_common.status import maps_errors
-from summary_service import imports, runs
+from summary_service import activity_files, runs
+from summary_service.activity_files import FilePoint
 from summary_service.analyser import Analyser
 from summary_service.analysis import Sample
 from summary_service.domain import Overview, Run, VisiblePart, check_user_id, time_zone
-from summary_service.imports import FilePoint
 from summary_service.runs import TrailDeleter
 from summary_service.store import RunStore
 
@@ -159,14 +159,14 @@ def _track_point(seq: int, p: FilePoint) -> tracking_pb2.TrackPoint:
 
 
 # Files read at once per replica, the rest waiting their turn up to IMPORT_WAIT_S. Memory is no longer
-# what bounds it: an import takes at most imports.MAX_MEMORY_MULTIPLE times its file (a 16 MiB GPX
+# what bounds it: an import takes at most activity_files.MAX_MEMORY_MULTIPLE times its file (a 16 MiB GPX
 # +52 MiB), and four at once stay under 360 MiB of the pod's 512 MiB (scripts/bench imports); two
 # keep the pod's one core for the other calls (a 16 MiB import is seconds of CPU).
 IMPORTS_AT_ONCE = 2
 IMPORT_WAIT_S = 30.0
 IMPORT_THREADS = ThreadPoolExecutor(max_workers=IMPORTS_AT_ONCE, thread_name_prefix="import")
 POINTS_PER_MESSAGE = 1000
-# Storing an imported trail (up to imports.MAX_POINTS points) may take longer than a unary call.
+# Storing an imported trail (up to activity_files.MAX_POINTS points) may take longer than a unary call.
 IMPORT_STORE_TIMEOUT_S = 60.0
 TIME_ZONE_HEADER = "x-runtrack-time-zone"
 Context = grpc.aio.ServicerContext
@@ -302,8 +302,8 @@ class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
         except InvalidArgument as err:
             raise InvalidArgument(TIME_ZONE_HEADER, err.rule, reason=err.reason) from None
         now_us = time.time_ns() // 1000
-        imports.check_size(request.data)
-        sha256 = await asyncio.to_thread(imports.sha256_of, request.data)
+        activity_files.check_size(request.data)
+        sha256 = await asyncio.to_thread(activity_files.sha256_of, request.data)
         run_id, existing = await runs.imported_run(self.store, caller, sha256)
         if existing is not None:  # the same file again: answered from its hash, not parsed again
             return run_to_proto(existing)
@@ -320,7 +320,8 @@ class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
             ) from None
         try:
             prepared = await asyncio.get_running_loop().run_in_executor(
-                IMPORT_THREADS, functools.partial(imports.prepare, request.data, now_us=now_us, cancelled=gone.is_set)
+                IMPORT_THREADS,
+                functools.partial(activity_files.prepare, request.data, now_us=now_us, cancelled=gone.is_set),
             )
         finally:
             self._importing.release()

@@ -1,8 +1,8 @@
 """An import's memory, measured in the process the way a summary replica runs it (its modules loaded,
-the request's body held, `imports.prepare` on threads), and capped like the summary pod: a cgroup
+the request's body held, `activity_files.prepare` on threads), and capped like the summary pod: a cgroup
 whose memory limit is the chart's (deploy/helm/runtrack/values.yaml). Four 16 MiB imports at once,
 GPX and TCX as watches write them and GPX at its densest (100,000 points), finish without the kernel
-killing the process; one import costs at most imports.MAX_MEMORY_MULTIPLE times its file, and any
+killing the process; one import costs at most activity_files.MAX_MEMORY_MULTIPLE times its file, and any
 import at most that times the size limit (a FIT file is small for its points). A cap too small for
 four kills them: the cap is real. Needs root (a cgroup of its own); no stack."""
 
@@ -10,7 +10,7 @@ import pytest
 
 from bench import imports as bench_imports
 from devstack.memcap import pod_memory_limit
-from summary_service.imports import MAX_FILE_BYTES, MAX_MEMORY_MULTIPLE, MAX_POINTS
+from summary_service.activity_files import MAX_FILE_BYTES, MAX_MEMORY_MULTIPLE, MAX_POINTS
 
 MIB = 2**20
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from devstack.activity_files import fit_file, gpx_file, synthetic_run, tcx_file
 from runtrack_common.errors import InvalidArgument
-from summary_service.imports import MAX_FILE_BYTES, Abandoned, FilePoint, prepare, read_file, sport_of
+from summary_service.activity_files import MAX_FILE_BYTES, Abandoned, FilePoint, prepare, read_file, sport_of
 
 # fitdecode warns about each malformed definition the fuzzing makes; the answer is what is tested.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

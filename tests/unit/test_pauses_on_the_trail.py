@@ -7,7 +7,7 @@ import time
 import pytest
 
 from runtrack.v1 import tracking_pb2
-from summary_service.imports import prepare, read_file
+from summary_service.activity_files import prepare, read_file
 from tracking_service.convert import point_from_proto, point_to_proto
 from tracking_service.domain import Point
 from tracking_service.files import to_gpx, to_tcx

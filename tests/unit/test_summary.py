@@ -150,8 +150,8 @@ def test_the_default_name_is_the_part_of_the_day_the_run_started_where_the_runne
 
 
 def test_the_declared_sport_is_shown_and_only_running_or_undeclared_runs_hold_records():
+    from summary_service.activity_files import sport_of
     from summary_service.domain import RECORD_SPORTS, Run
-    from summary_service.imports import sport_of
     from summary_service.servicer import run_to_proto
 
     ride = Run(uuid.uuid4(), "ada", overview(), 0, sport="cycling")
