@@ -19,7 +19,6 @@ from runtrack.v1 import tracking_pb2, tracking_pb2_grpc
 from runtrack_common import status
 from runtrack_common.config import Settings
 from runtrack_common.errors import (
-    FailedPrecondition,
     Internal,
     InvalidArgument,
     NotFound,
@@ -37,8 +36,9 @@ from tracking_service.domain import StreamIdentity
 from tracking_service.files import FORMATS, to_gpx, to_tcx
 from tracking_service.hub import LiveHub, link_refused
 from tracking_service.ingest import IngestStream
-from tracking_service.links import LinkSigner, new_link_id, new_webhook_secret
-from tracking_service.live import DELETED, ENDED, STOPPED, LinkRecord, link_expiry
+from tracking_service.links import LinkSigner
+from tracking_service.live import DELETED, STOPPED, link_expiry
+from tracking_service.live_links import LiveLinks
 from tracking_service.open_limits import (
     MAX_LINK_WATCHERS_HEADER,
     MAX_RECORD_STREAMS_HEADER,
@@ -301,10 +301,8 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
             raise Unavailable("live following is off on this replica", reason="LIVE_OFF")
         return self.hub
 
-    async def _owned(self, caller: Caller, run_id: uuid.UUID) -> None:
-        """The caller's run, or NOT_FOUND (as for the cursor, someone else's run is not revealed)."""
-        if await self.store.run_owner(run_id) != caller.user_id:
-            raise NotFound(f"run_id: no track for run {run_id}", metadata={"run_id": str(run_id)})
+    def _links(self, hub: LiveHub) -> LiveLinks:
+        return LiveLinks(self.store, hub, self.signer, self.settings)
 
     async def WatchRun(
         self,
@@ -389,19 +387,9 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
             found.add("webhook_url", rule)
         found.raise_if_any()
         assert run_id is not None
-        await self._owned(caller, run_id)
-        row = await hub.store.live_row(run_id)
-        if len(row.links) >= MAX_LINKS_PER_RUN:
-            raise FailedPrecondition(
-                f"run_id: a run has at most {MAX_LINKS_PER_RUN} live links; revoke one first", reason="TOO_MANY_LINKS"
-            )
-        link = LinkRecord(new_link_id(), now, expire_at, url, new_webhook_secret() if url else "")
-        token = self.signer.token(str(run_id), link.link_id, now, expire_at)
-        await hub.store.add_link(run_id, link)
-        origin = (self.settings.public_origin or f"http://{self.settings.api_address}").rstrip("/")
-        log.info("live link created run_id=%s link_id=%s webhook=%s", run_id, link.link_id, bool(url))
-        out = link_to_proto(str(run_id), row, link)
-        out.url, out.token, out.webhook_secret = f"{origin}/#live={token}", token, link.webhook_secret
+        made = await self._links(hub).create(caller, run_id, expire_at, url, now)
+        out = link_to_proto(str(run_id), made.row, made.link)
+        out.url, out.token, out.webhook_secret = made.url, made.token, made.link.webhook_secret
         return out
 
     @maps_errors
@@ -410,11 +398,8 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         request: tracking_pb2.ListLiveLinksRequest,
         context: Context[tracking_pb2.ListLiveLinksRequest, tracking_pb2.ListLiveLinksResponse],
     ) -> tracking_pb2.ListLiveLinksResponse:
-        hub = self._hub()
         run_id = parse_run_id(request.run_id)
-        await self._owned(status.caller_of(context), run_id)
-        row = await hub.store.live_row(run_id)
-        links = sorted(row.links.values(), key=lambda link: (link.created_at, link.link_id))
+        row, links = await self._links(self._hub()).list(status.caller_of(context), run_id)
         return tracking_pb2.ListLiveLinksResponse(links=[link_to_proto(str(run_id), row, link) for link in links])
 
     @maps_errors
@@ -423,16 +408,8 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         request: tracking_pb2.DeleteLiveLinkRequest,
         context: Context[tracking_pb2.DeleteLiveLinkRequest, Empty],
     ) -> Empty:
-        hub = self._hub()
         run_id = parse_run_id(request.run_id)
-        await self._owned(status.caller_of(context), run_id)
-        row = await hub.store.live_row(run_id)
-        if request.link_id not in row.links:
-            raise NotFound(f"link_id: run {run_id} has no live link {request.link_id!r}", reason="NO_SUCH_LINK")
-        await hub.store.delete_link(run_id, request.link_id)
-        hub.revoke(run_id, request.link_id)
-        await hub.announce(run_id, "LINK_REVOKED")
-        log.info("live link revoked run_id=%s link_id=%s", run_id, request.link_id)
+        await self._links(self._hub()).revoke(status.caller_of(context), run_id, request.link_id)
         return Empty()
 
     @maps_errors
@@ -446,19 +423,8 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         run_id = parse_run_id(request.run_id)
         if not isinstance(viewer, LinkHolder):
             raise PermissionDenied("only a live link's holder asks whether it grants a run", reason="NOT_A_LIVE_LINK")
-        await self._link_stands(hub, viewer, run_id)
+        await self._links(hub).stands(viewer, run_id)
         return tracking_pb2.LiveLinkGrant(link_id=viewer.link_id, run_id=str(run_id))
-
-    @staticmethod
-    async def _link_stands(hub: LiveHub, holder: LinkHolder, run_id: uuid.UUID) -> None:
-        """Raises unless the holder's live link grants this run and still stands."""
-        if holder.run_id != str(run_id):
-            raise PermissionDenied(
-                f"run_id: this live link grants run {holder.run_id} only, not {run_id}", reason="LINK_OTHER_RUN"
-            )
-        row = await hub.store.live_row(run_id)
-        if (why := row.refusal(holder.link_id, dt.datetime.now(dt.UTC))) is not None:
-            raise link_refused(why, run_id)
 
     @maps_errors
     async def ExportTrack(
@@ -487,16 +453,9 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         request: tracking_pb2.MarkRunStoppedRequest,
         context: Context[tracking_pb2.MarkRunStoppedRequest, Empty],
     ) -> Empty:
-        hub = self._hub()
         run_id = parse_run_id(request.run_id)
-        await self._owned(status.caller_of(context), run_id)
         at = request.stop_time.ToDatetime(dt.UTC) if request.HasField("stop_time") else dt.datetime.now(dt.UTC)
-        row = await hub.store.live_row(run_id)
-        if row.current not in ENDED:
-            await hub.store.mark_stopped(run_id, at)
-            hub.notify(run_id, row, STOPPED, at, "stopped")
-            await hub.announce(run_id, STOPPED)
-            log.info("live state run_id=%s state=STOPPED links=%d", run_id, len(row.links))
+        await self._links(self._hub()).mark_stopped(status.caller_of(context), run_id, at)
         return Empty()
 
     @maps_errors
@@ -511,7 +470,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         if owner is None:
             raise NotFound(f"run_id: no track for run {run_id}", metadata={"run_id": str(run_id)})
         if isinstance(viewer, LinkHolder):
-            await self._link_stands(self._hub(), viewer, run_id)
+            await self._links(self._hub()).stands(viewer, run_id)
         elif owner == viewer.user_id:
             return tracking_pb2.VisibleSummary(trimmed=False)
         elif await self.visibility.visible(run_id, viewer) is None:
@@ -536,9 +495,6 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         run_id = parse_run_id(request.run_id)
         await tracks.claim(self.store, caller, run_id)
         return Empty()
-
-
-MAX_LINKS_PER_RUN = 20
 
 
 def _format_from_path(context: Context[Any, Any]) -> str:
