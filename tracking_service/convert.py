@@ -35,8 +35,9 @@ def point_to_proto(p: Point) -> tracking_pb2.TrackPoint:
         time=Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000),
         latitude=p.latitude,
         longitude=p.longitude,
-        after_pause=p.after_pause,
     )
+    if p.after_pause:  # present only where it is true
+        out.after_pause = True
     for name in ("altitude_m", "horizontal_accuracy_m", "speed_mps", "heart_rate_bpm", "cadence_spm"):
         value = getattr(p, name)
         if value is not None:

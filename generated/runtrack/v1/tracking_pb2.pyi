@@ -691,7 +691,8 @@ class TrackPoint(_message.Message):
     """The first point after the runner paused the recording (the phone's pause, a watch's timer
     stopped, a new track or segment in an imported file): nothing between the point before and this
     one counts, neither distance nor time (moving time, splits, heart-rate zones), and a best
-    effort never spans it. Exports start a new track segment here. False for the first point.
+    effort never spans it. Exports start a new track segment here. Set (true) only on such a point:
+    absent from every other (and from the first), so a trail's JSON carries it only where it is.
     """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
@@ -709,12 +710,14 @@ class TrackPoint(_message.Message):
         speed_mps: _builtins.float | None = ...,
         heart_rate_bpm: _builtins.int | None = ...,
         cadence_spm: _builtins.int | None = ...,
-        after_pause: _builtins.bool = ...,
+        after_pause: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_altitude_m", b"_altitude_m", "_cadence_spm", b"_cadence_spm", "_heart_rate_bpm", b"_heart_rate_bpm", "_horizontal_accuracy_m", b"_horizontal_accuracy_m", "_speed_mps", b"_speed_mps", "altitude_m", b"altitude_m", "cadence_spm", b"cadence_spm", "heart_rate_bpm", b"heart_rate_bpm", "horizontal_accuracy_m", b"horizontal_accuracy_m", "speed_mps", b"speed_mps", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_after_pause", b"_after_pause", "_altitude_m", b"_altitude_m", "_cadence_spm", b"_cadence_spm", "_heart_rate_bpm", b"_heart_rate_bpm", "_horizontal_accuracy_m", b"_horizontal_accuracy_m", "_speed_mps", b"_speed_mps", "after_pause", b"after_pause", "altitude_m", b"altitude_m", "cadence_spm", b"cadence_spm", "heart_rate_bpm", b"heart_rate_bpm", "horizontal_accuracy_m", b"horizontal_accuracy_m", "speed_mps", b"speed_mps", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_altitude_m", b"_altitude_m", "_cadence_spm", b"_cadence_spm", "_heart_rate_bpm", b"_heart_rate_bpm", "_horizontal_accuracy_m", b"_horizontal_accuracy_m", "_speed_mps", b"_speed_mps", "after_pause", b"after_pause", "altitude_m", b"altitude_m", "cadence_spm", b"cadence_spm", "heart_rate_bpm", b"heart_rate_bpm", "horizontal_accuracy_m", b"horizontal_accuracy_m", "latitude", b"latitude", "longitude", b"longitude", "seq", b"seq", "speed_mps", b"speed_mps", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_pause", b"_after_pause", "_altitude_m", b"_altitude_m", "_cadence_spm", b"_cadence_spm", "_heart_rate_bpm", b"_heart_rate_bpm", "_horizontal_accuracy_m", b"_horizontal_accuracy_m", "_speed_mps", b"_speed_mps", "after_pause", b"after_pause", "altitude_m", b"altitude_m", "cadence_spm", b"cadence_spm", "heart_rate_bpm", b"heart_rate_bpm", "horizontal_accuracy_m", b"horizontal_accuracy_m", "latitude", b"latitude", "longitude", b"longitude", "seq", b"seq", "speed_mps", b"speed_mps", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__after_pause: _TypeAlias = _typing.Literal["after_pause"]  # noqa: Y015
+    _WhichOneofArgType__after_pause: _TypeAlias = _typing.Literal["_after_pause", b"_after_pause"]  # noqa: Y015
     _WhichOneofReturnType__altitude_m: _TypeAlias = _typing.Literal["altitude_m"]  # noqa: Y015
     _WhichOneofArgType__altitude_m: _TypeAlias = _typing.Literal["_altitude_m", b"_altitude_m"]  # noqa: Y015
     _WhichOneofReturnType__cadence_spm: _TypeAlias = _typing.Literal["cadence_spm"]  # noqa: Y015
@@ -725,6 +728,8 @@ class TrackPoint(_message.Message):
     _WhichOneofArgType__horizontal_accuracy_m: _TypeAlias = _typing.Literal["_horizontal_accuracy_m", b"_horizontal_accuracy_m"]  # noqa: Y015
     _WhichOneofReturnType__speed_mps: _TypeAlias = _typing.Literal["speed_mps"]  # noqa: Y015
     _WhichOneofArgType__speed_mps: _TypeAlias = _typing.Literal["_speed_mps", b"_speed_mps"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__after_pause) -> _WhichOneofReturnType__after_pause | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__altitude_m) -> _WhichOneofReturnType__altitude_m | None: ...
     @_typing.overload
