@@ -287,7 +287,8 @@ def _points(n: int, start_s: int) -> list[tracking_pb2.TrackPoint]:
 
 async def bench_store_modes(stack: Stack) -> None:
     from runtrack_common.config import Settings
-    from tracking_service import cql_store
+    from tracking_service import cql_session, cql_store
+    from tracking_service.cql_session import CqlSession
     from tracking_service.cql_store import CqlTrackStore
     from tracking_service.domain import Point
 
@@ -295,8 +296,10 @@ async def bench_store_modes(stack: Stack) -> None:
         """The store's writes as one insert per point, what its unlogged batches are measured against."""
 
         async def write_points(self, run_id: uuid.UUID, points: Any) -> None:
-            session, insert = self._ready(), self.q["insert_point"]
-            await asyncio.gather(*(cql_store._execute(session, insert, self._values(run_id, p)) for p in points))
+            session, insert = self.cql.ready(), self.cql.q.insert_point
+            await asyncio.gather(
+                *(cql_session._execute(session, insert, cql_store.point_values(run_id, p)) for p in points)
+            )
 
     print("\nCQL store: 40 runs x 2,000 points, 8 writes of 100 points in flight per run")
     for mode, kind in (("batch", CqlTrackStore), ("concurrent", PerPointStore)):
@@ -307,7 +310,7 @@ async def bench_store_modes(stack: Stack) -> None:
                 "SCYLLA_KEYSPACE": stack.spec.keyspace,
             }
         )
-        store = kind(settings)
+        store = kind(CqlSession(settings))
         await store.ensure_ready()
         now_ms = int(time.time() * 1000) - 3_600_000
         slots = asyncio.Semaphore(8 * 40)

@@ -3,6 +3,8 @@
 from runtrack.v1 import tracking_pb2, tracking_pb2_grpc
 from runtrack_common import serving
 from runtrack_common.config import Settings
+from tracking_service.cql_live import CqlLiveStore, CqlOutbox
+from tracking_service.cql_session import CqlSession
 from tracking_service.cql_store import CqlTrackStore
 from tracking_service.hub import LiveHub
 from tracking_service.servicer import TrackingServicer
@@ -13,9 +15,10 @@ SERVICE_NAME = tracking_pb2.DESCRIPTOR.services_by_name["TrackingService"].full_
 
 
 def build(settings: Settings) -> serving.Parts:
-    store = CqlTrackStore(settings)
-    webhooks = Webhooks(settings, store)
-    hub = LiveHub(store, settings, webhooks)
+    cql = CqlSession(settings)
+    store = CqlTrackStore(cql)
+    webhooks = Webhooks(settings, CqlOutbox(cql))
+    hub = LiveHub(store, CqlLiveStore(cql), settings, webhooks)
     servicer = TrackingServicer(store, settings, SummaryApi(settings.api_address, settings.api_timeout_s), hub)
     return serving.Parts(
         backend=store,

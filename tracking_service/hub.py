@@ -25,7 +25,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import Counter, Gauge
@@ -60,10 +59,6 @@ MAX_FEED_SECONDS = 5
 # A gap in the feed (a seq missing while later ones came) waits this long before the run is read.
 GAP_WAIT_S = 2.0
 NO_SEQ_ABOVE = 2**32
-
-
-class Store(TrackStore, LiveStore, Protocol):
-    """The tracking store, with its live rows."""
 
 
 def _ts(at: dt.datetime) -> Timestamp:
@@ -156,8 +151,9 @@ class WatchedRun:
 
 
 class LiveHub:
-    def __init__(self, store: Store, settings: Settings, webhooks: Webhooks) -> None:
-        self.store = store
+    def __init__(self, tracks: TrackStore, store: LiveStore, settings: Settings, webhooks: Webhooks) -> None:
+        self.tracks = tracks  # the trail (points, zones)
+        self.store = store  # the live rows, feed and followed runs
         self.settings = settings
         self.webhooks = webhooks
         self.runs: dict[uuid.UUID, WatchedRun] = {}
@@ -206,7 +202,7 @@ class LiveHub:
             watch.sent = SeqSet(after_seq)
             cursor = after_seq
             while True:  # what is stored already; anything newer also reaches the queue
-                page = await self.store.points_after(run_id, cursor, PAGE)
+                page = await self.tracks.points_after(run_id, cursor, PAGE)
                 if page:
                     cursor = page[-1].seq
                     for p in page:
@@ -264,9 +260,9 @@ class LiveHub:
         LIVE_RUNS.inc()
         try:
             run.zones, run.row, recent = await asyncio.gather(
-                self.store.privacy_zones(owner),
+                self.tracks.privacy_zones(owner),
                 self.store.live_row(run_id),
-                self.store.points_before(run_id, NO_SEQ_ABOVE, RECENT),
+                self.tracks.points_before(run_id, NO_SEQ_ABOVE, RECENT),
             )
         except BaseException as err:
             del self.runs[run_id]
@@ -410,7 +406,7 @@ class LiveHub:
         owners = sorted({r.owner for r in runs})
         if not owners:
             return
-        found = await asyncio.gather(*(self.store.privacy_zones(owner) for owner in owners))
+        found = await asyncio.gather(*(self.tracks.privacy_zones(owner) for owner in owners))
         zones = dict(zip(owners, found, strict=True))
         for run in runs:
             new = list(zones[run.owner])
@@ -467,7 +463,7 @@ class LiveHub:
         by_seq = {seq: p for seq, p in run.pending.items() if seq not in run.sent}
         cursor = run.sent.floor
         while True:
-            page = await self.store.points_after(run.run_id, cursor, PAGE)
+            page = await self.tracks.points_after(run.run_id, cursor, PAGE)
             LIVE_POLLS.inc()
             for p in page:
                 if p.seq not in run.sent:

@@ -26,7 +26,7 @@ from runtrack_common.errors import (
 from runtrack_common.serving import file_containing_symbol
 from summary_service import pg_store
 from summary_service.domain import Overview, validate_overview
-from tracking_service import cql_store
+from tracking_service import cql_session
 
 
 def details(s):
@@ -132,7 +132,7 @@ def test_an_overview_breaking_three_rules_names_all_three():
     ],
 )
 def test_cql_errors_are_unavailable_only_when_a_retry_can_fix_them(error, retryable):
-    classified = cql_store.classify(error)
+    classified = cql_session.classify(error)
     assert isinstance(classified, Unavailable if retryable else Internal)
     assert classified.metadata["store"] == "cql"
 

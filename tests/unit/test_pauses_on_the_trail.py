@@ -87,7 +87,7 @@ def _fields(p: Point) -> dict:
 def test_the_schema_code_skips_a_column_already_added_and_raises_anything_else(answer):
     from cassandra import InvalidRequest
 
-    from tracking_service.cql_store import _apply_schema
+    from tracking_service.cql_session import _apply_schema
 
     class Session:
         def __init__(self, error: str) -> None:
