@@ -136,12 +136,43 @@ def shipped(k8s: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     # A namespace still going from a run just before cannot take the release yet.
     k8s.kubectl("wait", "--for=delete", f"namespace/{NAMESPACE}", "--timeout=120s", check=False)
     _install(k8s, tmp_path_factory.mktemp("shipped") / "values.yaml")
+    _wait_routed(k8s)
     print(f"the chart as shipped installed and Ready in {time.monotonic() - started:.1f} s")
     try:
         yield ADDRESS
     finally:
         k8s.helm("uninstall", RELEASE, "--namespace", NAMESPACE, "--wait=false")
         k8s.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=false")
+
+
+def _wait_routed(k8s: Cluster, timeout_s: float = 120.0) -> None:
+    """Until the release's Envoy routes to a replica of each service: its pods are Ready before its
+    Envoy has found them through their headless Services' DNS (which lists only Ready pods), and a
+    call in between answers UNAVAILABLE "no healthy replica"."""
+    ca = tls.files(DEV_TLS_DIR).ca.read_bytes()
+    credentials = grpc.composite_channel_credentials(
+        grpc.ssl_channel_credentials(root_certificates=ca), grpc.access_token_call_credentials(token(k8s, "probe"))
+    )
+    deadline = time.monotonic() + timeout_s
+    with grpc.secure_channel(ADDRESS, credentials) as channel:
+        calls = [
+            lambda: summary_pb2_grpc.SummaryServiceStub(channel).GetRun(
+                summary_pb2.GetRunRequest(run_id=str(uuid.uuid4())), timeout=5
+            ),
+            lambda: tracking_pb2_grpc.TrackingServiceStub(channel).GetTrackCursor(
+                tracking_pb2.GetTrackCursorRequest(run_id=str(uuid.uuid4())), timeout=5
+            ),
+        ]
+        for call in calls:
+            while True:
+                try:
+                    call()
+                    break
+                except grpc.RpcError as err:
+                    if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                        break  # routed: NOT_FOUND for an id nobody used
+                    assert time.monotonic() < deadline, f"the release's Envoy routes to no replica: {err.details()}"
+                    time.sleep(1)
 
 
 def tls_channel(address: str, token: str) -> grpc.aio.Channel:
@@ -180,6 +211,19 @@ async def trail(channel: grpc.aio.Channel, run_id: str) -> list[tracking_pb2.Tra
         page_token = page.next_page_token
         if not page_token:
             return out
+
+
+async def served(make_call: Any, within_s: float = 60.0) -> Any:
+    """A call retried as a phone retries it: after UNAVAILABLE (the release's one replica of a service
+    not serving for a moment, on a node the other release's load tests share), again after a second."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return await make_call()
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1)
 
 
 async def code_of(call: Any) -> grpc.StatusCode:
@@ -262,7 +306,9 @@ async def test_stop_a_live_link_a_public_read_and_delete_go_between_the_services
             # StopRun: summary claims the id and tells tracking, through envoy-internal.
             overview = summary_pb2.RunOverview(distance_m=42.0, point_count=30)
             overview.start_time.seconds, overview.end_time.seconds = int(time.time()) - 3600, int(time.time()) - 3571
-            stopped = await summary.StopRun(summary_pb2.StopRunRequest(run_id=run_id, overview=overview), timeout=30)
+            stopped = await served(
+                lambda: summary.StopRun(summary_pb2.StopRunRequest(run_id=run_id, overview=overview), timeout=30)
+            )
             assert stopped.run_id == run_id
             await asyncio.wait_for(following, timeout=20)
             assert seen == list(range(1, 31)) and states[-1] == "STOPPED", (seen, states)
@@ -297,10 +343,9 @@ async def test_stop_a_live_link_a_public_read_and_delete_go_between_the_services
 async def test_an_import_writes_its_trail_through_the_tracking_service_over_tls(k8s: Cluster, shipped: str) -> None:
     fixes = synthetic_run(120, seed=11)
     async with tls_channel(shipped, token(k8s, f"shipped-{uuid.uuid4().hex[:8]}")) as channel:
-        run = await summary_pb2_grpc.SummaryServiceStub(channel).ImportRun(
-            httpbody_pb2.HttpBody(content_type="application/gpx+xml", data=gpx_file(fixes, name="As shipped")),
-            timeout=60,
-        )
+        body = httpbody_pb2.HttpBody(content_type="application/gpx+xml", data=gpx_file(fixes, name="As shipped"))
+        stub = summary_pb2_grpc.SummaryServiceStub(channel)
+        run = await served(lambda: stub.ImportRun(body, timeout=60))
         assert run.overview.point_count == 120
         stored = await trail(channel, run.run_id)
         assert [p.seq for p in stored] == list(range(1, 121))
