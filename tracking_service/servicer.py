@@ -66,6 +66,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         self.signer = LinkSigner(settings)
         self.settings = settings
         self.visibility = visibility
+        self.links: LiveLinks | None = None
         self.writer = PointWriter(
             store,
             batch_points=settings.write_batch_points,
@@ -301,8 +302,11 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
             raise Unavailable("live following is off on this replica", reason="LIVE_OFF")
         return self.hub
 
-    def _links(self, hub: LiveHub) -> LiveLinks:
-        return LiveLinks(self.store, hub, self.signer, self.settings)
+    def _links(self) -> LiveLinks:
+        """The live-link use cases (made once: they hold nothing of a call)."""
+        if self.links is None:
+            self.links = LiveLinks(self.store, self._hub(), self.signer, self.settings)
+        return self.links
 
     async def WatchRun(
         self,
@@ -371,7 +375,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         request: tracking_pb2.CreateLiveLinkRequest,
         context: Context[tracking_pb2.CreateLiveLinkRequest, tracking_pb2.LiveLink],
     ) -> tracking_pb2.LiveLink:
-        hub = self._hub()
+        links = self._links()
         caller = status.caller_of(context)
         found = Violations()
         run_id = found.check(lambda: parse_run_id(request.run_id))
@@ -387,7 +391,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
             found.add("webhook_url", rule)
         found.raise_if_any()
         assert run_id is not None
-        made = await self._links(hub).create(caller, run_id, expire_at, url, now)
+        made = await links.create(caller, run_id, expire_at, url, now)
         out = link_to_proto(str(run_id), made.row, made.link)
         out.url, out.token, out.webhook_secret = made.url, made.token, made.link.webhook_secret
         return out
@@ -399,7 +403,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         context: Context[tracking_pb2.ListLiveLinksRequest, tracking_pb2.ListLiveLinksResponse],
     ) -> tracking_pb2.ListLiveLinksResponse:
         run_id = parse_run_id(request.run_id)
-        row, links = await self._links(self._hub()).list(status.caller_of(context), run_id)
+        row, links = await self._links().list(status.caller_of(context), run_id)
         return tracking_pb2.ListLiveLinksResponse(links=[link_to_proto(str(run_id), row, link) for link in links])
 
     @maps_errors
@@ -409,7 +413,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         context: Context[tracking_pb2.DeleteLiveLinkRequest, Empty],
     ) -> Empty:
         run_id = parse_run_id(request.run_id)
-        await self._links(self._hub()).revoke(status.caller_of(context), run_id, request.link_id)
+        await self._links().revoke(status.caller_of(context), run_id, request.link_id)
         return Empty()
 
     @maps_errors
@@ -418,12 +422,12 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         request: tracking_pb2.CheckLiveLinkRequest,
         context: Context[tracking_pb2.CheckLiveLinkRequest, tracking_pb2.LiveLinkGrant],
     ) -> tracking_pb2.LiveLinkGrant:
-        hub = self._hub()
+        links = self._links()
         viewer = status.viewer_of(context)
         run_id = parse_run_id(request.run_id)
         if not isinstance(viewer, LinkHolder):
             raise PermissionDenied("only a live link's holder asks whether it grants a run", reason="NOT_A_LIVE_LINK")
-        await self._links(hub).stands(viewer, run_id)
+        await links.stands(viewer, run_id)
         return tracking_pb2.LiveLinkGrant(link_id=viewer.link_id, run_id=str(run_id))
 
     @maps_errors
@@ -455,7 +459,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
     ) -> Empty:
         run_id = parse_run_id(request.run_id)
         at = request.stop_time.ToDatetime(dt.UTC) if request.HasField("stop_time") else dt.datetime.now(dt.UTC)
-        await self._links(self._hub()).mark_stopped(status.caller_of(context), run_id, at)
+        await self._links().mark_stopped(status.caller_of(context), run_id, at)
         return Empty()
 
     @maps_errors
@@ -470,7 +474,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         if owner is None:
             raise NotFound(f"run_id: no track for run {run_id}", metadata={"run_id": str(run_id)})
         if isinstance(viewer, LinkHolder):
-            await self._links(self._hub()).stands(viewer, run_id)
+            await self._links().stands(viewer, run_id)
         elif owner == viewer.user_id:
             return tracking_pb2.VisibleSummary(trimmed=False)
         elif await self.visibility.visible(run_id, viewer) is None:

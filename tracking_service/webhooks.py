@@ -261,8 +261,7 @@ class Webhooks:
 
     def send(self, delivery: Delivery) -> None:
         self._spawn(self._deliver(delivery, new=True))
-        if self.outbox is not None and self._sweeper is None:
-            self._sweeper = asyncio.create_task(self._sweep())
+        self.start()
 
     def start(self) -> None:
         """Starts the sweep of the outbox (on a replica's start: it takes what a lost replica left)."""

@@ -684,9 +684,6 @@ state = "{self.containerd_state}"
 
     def chart_values(self, refs: dict[str, str]) -> list[str | Path]:
         """helm's value options for this cluster: the local file, then what only this machine knows."""
-        self.issuer.ensure_keys()
-        self.link_keys.ensure_keys()
-        served = tls.ensure(DEV_TLS_DIR)  # the dev stack's CA and certificate: one CA to trust here
         return [
             "-f",
             VALUES_LOCAL,
@@ -694,6 +691,17 @@ state = "{self.containerd_state}"
             f"images.app={refs['app']}",
             "--set",
             f"images.envoy={refs['envoy']}",
+            *self.machine_files(),
+        ]
+
+    def machine_files(self) -> list[str]:
+        """helm's options for the files only this machine has: the keys that sign its tokens (with the
+        chart's default of none every call is refused), the live links' key pair (none by default: no
+        links), and Envoy's TLS certificate for 127.0.0.1 from the dev stack's CA (one CA to trust here)."""
+        self.issuer.ensure_keys()
+        self.link_keys.ensure_keys()
+        served = tls.ensure(DEV_TLS_DIR)
+        return [
             "--set-file",
             f"jwks.content={self.issuer.jwks_file}",
             "--set-file",

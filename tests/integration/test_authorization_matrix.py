@@ -200,6 +200,20 @@ async def owners_view(channel: grpc.aio.Channel, runs: dict[str, str]) -> dict[s
     return view
 
 
+def caller_token(
+    caller: str, state: str, owner: str, stranger: str, links: dict[str, str], revoked: dict[str, str]
+) -> str | None:
+    """The token each caller of the matrix calls with (None: no token)."""
+    return {
+        "owner": owner,
+        "stranger": stranger,
+        "link": links.get(state),
+        "revoked_link": revoked.get(state),
+        "other_link": links["in_progress" if state != "in_progress" else "private"],
+        "nobody": None,
+    }[caller]
+
+
 async def make_runs(stack, owner: str) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
     """The owner's runs in each state; for each, a link, a revoked link, and another run's link."""
     runs = {s: str(uuid.uuid4()) for s in STATES}
@@ -247,14 +261,7 @@ async def test_every_method_caller_and_state_gets_its_documented_answer_and_refu
                         continue  # no link exists for an id never used
                     # A never-used id is fresh in every cell: a stranger's claim of it is their own.
                     run_id = str(uuid.uuid4()) if state == "never" else runs[state]
-                    token = {
-                        "owner": stack.issuer.token(owner),
-                        "stranger": stranger,
-                        "link": links.get(state),
-                        "revoked_link": revoked.get(state),
-                        "other_link": links["in_progress" if state != "in_progress" else "private"],
-                        "nobody": None,
-                    }[caller]
+                    token = caller_token(caller, state, stack.issuer.token(owner), stranger, links, revoked)
                     request = requests(run_id, owner)[method]()
                     if token is None:
                         async with grpc.aio.insecure_channel(stack.envoy_address) as ch:
@@ -358,14 +365,7 @@ async def test_over_json_every_method_caller_and_state_gets_its_documented_answe
                     if caller in ("link", "revoked_link", "other_link") and state == "never":
                         continue
                     run_id = str(uuid.uuid4()) if state == "never" else runs[state]
-                    token = {
-                        "owner": stack.issuer.token(owner),
-                        "stranger": stranger,
-                        "link": links.get(state),
-                        "revoked_link": revoked.get(state),
-                        "other_link": links["in_progress" if state != "in_progress" else "private"],
-                        "nobody": None,
-                    }[caller]
+                    token = caller_token(caller, state, stack.issuer.token(owner), stranger, links, revoked)
                     verb, path, data, content_type = http_request(method, binding, requests(run_id, owner)[method]())
                     got = await asyncio.to_thread(http_call, stack.envoy_address, verb, path, data, content_type, token)
                     cells[(method, caller, state)] = (got, HTTP_STATUS[expected(method, caller, state)])

@@ -95,35 +95,13 @@ def _session_image(k8s: Cluster, deployment: str) -> str:
 
 
 def _install(k8s: Cluster, values: Path) -> None:
-    k8s.issuer.ensure_keys()
-    k8s.link_keys.ensure_keys()
-    served = tls.ensure(DEV_TLS_DIR)
     images = {"app": _session_image(k8s, "tracking"), "envoy": _session_image(k8s, "envoy")}
     values.write_text(yaml.safe_dump(overrides(images)))
+    # Beside the overrides, only the files this machine has: token keys, link keys, TLS (required).
     k8s.helm(
-        "upgrade",
-        "--install",
-        RELEASE,
-        CHART,
-        "--namespace",
-        NAMESPACE,
-        "--create-namespace",
-        "-f",
-        values,
-        # The keys that sign this machine's tokens: with the defaults' none, every call is refused.
-        "--set-file",
-        f"jwks.content={k8s.issuer.jwks_file}",
-        # Live links' key pair: none by default, and links cannot be made.
-        "--set-file",
-        f"liveLinks.jwks={k8s.link_keys.jwks_file}",
-        "--set-file",
-        f"liveLinks.signingKey={k8s.link_keys.private_key_file}",
-        # TLS is required: the dev stack's certificate for 127.0.0.1, from the CA the test trusts.
-        "--set-file",
-        f"tls.certificate={served.cert}",
-        "--set-file",
-        f"tls.key={served.key}",
-    )
+        "upgrade", "--install", RELEASE, CHART, "--namespace", NAMESPACE, "--create-namespace",
+        "-f", values, *k8s.machine_files(),
+    )  # fmt: skip
     for name in ("tracking", "summary", "envoy"):
         k8s.kubectl("rollout", "status", f"deployment/{name}", "-n", NAMESPACE, "--timeout=180s")
 
@@ -149,10 +127,7 @@ def _wait_routed(k8s: Cluster, timeout_s: float = 120.0) -> None:
     """Until the release's Envoy routes to a replica of each service: its pods are Ready before its
     Envoy has found them through their headless Services' DNS (which lists only Ready pods), and a
     call in between answers UNAVAILABLE "no healthy replica"."""
-    ca = tls.files(DEV_TLS_DIR).ca.read_bytes()
-    credentials = grpc.composite_channel_credentials(
-        grpc.ssl_channel_credentials(root_certificates=ca), grpc.access_token_call_credentials(token(k8s, "probe"))
-    )
+    credentials = tls_credentials(token(k8s, "probe"))
     deadline = time.monotonic() + timeout_s
     with grpc.secure_channel(ADDRESS, credentials) as channel:
         calls = [
@@ -175,12 +150,16 @@ def _wait_routed(k8s: Cluster, timeout_s: float = 120.0) -> None:
                     time.sleep(1)
 
 
-def tls_channel(address: str, token: str) -> grpc.aio.Channel:
+def tls_credentials(token: str) -> grpc.ChannelCredentials:
+    """TLS trusting this machine's CA, the token on every call."""
     ca = tls.files(DEV_TLS_DIR).ca.read_bytes()
-    credentials = grpc.composite_channel_credentials(
+    return grpc.composite_channel_credentials(
         grpc.ssl_channel_credentials(root_certificates=ca), grpc.access_token_call_credentials(token)
     )
-    return grpc.aio.secure_channel(address, credentials)
+
+
+def tls_channel(address: str, token: str) -> grpc.aio.Channel:
+    return grpc.aio.secure_channel(address, tls_credentials(token))
 
 
 def token(k8s: Cluster, user: str) -> str:
