@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     scale = sub.add_parser("scale", help="add or remove replicas while traffic flows (Envoy keeps running)")
     scale.add_argument("counts", nargs="+", metavar="SERVICE=N", help="tracking=N and/or summary=M")
     sub.add_parser("rollout", help="restart every replica one at a time, health-checked")
+    sub.add_parser("migrate", help="bring both stores' schemas up to this checkout's (up does it too)")
     token = sub.add_parser("token", help="print a token for USER, signed by the local stack's key")
     token.add_argument("user", metavar="USER")
     token.add_argument("--ttl", type=int, default=3600, metavar="SECONDS", help="lifetime (default 3600)")
@@ -144,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
             counts[svc] = int(n)
         stack.scale(counts)
         print(", ".join(f"{svc}: {len(p)} replicas" for svc, p in stack.replica_ports().items()))
+    elif args.command == "migrate":
+        stack.migrate()
     elif args.command == "rollout":
+        stack.migrate()  # the new replicas' schema first, as a deployment does
         stack.rollout()
         print("rollout done: " + ", ".join(f"{svc} on {p}" for svc, p in stack.replica_ports().items()))
     elif args.command == "token":

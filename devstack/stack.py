@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 import urllib.request
@@ -27,6 +28,8 @@ SERVICES = ("tracking", "summary")
 # A replica on port P serves its Prometheus metrics on P + METRICS_PORT_OFFSET.
 METRICS_PORT_OFFSET = 10_000
 MODULES = {"tracking": "tracking_service", "summary": "summary_service"}
+# What brings each store's schema up to this checkout's, before the replicas serve.
+MIGRATIONS = ("tracking_service.migrate", "summary_service.migrate")
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -305,6 +308,23 @@ class Stack:
             cwd=ROOT,
         )
 
+    def migrate(self, extra_env: dict[str, str] | None = None) -> None:
+        """Both stores' schemas brought up to this checkout's (the commands a deployment runs before
+        its replicas serve); the replicas only check them."""
+        for module in MIGRATIONS:
+            out = subprocess.run(
+                [sys.executable, "-m", module],
+                env=self.replica_env() | (extra_env or {}),
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            if out.returncode != 0:
+                raise SystemExit(f"{module} failed:\n{(out.stdout + out.stderr)[-3000:]}")
+            said = (out.stdout + out.stderr).strip().splitlines()
+            say(said[-1] if said else f"{module}: done")
+
     def wait_stopped(self, svc: str, port: int, timeout: float = 30.0) -> None:
         procs.wait_until(f"{svc} replica {port} to exit", lambda: self.replica_pid(svc, port) is None, timeout)
 
@@ -451,6 +471,7 @@ class Stack:
             if not self.pg.pid():
                 say(f"starting PostgreSQL on 127.0.0.1:{s.pg_port}")
             self.pg.start()
+        self.migrate()
         ports = self.replica_ports()
         for svc in SERVICES:
             if not ports[svc]:

@@ -176,7 +176,7 @@ class Replica:
             except Exception as err:  # noqa: BLE001 (any failure means: not able to serve now)
                 failures += 1
                 if repr(err) != self._last_error:
-                    log.warning("database unreachable service=%s error=%r", self.service_name, err)
+                    log.warning("store not ready service=%s error=%r", self.service_name, err)
                     self._last_error = repr(err)
                 # Two in a row: one slow probe (a store node restarting, a busy machine) is not an outage.
                 if failures >= 2:

@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 from prometheus_client import Gauge
-from psycopg.rows import DictRow, dict_row, tuple_row
+from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -31,14 +31,12 @@ from summary_service.domain import (
     datetime_to_us,
     us_to_datetime,
 )
+from summary_service.migrate import COMMAND, MIGRATIONS, migrations_missing
 
 log = logging.getLogger(__name__)
 POOL_IN_USE = Gauge("runtrack_pg_pool_in_use", "PostgreSQL connections of this replica's pool in use now.")
 POOL_WAITING = Gauge("runtrack_pg_pool_waiting", "Calls waiting for a PostgreSQL connection of this replica now.")
 HERE = Path(__file__).parent
-MIGRATIONS = HERE / "migrations"
-# Any stable number: serialises migrations across replicas starting together.
-MIGRATION_LOCK = 0x52554E54
 
 
 # SQLSTATE classes and codes a retry can fix: the connection broke or could not be made, the server
@@ -82,27 +80,6 @@ def _row_to_run(row: dict[str, Any]) -> Run:
         share_health=bool(row.get("share_health", False)),
         sport=row.get("sport") or "",
     )
-
-
-async def apply_migrations(conn: psycopg.AsyncConnection[Any]) -> list[str]:
-    """Applies the numbered migrations not yet applied, each once, under an advisory lock."""
-    applied: list[str] = []
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        cur = conn.cursor(row_factory=tuple_row)
-        await cur.execute("SELECT version FROM schema_migrations")
-        done = {version for (version,) in await cur.fetchall()}
-        for path in sorted(MIGRATIONS.glob("*.sql")):
-            if path.stem in done:
-                continue
-            await conn.execute(path.read_text())
-            await conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (path.stem,))
-            applied.append(path.stem)
-    return applied
 
 
 class PgRunStore:
@@ -153,9 +130,13 @@ class PgRunStore:
                 await self.pool.open(wait=False)
             if not self._migrated:
                 async with self._conn() as conn:
-                    applied = await apply_migrations(conn)
+                    missing = await migrations_missing(conn)
+                if missing:
+                    raise Unavailable(
+                        f"PostgreSQL schema is behind this replica (missing {', '.join(missing)}): run `{COMMAND}`"
+                    )
                 self._migrated = True
-                log.info("schema ready migrations_applied=%s", ",".join(applied) or "none")
+                log.info("schema ready migrations=%d", len(MIGRATIONS))
         async with self._conn() as conn:
             await conn.execute(self.q["ping"])
 

@@ -35,6 +35,7 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 # A lightweight transaction: sent twice, the second answer says "not applied" (the first claimed it).
+MIGRATE_COMMAND = "python -m tracking_service.migrate"
 NOT_IDEMPOTENT = frozenset({"claim_run", "change_state", "outbox_take"})
 
 # A retry can fix these: no node reachable, a timeout, a node overloaded, starting or rate-limiting.
@@ -123,20 +124,6 @@ async def _execute_batch(session: Session, statement: Any) -> None:
             statement.clear()
 
 
-# What Cassandra 5 and ScyllaDB answer to an ADD of a column the table already has.
-COLUMN_EXISTS = ("already exists", "conflicts with an existing column")
-
-
-def _apply_schema(session: Session, cql: str) -> None:
-    """One statement of schema.cql: CREATE ... IF NOT EXISTS runs as is; an ALTER TABLE ... ADD of a
-    column already there (a replica started before, or another starting now) is skipped."""
-    try:
-        session.execute(cql, timeout=60)
-    except InvalidRequest as err:
-        if not (cql.lstrip().upper().startswith("ALTER TABLE") and any(m in str(err) for m in COLUMN_EXISTS)):
-            raise
-
-
 @dataclass(frozen=True)
 class Statements:
     """Every statement of queries.cql, prepared once at connect, by its name there."""
@@ -173,6 +160,22 @@ class Statements:
     outbox_take: PreparedStatement
     outbox_renew: PreparedStatement
     outbox_done: PreparedStatement
+
+
+class SchemaBehind(Exception):
+    """The keyspace lacks a table or column this release uses."""
+
+
+def prepare(session: Session, keyspace: str) -> dict[str, PreparedStatement]:
+    """Every statement of queries.cql, prepared: the check that the schema is this release's (a table or
+    column missing fails here, naming the command that adds it; the replica never changes the schema)."""
+    try:
+        session.set_keyspace(keyspace)
+        return {name: session.prepare(cql) for name, cql in queries.load(HERE / "queries.cql").items()}
+    except InvalidRequest as err:
+        raise SchemaBehind(
+            f"CQL schema of keyspace {keyspace} is behind this replica ({err}): run `{MIGRATE_COMMAND}`"
+        ) from err
 
 
 class CqlSession:
@@ -222,10 +225,7 @@ class CqlSession:
         )
         try:
             session = cluster.connect()
-            for cql in queries.load(HERE / "schema.cql").values():
-                _apply_schema(session, cql.format(keyspace=s.keyspace, replication=s.replication))
-            session.set_keyspace(s.keyspace)
-            prepared = {name: session.prepare(cql) for name, cql in queries.load(HERE / "queries.cql").items()}
+            prepared = prepare(session, s.keyspace)
             for name, statement in prepared.items():
                 # Upserts of fixed values, reads and deletes at a fixed timestamp: safe to send twice.
                 statement.is_idempotent = name not in NOT_IDEMPOTENT

@@ -787,6 +787,7 @@ def app_layer(work: Path, base_tar: Path, epoch: int, run: Runner) -> Path:
         raise SystemExit(f"the app image would hold compilers: {', '.join(compilers)}")
     check = (
         "import tracking_service.__main__, summary_service.__main__\n"
+        "import tracking_service.migrate, summary_service.migrate\n"
         "import platform, sys, psycopg\n"
         "assert psycopg.pq.__impl__ == 'binary', psycopg.pq.__impl__\n"
         "print(sys.version.split()[0], platform.libc_ver()[1], psycopg.pq.__impl__)\n"
@@ -1333,6 +1334,7 @@ def verify(args: argparse.Namespace) -> None:
 
         probe = (
             "import os, tracking_service.__main__, summary_service.__main__, psycopg; "
+            "import tracking_service.migrate, summary_service.migrate; "
             "print(os.getuid(), os.getgid(), os.getcwd(), psycopg.pq.__impl__)"
         )
         out = smoke(APP, "python", "-c", probe).split()

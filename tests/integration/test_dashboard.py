@@ -12,7 +12,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from runtrack.v1 import summary_pb2, summary_pb2_grpc
-from summary_service.pg_store import apply_migrations
+from summary_service.migrate import apply_migrations
 from tests.helpers import http_json, token_channel
 
 

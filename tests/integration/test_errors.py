@@ -92,6 +92,7 @@ async def test_a_statement_the_store_rejects_is_internal_logged_once_and_never_r
     port = _free_port()
     log = stack.spec.logs / f"tracking-broken-{port}.log"
     env = dict(stack.replica_env(), SCYLLA_KEYSPACE=keyspace)
+    stack.migrate({"SCYLLA_KEYSPACE": keyspace})
     pid = procs.start(
         [sys.executable, "-m", "tracking_service", "--port", str(port)],
         log=log,

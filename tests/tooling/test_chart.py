@@ -199,15 +199,50 @@ def test_defaults_render_every_object_under_its_fixed_name(render):
     assert names(objects, "Service") == {*COMPONENTS, "envoy-internal"}
     assert names(objects, "HorizontalPodAutoscaler") == set(REPLICAS)
     assert names(objects, "PodDisruptionBudget") == set(COMPONENTS)
-    assert names(objects, "NetworkPolicy") == {*COMPONENTS, *(f"{c}-egress" for c in COMPONENTS)}
+    assert names(objects, "NetworkPolicy") == {*COMPONENTS, *(f"{c}-egress" for c in COMPONENTS), "migrate"}
+    assert names(objects, "Job") == {"migrate"}
     assert names(objects, "ConfigMap") == {"envoy", "envoy-jwks", "envoy-live-jwks", "envoy-tls-sds"}
     assert names(objects, "Secret") == {"runtrack-postgres"}
     for o in objects:
         labels = o["metadata"]["labels"]
         assert labels["app.kubernetes.io/name"] == "runtrack"
         assert labels["app.kubernetes.io/instance"] == "rt"
-        assert labels["app.kubernetes.io/component"] in COMPONENTS
+        assert labels["app.kubernetes.io/component"] in {*COMPONENTS, "migrate"}
         assert o["metadata"]["namespace"] == NAMESPACE
+
+
+def test_the_schemas_are_migrated_by_a_job_after_each_install_and_upgrade_and_it_reaches_only_the_stores(render):
+    store = [{"ipBlock": {"cidr": "10.1.2.0/24"}}]
+    pg = [{"ipBlock": {"cidr": "10.3.4.5/32"}}]
+    values = {
+        "cql": {"hosts": ["cql-a", "cql-b"], "keyspace": "rt", "port": 9043},
+        "networkPolicy": {"egress": {"cql": store, "postgres": {"port": 6432, "to": pg}}},
+    }
+    objects = render(values)
+    job = one(objects, "Job", "migrate")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+    commands = {c["name"]: c["command"] for c in pod["containers"]}
+    assert commands == {
+        "cql": ["python", "-m", "tracking_service.migrate"],
+        "postgres": ["python", "-m", "summary_service.migrate"],
+    }
+    cql, postgres = ({e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]} for c in pod["containers"])
+    assert (cql["SCYLLA_HOSTS"], cql["SCYLLA_KEYSPACE"], cql["SCYLLA_PORT"]) == ("cql-a,cql-b", "rt", "9043")
+    assert postgres == {"DATABASE_URL": {"secretKeyRef": {"name": "runtrack-postgres", "key": "uri"}}}
+    for c in pod["containers"]:
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    policy = one(objects, "NetworkPolicy", "migrate")["spec"]
+    assert policy["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "migrate"
+    assert policy["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in policy
+    dns, to_cql, to_pg = policy["egress"]
+    assert _ports(dns) == DNS
+    assert to_cql["to"] == store and _ports(to_cql) == [(9043, "TCP"), (19042, "TCP")]
+    assert to_pg == {"to": pg, "ports": [{"port": 6432, "protocol": "TCP"}]}
+    off = render({"migrations": {"enabled": False}})
+    assert names(off, "Job") == set() and "migrate" not in names(off, "NetworkPolicy")
 
 
 def test_each_replica_runs_its_service_on_the_grpc_port_with_metrics_beside_it(render):

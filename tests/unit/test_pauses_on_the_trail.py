@@ -84,10 +84,10 @@ def _fields(p: Point) -> dict:
         "Invalid column name after_pause because it conflicts with an existing column",  # ScyllaDB, Cassandra 3-4
     ],
 )
-def test_the_schema_code_skips_a_column_already_added_and_raises_anything_else(answer):
+def test_the_migration_skips_a_column_already_added_and_raises_anything_else(answer):
     from cassandra import InvalidRequest
 
-    from tracking_service.cql_session import _apply_schema
+    from tracking_service.migrate import apply
 
     class Session:
         def __init__(self, error: str) -> None:
@@ -96,8 +96,8 @@ def test_the_schema_code_skips_a_column_already_added_and_raises_anything_else(a
         def execute(self, cql: str, timeout: float) -> None:
             raise InvalidRequest(self.error)
 
-    _apply_schema(Session(answer), "ALTER TABLE ks.track_points ADD after_pause boolean")  # type: ignore[arg-type]
+    apply(Session(answer), "ALTER TABLE ks.track_points ADD after_pause boolean")  # type: ignore[arg-type]
     with pytest.raises(InvalidRequest):
-        _apply_schema(Session("unconfigured table track_points"), "ALTER TABLE ks.track_points ADD x boolean")  # type: ignore[arg-type]
+        apply(Session("unconfigured table track_points"), "ALTER TABLE ks.track_points ADD x boolean")  # type: ignore[arg-type]
     with pytest.raises(InvalidRequest):
-        _apply_schema(Session(answer), "CREATE TABLE IF NOT EXISTS ks.t (a int PRIMARY KEY)")  # type: ignore[arg-type]
+        apply(Session(answer), "CREATE TABLE IF NOT EXISTS ks.t (a int PRIMARY KEY)")  # type: ignore[arg-type]
