@@ -12,13 +12,19 @@ import zoneinfo
 from dataclasses import dataclass
 from typing import Any
 
+from runtrack_common.api_rules import (
+    END_AFTER_START,
+    MAX_NAME_CHARS,
+    MAX_POLYLINE_CHARS,
+    MAX_USER_ID_CHARS,
+    MOVING_WITHIN_ELAPSED,
+)
 from runtrack_common.errors import InvalidArgument, Violations
 
 DEFAULT_LIST_PAGE = 20
 MAX_LIST_PAGE = 100
 DEFAULT_WEEKS = 12
 MAX_WEEKS = 104
-MAX_POLYLINE_CHARS = 200_000
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # The sports whose runs hold personal records: running, and undeclared (a phone's run, a file that
 # names no sport or a generic one), whose efforts still count only at a runner's speeds
@@ -141,8 +147,8 @@ class UserTotals:
 
 def check_user_id(value: str) -> str:
     """A user_id as a request names it: empty or "me" (the caller), or a user's id."""
-    if len(value) > 200:
-        raise InvalidArgument("user_id", "at most 200 characters")
+    if len(value) > MAX_USER_ID_CHARS:
+        raise InvalidArgument("user_id", f"at most {MAX_USER_ID_CHARS} characters")
     return value
 
 
@@ -155,12 +161,12 @@ def validate_overview(o: Overview) -> None:
             found.add(f"overview.{name}", "must be a finite number >= 0")
 
     if o.end_us < o.start_us:
-        found.add("overview.end_time", "must not be before overview.start_time")
+        found.add("overview.end_time", END_AFTER_START)
     finite_non_negative("distance_m", o.distance_m)
     if o.moving_time_us < 0:
         found.add("overview.moving_time", "must not be negative")
     elif o.end_us >= o.start_us and o.moving_time_us > o.elapsed_us:
-        found.add("overview.moving_time", "must not be longer than end_time - start_time")
+        found.add("overview.moving_time", MOVING_WITHIN_ELAPSED)
     finite_non_negative("elevation_gain_m", o.elevation_gain_m)
     if o.avg_heart_rate_bpm is not None:
         finite_non_negative("avg_heart_rate_bpm", o.avg_heart_rate_bpm)
@@ -211,12 +217,13 @@ class Improvement:
     start_us: int
 
 
-MAX_NAME_CHARS = 200
-
-
 def default_name(start_us: int, zone: str) -> str:
     """What a run is called until its runner names it: the part of the day it started, locally."""
-    hour = us_to_datetime(start_us).astimezone(zoneinfo.ZoneInfo(zone)).hour
+    start = us_to_datetime(start_us)
+    try:
+        hour = start.astimezone(zoneinfo.ZoneInfo(zone)).hour
+    except OverflowError:  # the first or last hours of year 1 or 9999, local time out of range
+        hour = start.hour
     if 5 <= hour < 11:
         part = "Morning"
     elif 11 <= hour < 14:

@@ -12,9 +12,9 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
+from runtrack_common.api_rules import MAX_LINK_LIFETIME
 from runtrack_common.config import Settings
 from runtrack_common.errors import Unavailable
-from tracking_service.live import MAX_LINK_LIFETIME
 
 ALGORITHM = "ES256"
 KEY_ID = "runtrack-live-1"

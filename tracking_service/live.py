@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from runtrack_common.api_rules import EXPIRE_IN_FUTURE, EXPIRE_WITHIN, MAX_LINK_LIFETIME
 from tracking_service.domain import Point, without_health
 from tracking_service.privacy import Zone, ZoneSet, distance_m
 
@@ -16,7 +17,6 @@ LIVE, STALLED, RESUMED, STOPPED, DELETED = "LIVE", "STALLED", "RESUMED", "STOPPE
 ENDED = frozenset({STOPPED, DELETED})
 # A link without its own expiry works until this long after the run stops.
 DEFAULT_AFTER_STOP = dt.timedelta(hours=1)
-MAX_LINK_LIFETIME = dt.timedelta(days=7)
 
 
 # The live feed's partitions per second: spread over the store's nodes, each read once a second.
@@ -81,9 +81,9 @@ def link_expiry(requested: dt.datetime | None, now: dt.datetime) -> dt.datetime 
     if requested is None:
         return None
     if requested <= now:
-        raise ValueError("must be in the future")
+        raise ValueError(EXPIRE_IN_FUTURE)
     if requested > now + MAX_LINK_LIFETIME:
-        raise ValueError("must be at most 7 days from now")
+        raise ValueError(EXPIRE_WITHIN)
     return requested
 
 

@@ -14,12 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 from geographiclib.geodesic import Geodesic
 
+from runtrack_common.api_rules import MAX_RADIUS_M, MAX_ZONES, MIN_RADIUS_M, WGS84_LATITUDE, WGS84_LONGITUDE
 from runtrack_common.errors import Violations
 from tracking_service.domain import Point
 
-MAX_ZONES = 10
-MIN_RADIUS_M = 100.0
-MAX_RADIUS_M = 5000.0
 WGS84 = Geodesic.WGS84
 
 
@@ -36,9 +34,9 @@ def validate_zones(zones: Sequence[Zone]) -> None:
     if len(zones) > MAX_ZONES:
         found.add("zones", f"at most {MAX_ZONES} zones, got {len(zones)}")
     for i, z in enumerate(zones):
-        if not (math.isfinite(z.latitude) and -90.0 <= z.latitude <= 90.0):
+        if not (math.isfinite(z.latitude) and WGS84_LATITUDE["minimum"] <= z.latitude <= WGS84_LATITUDE["maximum"]):
             found.add(f"zones[{i}].latitude", "must be a finite number in [-90, 90]")
-        if not (math.isfinite(z.longitude) and -180.0 <= z.longitude <= 180.0):
+        if not (math.isfinite(z.longitude) and WGS84_LONGITUDE["minimum"] <= z.longitude <= WGS84_LONGITUDE["maximum"]):
             found.add(f"zones[{i}].longitude", "must be a finite number in [-180, 180]")
         if not (math.isfinite(z.radius_m) and MIN_RADIUS_M <= z.radius_m <= MAX_RADIUS_M):
             found.add(f"zones[{i}].radius_m", f"must be between {MIN_RADIUS_M:g} and {MAX_RADIUS_M:g} metres")

@@ -12,8 +12,8 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from runtrack_common.api_rules import MAX_NAME_CHARS
 from runtrack_common.errors import InvalidArgument
-from summary_service.domain import MAX_NAME_CHARS
 
 MAX_FILE_BYTES = 16 * 1024 * 1024
 # A day at one fix per second, with room to spare.
