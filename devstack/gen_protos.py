@@ -8,6 +8,7 @@ transcoder can print an error's details (`ErrorInfo`, `BadRequest`, `RetryInfo`)
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import re
 import shutil
@@ -96,7 +97,9 @@ def openapi(out: Path, includes: list[str]) -> None:
     document["paths"] = _plain_path_parameters(document["paths"])
     _mark_streams(document["paths"])
     _file_bodies(document["paths"])
+    _update_body(document)
     _nullable_fields(document["components"]["schemas"])
+    _api_rules(document)
     document["info"]["description"] = (
         "The JSON API of RunTrack, through Envoy. Every operation needs `authorization: Bearer <JWT>`; "
         "errors are a google.rpc.Status with its details."
@@ -197,10 +200,132 @@ def _nullable_fields(schemas: dict[str, Any]) -> None:
     of a request or answer message says so (`nullable`; a message field through `allOf`)."""
     for schema in schemas.values():
         for name, prop in list(schema.get("properties", {}).items()):
+            if name in schema.get("required", ()) or prop.get("nullable") is False:
+                prop.pop("nullable", None)  # a required field: null is its absence, refused
+                continue
             if "$ref" in prop:
                 schema["properties"][name] = {"allOf": [{"$ref": prop.pop("$ref")}], **prop, "nullable": True}
             else:
                 prop["nullable"] = True
+
+
+# UpdateRun's body: the fields the owner can change, all a JSON client sends (its run_id is the
+# path's). Unknown fields are dropped, but one of Run's others with a value of the wrong type is
+# refused: the body declares only these.
+RUN_CHANGE = {
+    "type": "object",
+    "description": "What to change in the run: the fields the mask names, or without a mask every field set here.",
+    "properties": {
+        "visibility": {"type": "string", "description": "Who can see the run besides its owner.", "nullable": False},
+        "name": {"type": "string", "description": "What the runner calls it (trimmed).", "nullable": False},
+        "shareHealth": {
+            "type": "boolean",
+            "description": "Whether heart rate and cadence reach others.",
+            "nullable": False,
+        },
+    },
+    "additionalProperties": False,
+    # Without a mask, at least one field is set (share_health only counts when true).
+    "anyOf": [
+        {"required": ["visibility"]},
+        {"required": ["name"]},
+        {"required": ["shareHealth"], "properties": {"shareHealth": {"enum": [True]}}},
+    ],
+}
+
+
+def _update_body(document: dict[str, Any]) -> None:
+    """UpdateRun takes a RunChange, not a whole Run (see RUN_CHANGE)."""
+    document["components"]["schemas"]["RunChange"] = copy.deepcopy(RUN_CHANGE)
+    for item in document["paths"].values():
+        for operation in item.values():
+            if operation.get("operationId") == "SummaryService_UpdateRun":
+                body = operation["requestBody"]["content"]["application/json"]
+                body["schema"] = {"$ref": "#/components/schemas/RunChange"}
+
+
+# JSON schema bounds of protobuf's scalar types as JSON carries them.
+INTEGER_BOUNDS = {
+    "uint32": {"minimum": 0, "maximum": 2**32 - 1},
+    "int32": {"minimum": -(2**31), "maximum": 2**31 - 1},
+}
+
+
+def _api_rules(document: dict[str, Any]) -> None:
+    """What the API accepts, from runtrack_common.api_rules (the table the services check requests
+    against): each request field's bounds, on the body's schemas and the query parameters; the
+    bounds of protobuf's types (uint32, a Timestamp's years 0001 to 9999); and per operation, in
+    `x-runtrack-rules`, the rules a schema cannot state."""
+    from runtrack_common import api_rules
+
+    schemas = document["components"]["schemas"]
+    for name, fields in api_rules.FIELDS.items():
+        short = name.rsplit(".", 1)[1]
+        target = schemas.get("RunChange" if short == "Run" else short)
+        for field, keywords in fields.items():
+            if target is not None and field in target.get("properties", {}):
+                target["properties"][field].update(keywords)
+    inputs = _request_messages()
+    for item in document["paths"].values():
+        for operation in item.values():
+            operation_id = operation.get("operationId", "")
+            fields = api_rules.FIELDS.get(inputs.get(operation_id, ""), {})
+            for parameter in operation.get("parameters", []):
+                parameter["schema"].update(fields.get(parameter["name"], {}))
+                if parameter["in"] == "path" and parameter["name"] == "userId":
+                    parameter["schema"].update(maxLength=api_rules.MAX_USER_ID_CHARS, pattern=api_rules.USER_ID_PATTERN)
+                if parameter["in"] == "path" and parameter["name"] == "linkId":
+                    parameter["schema"]["pattern"] = api_rules.LINK_ID_PATTERN
+            _without_path_fields(operation, schemas)
+            if operation_id in api_rules.RULES:
+                operation["x-runtrack-rules"] = [rule.doc() for rule in api_rules.RULES[operation_id]]
+    _walk_schemas(document, _type_bounds)
+
+
+def _without_path_fields(operation: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """A body (`body: "*"`) does not repeat the fields the path binds (run_id, user_id): the path's
+    value is the one the method reads."""
+    ref = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {}).get("$ref")
+    if ref is None:
+        return
+    schema = schemas[ref.rsplit("/", 1)[1]]
+    for parameter in operation.get("parameters", []):
+        if parameter["in"] == "path":
+            schema.get("properties", {}).pop(parameter["name"], None)
+
+
+def _type_bounds(schema: dict[str, Any]) -> None:
+    if schema.get("type") == "integer" and schema.get("format") in INTEGER_BOUNDS:
+        for key, value in INTEGER_BOUNDS[schema["format"]].items():
+            schema.setdefault(key, value)
+    if schema.get("type") == "string" and schema.get("format") == "date-time":
+        from runtrack_common import api_rules
+
+        schema.setdefault("pattern", api_rules.TIMESTAMP_PATTERN)
+
+
+def _walk_schemas(node: Any, visit: Any) -> None:
+    """`visit` on every schema object of the document (dicts with a `type`)."""
+    if isinstance(node, dict):
+        if isinstance(node.get("type"), str):
+            visit(node)
+        for value in node.values():
+            _walk_schemas(value, visit)
+    elif isinstance(node, list):
+        for value in node:
+            _walk_schemas(value, visit)
+
+
+def _request_messages() -> dict[str, str]:
+    """operationId (`Service_Method`) -> the full name of the method's request message."""
+    from runtrack.v1 import summary_pb2, tracking_pb2
+
+    return {
+        f"{service.name}_{method.name}": method.input_type.full_name
+        for module in (tracking_pb2, summary_pb2)
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    }
 
 
 def _lower_camel(name: str) -> str:

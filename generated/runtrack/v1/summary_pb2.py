@@ -23,6 +23,7 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
@@ -30,13 +31,19 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19runtrack/v1/summary.proto\x12\x0bruntrack.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"(\n\x16\x43heckRunVisibleRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"9\n\x12RunVisibilityGrant\x12\r\n\x05owner\x18\x01 \x01(\x08\x12\x14\n\x0cshare_health\x18\x02 \x01(\x08\"8\n\x11\x41nalyseRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x13\n\x0bpoint_count\x18\x02 \x01(\r\"%\n\x12ListRecordsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x87\x01\n\x11RecordImprovement\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12/\n\x0c\x65lapsed_time\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\rachieved_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x91\x01\n\x0ePersonalRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndistance_m\x18\x02 \x01(\x01\x12,\n\x04\x62\x65st\x18\x03 \x01(\x0b\x32\x1e.runtrack.v1.RecordImprovement\x12/\n\x07history\x18\x04 \x03(\x0b\x32\x1e.runtrack.v1.RecordImprovement\"T\n\x13ListRecordsResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12,\n\x07records\x18\x02 \x03(\x0b\x32\x1b.runtrack.v1.PersonalRecord\"\xa8\x02\n\x0bRunOverview\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ndistance_m\x18\x03 \x01(\x01\x12.\n\x0bmoving_time\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10\x65levation_gain_m\x18\x05 \x01(\x01\x12\x13\n\x0bpoint_count\x18\x06 \x01(\r\x12\x1f\n\x12\x61vg_heart_rate_bpm\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08polyline\x18\x08 \x01(\tB\x15\n\x13_avg_heart_rate_bpm\"p\n\x0eStopRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12*\n\x08overview\x18\x03 \x01(\x0b\x32\x18.runtrack.v1.RunOverview\x12\x11\n\ttime_zone\x18\x04 \x01(\t\"\xed\x02\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12*\n\x08overview\x18\x03 \x01(\x0b\x32\x18.runtrack.v1.RunOverview\x12/\n\x0c\x65lapsed_time\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11\x61vg_pace_s_per_km\x18\x05 \x01(\x01\x12.\n\nstopped_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttrack_url\x18\x07 \x01(\t\x12+\n\nvisibility\x18\x08 \x01(\x0e\x32\x17.runtrack.v1.Visibility\x12*\n\x08\x61nalysis\x18\t \x01(\x0b\x32\x18.runtrack.v1.RunAnalysis\x12\x0c\n\x04name\x18\n \x01(\t\x12\x14\n\x0cshare_health\x18\x0b \x01(\x08\x12\r\n\x05sport\x18\x0c \x01(\t\"\xc4\x01\n\x05Split\x12\r\n\x05index\x18\x01 \x01(\r\x12\x12\n\ndistance_m\x18\x02 \x01(\x01\x12/\n\x0c\x65lapsed_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rpace_s_per_km\x18\x04 \x01(\x01\x12\x18\n\x10\x65levation_gain_m\x18\x05 \x01(\x01\x12\x1f\n\x12\x61vg_heart_rate_bpm\x18\x06 \x01(\x01H\x00\x88\x01\x01\x42\x15\n\x13_avg_heart_rate_bpm\"\x94\x01\n\nBestEffort\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndistance_m\x18\x02 \x01(\x01\x12/\n\x0c\x65lapsed_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07start_m\x18\x04 \x01(\x01\x12\x11\n\tstart_seq\x18\x05 \x01(\r\x12\x0f\n\x07\x65nd_seq\x18\x06 \x01(\r\"\xd2\x02\n\x0bRunAnalysis\x12\x12\n\ndistance_m\x18\x01 \x01(\x01\x12%\n\tsplits_km\x18\x02 \x03(\x0b\x32\x12.runtrack.v1.Split\x12\'\n\x0bsplits_mile\x18\x03 \x03(\x0b\x32\x12.runtrack.v1.Split\x12-\n\x0c\x62\x65st_efforts\x18\x04 \x03(\x0b\x32\x17.runtrack.v1.BestEffort\x12\x1d\n\x10\x65levation_gain_m\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x1d\n\x10\x65levation_loss_m\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x33\n\x10heart_rate_zones\x18\x07 \x03(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bpoint_count\x18\x08 \x01(\rB\x13\n\x11_elevation_gain_mB\x13\n\x11_elevation_loss_m\"b\n\x10UpdateRunRequest\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.runtrack.v1.Run\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\"\n\x10\x44\x65leteRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"I\n\x0fListRunsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"K\n\x10ListRunsResponse\x12\x1e\n\x04runs\x18\x01 \x03(\x0b\x32\x10.runtrack.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"H\n\x13GetUserStatsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\ttime_zone\x18\x02 \x01(\t\x12\r\n\x05weeks\x18\x03 \x01(\r\"\x90\x01\n\tWeekStats\x12\x12\n\nweek_start\x18\x01 \x01(\t\x12\x11\n\trun_count\x18\x02 \x01(\r\x12\x12\n\ndistance_m\x18\x03 \x01(\x01\x12.\n\x0bmoving_time\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10\x65levation_gain_m\x18\x05 \x01(\x01\"q\n\tUserStats\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12%\n\x05weeks\x18\x02 \x03(\x0b\x32\x16.runtrack.v1.WeekStats\x12\x12\n\ntotal_runs\x18\x03 \x01(\r\x12\x18\n\x10total_distance_m\x18\x04 \x01(\x01*A\n\nVisibility\x12\x1a\n\x16VISIBILITY_UNSPECIFIED\x10\x00\x12\x0b\n\x07PRIVATE\x10\x01\x12\n\n\x06PUBLIC\x10\x02\x32\xc0\x07\n\x0eSummaryService\x12[\n\x07StopRun\x12\x1b.runtrack.v1.StopRunRequest\x1a\x10.runtrack.v1.Run\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/runs/{run_id}:stop:\x01*\x12Q\n\x06GetRun\x12\x1a.runtrack.v1.GetRunRequest\x1a\x10.runtrack.v1.Run\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/runs/{run_id}\x12i\n\x08ListRuns\x12\x1c.runtrack.v1.ListRunsRequest\x1a\x1d.runtrack.v1.ListRunsResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/users/{user_id}/runs\x12k\n\x0cGetUserStats\x12 .runtrack.v1.GetUserStatsRequest\x1a\x16.runtrack.v1.UserStats\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/users/{user_id}/stats\x12`\n\tUpdateRun\x12\x1d.runtrack.v1.UpdateRunRequest\x1a\x10.runtrack.v1.Run\"\"\x82\xd3\xe4\x93\x02\x1c\x32\x15/v1/runs/{run.run_id}:\x03run\x12]\n\tDeleteRun\x12\x1d.runtrack.v1.DeleteRunRequest\x1a\x16.google.protobuf.Empty\"\x19\x82\xd3\xe4\x93\x02\x13*\x11/v1/runs/{run_id}\x12u\n\x0bListRecords\x12\x1f.runtrack.v1.ListRecordsRequest\x1a .runtrack.v1.ListRecordsResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/users/{user_id}/records\x12O\n\tImportRun\x12\x14.google.api.HttpBody\x1a\x10.runtrack.v1.Run\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/runs:import:\x01*\x12\x44\n\nAnalyseRun\x12\x1e.runtrack.v1.AnalyseRunRequest\x1a\x16.google.protobuf.Empty\x12W\n\x0f\x43heckRunVisible\x12#.runtrack.v1.CheckRunVisibleRequest\x1a\x1f.runtrack.v1.RunVisibilityGrantb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19runtrack/v1/summary.proto\x12\x0bruntrack.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"(\n\x16\x43heckRunVisibleRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"9\n\x12RunVisibilityGrant\x12\r\n\x05owner\x18\x01 \x01(\x08\x12\x14\n\x0cshare_health\x18\x02 \x01(\x08\"8\n\x11\x41nalyseRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x13\n\x0bpoint_count\x18\x02 \x01(\r\"%\n\x12ListRecordsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x87\x01\n\x11RecordImprovement\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12/\n\x0c\x65lapsed_time\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\rachieved_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x91\x01\n\x0ePersonalRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndistance_m\x18\x02 \x01(\x01\x12,\n\x04\x62\x65st\x18\x03 \x01(\x0b\x32\x1e.runtrack.v1.RecordImprovement\x12/\n\x07history\x18\x04 \x03(\x0b\x32\x1e.runtrack.v1.RecordImprovement\"T\n\x13ListRecordsResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12,\n\x07records\x18\x02 \x03(\x0b\x32\x1b.runtrack.v1.PersonalRecord\"\xb4\x02\n\x0bRunOverview\x12\x34\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x32\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x12\n\ndistance_m\x18\x03 \x01(\x01\x12.\n\x0bmoving_time\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10\x65levation_gain_m\x18\x05 \x01(\x01\x12\x13\n\x0bpoint_count\x18\x06 \x01(\r\x12\x1f\n\x12\x61vg_heart_rate_bpm\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08polyline\x18\x08 \x01(\tB\x15\n\x13_avg_heart_rate_bpm\"v\n\x0eStopRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x30\n\x08overview\x18\x03 \x01(\x0b\x32\x18.runtrack.v1.RunOverviewB\x04\xe2\x41\x01\x02\x12\x11\n\ttime_zone\x18\x04 \x01(\t\"\xed\x02\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12*\n\x08overview\x18\x03 \x01(\x0b\x32\x18.runtrack.v1.RunOverview\x12/\n\x0c\x65lapsed_time\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11\x61vg_pace_s_per_km\x18\x05 \x01(\x01\x12.\n\nstopped_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttrack_url\x18\x07 \x01(\t\x12+\n\nvisibility\x18\x08 \x01(\x0e\x32\x17.runtrack.v1.Visibility\x12*\n\x08\x61nalysis\x18\t \x01(\x0b\x32\x18.runtrack.v1.RunAnalysis\x12\x0c\n\x04name\x18\n \x01(\t\x12\x14\n\x0cshare_health\x18\x0b \x01(\x08\x12\r\n\x05sport\x18\x0c \x01(\t\"\xc4\x01\n\x05Split\x12\r\n\x05index\x18\x01 \x01(\r\x12\x12\n\ndistance_m\x18\x02 \x01(\x01\x12/\n\x0c\x65lapsed_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rpace_s_per_km\x18\x04 \x01(\x01\x12\x18\n\x10\x65levation_gain_m\x18\x05 \x01(\x01\x12\x1f\n\x12\x61vg_heart_rate_bpm\x18\x06 \x01(\x01H\x00\x88\x01\x01\x42\x15\n\x13_avg_heart_rate_bpm\"\x94\x01\n\nBestEffort\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndistance_m\x18\x02 \x01(\x01\x12/\n\x0c\x65lapsed_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07start_m\x18\x04 \x01(\x01\x12\x11\n\tstart_seq\x18\x05 \x01(\r\x12\x0f\n\x07\x65nd_seq\x18\x06 \x01(\r\"\xd2\x02\n\x0bRunAnalysis\x12\x12\n\ndistance_m\x18\x01 \x01(\x01\x12%\n\tsplits_km\x18\x02 \x03(\x0b\x32\x12.runtrack.v1.Split\x12\'\n\x0bsplits_mile\x18\x03 \x03(\x0b\x32\x12.runtrack.v1.Split\x12-\n\x0c\x62\x65st_efforts\x18\x04 \x03(\x0b\x32\x17.runtrack.v1.BestEffort\x12\x1d\n\x10\x65levation_gain_m\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x1d\n\x10\x65levation_loss_m\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x33\n\x10heart_rate_zones\x18\x07 \x03(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bpoint_count\x18\x08 \x01(\rB\x13\n\x11_elevation_gain_mB\x13\n\x11_elevation_loss_m\"b\n\x10UpdateRunRequest\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.runtrack.v1.Run\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\"\n\x10\x44\x65leteRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"I\n\x0fListRunsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"K\n\x10ListRunsResponse\x12\x1e\n\x04runs\x18\x01 \x03(\x0b\x32\x10.runtrack.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"H\n\x13GetUserStatsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\ttime_zone\x18\x02 \x01(\t\x12\r\n\x05weeks\x18\x03 \x01(\r\"\x90\x01\n\tWeekStats\x12\x12\n\nweek_start\x18\x01 \x01(\t\x12\x11\n\trun_count\x18\x02 \x01(\r\x12\x12\n\ndistance_m\x18\x03 \x01(\x01\x12.\n\x0bmoving_time\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10\x65levation_gain_m\x18\x05 \x01(\x01\"q\n\tUserStats\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12%\n\x05weeks\x18\x02 \x03(\x0b\x32\x16.runtrack.v1.WeekStats\x12\x12\n\ntotal_runs\x18\x03 \x01(\r\x12\x18\n\x10total_distance_m\x18\x04 \x01(\x01*A\n\nVisibility\x12\x1a\n\x16VISIBILITY_UNSPECIFIED\x10\x00\x12\x0b\n\x07PRIVATE\x10\x01\x12\n\n\x06PUBLIC\x10\x02\x32\xc0\x07\n\x0eSummaryService\x12[\n\x07StopRun\x12\x1b.runtrack.v1.StopRunRequest\x1a\x10.runtrack.v1.Run\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/runs/{run_id}:stop:\x01*\x12Q\n\x06GetRun\x12\x1a.runtrack.v1.GetRunRequest\x1a\x10.runtrack.v1.Run\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/runs/{run_id}\x12i\n\x08ListRuns\x12\x1c.runtrack.v1.ListRunsRequest\x1a\x1d.runtrack.v1.ListRunsResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/users/{user_id}/runs\x12k\n\x0cGetUserStats\x12 .runtrack.v1.GetUserStatsRequest\x1a\x16.runtrack.v1.UserStats\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/users/{user_id}/stats\x12`\n\tUpdateRun\x12\x1d.runtrack.v1.UpdateRunRequest\x1a\x10.runtrack.v1.Run\"\"\x82\xd3\xe4\x93\x02\x1c\x32\x15/v1/runs/{run.run_id}:\x03run\x12]\n\tDeleteRun\x12\x1d.runtrack.v1.DeleteRunRequest\x1a\x16.google.protobuf.Empty\"\x19\x82\xd3\xe4\x93\x02\x13*\x11/v1/runs/{run_id}\x12u\n\x0bListRecords\x12\x1f.runtrack.v1.ListRecordsRequest\x1a .runtrack.v1.ListRecordsResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/users/{user_id}/records\x12O\n\tImportRun\x12\x14.google.api.HttpBody\x1a\x10.runtrack.v1.Run\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/runs:import:\x01*\x12\x44\n\nAnalyseRun\x12\x1e.runtrack.v1.AnalyseRunRequest\x1a\x16.google.protobuf.Empty\x12W\n\x0f\x43heckRunVisible\x12#.runtrack.v1.CheckRunVisibleRequest\x1a\x1f.runtrack.v1.RunVisibilityGrantb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'runtrack.v1.summary_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_RUNOVERVIEW'].fields_by_name['start_time']._loaded_options = None
+  _globals['_RUNOVERVIEW'].fields_by_name['start_time']._serialized_options = b'\342A\001\002'
+  _globals['_RUNOVERVIEW'].fields_by_name['end_time']._loaded_options = None
+  _globals['_RUNOVERVIEW'].fields_by_name['end_time']._serialized_options = b'\342A\001\002'
+  _globals['_STOPRUNREQUEST'].fields_by_name['overview']._loaded_options = None
+  _globals['_STOPRUNREQUEST'].fields_by_name['overview']._serialized_options = b'\342A\001\002'
   _globals['_SUMMARYSERVICE'].methods_by_name['StopRun']._loaded_options = None
   _globals['_SUMMARYSERVICE'].methods_by_name['StopRun']._serialized_options = b'\202\323\344\223\002\033\"\026/v1/runs/{run_id}:stop:\001*'
   _globals['_SUMMARYSERVICE'].methods_by_name['GetRun']._loaded_options = None
@@ -53,50 +60,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUMMARYSERVICE'].methods_by_name['ListRecords']._serialized_options = b'\202\323\344\223\002\035\022\033/v1/users/{user_id}/records'
   _globals['_SUMMARYSERVICE'].methods_by_name['ImportRun']._loaded_options = None
   _globals['_SUMMARYSERVICE'].methods_by_name['ImportRun']._serialized_options = b'\202\323\344\223\002\024\"\017/v1/runs:import:\001*'
-  _globals['_VISIBILITY']._serialized_start=2926
-  _globals['_VISIBILITY']._serialized_end=2991
-  _globals['_CHECKRUNVISIBLEREQUEST']._serialized_start=227
-  _globals['_CHECKRUNVISIBLEREQUEST']._serialized_end=267
-  _globals['_RUNVISIBILITYGRANT']._serialized_start=269
-  _globals['_RUNVISIBILITYGRANT']._serialized_end=326
-  _globals['_ANALYSERUNREQUEST']._serialized_start=328
-  _globals['_ANALYSERUNREQUEST']._serialized_end=384
-  _globals['_LISTRECORDSREQUEST']._serialized_start=386
-  _globals['_LISTRECORDSREQUEST']._serialized_end=423
-  _globals['_RECORDIMPROVEMENT']._serialized_start=426
-  _globals['_RECORDIMPROVEMENT']._serialized_end=561
-  _globals['_PERSONALRECORD']._serialized_start=564
-  _globals['_PERSONALRECORD']._serialized_end=709
-  _globals['_LISTRECORDSRESPONSE']._serialized_start=711
-  _globals['_LISTRECORDSRESPONSE']._serialized_end=795
-  _globals['_RUNOVERVIEW']._serialized_start=798
-  _globals['_RUNOVERVIEW']._serialized_end=1094
-  _globals['_STOPRUNREQUEST']._serialized_start=1096
-  _globals['_STOPRUNREQUEST']._serialized_end=1208
-  _globals['_RUN']._serialized_start=1211
-  _globals['_RUN']._serialized_end=1576
-  _globals['_SPLIT']._serialized_start=1579
-  _globals['_SPLIT']._serialized_end=1775
-  _globals['_BESTEFFORT']._serialized_start=1778
-  _globals['_BESTEFFORT']._serialized_end=1926
-  _globals['_RUNANALYSIS']._serialized_start=1929
-  _globals['_RUNANALYSIS']._serialized_end=2267
-  _globals['_UPDATERUNREQUEST']._serialized_start=2269
-  _globals['_UPDATERUNREQUEST']._serialized_end=2367
-  _globals['_DELETERUNREQUEST']._serialized_start=2369
-  _globals['_DELETERUNREQUEST']._serialized_end=2403
-  _globals['_GETRUNREQUEST']._serialized_start=2405
-  _globals['_GETRUNREQUEST']._serialized_end=2436
-  _globals['_LISTRUNSREQUEST']._serialized_start=2438
-  _globals['_LISTRUNSREQUEST']._serialized_end=2511
-  _globals['_LISTRUNSRESPONSE']._serialized_start=2513
-  _globals['_LISTRUNSRESPONSE']._serialized_end=2588
-  _globals['_GETUSERSTATSREQUEST']._serialized_start=2590
-  _globals['_GETUSERSTATSREQUEST']._serialized_end=2662
-  _globals['_WEEKSTATS']._serialized_start=2665
-  _globals['_WEEKSTATS']._serialized_end=2809
-  _globals['_USERSTATS']._serialized_start=2811
-  _globals['_USERSTATS']._serialized_end=2924
-  _globals['_SUMMARYSERVICE']._serialized_start=2994
-  _globals['_SUMMARYSERVICE']._serialized_end=3954
+  _globals['_VISIBILITY']._serialized_start=2977
+  _globals['_VISIBILITY']._serialized_end=3042
+  _globals['_CHECKRUNVISIBLEREQUEST']._serialized_start=260
+  _globals['_CHECKRUNVISIBLEREQUEST']._serialized_end=300
+  _globals['_RUNVISIBILITYGRANT']._serialized_start=302
+  _globals['_RUNVISIBILITYGRANT']._serialized_end=359
+  _globals['_ANALYSERUNREQUEST']._serialized_start=361
+  _globals['_ANALYSERUNREQUEST']._serialized_end=417
+  _globals['_LISTRECORDSREQUEST']._serialized_start=419
+  _globals['_LISTRECORDSREQUEST']._serialized_end=456
+  _globals['_RECORDIMPROVEMENT']._serialized_start=459
+  _globals['_RECORDIMPROVEMENT']._serialized_end=594
+  _globals['_PERSONALRECORD']._serialized_start=597
+  _globals['_PERSONALRECORD']._serialized_end=742
+  _globals['_LISTRECORDSRESPONSE']._serialized_start=744
+  _globals['_LISTRECORDSRESPONSE']._serialized_end=828
+  _globals['_RUNOVERVIEW']._serialized_start=831
+  _globals['_RUNOVERVIEW']._serialized_end=1139
+  _globals['_STOPRUNREQUEST']._serialized_start=1141
+  _globals['_STOPRUNREQUEST']._serialized_end=1259
+  _globals['_RUN']._serialized_start=1262
+  _globals['_RUN']._serialized_end=1627
+  _globals['_SPLIT']._serialized_start=1630
+  _globals['_SPLIT']._serialized_end=1826
+  _globals['_BESTEFFORT']._serialized_start=1829
+  _globals['_BESTEFFORT']._serialized_end=1977
+  _globals['_RUNANALYSIS']._serialized_start=1980
+  _globals['_RUNANALYSIS']._serialized_end=2318
+  _globals['_UPDATERUNREQUEST']._serialized_start=2320
+  _globals['_UPDATERUNREQUEST']._serialized_end=2418
+  _globals['_DELETERUNREQUEST']._serialized_start=2420
+  _globals['_DELETERUNREQUEST']._serialized_end=2454
+  _globals['_GETRUNREQUEST']._serialized_start=2456
+  _globals['_GETRUNREQUEST']._serialized_end=2487
+  _globals['_LISTRUNSREQUEST']._serialized_start=2489
+  _globals['_LISTRUNSREQUEST']._serialized_end=2562
+  _globals['_LISTRUNSRESPONSE']._serialized_start=2564
+  _globals['_LISTRUNSRESPONSE']._serialized_end=2639
+  _globals['_GETUSERSTATSREQUEST']._serialized_start=2641
+  _globals['_GETUSERSTATSREQUEST']._serialized_end=2713
+  _globals['_WEEKSTATS']._serialized_start=2716
+  _globals['_WEEKSTATS']._serialized_end=2860
+  _globals['_USERSTATS']._serialized_start=2862
+  _globals['_USERSTATS']._serialized_end=2975
+  _globals['_SUMMARYSERVICE']._serialized_start=3045
+  _globals['_SUMMARYSERVICE']._serialized_end=4005
 # @@protoc_insertion_point(module_scope)

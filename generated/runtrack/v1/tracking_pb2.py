@@ -23,19 +23,22 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aruntrack/v1/tracking.proto\x12\x0bruntrack.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"4\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\r\"q\n\x0eRunStateChange\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.runtrack.v1.LiveState\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x03 \x01(\t\"6\n\x0bTrackPoints\x12\'\n\x06points\x18\x01 \x03(\x0b\x32\x17.runtrack.v1.TrackPoint\"}\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12*\n\x06points\x18\x02 \x01(\x0b\x32\x18.runtrack.v1.TrackPointsH\x00\x12,\n\x05state\x18\x03 \x01(\x0b\x32\x1b.runtrack.v1.RunStateChangeH\x00\x42\x07\n\x05\x65vent\"m\n\x15\x43reateLiveLinkRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bwebhook_url\x18\x03 \x01(\t\"\xd6\x01\n\x08LiveLink\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bwebhook_url\x18\x05 \x01(\t\x12\x16\n\x0ewebhook_secret\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05token\x18\x08 \x01(\t\"&\n\x14ListLiveLinksRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"=\n\x15ListLiveLinksResponse\x12$\n\x05links\x18\x01 \x03(\x0b\x32\x15.runtrack.v1.LiveLink\"8\n\x15\x44\x65leteLiveLinkRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07link_id\x18\x02 \x01(\t\"&\n\x14\x43heckLiveLinkRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"0\n\rLiveLinkGrant\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"V\n\x15MarkRunStoppedRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12-\n\tstop_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\x18GetVisibleSummaryRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\xd8\x01\n\x0eVisibleSummary\x12\x0f\n\x07trimmed\x18\x01 \x01(\x08\x12\x13\n\x0bpoint_count\x18\x02 \x01(\r\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ndistance_m\x18\x05 \x01(\x01\x12.\n\x0bmoving_time\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"!\n\x0f\x43laimRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"D\n\x0bPrivacyZone\x12\x10\n\x08latitude\x18\x01 \x01(\x01\x12\x11\n\tlongitude\x18\x02 \x01(\x01\x12\x10\n\x08radius_m\x18\x03 \x01(\x01\")\n\x16GetPrivacyZonesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"R\n\x16SetPrivacyZonesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\'\n\x05zones\x18\x02 \x03(\x0b\x32\x18.runtrack.v1.PrivacyZone\"H\n\x0cPrivacyZones\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\'\n\x05zones\x18\x02 \x03(\x0b\x32\x18.runtrack.v1.PrivacyZone\"$\n\x12\x44\x65leteTrackRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"&\n\x13\x44\x65leteTrackResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"\xf8\x02\n\nTrackPoint\x12\x0b\n\x03seq\x18\x01 \x01(\r\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08latitude\x18\x03 \x01(\x01\x12\x11\n\tlongitude\x18\x04 \x01(\x01\x12\x17\n\naltitude_m\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\"\n\x15horizontal_accuracy_m\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\x16\n\tspeed_mps\x18\x07 \x01(\x02H\x02\x88\x01\x01\x12\x1b\n\x0eheart_rate_bpm\x18\x08 \x01(\rH\x03\x88\x01\x01\x12\x18\n\x0b\x63\x61\x64\x65nce_spm\x18\t \x01(\rH\x04\x88\x01\x01\x12\x18\n\x0b\x61\x66ter_pause\x18\n \x01(\x08H\x05\x88\x01\x01\x42\r\n\x0b_altitude_mB\x18\n\x16_horizontal_accuracy_mB\x0c\n\n_speed_mpsB\x11\n\x0f_heart_rate_bpmB\x0e\n\x0c_cadence_spmB\x0e\n\x0c_after_pause\"^\n\x12RecordTrackRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\'\n\x06points\x18\x03 \x03(\x0b\x32\x17.runtrack.v1.TrackPoint\"-\n\x0ePointRejection\x12\x0b\n\x03seq\x18\x01 \x01(\r\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xb7\x01\n\x13RecordTrackResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x17\n\x0fpoints_received\x18\x02 \x01(\r\x12\x15\n\rpoints_stored\x18\x03 \x01(\r\x12\x17\n\x0fpoints_rejected\x18\x04 \x01(\r\x12/\n\nrejections\x18\x05 \x03(\x0b\x32\x1b.runtrack.v1.PointRejection\x12\x16\n\x0e\x63ontiguous_seq\x18\x06 \x01(\r\"\'\n\x15GetTrackCursorRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"[\n\x0bTrackCursor\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontiguous_seq\x18\x02 \x01(\r\x12\x0f\n\x07max_seq\x18\x03 \x01(\r\x12\x13\n\x0bpoint_count\x18\x04 \x01(\r\"H\n\x0fGetTrackRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"Y\n\x05Track\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\'\n\x06points\x18\x02 \x03(\x0b\x32\x17.runtrack.v1.TrackPoint\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"4\n\x12\x45xportTrackRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t*e\n\tLiveState\x12\x1a\n\x16LIVE_STATE_UNSPECIFIED\x10\x00\x12\x08\n\x04LIVE\x10\x01\x12\x0b\n\x07STALLED\x10\x02\x12\x0b\n\x07RESUMED\x10\x03\x12\x0b\n\x07STOPPED\x10\x04\x12\x0b\n\x07\x44\x45LETED\x10\x05\x32\x9c\x0c\n\x0fTrackingService\x12R\n\x0bRecordTrack\x12\x1f.runtrack.v1.RecordTrackRequest\x1a .runtrack.v1.RecordTrackResponse(\x01\x12p\n\x0eGetTrackCursor\x12\".runtrack.v1.GetTrackCursorRequest\x1a\x18.runtrack.v1.TrackCursor\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/runs/{run_id}/cursor\x12]\n\x08GetTrack\x12\x1c.runtrack.v1.GetTrackRequest\x1a\x12.runtrack.v1.Track\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/runs/{run_id}/track\x12{\n\x0fGetPrivacyZones\x12#.runtrack.v1.GetPrivacyZonesRequest\x1a\x19.runtrack.v1.PrivacyZones\"(\x82\xd3\xe4\x93\x02\"\x12 /v1/users/{user_id}/privacyZones\x12~\n\x0fSetPrivacyZones\x12#.runtrack.v1.SetPrivacyZonesRequest\x1a\x19.runtrack.v1.PrivacyZones\"+\x82\xd3\xe4\x93\x02%\x1a /v1/users/{user_id}/privacyZones:\x01*\x12P\n\x0b\x44\x65leteTrack\x12\x1f.runtrack.v1.DeleteTrackRequest\x1a .runtrack.v1.DeleteTrackResponse\x12\x62\n\x08WatchRun\x12\x1c.runtrack.v1.WatchRunRequest\x1a\x15.runtrack.v1.RunEvent\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/runs/{run_id}:watch0\x01\x12s\n\x0e\x43reateLiveLink\x12\".runtrack.v1.CreateLiveLinkRequest\x1a\x15.runtrack.v1.LiveLink\"&\x82\xd3\xe4\x93\x02 \"\x1b/v1/runs/{run_id}/liveLinks:\x01*\x12{\n\rListLiveLinks\x12!.runtrack.v1.ListLiveLinksRequest\x1a\".runtrack.v1.ListLiveLinksResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/runs/{run_id}/liveLinks\x12{\n\x0e\x44\x65leteLiveLink\x12\".runtrack.v1.DeleteLiveLinkRequest\x1a\x16.google.protobuf.Empty\"-\x82\xd3\xe4\x93\x02\'*%/v1/runs/{run_id}/liveLinks/{link_id}\x12N\n\rCheckLiveLink\x12!.runtrack.v1.CheckLiveLinkRequest\x1a\x1a.runtrack.v1.LiveLinkGrant\x12\x88\x01\n\x0b\x45xportTrack\x12\x1f.runtrack.v1.ExportTrackRequest\x1a\x14.google.api.HttpBody\"B\x82\xd3\xe4\x93\x02<\x12\x1b/v1/runs/{run_id}/track.gpxZ\x1d\x12\x1b/v1/runs/{run_id}/track.tcx\x12L\n\x0eMarkRunStopped\x12\".runtrack.v1.MarkRunStoppedRequest\x1a\x16.google.protobuf.Empty\x12@\n\x08\x43laimRun\x12\x1c.runtrack.v1.ClaimRunRequest\x1a\x16.google.protobuf.Empty\x12W\n\x11GetVisibleSummary\x12%.runtrack.v1.GetVisibleSummaryRequest\x1a\x1b.runtrack.v1.VisibleSummaryb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aruntrack/v1/tracking.proto\x12\x0bruntrack.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"4\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\r\"q\n\x0eRunStateChange\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.runtrack.v1.LiveState\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x03 \x01(\t\"6\n\x0bTrackPoints\x12\'\n\x06points\x18\x01 \x03(\x0b\x32\x17.runtrack.v1.TrackPoint\"}\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12*\n\x06points\x18\x02 \x01(\x0b\x32\x18.runtrack.v1.TrackPointsH\x00\x12,\n\x05state\x18\x03 \x01(\x0b\x32\x1b.runtrack.v1.RunStateChangeH\x00\x42\x07\n\x05\x65vent\"m\n\x15\x43reateLiveLinkRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bwebhook_url\x18\x03 \x01(\t\"\xd6\x01\n\x08LiveLink\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bwebhook_url\x18\x05 \x01(\t\x12\x16\n\x0ewebhook_secret\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05token\x18\x08 \x01(\t\"&\n\x14ListLiveLinksRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"=\n\x15ListLiveLinksResponse\x12$\n\x05links\x18\x01 \x03(\x0b\x32\x15.runtrack.v1.LiveLink\"8\n\x15\x44\x65leteLiveLinkRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07link_id\x18\x02 \x01(\t\"&\n\x14\x43heckLiveLinkRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"0\n\rLiveLinkGrant\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"V\n\x15MarkRunStoppedRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12-\n\tstop_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\x18GetVisibleSummaryRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\xd8\x01\n\x0eVisibleSummary\x12\x0f\n\x07trimmed\x18\x01 \x01(\x08\x12\x13\n\x0bpoint_count\x18\x02 \x01(\r\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ndistance_m\x18\x05 \x01(\x01\x12.\n\x0bmoving_time\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"!\n\x0f\x43laimRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"J\n\x0bPrivacyZone\x12\x10\n\x08latitude\x18\x01 \x01(\x01\x12\x11\n\tlongitude\x18\x02 \x01(\x01\x12\x16\n\x08radius_m\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x02\")\n\x16GetPrivacyZonesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"R\n\x16SetPrivacyZonesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\'\n\x05zones\x18\x02 \x03(\x0b\x32\x18.runtrack.v1.PrivacyZone\"H\n\x0cPrivacyZones\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\'\n\x05zones\x18\x02 \x03(\x0b\x32\x18.runtrack.v1.PrivacyZone\"$\n\x12\x44\x65leteTrackRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"&\n\x13\x44\x65leteTrackResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"\xf8\x02\n\nTrackPoint\x12\x0b\n\x03seq\x18\x01 \x01(\r\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08latitude\x18\x03 \x01(\x01\x12\x11\n\tlongitude\x18\x04 \x01(\x01\x12\x17\n\naltitude_m\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\"\n\x15horizontal_accuracy_m\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\x16\n\tspeed_mps\x18\x07 \x01(\x02H\x02\x88\x01\x01\x12\x1b\n\x0eheart_rate_bpm\x18\x08 \x01(\rH\x03\x88\x01\x01\x12\x18\n\x0b\x63\x61\x64\x65nce_spm\x18\t \x01(\rH\x04\x88\x01\x01\x12\x18\n\x0b\x61\x66ter_pause\x18\n \x01(\x08H\x05\x88\x01\x01\x42\r\n\x0b_altitude_mB\x18\n\x16_horizontal_accuracy_mB\x0c\n\n_speed_mpsB\x11\n\x0f_heart_rate_bpmB\x0e\n\x0c_cadence_spmB\x0e\n\x0c_after_pause\"^\n\x12RecordTrackRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\'\n\x06points\x18\x03 \x03(\x0b\x32\x17.runtrack.v1.TrackPoint\"-\n\x0ePointRejection\x12\x0b\n\x03seq\x18\x01 \x01(\r\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xb7\x01\n\x13RecordTrackResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x17\n\x0fpoints_received\x18\x02 \x01(\r\x12\x15\n\rpoints_stored\x18\x03 \x01(\r\x12\x17\n\x0fpoints_rejected\x18\x04 \x01(\r\x12/\n\nrejections\x18\x05 \x03(\x0b\x32\x1b.runtrack.v1.PointRejection\x12\x16\n\x0e\x63ontiguous_seq\x18\x06 \x01(\r\"\'\n\x15GetTrackCursorRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"[\n\x0bTrackCursor\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontiguous_seq\x18\x02 \x01(\r\x12\x0f\n\x07max_seq\x18\x03 \x01(\r\x12\x13\n\x0bpoint_count\x18\x04 \x01(\r\"H\n\x0fGetTrackRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"Y\n\x05Track\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\'\n\x06points\x18\x02 \x03(\x0b\x32\x17.runtrack.v1.TrackPoint\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"4\n\x12\x45xportTrackRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t*e\n\tLiveState\x12\x1a\n\x16LIVE_STATE_UNSPECIFIED\x10\x00\x12\x08\n\x04LIVE\x10\x01\x12\x0b\n\x07STALLED\x10\x02\x12\x0b\n\x07RESUMED\x10\x03\x12\x0b\n\x07STOPPED\x10\x04\x12\x0b\n\x07\x44\x45LETED\x10\x05\x32\x9c\x0c\n\x0fTrackingService\x12R\n\x0bRecordTrack\x12\x1f.runtrack.v1.RecordTrackRequest\x1a .runtrack.v1.RecordTrackResponse(\x01\x12p\n\x0eGetTrackCursor\x12\".runtrack.v1.GetTrackCursorRequest\x1a\x18.runtrack.v1.TrackCursor\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/runs/{run_id}/cursor\x12]\n\x08GetTrack\x12\x1c.runtrack.v1.GetTrackRequest\x1a\x12.runtrack.v1.Track\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/runs/{run_id}/track\x12{\n\x0fGetPrivacyZones\x12#.runtrack.v1.GetPrivacyZonesRequest\x1a\x19.runtrack.v1.PrivacyZones\"(\x82\xd3\xe4\x93\x02\"\x12 /v1/users/{user_id}/privacyZones\x12~\n\x0fSetPrivacyZones\x12#.runtrack.v1.SetPrivacyZonesRequest\x1a\x19.runtrack.v1.PrivacyZones\"+\x82\xd3\xe4\x93\x02%\x1a /v1/users/{user_id}/privacyZones:\x01*\x12P\n\x0b\x44\x65leteTrack\x12\x1f.runtrack.v1.DeleteTrackRequest\x1a .runtrack.v1.DeleteTrackResponse\x12\x62\n\x08WatchRun\x12\x1c.runtrack.v1.WatchRunRequest\x1a\x15.runtrack.v1.RunEvent\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/runs/{run_id}:watch0\x01\x12s\n\x0e\x43reateLiveLink\x12\".runtrack.v1.CreateLiveLinkRequest\x1a\x15.runtrack.v1.LiveLink\"&\x82\xd3\xe4\x93\x02 \"\x1b/v1/runs/{run_id}/liveLinks:\x01*\x12{\n\rListLiveLinks\x12!.runtrack.v1.ListLiveLinksRequest\x1a\".runtrack.v1.ListLiveLinksResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/runs/{run_id}/liveLinks\x12{\n\x0e\x44\x65leteLiveLink\x12\".runtrack.v1.DeleteLiveLinkRequest\x1a\x16.google.protobuf.Empty\"-\x82\xd3\xe4\x93\x02\'*%/v1/runs/{run_id}/liveLinks/{link_id}\x12N\n\rCheckLiveLink\x12!.runtrack.v1.CheckLiveLinkRequest\x1a\x1a.runtrack.v1.LiveLinkGrant\x12\x88\x01\n\x0b\x45xportTrack\x12\x1f.runtrack.v1.ExportTrackRequest\x1a\x14.google.api.HttpBody\"B\x82\xd3\xe4\x93\x02<\x12\x1b/v1/runs/{run_id}/track.gpxZ\x1d\x12\x1b/v1/runs/{run_id}/track.tcx\x12L\n\x0eMarkRunStopped\x12\".runtrack.v1.MarkRunStoppedRequest\x1a\x16.google.protobuf.Empty\x12@\n\x08\x43laimRun\x12\x1c.runtrack.v1.ClaimRunRequest\x1a\x16.google.protobuf.Empty\x12W\n\x11GetVisibleSummary\x12%.runtrack.v1.GetVisibleSummaryRequest\x1a\x1b.runtrack.v1.VisibleSummaryb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'runtrack.v1.tracking_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PRIVACYZONE'].fields_by_name['radius_m']._loaded_options = None
+  _globals['_PRIVACYZONE'].fields_by_name['radius_m']._serialized_options = b'\342A\001\002'
   _globals['_TRACKINGSERVICE'].methods_by_name['GetTrackCursor']._loaded_options = None
   _globals['_TRACKINGSERVICE'].methods_by_name['GetTrackCursor']._serialized_options = b'\202\323\344\223\002\032\022\030/v1/runs/{run_id}/cursor'
   _globals['_TRACKINGSERVICE'].methods_by_name['GetTrack']._loaded_options = None
@@ -54,68 +57,68 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRACKINGSERVICE'].methods_by_name['DeleteLiveLink']._serialized_options = b'\202\323\344\223\002\'*%/v1/runs/{run_id}/liveLinks/{link_id}'
   _globals['_TRACKINGSERVICE'].methods_by_name['ExportTrack']._loaded_options = None
   _globals['_TRACKINGSERVICE'].methods_by_name['ExportTrack']._serialized_options = b'\202\323\344\223\002<\022\033/v1/runs/{run_id}/track.gpxZ\035\022\033/v1/runs/{run_id}/track.tcx'
-  _globals['_LIVESTATE']._serialized_start=2921
-  _globals['_LIVESTATE']._serialized_end=3022
-  _globals['_WATCHRUNREQUEST']._serialized_start=194
-  _globals['_WATCHRUNREQUEST']._serialized_end=246
-  _globals['_RUNSTATECHANGE']._serialized_start=248
-  _globals['_RUNSTATECHANGE']._serialized_end=361
-  _globals['_TRACKPOINTS']._serialized_start=363
-  _globals['_TRACKPOINTS']._serialized_end=417
-  _globals['_RUNEVENT']._serialized_start=419
-  _globals['_RUNEVENT']._serialized_end=544
-  _globals['_CREATELIVELINKREQUEST']._serialized_start=546
-  _globals['_CREATELIVELINKREQUEST']._serialized_end=655
-  _globals['_LIVELINK']._serialized_start=658
-  _globals['_LIVELINK']._serialized_end=872
-  _globals['_LISTLIVELINKSREQUEST']._serialized_start=874
-  _globals['_LISTLIVELINKSREQUEST']._serialized_end=912
-  _globals['_LISTLIVELINKSRESPONSE']._serialized_start=914
-  _globals['_LISTLIVELINKSRESPONSE']._serialized_end=975
-  _globals['_DELETELIVELINKREQUEST']._serialized_start=977
-  _globals['_DELETELIVELINKREQUEST']._serialized_end=1033
-  _globals['_CHECKLIVELINKREQUEST']._serialized_start=1035
-  _globals['_CHECKLIVELINKREQUEST']._serialized_end=1073
-  _globals['_LIVELINKGRANT']._serialized_start=1075
-  _globals['_LIVELINKGRANT']._serialized_end=1123
-  _globals['_MARKRUNSTOPPEDREQUEST']._serialized_start=1125
-  _globals['_MARKRUNSTOPPEDREQUEST']._serialized_end=1211
-  _globals['_GETVISIBLESUMMARYREQUEST']._serialized_start=1213
-  _globals['_GETVISIBLESUMMARYREQUEST']._serialized_end=1255
-  _globals['_VISIBLESUMMARY']._serialized_start=1258
-  _globals['_VISIBLESUMMARY']._serialized_end=1474
-  _globals['_CLAIMRUNREQUEST']._serialized_start=1476
-  _globals['_CLAIMRUNREQUEST']._serialized_end=1509
-  _globals['_PRIVACYZONE']._serialized_start=1511
-  _globals['_PRIVACYZONE']._serialized_end=1579
-  _globals['_GETPRIVACYZONESREQUEST']._serialized_start=1581
-  _globals['_GETPRIVACYZONESREQUEST']._serialized_end=1622
-  _globals['_SETPRIVACYZONESREQUEST']._serialized_start=1624
-  _globals['_SETPRIVACYZONESREQUEST']._serialized_end=1706
-  _globals['_PRIVACYZONES']._serialized_start=1708
-  _globals['_PRIVACYZONES']._serialized_end=1780
-  _globals['_DELETETRACKREQUEST']._serialized_start=1782
-  _globals['_DELETETRACKREQUEST']._serialized_end=1818
-  _globals['_DELETETRACKRESPONSE']._serialized_start=1820
-  _globals['_DELETETRACKRESPONSE']._serialized_end=1858
-  _globals['_TRACKPOINT']._serialized_start=1861
-  _globals['_TRACKPOINT']._serialized_end=2237
-  _globals['_RECORDTRACKREQUEST']._serialized_start=2239
-  _globals['_RECORDTRACKREQUEST']._serialized_end=2333
-  _globals['_POINTREJECTION']._serialized_start=2335
-  _globals['_POINTREJECTION']._serialized_end=2380
-  _globals['_RECORDTRACKRESPONSE']._serialized_start=2383
-  _globals['_RECORDTRACKRESPONSE']._serialized_end=2566
-  _globals['_GETTRACKCURSORREQUEST']._serialized_start=2568
-  _globals['_GETTRACKCURSORREQUEST']._serialized_end=2607
-  _globals['_TRACKCURSOR']._serialized_start=2609
-  _globals['_TRACKCURSOR']._serialized_end=2700
-  _globals['_GETTRACKREQUEST']._serialized_start=2702
-  _globals['_GETTRACKREQUEST']._serialized_end=2774
-  _globals['_TRACK']._serialized_start=2776
-  _globals['_TRACK']._serialized_end=2865
-  _globals['_EXPORTTRACKREQUEST']._serialized_start=2867
-  _globals['_EXPORTTRACKREQUEST']._serialized_end=2919
-  _globals['_TRACKINGSERVICE']._serialized_start=3025
-  _globals['_TRACKINGSERVICE']._serialized_end=4589
+  _globals['_LIVESTATE']._serialized_start=2960
+  _globals['_LIVESTATE']._serialized_end=3061
+  _globals['_WATCHRUNREQUEST']._serialized_start=227
+  _globals['_WATCHRUNREQUEST']._serialized_end=279
+  _globals['_RUNSTATECHANGE']._serialized_start=281
+  _globals['_RUNSTATECHANGE']._serialized_end=394
+  _globals['_TRACKPOINTS']._serialized_start=396
+  _globals['_TRACKPOINTS']._serialized_end=450
+  _globals['_RUNEVENT']._serialized_start=452
+  _globals['_RUNEVENT']._serialized_end=577
+  _globals['_CREATELIVELINKREQUEST']._serialized_start=579
+  _globals['_CREATELIVELINKREQUEST']._serialized_end=688
+  _globals['_LIVELINK']._serialized_start=691
+  _globals['_LIVELINK']._serialized_end=905
+  _globals['_LISTLIVELINKSREQUEST']._serialized_start=907
+  _globals['_LISTLIVELINKSREQUEST']._serialized_end=945
+  _globals['_LISTLIVELINKSRESPONSE']._serialized_start=947
+  _globals['_LISTLIVELINKSRESPONSE']._serialized_end=1008
+  _globals['_DELETELIVELINKREQUEST']._serialized_start=1010
+  _globals['_DELETELIVELINKREQUEST']._serialized_end=1066
+  _globals['_CHECKLIVELINKREQUEST']._serialized_start=1068
+  _globals['_CHECKLIVELINKREQUEST']._serialized_end=1106
+  _globals['_LIVELINKGRANT']._serialized_start=1108
+  _globals['_LIVELINKGRANT']._serialized_end=1156
+  _globals['_MARKRUNSTOPPEDREQUEST']._serialized_start=1158
+  _globals['_MARKRUNSTOPPEDREQUEST']._serialized_end=1244
+  _globals['_GETVISIBLESUMMARYREQUEST']._serialized_start=1246
+  _globals['_GETVISIBLESUMMARYREQUEST']._serialized_end=1288
+  _globals['_VISIBLESUMMARY']._serialized_start=1291
+  _globals['_VISIBLESUMMARY']._serialized_end=1507
+  _globals['_CLAIMRUNREQUEST']._serialized_start=1509
+  _globals['_CLAIMRUNREQUEST']._serialized_end=1542
+  _globals['_PRIVACYZONE']._serialized_start=1544
+  _globals['_PRIVACYZONE']._serialized_end=1618
+  _globals['_GETPRIVACYZONESREQUEST']._serialized_start=1620
+  _globals['_GETPRIVACYZONESREQUEST']._serialized_end=1661
+  _globals['_SETPRIVACYZONESREQUEST']._serialized_start=1663
+  _globals['_SETPRIVACYZONESREQUEST']._serialized_end=1745
+  _globals['_PRIVACYZONES']._serialized_start=1747
+  _globals['_PRIVACYZONES']._serialized_end=1819
+  _globals['_DELETETRACKREQUEST']._serialized_start=1821
+  _globals['_DELETETRACKREQUEST']._serialized_end=1857
+  _globals['_DELETETRACKRESPONSE']._serialized_start=1859
+  _globals['_DELETETRACKRESPONSE']._serialized_end=1897
+  _globals['_TRACKPOINT']._serialized_start=1900
+  _globals['_TRACKPOINT']._serialized_end=2276
+  _globals['_RECORDTRACKREQUEST']._serialized_start=2278
+  _globals['_RECORDTRACKREQUEST']._serialized_end=2372
+  _globals['_POINTREJECTION']._serialized_start=2374
+  _globals['_POINTREJECTION']._serialized_end=2419
+  _globals['_RECORDTRACKRESPONSE']._serialized_start=2422
+  _globals['_RECORDTRACKRESPONSE']._serialized_end=2605
+  _globals['_GETTRACKCURSORREQUEST']._serialized_start=2607
+  _globals['_GETTRACKCURSORREQUEST']._serialized_end=2646
+  _globals['_TRACKCURSOR']._serialized_start=2648
+  _globals['_TRACKCURSOR']._serialized_end=2739
+  _globals['_GETTRACKREQUEST']._serialized_start=2741
+  _globals['_GETTRACKREQUEST']._serialized_end=2813
+  _globals['_TRACK']._serialized_start=2815
+  _globals['_TRACK']._serialized_end=2904
+  _globals['_EXPORTTRACKREQUEST']._serialized_start=2906
+  _globals['_EXPORTTRACKREQUEST']._serialized_end=2958
+  _globals['_TRACKINGSERVICE']._serialized_start=3064
+  _globals['_TRACKINGSERVICE']._serialized_end=4628
 # @@protoc_insertion_point(module_scope)
