@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import datetime as dt
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -546,6 +547,97 @@ def _static_route(f: StaticFile) -> dict[str, Any]:
     }
 
 
+def json_methods() -> dict[str, tuple[str, ...]]:
+    """Each JSON path of the API (as a regex on the path without its query) and the HTTP methods its
+    google.api.http annotations declare, from the descriptors: the document's paths and verbs."""
+    from google.api import annotations_pb2, http_pb2
+
+    found: dict[str, list[str]] = {}
+    for service in (TRACKING, SUMMARY):
+        for method in service.methods:
+            rule: http_pb2.HttpRule = method.GetOptions().Extensions[annotations_pb2.http]  # type: ignore[index]
+            for binding in (rule, *rule.additional_bindings):
+                verb = binding.WhichOneof("pattern")
+                if verb is None or verb == "custom":
+                    continue
+                template = getattr(binding, verb)
+                # A variable is one segment: no "/", and no ":" (which starts a custom verb).
+                parts = re.split(r"{[^}]*}", template)
+                regex = "^" + "[^/:]+".join(re.escape(part) for part in parts) + "$"
+                found.setdefault(regex, [])
+                if verb.upper() not in found[regex]:
+                    found[regex].append(verb.upper())
+    return {regex: tuple(methods) for regex, methods in found.items()}
+
+
+def _method_not_allowed() -> status_pb2.Status:
+    status = status_pb2.Status(code=code_pb2.UNIMPLEMENTED, message="this path does not answer this HTTP method")
+    info = error_details_pb2.ErrorInfo(reason="METHOD_NOT_ALLOWED", domain="runtrack")
+    status.details.add().Pack(info)
+    return status
+
+
+def _method_not_allowed_routes() -> list[dict[str, Any]]:
+    """A known JSON path with a method none of its operations takes: 405 with `Allow`, and the error
+    model's body (UNIMPLEMENTED, reason METHOD_NOT_ALLOWED), answered here, as the document says."""
+    body = json_format.MessageToJson(_method_not_allowed(), indent=None)
+    routes = []
+    for regex, methods in json_methods().items():
+        allowed = "^(" + "|".join(methods) + ")$"
+        routes.append(
+            {
+                "match": {
+                    "safe_regex": {"regex": regex},
+                    "headers": [
+                        {"name": ":method", "string_match": {"safe_regex": {"regex": allowed}}, "invert_match": True}
+                    ],
+                },
+                "direct_response": {"status": 405, "body": {"inline_string": body}},
+                "response_headers_to_add": [
+                    {"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+                    for k, v in (("allow", ", ".join(methods)), ("content-type", "application/json"))
+                ],
+                "typed_per_filter_config": {
+                    "envoy.filters.http.grpc_json_transcoder": {"@type": FILTER_CONFIG, "disabled": True}
+                },
+            }
+        )
+    return routes
+
+
+def _method_not_allowed_replies() -> list[dict[str, Any]]:
+    """A QUERY without a content-type is refused by Envoy before routing (400,
+    `query_missing_content_type`); on a known JSON path, whose operations take no QUERY, it is
+    the same 405 as any other undeclared method."""
+    body = json.loads(json_format.MessageToJson(_method_not_allowed()))
+    return [
+        {
+            "filter": {
+                "and_filter": {
+                    "filters": [
+                        _http_status(400),
+                        {"header_filter": {"header": {"name": ":method", "string_match": {"exact": "QUERY"}}}},
+                        {
+                            "header_filter": {
+                                "header": {
+                                    "name": ":path",
+                                    "string_match": {"safe_regex": {"regex": regex.removesuffix("$") + r"(\?.*)?$"}},
+                                }
+                            }
+                        },
+                    ]
+                }
+            },
+            "status_code": 405,
+            "headers_to_add": [
+                {"header": {"key": "allow", "value": ", ".join(methods)}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            ],
+            "body_format_override": {"json_format": body, "content_type": "application/json"},
+        }
+        for regex, methods in json_methods().items()
+    ]
+
+
 def _bucket(b: Bucket) -> dict[str, Any]:
     return {"max_tokens": b.burst, "tokens_per_fill": b.per_second, "fill_interval": "1s"}
 
@@ -1034,6 +1126,8 @@ def render(layout: Layout) -> dict[str, Any]:
         "request_headers_timeout": f"{layout.request_headers_timeout_s}s",
         "max_request_headers_kb": layout.max_request_headers_kb,
         "common_http_protocol_options": {"max_headers_count": layout.max_headers_count},
+        # A method HTTP/1.1's parser does not know (QUERY) reaches the routes, to be answered 405.
+        "http_protocol_options": {"allow_custom_methods": True},
         # Small windows, as for an edge proxy: a phone can be at most this far ahead of the
         # replica reading its stream, so a slow store pushes back on the phone, not on memory.
         "http2_protocol_options": {
@@ -1043,7 +1137,9 @@ def render(layout: Layout) -> dict[str, Any]:
             "initial_stream_window_size": 65536,
             "initial_connection_window_size": 1048576,
         },
-        "local_reply_config": {"mappers": [m for r in layout.local_replies for m in _local_replies(r)]},
+        "local_reply_config": {
+            "mappers": [*_method_not_allowed_replies(), *(m for r in layout.local_replies for m in _local_replies(r))]
+        },
         "access_log": [_failure_log()],
         "route_config": {
             "name": "runtrack",
@@ -1054,6 +1150,7 @@ def render(layout: Layout) -> dict[str, Any]:
                     "domains": ["*"],
                     "routes": [
                         *(_static_route(f) for f in layout.static_files),
+                        *_method_not_allowed_routes(),
                         *(_route(r, layout.limits) for r in layout.routes),
                     ],
                 }
