@@ -216,20 +216,16 @@ RUN_CHANGE = {
     "type": "object",
     "description": "What to change in the run: the fields the mask names, or without a mask every field set here.",
     "properties": {
-        "visibility": {"type": "string", "description": "Who can see the run besides its owner.", "nullable": False},
-        "name": {"type": "string", "description": "What the runner calls it (trimmed).", "nullable": False},
-        "shareHealth": {
-            "type": "boolean",
-            "description": "Whether heart rate and cadence reach others.",
-            "nullable": False,
-        },
+        "visibility": {"type": "string", "description": "Who can see the run besides its owner."},
+        "name": {"type": "string", "description": "What the runner calls it (trimmed)."},
+        "shareHealth": {"type": "boolean", "description": "Whether heart rate and cadence reach others."},
     },
     "additionalProperties": False,
-    # Without a mask, at least one field is set (share_health only counts when true).
+    # Without a mask, at least one field is set, not null (share_health only counts when true).
     "anyOf": [
-        {"required": ["visibility"]},
-        {"required": ["name"]},
-        {"required": ["shareHealth"], "properties": {"shareHealth": {"enum": [True]}}},
+        {"required": ["visibility"], "properties": {"visibility": {"type": "string"}}},
+        {"required": ["name"], "properties": {"name": {"type": "string"}}},
+        {"required": ["shareHealth"], "properties": {"shareHealth": {"type": "boolean", "enum": [True]}}},
     ],
 }
 
@@ -264,7 +260,10 @@ def _api_rules(document: dict[str, Any]) -> None:
         target = schemas.get("RunChange" if short == "Run" else short)
         for field, keywords in fields.items():
             if target is not None and field in target.get("properties", {}):
-                target["properties"][field].update(keywords)
+                prop = target["properties"][field]
+                prop.update(copy.deepcopy(keywords))
+                if prop.get("nullable") and "enum" in prop:
+                    prop["enum"].append(None)  # null reads as the field's absence
     inputs = _request_messages()
     for item in document["paths"].values():
         for operation in item.values():

@@ -26,6 +26,7 @@ MAX_USER_ID_CHARS = 200
 # A user id or a link id in a path, as the API makes them (a token's subject; a link token's id):
 # no "/", "%", ":", space or control character, which a path would carry only escaped.
 USER_ID_PATTERN = r"^[A-Za-z0-9._~@|+-]+$"
+USER_ID_RULE = "letters, digits and . _ ~ @ | + - only"
 LINK_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
 # CreateLiveLink's expire_time.
 MAX_LINK_LIFETIME = dt.timedelta(days=7)
@@ -34,12 +35,20 @@ MAX_LINK_LIFETIME = dt.timedelta(days=7)
 # (Unicode Cc, Zl, Zp); the service trims the spaces around it.
 _NAME_CHAR = r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]"
 NAME_PATTERN = rf"^{_NAME_CHAR}*[^\s\x00-\x1f\x7f-\x9f\u2028\u2029]{_NAME_CHAR}*$"
-# A protobuf Duration that is not negative, as JSON carries it ("1800s", "0.5s").
-NON_NEGATIVE_DURATION = r"^(?:0|[1-9][0-9]{0,11})(?:\.[0-9]{1,9})?s$"
-# A protobuf Timestamp as JSON carries it: RFC 3339 in UTC, years 0001 to 9999 (its whole range).
+# A protobuf Duration that is not negative, as JSON carries it ("1800s", "0.5s"), within its range
+# (at most 315,576,000,000 seconds).
+NON_NEGATIVE_DURATION = (
+    r"^(?:0|[1-9][0-9]{0,10}|[12][0-9]{11}|30[0-9]{10}|31[0-4][0-9]{9}|315[0-4][0-9]{8}|3155[0-6][0-9]{7}"
+    r"|31557[0-5][0-9]{6}|315576000000)(?:\.[0-9]{1,9})?s$"
+)
+# A protobuf Timestamp as JSON carries it: RFC 3339 within its range, years 0001 to 9999 in UTC
+# (in years 0001 and 9999 only in UTC, `Z`: an offset there may leave the range).
+_DAY_AND_TIME = (
+    r"-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?"
+)
+_INNER_YEARS = r"(?:000[2-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])"
 TIMESTAMP_PATTERN = (
-    r"^(?:000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
-    r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?Z$"
+    rf"^(?:{_INNER_YEARS}{_DAY_AND_TIME}(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])|(?:0001|9999){_DAY_AND_TIME}Z)$"
 )
 # UpdateRun's mask (JSON names, comma-separated).
 UPDATABLE_JSON = ("visibility", "name", "shareHealth")

@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import enum
 import math
+import re
 import unicodedata
 import uuid
 import zoneinfo
@@ -18,6 +19,8 @@ from runtrack_common.api_rules import (
     MAX_POLYLINE_CHARS,
     MAX_USER_ID_CHARS,
     MOVING_WITHIN_ELAPSED,
+    USER_ID_PATTERN,
+    USER_ID_RULE,
 )
 from runtrack_common.errors import InvalidArgument, Violations
 
@@ -149,6 +152,8 @@ def check_user_id(value: str) -> str:
     """A user_id as a request names it: empty or "me" (the caller), or a user's id."""
     if len(value) > MAX_USER_ID_CHARS:
         raise InvalidArgument("user_id", f"at most {MAX_USER_ID_CHARS} characters")
+    if value and re.fullmatch(USER_ID_PATTERN, value) is None:
+        raise InvalidArgument("user_id", USER_ID_RULE)
     return value
 
 
