@@ -26,6 +26,7 @@ MAX_USER_ID_CHARS = 200
 # A user id or a link id in a path, as the API makes them (a token's subject; a link token's id):
 # no "/", "%", ":", space or control character, which a path would carry only escaped.
 USER_ID_PATTERN = r"^[A-Za-z0-9._~@|+-]+$"
+USER_ID_OR_EMPTY_PATTERN = r"^[A-Za-z0-9._~@|+-]*$"
 USER_ID_RULE = "letters, digits and . _ ~ @ | + - only"
 LINK_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
 # CreateLiveLink's expire_time.
@@ -71,9 +72,8 @@ FIELDS: dict[str, dict[str, dict[str, Any]]] = {
         "avgHeartRateBpm": {"minimum": 0.0},
         "polyline": {"maxLength": MAX_POLYLINE_CHARS},
     },
-    "runtrack.v1.StopRunRequest": {"userId": {"maxLength": MAX_USER_ID_CHARS}},
-    "runtrack.v1.ListRunsRequest": {"userId": {"maxLength": MAX_USER_ID_CHARS}},
-    "runtrack.v1.GetUserStatsRequest": {"userId": {"maxLength": MAX_USER_ID_CHARS}},
+    # Empty in a body: the caller.
+    "runtrack.v1.StopRunRequest": {"userId": {"maxLength": MAX_USER_ID_CHARS, "pattern": USER_ID_OR_EMPTY_PATTERN}},
     "runtrack.v1.ExportTrackRequest": {"format": {"enum": ["", "gpx", "tcx"]}},
     "runtrack.v1.UpdateRunRequest": {"updateMask": {"pattern": UPDATE_MASK_PATTERN}},
     # UpdateRun's body (RunChange in the document): what the owner can change.
