@@ -54,9 +54,11 @@ class Overview:
 
     @property
     def avg_pace_s_per_km(self) -> float:
-        if self.distance_m <= 0:
+        km = self.distance_m / 1000.0
+        if km <= 0:  # a distance so small it is 0 km in a float, too
             return 0.0
-        return (self.moving_time_us / 1e6) / (self.distance_m / 1000.0)
+        pace = (self.moving_time_us / 1e6) / km
+        return pace if math.isfinite(pace) else 0.0
 
 
 class Visibility(enum.IntEnum):
