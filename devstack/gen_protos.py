@@ -156,6 +156,7 @@ def _mark_streams(paths: dict[str, Any]) -> None:
         for operation in item.values():
             if operation.get("operationId") in streaming:
                 ok = operation["responses"]["200"]
+                ok["content"] = {"application/x-ndjson": ok["content"]["application/json"]}
                 ok["description"] = (
                     "A stream: newline-delimited JSON, one message of this schema per line, each sent as it "
                     "happens; it ends after a STOPPED or DELETED state. A status after the first line comes only "
@@ -209,9 +210,8 @@ def _nullable_fields(schemas: dict[str, Any]) -> None:
                 prop["nullable"] = True
 
 
-# UpdateRun's body: the fields the owner can change, all a JSON client sends (its run_id is the
-# path's). Unknown fields are dropped, but one of Run's others with a value of the wrong type is
-# refused: the body declares only these.
+# UpdateRun's body: the fields the owner can change (its run_id is the path's; Run's other fields
+# are read-only there, see _request_bodies).
 RUN_CHANGE = {
     "type": "object",
     "description": "What to change in the run: the fields the mask names, or without a mask every field set here.",
@@ -220,7 +220,6 @@ RUN_CHANGE = {
         "name": {"type": "string", "description": "What the runner calls it (trimmed)."},
         "shareHealth": {"type": "boolean", "description": "Whether heart rate and cadence reach others."},
     },
-    "additionalProperties": False,
     # Without a mask, at least one field is set, not null (share_health only counts when true).
     "anyOf": [
         {"required": ["visibility"], "properties": {"visibility": {"type": "string"}}},
@@ -275,22 +274,60 @@ def _api_rules(document: dict[str, Any]) -> None:
                     parameter["schema"].update(maxLength=api_rules.MAX_USER_ID_CHARS, pattern=api_rules.USER_ID_PATTERN)
                 if parameter["in"] == "path" and parameter["name"] == "linkId":
                     parameter["schema"]["pattern"] = api_rules.LINK_ID_PATTERN
-            _without_path_fields(operation, schemas)
             if operation_id in api_rules.RULES:
                 operation["x-runtrack-rules"] = [rule.doc() for rule in api_rules.RULES[operation_id]]
+    document["x-runtrack-rules"] = [rule.doc() for rule in api_rules.DOCUMENT_RULES]
     _walk_schemas(document, _type_bounds)
+    _request_bodies(document)
 
 
-def _without_path_fields(operation: dict[str, Any], schemas: dict[str, Any]) -> None:
-    """A body (`body: "*"`) does not repeat the fields the path binds (run_id, user_id): the path's
-    value is the one the method reads."""
-    ref = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {}).get("$ref")
-    if ref is None:
-        return
-    schema = schemas[ref.rsplit("/", 1)[1]]
-    for parameter in operation.get("parameters", []):
-        if parameter["in"] == "path":
-            schema.get("properties", {}).pop(parameter["name"], None)
+def _request_bodies(document: dict[str, Any]) -> None:
+    """What a JSON body may hold besides its fields, as the transcoder reads it: an unknown field is
+    dropped, but a field it knows, by its JSON name or its proto name (`time_zone`), is read, and a
+    value of the wrong type refused; so is a field without a name (""). Each body message (and the
+    messages in it) declares its optional fields' proto names too, and "" as nothing valid. A field
+    the path binds (run_id, user_id), and in UpdateRun's body the Run's fields it does not change,
+    are read-only: accepted and ignored."""
+    schemas = document["components"]["schemas"]
+    seen: set[str] = set()
+
+    def declare(name: str) -> None:
+        if name in seen:
+            return
+        seen.add(name)
+        schema = schemas[name]
+        properties = schema.setdefault("properties", {})
+        for field, prop in list(properties.items()):
+            alias = _snake(field)
+            if alias != field and field not in schema.get("required", ()):
+                properties.setdefault(alias, copy.deepcopy(prop))
+        properties[""] = {"not": {}, "description": "A field needs a name."}
+        for found in re.findall(r'"\$ref": "([^"]+)"', json.dumps(properties)):
+            declare(found.rsplit("/", 1)[1])
+
+    for item in document["paths"].values():
+        for operation in item.values():
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+            if "$ref" not in body.get("schema", {}):
+                continue
+            name = body["schema"]["$ref"].rsplit("/", 1)[1]
+            properties = schemas[name].setdefault("properties", {})
+            if name == "RunChange":
+                for field, prop in schemas["Run"]["properties"].items():
+                    properties.setdefault(field, {**copy.deepcopy(prop), "readOnly": True})
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "path":
+                    bound = {
+                        "type": "string",
+                        "readOnly": True,
+                        "description": "Ignored: the path names it.",
+                    }
+                    properties[parameter["name"]] = dict(bound)
+            declare(name)
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), name)
 
 
 def _type_bounds(schema: dict[str, Any]) -> None:

@@ -110,6 +110,11 @@ MASK_NAMES_SET_FIELDS = (
 )
 ACTIVITY_FILE = "a GPX 1.1, TCX or FIT file with at least one point, at most 16 MiB"
 
+HEADER_NAMES = "a header's name is letters, digits, _ - and . only (a gRPC metadata key)"
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+# Rules of every request.
+DOCUMENT_RULES = (Rule("header-names", "headers", HEADER_NAMES),)
+
 # Operation (`Service_Method`) -> the rules of its request the schema cannot state.
 RULES: dict[str, tuple[Rule, ...]] = {
     "SummaryService_StopRun": (
