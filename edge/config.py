@@ -776,7 +776,7 @@ def _local_replies(r: LocalReply) -> list[dict[str, Any]]:
 # Answered as text: Envoy's 400 mapping (MALFORMED_REQUEST below) wraps it in the JSON error model.
 ZONES_BODY_REQUIRED = 'body: is required: send {"zones": [...]} (an empty list clears every zone)'
 # The transcoder drops a null in a list: `{"zones": [null]}` read as `{"zones": []}` and cleared them.
-ZONES_NO_NULL = "zones: a zone is an object {latitude, longitude, radiusM}, not null"
+ZONES_NO_NULL = "zones: a zone is an object {latitude, longitude, radiusM}, not null or another value"
 
 # A JSON call's body, and an imported file, at most this large (by its content-length): beyond, 413
 # here. The transcoder turns a larger body into a gRPC message the replica refuses (over its 1 MiB,
@@ -786,6 +786,49 @@ IMPORT_REQUEST_MAX_BYTES = 16 * 1024 * 1024
 
 HEADER_NAME_CHECK = (
     """
+-- Whether the JSON object's own "zones" list has an element that is not an object (null, which
+-- the transcoder would drop; a list...). One elsewhere, in a field the transcoder drops, or inside
+-- a string, is not one.
+function zones_hold_other_than_objects(s)
+  local i, n, depth, zones_depth, element_start, key_at_root = 1, #s, 0, nil, false, false
+  while i <= n do
+    local c = string.sub(s, i, i)
+    if c == '"' then
+      local j = i + 1
+      while j <= n do
+        local d = string.sub(s, j, j)
+        if d == "\\\\" then j = j + 2 elseif d == '"' then break else j = j + 1 end
+      end
+      key_at_root = depth == 1 and string.sub(s, i + 1, j - 1) == "zones"
+        and string.find(s, "^%s*:", j + 1) ~= nil
+      element_start = false
+      i = j + 1
+    elseif c == "[" or c == "{" then
+      if element_start and c == "[" then return true end
+      depth = depth + 1
+      if c == "[" and key_at_root and depth == 2 then zones_depth = 2 end
+      key_at_root = false
+      element_start = depth == zones_depth
+      i = i + 1
+    elseif c == "]" or c == "}" then
+      if depth == zones_depth then zones_depth = nil end
+      depth = depth - 1
+      element_start = false
+      i = i + 1
+    elseif c == "," then
+      element_start = depth == zones_depth
+      i = i + 1
+    elseif string.find(c, "%s") or c == ":" then
+      i = i + 1
+    else
+      if element_start then return true end
+      element_start = false
+      i = i + 1
+    end
+  end
+  return false
+end
+
 function envoy_on_request(handle)
   local path = handle:headers():get(":path") or ""
   local content_type = handle:headers():get("content-type") or ""
@@ -829,7 +872,7 @@ function envoy_on_request(handle)
     + """]==])
       return
     end
-    if string.find(body:getBytes(0, body:length()), "[%[,]%s*null") then
+    if zones_hold_other_than_objects(body:getBytes(0, body:length())) then
       handle:respond({[":status"] = "400"}, [==["""
     + ZONES_NO_NULL
     + """]==])
@@ -852,6 +895,17 @@ function envoy_on_request(handle)
   if encoding ~= nil and encoding ~= "identity" and encoding ~= "gzip" and encoding ~= "deflate" then
     handle:respond({[":status"] = "400"}, "header grpc-encoding: identity, gzip or deflate")
     return
+  end
+  if string.find(path, "^/v1/runs/[^/?]+:watch") and string.find(content_type, "^application/grpc") == nil then
+    handle:streamInfo():dynamicMetadata():set("runtrack", "watch", "json")
+  end
+end
+
+-- WatchRun over JSON answers one message per line, as it happens: said by its content type.
+function envoy_on_response(handle)
+  local runtrack = handle:streamInfo():dynamicMetadata():get("runtrack")
+  if runtrack ~= nil and runtrack["watch"] == "json" and handle:headers():get(":status") == "200" then
+    handle:headers():replace("content-type", "application/x-ndjson")
   end
 end
 """
