@@ -2,7 +2,14 @@
 document, in every phase: the document's examples, coverage (each parameter's edge values, valid and
 not), fuzzing, and stateful sequences (a run made by one call read, changed and deleted by the next,
 following the links Schemathesis infers from the document, which has none of its own). No 5xx, every
-response conforms to the document, and every 4xx is a google.rpc.Status body.
+response conforms to the document, every 4xx is a google.rpc.Status body, a request the document
+calls valid is accepted (Schemathesis's positive-data check), and a method a path does not declare
+is 405 with `Allow`.
+
+The document states each field's bounds and formats as a schema; the rules a schema cannot state (a
+time zone's name, a page token from the previous page, an end after its start...) it lists per
+operation in `x-runtrack-rules`. A request generated as valid is made to meet those too before it is
+sent (`RULE_FIXES`, one per rule id: a rule the document adds without one here fails the test).
 
 Each run draws a new seed, printed at the start and written to .dev/logs/test/faults.jsonl with the
 requests made per phase; `RUNTRACK_FUZZ_SEED=<seed>` replays a run."""
@@ -11,9 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
+import re
 import secrets
 import uuid
+import zoneinfo
 from collections import Counter
 
 import hypothesis
@@ -23,6 +33,7 @@ from hypothesis import HealthCheck
 from schemathesis.config import SchemathesisConfig
 
 from devstack.paths import OPENAPI
+from runtrack_common.api_rules import HEADER_NAME_PATTERN
 from tests.integration.faults import report
 
 SEED = int(os.environ.get("RUNTRACK_FUZZ_SEED") or secrets.randbits(64))
@@ -39,10 +50,9 @@ calls: Counter[str] = Counter()
 phases: Counter[str] = Counter({"examples": 0, "coverage": 0, "fuzzing": 0, "stateful": 0})
 statuses: Counter[int] = Counter()
 SETTINGS = hypothesis.settings(deadline=None, suppress_health_check=list(HealthCheck), database=None)
-# The document gives each field's type, not every rule the API enforces (a run_id is a UUID, an
-# overview ends after it starts...): a schema-valid request may still be a 4xx.
-# A verb no method has on a path is 404 NOT_FOUND (no such method), as gRPC answers it, not 405.
-EXCLUDED_CHECKS = [schemathesis.checks.positive_data_acceptance, schemathesis.checks.unsupported_method]
+# Every check runs, positive_data_acceptance and unsupported_method included.
+EXCLUDED_CHECKS: list = []
+DOCUMENT = json.loads(OPENAPI.read_text())
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -75,6 +85,148 @@ class SignedIn:
 
     def set(self, case, data, ctx) -> None:
         case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
+
+
+def _to_us(value: str) -> int:
+    """A Timestamp in the document's form (RFC 3339, up to 9 fractional digits), in microseconds
+    since the epoch, truncated as the service reads it."""
+    offset = dt.timedelta(0)
+    if not value.endswith("Z"):
+        value, sign, hours, minutes = value[:-6], value[-6], value[-5:-3], value[-2:]
+        offset = (1 if sign == "+" else -1) * dt.timedelta(hours=int(hours), minutes=int(minutes))
+    main, _, frac = value.removesuffix("Z").partition(".")
+    whole = dt.datetime.strptime(main, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.UTC)
+    return (whole - EPOCH - offset) // dt.timedelta(microseconds=1) + int((frac + "000000")[:6])
+
+
+def _duration_us(value: str) -> int:
+    whole, _, frac = value.removesuffix("s").partition(".")
+    return int(whole) * 1_000_000 + int((frac + "000000")[:6])
+
+
+def _fix_time_zone(case, field: str) -> None:
+    def valid(zone: object) -> bool:
+        return zone in (None, "") or zone in ZONES
+
+    if field == "x-runtrack-time-zone":
+        if case.headers and not valid(case.headers.get(field)):
+            case.headers = {**case.headers, field: "Europe/Paris"}
+    elif case.query and not valid(case.query.get("timeZone")):
+        case.query = {**case.query, "timeZone": "Europe/Paris"}
+    elif isinstance(case.body, dict) and not valid(case.body.get("timeZone")):
+        case.body = {**case.body, "timeZone": "Europe/Paris"}
+
+
+def _fix_page_token(case, field: str) -> None:
+    if case.query and "pageToken" in case.query:
+        case.query = {k: v for k, v in case.query.items() if k != "pageToken"}
+
+
+def _fix_overview_times(case, field: str) -> None:
+    overview = case.body.get("overview") if isinstance(case.body, dict) else None
+    if not isinstance(overview, dict):
+        return
+    overview = dict(overview)
+    if _to_us(overview["endTime"]) < _to_us(overview["startTime"]):
+        overview["startTime"], overview["endTime"] = overview["endTime"], overview["startTime"]
+    elapsed = _to_us(overview["endTime"]) - _to_us(overview["startTime"])
+    if overview.get("movingTime") is not None and _duration_us(overview["movingTime"]) > elapsed:
+        overview["movingTime"] = f"{elapsed // 1_000_000}s"
+    case.body = {**case.body, "overview": overview}
+
+
+def _fix_expire_time(case, field: str) -> None:
+    if isinstance(case.body, dict) and case.body.get("expireTime") is not None:
+        soon = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(hours=1)
+        case.body = {**case.body, "expireTime": soon.isoformat().replace("+00:00", "Z")}
+
+
+def _fix_webhook_url(case, field: str) -> None:
+    if isinstance(case.body, dict) and case.body.get("webhookUrl"):
+        case.body = {k: v for k, v in case.body.items() if k != "webhookUrl"}
+
+
+def _fix_update_mask(case, field: str) -> None:
+    mask = (case.query or {}).get("updateMask")
+    if not mask or not isinstance(case.body, dict):
+        return
+    named = mask.split(",")
+    body = dict(case.body)
+    if "visibility" in named and body.get("visibility") not in ("PRIVATE", "PUBLIC"):
+        body["visibility"] = "PUBLIC"
+    if "name" in named and not body.get("name"):
+        body["name"] = "Evening run"
+    case.body = body
+
+
+def _fix_activity_file(case, field: str) -> None:
+    """A GPX file of three points an hour ago, unique (a deleted run's file again is refused)."""
+    start = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=1)
+    points = "".join(
+        f'<trkpt lat="48.85{i}" lon="2.35{i}"><time>{(start + dt.timedelta(seconds=10 * i)).isoformat()}</time></trkpt>'
+        for i in range(3)
+    )
+    case.body = (
+        '<?xml version="1.0"?><gpx version="1.1" creator="fuzz" xmlns="http://www.topografix.com/GPX/1/1">'
+        f"<trk><name>{uuid.uuid4()}</name><trkseg>{points}</trkseg></trk></gpx>"
+    )
+    case.media_type = "application/gpx+xml"
+
+
+def _fix_header_names(case, field: str) -> None:
+    if case.headers and any(re.fullmatch(HEADER_NAME_PATTERN, name) is None for name in case.headers):
+        case.headers = {k: v for k, v in case.headers.items() if re.fullmatch(HEADER_NAME_PATTERN, k)}
+
+
+# x-runtrack-rules id -> how a request generated as valid is made to meet it.
+RULE_FIXES = {
+    "time-zone": _fix_time_zone,
+    "page-token": _fix_page_token,
+    "end-after-start": _fix_overview_times,
+    "moving-within-elapsed": _fix_overview_times,
+    "expire-time": _fix_expire_time,
+    "webhook-url": _fix_webhook_url,
+    "update-mask": _fix_update_mask,
+    "activity-file": _fix_activity_file,
+    "header-names": _fix_header_names,
+}
+RULES_BY_OPERATION = {
+    f"{method.upper()} {path}": [(rule["id"], rule["field"]) for rule in operation.get("x-runtrack-rules", [])]
+    for path, item in DOCUMENT["paths"].items()
+    for method, operation in item.items()
+}
+DOCUMENT_RULES = [(rule["id"], rule["field"]) for rule in DOCUMENT.get("x-runtrack-rules", [])]
+ZONES = zoneinfo.available_timezones()
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def test_every_documented_rule_has_a_fix():
+    """Each rule the document lists is one this test knows how to meet."""
+    ids = {rule_id for rules in [*RULES_BY_OPERATION.values(), DOCUMENT_RULES] for rule_id, _ in rules}
+    assert ids and ids <= RULE_FIXES.keys(), f"rules without a fix here: {sorted(ids - RULE_FIXES.keys())}"
+
+
+def as_the_document_states(case) -> None:
+    """A case meets the document's `x-runtrack-rules` too, whatever else it breaks (Schemathesis
+    judges a case again once it changed: one that breaks nothing else is then a valid one). The
+    rules are met on the fields' JSON names: their proto names (`time_zone`), which the document
+    allows too, are left out of a body that has rules."""
+    rules = RULES_BY_OPERATION.get(case.operation.label, [])
+    if rules and isinstance(case.body, dict):
+        case.body = _without_proto_names(case.body)
+    for rule_id, field in rules + DOCUMENT_RULES:
+        try:
+            RULE_FIXES[rule_id](case, field)
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+            pass  # a value of another type than the document's: the case is invalid anyway
+
+
+def _without_proto_names(body: dict) -> dict:
+    return {
+        k: _without_proto_names(v) if isinstance(v, dict) else v
+        for k, v in body.items()
+        if not (isinstance(k, str) and "_" in k)
+    }
 
 
 @schema.hook("map_case")
@@ -123,6 +275,7 @@ def counted(case, response) -> None:
 def test_the_json_api_conforms_to_its_openapi_document(case, stack, token):
     """The examples, coverage and fuzzing phases, operation by operation."""
     SignedIn.token = token
+    as_the_document_states(case)
     response = case.call_and_validate(
         base_url=f"http://{stack.envoy_address}",
         additional_checks=[error_is_a_status_body],
@@ -143,6 +296,7 @@ def test_sequences_of_calls_conform_to_the_openapi_document(stack, token):
             # but for those meant to be sent without a valid token: signed in here.
             if not case.operation.schema.is_security_param_negated(case):
                 SignedIn().set(case, token, None)
+            as_the_document_states(case)
 
         def get_call_kwargs(self, case) -> dict[str, str]:
             return {"base_url": base_url}
