@@ -19,6 +19,10 @@ MIN_RADIUS_M = 100.0
 MAX_RADIUS_M = 5000.0
 # StopRun's overview.
 MAX_POLYLINE_CHARS = 200_000
+# An encoded polyline is made of the characters ? (63) to ~ (126): a StopRun body stays under
+# the JSON API's 1 MiB with the longest one.
+POLYLINE_PATTERN = r"^[?-~]*$"
+POLYLINE_RULE = "an encoded polyline: characters ? to ~ (ASCII 63 to 126) only"
 # A run's name (UpdateRun, and the name an imported file gives).
 MAX_NAME_CHARS = 200
 # A user_id as a request names it ("me", or a runner's id).
@@ -70,7 +74,7 @@ FIELDS: dict[str, dict[str, dict[str, Any]]] = {
         "movingTime": {"pattern": NON_NEGATIVE_DURATION},
         "elevationGainM": {"minimum": 0.0},
         "avgHeartRateBpm": {"minimum": 0.0},
-        "polyline": {"maxLength": MAX_POLYLINE_CHARS},
+        "polyline": {"maxLength": MAX_POLYLINE_CHARS, "pattern": POLYLINE_PATTERN},
     },
     # Empty in a body: the caller.
     "runtrack.v1.StopRunRequest": {"userId": {"maxLength": MAX_USER_ID_CHARS, "pattern": USER_ID_OR_EMPTY_PATTERN}},

@@ -19,6 +19,8 @@ from runtrack_common.api_rules import (
     MAX_POLYLINE_CHARS,
     MAX_USER_ID_CHARS,
     MOVING_WITHIN_ELAPSED,
+    POLYLINE_PATTERN,
+    POLYLINE_RULE,
     USER_ID_PATTERN,
     USER_ID_RULE,
 )
@@ -179,6 +181,8 @@ def validate_overview(o: Overview) -> None:
         finite_non_negative("avg_heart_rate_bpm", o.avg_heart_rate_bpm)
     if len(o.polyline) > MAX_POLYLINE_CHARS:
         found.add("overview.polyline", f"at most {MAX_POLYLINE_CHARS} characters")
+    elif re.fullmatch(POLYLINE_PATTERN, o.polyline) is None:
+        found.add("overview.polyline", POLYLINE_RULE)
     found.raise_if_any()
 
 
