@@ -4,8 +4,11 @@ untested unnoticed."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from devstack.paths import ROOT
 from tests.docs_blocks import NOT_RUN, RUNS, blocks_in, doc_blocks, doc_files, stray_markers
+from tracking_service import webhooks
 
 
 def test_every_block_in_the_docs_says_whether_it_runs() -> None:
@@ -28,6 +31,16 @@ def test_no_marker_stands_away_from_a_block() -> None:
     # A marker one line too high would leave its block unmarked and say nothing.
     strays = {path.name: stray_markers(path.read_text()) for path in doc_files(ROOT)}
     assert {name: lines for name, lines in strays.items() if lines} == {}
+
+
+def test_the_receivers_check_in_the_docs_accepts_what_the_service_signs() -> None:
+    block = next(b for b in doc_blocks(ROOT) if b.language == "python" and "def verified(" in b.code)
+    names: dict[str, Any] = {}
+    exec(block.code, names)
+    body, secret = b'{"id": "1", "type": "run.state_changed"}', "whsec_abc"
+    assert names["verified"](secret, body, webhooks.signature(secret, body))
+    assert not names["verified"](secret, body + b" ", webhooks.signature(secret, body))
+    assert f"`{webhooks.SIGNATURE_HEADER}: sha256=" in (ROOT / block.file).read_text()
 
 
 DOC = """\
