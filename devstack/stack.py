@@ -386,6 +386,11 @@ class Stack:
         except OSError:
             return None
 
+    def envoy_stats(self, containing: str) -> dict[str, str]:
+        """Envoy's counters and gauges whose name contains `containing` (admin /stats)."""
+        lines = (self._admin_get("/stats") or "").splitlines()
+        return dict(line.split(": ", 1) for line in lines if containing in line and ": " in line)
+
     def host_stat(self, stat: str) -> dict[str, dict[int, str]]:
         """One per-host value of Envoy's admin /clusters: {"tracking": {port: value}}."""
         text = self._admin_get("/clusters") or ""

@@ -410,11 +410,11 @@ class Layout:
                 compress=False,
                 open_per="link",
             ),
-            Route(f"/{TRACKING.full_name}/", "tracking", retries=2),
+            Route(f"/{TRACKING.full_name}/", "tracking", retries=3),
             # A file of up to 16 MiB is parsed, analysed and stored in one call; not retried (its
             # body is larger than what Envoy keeps for a retry).
             Route(f"/{SUMMARY.full_name}/ImportRun", "summary", timeout_s=60),
-            Route(f"/{SUMMARY.full_name}/", "summary", retries=2),
+            Route(f"/{SUMMARY.full_name}/", "summary", retries=3),
             Route("/grpc.reflection.", "tracking", retries=2),
             # Through Envoy, health answers for the replica that takes the call ("" and its service).
             Route(f"/{HEALTH.full_name}/", "tracking", retries=2),
@@ -522,7 +522,13 @@ def _route(r: Route, limits: Limits | None) -> dict[str, Any]:
                     "typed_config": {"@type": PREVIOUS_HOSTS},
                 }
             ],
-            "host_selection_retry_max_attempts": 3,
+            # A retry picks a replica not tried yet: least-request balancing favours a replica that just
+            # died (no call lasts there), so picking again must be allowed more than a few times.
+            "host_selection_retry_max_attempts": 12,
+            # Spaced over up to ~1.75 s: a replica that died is taken out of the balancing by the first
+            # call that fails on it, but on a busy machine that news reached Envoy's workers some
+            # hundreds of milliseconds later, and calls retried within it found the dead ones again.
+            "retry_back_off": {"base_interval": "0.25s", "max_interval": "1s"},
         }
     route: dict[str, Any] = {"match": {"prefix": r.prefix}, "route": action, **extra}
     if not r.compress:
@@ -1120,9 +1126,9 @@ def _cluster(c: Cluster, layout: Layout) -> dict[str, Any]:
                 },
             }
         },
-        # A replica that answers NOT_SERVING, or refuses the connection (it died), is out at once; one
-        # that answers slowly (the machine busy, a store node's JVM starting beside it) gets 2 s and
-        # three tries before it is taken out.
+        # A replica that answers NOT_SERVING is out at once; one that answers slowly (the machine busy, a
+        # store node's JVM starting beside it) or not at all (it died) gets 2 s and three tries before
+        # the health check takes it out. A dead one is out sooner, by the calls themselves (below).
         "health_checks": [
             {
                 "timeout": "2s",
@@ -1135,6 +1141,23 @@ def _cluster(c: Cluster, layout: Layout) -> dict[str, Any]:
         ],
         # Never send traffic to a replica that failed its health check, even when most did.
         "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
+        # A call that cannot reach a replica (connection refused or reset: the process died) takes it
+        # out of the balancing at once, until its next passing health check. Without it, for the three
+        # health checks a dead replica takes, least-request balancing preferred the dead replicas (no
+        # call lasts there): two of three killed together failed 138 of 456 calls after their retries.
+        # Only local failures count; a gRPC error status is an answer, not a failure of the replica.
+        "outlier_detection": {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 1,
+            "enforcing_consecutive_local_origin_failure": 100,
+            "enforcing_local_origin_success_rate": 0,
+            "enforcing_consecutive_5xx": 0,
+            "enforcing_consecutive_gateway_failure": 0,
+            "enforcing_success_rate": 0,
+            "interval": "1s",
+            "base_ejection_time": "10s",
+            "max_ejection_percent": 100,
+        },
         "circuit_breakers": {
             "thresholds": [
                 {

@@ -102,14 +102,11 @@ def run_readme_demo(envoy_tls_address: str, ca: str, env: dict[str, str], timeou
     address and the CA to trust; the JSON documents it prints, in order (grpcurl's RecordTrack
     answer, then one per curl)."""
     import os
-    import re
 
     from devstack.paths import ROOT
+    from tests.docs_blocks import readme_demo
 
-    demo = (ROOT / "README.md").read_text().split("## Demo", 1)[1]
-    match = re.search(r"```bash\n(.*?)```", demo, re.S)
-    assert match, "no bash block under ## Demo"
-    script = match.group(1).replace("127.0.0.1:8443", envoy_tls_address).replace(".dev/tls/ca.pem", ca)
+    script = readme_demo(ROOT).code.replace("127.0.0.1:8443", envoy_tls_address).replace(".dev/tls/ca.pem", ca)
     out = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
         cwd=ROOT,

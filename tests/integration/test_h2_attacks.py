@@ -74,6 +74,7 @@ DOCUMENTED = {0, 3, 5, 6, 7, 8, 9, 14, 16}
 RUNTIME_REFUSALS = (
     (8, "SERVER: Received message larger than max"),
     (13, "Compression bit set but no encoding configured"),
+    (13, "Decompression failed"),  # grpc-encoding gzip on a message that is not gzip (the spec's INTERNAL)
     (12, ""),  # a path no method answers (Envoy's 404 without a route, the runtime's "Method not found!")
     (4, "Deadline Exceeded"),  # the call's own grpc-timeout (1n: one nanosecond) passed
 )

@@ -1,6 +1,8 @@
 """Scaling and rolling out while traffic flows: no failed request, no lost point, Envoy untouched."""
 
 import asyncio
+import os
+import signal
 import time
 import uuid
 
@@ -87,6 +89,56 @@ async def test_scaling_out_and_in_under_traffic_fails_no_request(stack, channel)
         points_lost=0,
         streams_resumed=sum(r.stats.retries for r, _ in runs),
     )
+
+
+async def test_two_of_three_replicas_killed_at_once_fail_no_unary_request(stack, channel):
+    """Two of three replicas of each service die together (a node lost, or a scale-in of two at once
+    whose health checks lag): until Envoy's health checks take them out, a call's first attempts can
+    land on either dead one. Each retry goes to a replica not tried yet, so the live one answers."""
+    await asyncio.to_thread(stack.scale, {"tracking": 3, "summary": 3})
+    victims = {svc: ports[1:] for svc, ports in stack.replica_ports().items()}
+    stop, failures, calls = asyncio.Event(), [], []
+    traffic = [asyncio.create_task(unary_traffic(channel, stop, failures, calls)) for _ in range(4)]
+    try:
+        await asyncio.sleep(1.0)
+        before = len(calls)
+        views: list[tuple[float, dict]] = []
+
+        async def sample() -> None:
+            while not stop.is_set():
+                views.append((round(time.monotonic(), 2), await asyncio.to_thread(stack.host_health)))
+                await asyncio.sleep(0.05)
+
+        sampler = asyncio.create_task(sample())
+        for svc, ports in victims.items():
+            for port in ports:
+                os.kill(stack.replica_pid(svc, port), signal.SIGKILL)
+        # Traffic on until the health checks, too, have taken every dead one out: the whole window.
+        await _wait_for(
+            "Envoy's health checks taking the killed replicas out",
+            lambda: all(
+                all(p not in victims[svc] or "failed_active_hc" in flags for p, flags in hosts.items())
+                for svc, hosts in stack.host_health().items()
+            ),
+            30,
+        )
+        await asyncio.sleep(1.0)
+        stop.set()
+        await asyncio.gather(*traffic)
+        await sampler
+        during = len(calls) - before
+        changes = [v for i, v in enumerate(views) if i == 0 or v[1] != views[i - 1][1]]
+        ejected = stack.envoy_stats("outlier_detection.ejections_enforced_total")
+        assert failures == [], f"{len(failures)} of {during} calls failed: {failures[:3]} {changes} {ejected}"
+        report(stack, "two_of_three_killed", unary_calls=during, failed=len(failures), ejections=ejected)
+    finally:
+        stop.set()
+        await asyncio.gather(*traffic, return_exceptions=True)
+        for svc, ports in victims.items():
+            for port in ports:
+                await asyncio.to_thread(stack.start_replica, svc, port)
+        await asyncio.to_thread(stack.wait_healthy, stack.replica_ports())
+        await asyncio.to_thread(stack.scale, {"tracking": 2, "summary": 2})
 
 
 async def test_a_rollout_under_traffic_fails_no_request_and_loses_no_point(stack, channel):
