@@ -259,7 +259,7 @@ async def test_watchers_get_the_stored_points_then_each_new_point_within_two_sec
         assert w.order == sorted(w.order), "oldest first, no repeats"
         assert w.states[0] == "LIVE" and w.states[-1] == "STOPPED"
     await asyncio.to_thread(as_json.join, 10)
-    assert as_json.status == 200 and as_json.content_type.startswith("application/json")
+    assert as_json.status == 200 and as_json.content_type.startswith("application/x-ndjson")  # one JSON object a line
     assert as_json.seqs() == list(range(1, last + 1))
     assert as_json.states()[0] == "LIVE" and as_json.states()[-1] == "STOPPED"
     first_new = next(t for t, e in as_json.lines if "points" in e and e["points"]["points"][0]["seq"] > 6)
