@@ -163,8 +163,11 @@ async def test_weekly_stats_bucket_runs_by_monday_in_the_runners_zone_across_dst
     }
     for start in runs.values():
         await stop(channel, str(uuid.uuid4()), user_id, overview(start, distance=1000.0))
-    # A run this week, so that the current week is not empty.
-    await stop(channel, str(uuid.uuid4()), user_id, overview(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=40)))
+    # A run this week (in Paris: on a Sunday evening in UTC, Paris's week has already begun), so that the
+    # current week is not empty.
+    today = dt.datetime.now(dt.UTC).astimezone(local(paris, 2026, 1, 1).tzinfo).date()
+    monday = today - dt.timedelta(days=today.weekday())
+    await stop(channel, str(uuid.uuid4()), user_id, overview(local(paris, *monday.timetuple()[:3], 0, 1)))
 
     stats = await stub(channel).GetUserStats(
         summary_pb2.GetUserStatsRequest(user_id=user_id, time_zone=paris, weeks=104)
@@ -174,7 +177,6 @@ async def test_weekly_stats_bucket_runs_by_monday_in_the_runners_zone_across_dst
     mondays = [dt.date.fromisoformat(w) for w in weeks]
     assert all(d.weekday() == 0 for d in mondays)
     assert all((b - a).days == 7 for a, b in itertools.pairwise(mondays))
-    today = dt.datetime.now(dt.UTC).astimezone(local(paris, 2026, 1, 1).tzinfo).date()
     assert mondays[-1] == today - dt.timedelta(days=today.weekday())
     by_week = {w.week_start: w for w in stats.weeks}
     for week in runs:

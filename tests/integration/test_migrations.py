@@ -59,6 +59,15 @@ async def until(port: int, svc: str, want: str, log: Path, timeout: float = 60) 
     raise AssertionError(f"{svc} replica on {port} never {want}:\n{said(log)[-3000:]}")
 
 
+async def logged(log: Path, text: str, timeout: float = 60) -> None:  # noqa: ASYNC109
+    """Waits until the replica's log says `text` (it starts NOT_SERVING before it has looked at the store)."""
+    for _ in range(int(timeout * 4)):
+        if text in said(log):
+            return
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"the log never said {text!r}:\n{said(log)[-3000:]}")
+
+
 def migrate(module: str, env: dict[str, str], stack) -> str:
     import subprocess
 
@@ -83,7 +92,7 @@ async def test_a_tracking_replica_waits_for_the_cql_migration_and_then_serves(st
             await until(port, "tracking", "NOT_SERVING", log)
             await asyncio.sleep(1)
             assert await replica_status(port, SERVICE["tracking"]) == "NOT_SERVING"
-            assert "run `python -m tracking_service.migrate`" in said(log)
+            await logged(log, "run `python -m tracking_service.migrate`")
             session = await asyncio.to_thread(cluster.connect)
             keyspaces = await asyncio.to_thread(session.execute, "SELECT keyspace_name FROM system_schema.keyspaces")
             assert keyspace not in {r.keyspace_name for r in keyspaces}, "the replica made the keyspace itself"
@@ -99,7 +108,7 @@ async def test_a_tracking_replica_waits_for_the_cql_migration_and_then_serves(st
             await asyncio.to_thread(session.execute, f"ALTER TABLE {keyspace}.track_points DROP after_pause")
         with replica(stack, "tracking", env) as (port, log):
             await until(port, "tracking", "NOT_SERVING", log)
-            assert "after_pause" in said(log)
+            await logged(log, "after_pause")
             assert "applied=track_points_after_pause\n" in migrate("tracking_service.migrate", env, stack) + "\n"
             await until(port, "tracking", "SERVING", log)
     finally:
@@ -117,7 +126,7 @@ async def test_a_summary_replica_waits_for_the_postgresql_migrations_and_then_se
     try:
         with replica(stack, "summary", env) as (port, log):
             await until(port, "summary", "NOT_SERVING", log)
-            assert "run `python -m summary_service.migrate`" in said(log)
+            await logged(log, "run `python -m summary_service.migrate`")
             with psycopg.connect(url) as conn:
                 tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
             assert tables == (0,), "the replica changed the schema itself"
