@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 from devstack import procs, tools
@@ -60,6 +61,7 @@ class CqlNode:
         address: str = "127.0.0.1",
         seeds: tuple[str, ...] = ("127.0.0.1",),
         in_cluster: bool = False,
+        incremental_backups: bool = False,
     ) -> None:
         self.home, self.log = home, log
         self.native_port, self.storage_port, self.jmx_port = native_port, storage_port, jmx_port
@@ -71,6 +73,25 @@ class CqlNode:
         # to stream yet); a node that restarts rejoins with its own data and catches up by hints.
         self.in_cluster = in_cluster
         self.pid_file = home / "pid"
+        # Every flushed sstable also hard-linked into its table's backups/ directory, which
+        # devstack/cql_backup.py copies into the repository between snapshots.
+        self.incremental_backups = incremental_backups
+
+    @property
+    def data_dir(self) -> Path:
+        """Where the tables' sstables live: data_dir/KEYSPACE/TABLE-ID/."""
+        return self.home / "data" / "data"
+
+    def nodetool(self, *args: str, timeout: float = 600) -> str:
+        """Cassandra's nodetool (its class in the same jars) against this node's JMX port."""
+        lib = tools.cassandra_lib()
+        classpath = os.pathsep.join(sorted(str(p) for p in lib.glob("*.jar")))
+        argv = ["java", "-Xmx256m", *JVM17_OPTIONS, "-cp", classpath, "org.apache.cassandra.tools.NodeTool"]
+        argv += ["-h", "127.0.0.1", "-p", str(self.jmx_port), *args]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        if out.returncode != 0:
+            raise RuntimeError(f"nodetool {' '.join(args)} on {self.address}: {(out.stdout + out.stderr)[-2000:]}")
+        return out.stdout
 
     def pid(self) -> int | None:
         pid = procs.read_pid(self.pid_file)
@@ -102,6 +123,7 @@ ssl_storage_port: {self.storage_port + 1}
 native_transport_port: {self.native_port}
 start_native_transport: true
 auto_snapshot: false
+incremental_backups: {"true" if self.incremental_backups else "false"}
 concurrent_compactors: 1
 auto_bootstrap: {"false" if self.in_cluster else "true"}
 hinted_handoff_enabled: true
