@@ -146,7 +146,7 @@ def restore(stack: Stack, to: dt.datetime) -> dict[str, Any]:
     t = time.monotonic()
     say(f"restore: PostgreSQL to {to.isoformat()}")
     stack.pg.stop()
-    pg_backup_id = pgb.restore(to)
+    pg_backup_id, pg_reached = pgb.restore(to)
     timings["postgres_s"] = round(time.monotonic() - t, 2)
     t = time.monotonic()
     say(f"restore: the CQL store from set(s) {', '.join(chain)} into fresh nodes")
@@ -178,6 +178,7 @@ def restore(stack: Stack, to: dt.datetime) -> dict[str, Any]:
     return {
         "to": to.isoformat(),
         "postgres_backup": pg_backup_id,
+        "postgres_reached": pg_reached,
         "cql_sets": chain,
         "cql_snapshot_taken_at": next(m for m in manifests(stack) if m["id"] == chain[-1])["cql"]["taken_at"],
         "cql_sstables_loaded": loaded,

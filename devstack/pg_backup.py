@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 
-from devstack import tools
+from devstack import procs, tools
 from devstack.pg_node import PgNode
 
 SERVER = "runtrack"
@@ -137,7 +137,11 @@ staging_location = local
         self.barman("archive-wal", SERVER)
 
     def switch_wal(self) -> None:
-        """Closes the node's current WAL segment and waits until the repository holds it."""
+        """Closes the node's current WAL segment and waits until the repository holds it. A commit is
+        written first: a restore to a time after every other commit finds one after it, and stops."""
+        url = f"postgresql://postgres@{self.node.host}:{self.node.port}/postgres"
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT pg_current_xact_id()")
         self.barman("switch-wal", "--force", "--archive", "--archive-timeout", "60", SERVER)
 
     def backups(self) -> list[dict[str, Any]]:
@@ -176,37 +180,52 @@ staging_location = local
             raise SystemExit(f"no PostgreSQL backup ended before {to.isoformat()}: nothing to restore from")
         return str(max(done, key=lambda b: int(b["end_time_timestamp"]))["backup_id"])
 
-    def restore(self, to: dt.datetime) -> str:
+    def restore(self, to: dt.datetime) -> tuple[str, str]:
         """The node's data directory replaced by the backup before `to` plus the archived WAL up to
-        `to`; the node started and promoted. Returns the backup's id. The node must be stopped."""
+        `to`; the node started and promoted. Returns the backup's id and the point reached: `to`, or
+        the end of the archived WAL when it holds no commit after `to` (the node was lost before it
+        wrote one). The node must be stopped."""
         if self.node.pid():
             raise RuntimeError("stop PostgreSQL before restoring it")
         self.archive_wal()
         backup_id = self.backup_before(to)
         data = self.node.data
         aside = data.with_name("data.before-restore")
-        if aside.exists():
-            shutil.rmtree(aside)
-        if data.exists():
+        if aside.exists():  # a restore that failed: the data it set aside is the node's own
+            shutil.rmtree(data, ignore_errors=True)
+        elif data.exists():
             data.rename(aside)
-        self.barman(
-            "recover",
-            SERVER,
-            backup_id,
-            str(data),
-            "--target-time",
-            to.isoformat(),
-            "--target-action",
-            "promote",
-        )
+        reached = to.isoformat()
+        log_from = self.node.log.stat().st_size if self.node.log.exists() else 0
+        try:
+            self._recover(backup_id, "--target-time", to.isoformat())
+        except (subprocess.CalledProcessError, psycopg.OperationalError, RuntimeError):
+            procs.wait_until("PostgreSQL to exit", lambda: self.node.pid() is None, 30)
+            if "recovery ended before configured recovery target was reached" not in _since(self.node.log, log_from):
+                raise
+            # No commit after `to` in the archive: every commit in it is before `to`, so its end is the point.
+            shutil.rmtree(data)
+            self._recover(backup_id)
+            reached = "end of the archived WAL"
+        shutil.rmtree(aside, ignore_errors=True)
+        return backup_id, reached
+
+    def _recover(self, backup_id: str, *target: str) -> None:
+        data = self.node.data
+        action = ("--target-action", "promote") if target else ()  # with no target, it ends at the WAL's end
+        self.barman("recover", SERVER, backup_id, str(data), *target, *action)
         _chown_tree(data, self.node.user)
         data.chmod(0o700)
         # Barman turns archive_command off in the restored configuration; the node's own `-c` settings
         # win over it, so archiving goes on (a new timeline) as soon as the node is promoted.
         self.node.start()
         _wait_promoted(self.node)
-        shutil.rmtree(aside, ignore_errors=True)
-        return backup_id
+
+
+def _since(log: Path, offset: int) -> str:
+    with open(log, "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
 
 
 def _wait_promoted(node: PgNode, timeout: float = 120.0) -> None:
@@ -214,6 +233,8 @@ def _wait_promoted(node: PgNode, timeout: float = 120.0) -> None:
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if node.pid() is None:
+            raise RuntimeError(f"the restored PostgreSQL exited (see {node.log})")
         with psycopg.connect(f"postgresql://postgres@{node.host}:{node.port}/postgres", autocommit=True) as conn:
             row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
             if row is not None and not row[0]:
