@@ -135,8 +135,10 @@ class CqlBackup:
                     loaded[table_dir.name] = loaded.get(table_dir.name, 0) + sum(
                         f.name.endswith("-Data.db") for f in ssts
                     )
-            for table, dirs in by_table.items():
-                node.nodetool("import", self.keyspace, table, *(str(d) for d in dirs))
+            if by_table:
+                node.nodetool_batch(
+                    [["import", self.keyspace, table, *(str(d) for d in dirs)] for table, dirs in by_table.items()]
+                )
             shutil.rmtree(staging, ignore_errors=True)
         return loaded
 

@@ -48,6 +48,37 @@ LOGBACK = """<configuration>
 """
 
 
+# Runs nodetool commands (separated by ";") in one JVM: java -cp JARS NodeToolBatch.java JMX_PORT CMD... ; CMD... ;
+NODETOOL_BATCH = """
+import java.io.IOException;
+import java.util.ArrayList;
+import java.util.List;
+import org.apache.cassandra.tools.INodeProbeFactory;
+import org.apache.cassandra.tools.NodeProbe;
+import org.apache.cassandra.tools.NodeTool;
+import org.apache.cassandra.tools.Output;
+
+public class NodeToolBatch implements INodeProbeFactory {
+    public NodeProbe create(String host, int port) throws IOException { return new NodeProbe(host, port); }
+
+    public NodeProbe create(String host, int port, String user, String password) throws IOException {
+        return new NodeProbe(host, port, user, password);
+    }
+
+    public static void main(String[] args) {
+        List<String> command = new ArrayList<>(List.of("-h", "127.0.0.1", "-p", args[0]));
+        for (int i = 1; i < args.length; i++) {
+            if (!args[i].equals(";")) { command.add(args[i]); continue; }
+            int rc = new NodeTool(new NodeToolBatch(), Output.CONSOLE).execute(command.toArray(new String[0]));
+            if (rc != 0) System.exit(rc);
+            command = new ArrayList<>(List.of("-h", "127.0.0.1", "-p", args[0]));
+        }
+        System.exit(0);
+    }
+}
+"""
+
+
 class CqlNode:
     def __init__(
         self,
@@ -84,13 +115,24 @@ class CqlNode:
 
     def nodetool(self, *args: str, timeout: float = 600) -> str:
         """Cassandra's nodetool (its class in the same jars) against this node's JMX port."""
+        return self.nodetool_batch([list(args)], timeout=timeout)
+
+    def nodetool_batch(self, commands: list[list[str]], timeout: float = 600) -> str:
+        """Several nodetool commands in one JVM (each of its own costs seconds to start), in order;
+        stops at the first that fails."""
         lib = tools.cassandra_lib()
+        source = self.home / "NodeToolBatch.java"
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_text(NODETOOL_BATCH)
         classpath = os.pathsep.join(sorted(str(p) for p in lib.glob("*.jar")))
-        argv = ["java", "-Xmx256m", *JVM17_OPTIONS, "-cp", classpath, "org.apache.cassandra.tools.NodeTool"]
-        argv += ["-h", "127.0.0.1", "-p", str(self.jmx_port), *args]
+        argv = ["java", "-Xmx256m", *JVM17_OPTIONS, "-cp", classpath, str(source)]
+        argv += [str(self.jmx_port)]
+        for command in commands:
+            argv += [*command, ";"]
         out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
         if out.returncode != 0:
-            raise RuntimeError(f"nodetool {' '.join(args)} on {self.address}: {(out.stdout + out.stderr)[-2000:]}")
+            said = (out.stdout + out.stderr)[-2000:]
+            raise RuntimeError(f"nodetool {commands} on {self.address} failed (exit {out.returncode}): {said}")
         return out.stdout
 
     def pid(self) -> int | None:

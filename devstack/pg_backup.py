@@ -114,6 +114,7 @@ description = RunTrack's PostgreSQL
 conninfo = host={self.node.host} port={self.node.port} user=postgres dbname=postgres
 streaming_conninfo = host={self.node.host} port={self.node.port} user=postgres
 backup_method = postgres
+immediate_checkpoint = true
 archiver = on
 incoming_wals_directory = {incoming}
 path_prefix = {bin_dir}
