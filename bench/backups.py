@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         capture_output=True,
         text=True,
     )
+    if not restore.stdout.strip():
+        raise SystemExit(f"scripts/dev restore failed:\n{restore.stderr[-3000:]}")
     report["restore"] = json.loads(restore.stdout) | {"wall_s": round(time.monotonic() - t, 1)}
     report["restore"]["exit"] = restore.returncode
     with psycopg.connect(stack.database_url) as conn:

@@ -47,11 +47,13 @@ def check(stack: Stack) -> tuple[int, list[TrailFinding]]:
     found: list[TrailFinding] = []
     try:
         session = cluster.connect(stack.spec.keyspace)
+        # Right after a restore the node compacts what it loaded: a count may take longer than usual.
+        session.default_timeout = 60
         count = session.prepare("SELECT COUNT(*) FROM track_points WHERE run_id = ?")
         for start in range(0, len(rows), BATCH):
             batch = rows[start : start + BATCH]
             results = execute_concurrent_with_args(
-                session, count, [(uuid.UUID(r),) for r, _, _ in batch], concurrency=32, raise_on_first_error=True
+                session, count, [(uuid.UUID(r),) for r, _, _ in batch], concurrency=16, raise_on_first_error=True
             )
             for (run_id, user_id, point_count), (_, result) in zip(batch, results, strict=True):
                 stored = int(result.one()[0])
