@@ -115,6 +115,7 @@ conninfo = host={self.node.host} port={self.node.port} user=postgres dbname=post
 streaming_conninfo = host={self.node.host} port={self.node.port} user=postgres
 backup_method = postgres
 immediate_checkpoint = true
+compression = gzip
 archiver = on
 incoming_wals_directory = {incoming}
 path_prefix = {bin_dir}
