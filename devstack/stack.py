@@ -123,19 +123,20 @@ def dev_spec(env: Mapping[str, str] = os.environ) -> StackSpec:
 
 def backup_test_spec() -> StackSpec:
     """The stack the restore drills run (tests/integration/test_backup_restore.py): one CQL node, a
-    local PostgreSQL archiving its WAL, one replica of each service, on ports of its own."""
+    local PostgreSQL archiving its WAL, one replica of each service, on ports of its own (33xxx; the
+    local Kubernetes cluster's stores take 39042 and 35432)."""
     state = ROOT / ".dev" / "test-backup"
     return StackSpec(
         name="test-backup",
         state=state,
         logs=ROOT / ".dev" / "logs" / "test-backup",
-        envoy_port=38080,
-        envoy_admin_port=39901,
-        envoy_tls_port=38443,
-        cql_port=39042,
-        cql_storage_port=37000,
-        cql_jmx_port=37199,
-        pg_port=35442,
+        envoy_port=33080,
+        envoy_admin_port=33901,
+        envoy_tls_port=33443,
+        cql_port=33042,
+        cql_storage_port=33000,
+        cql_jmx_port=33199,
+        pg_port=33432,
         base_ports={"tracking": 53110, "summary": 53210},
         replicas={"tracking": 1, "summary": 1},
         cql_nodes=1,
