@@ -1,5 +1,6 @@
 """scripts/dev: up [--autoscale] | status [--json] | down | scale tracking=N summary=M | rollout |
-autoscale [--min N] [--max N] [--target SERVICE=VALUE]... | token USER | owners [--json] [--claim]."""
+autoscale [--min N] [--max N] [--target SERVICE=VALUE]... | token USER | owners [--json] [--claim] |
+backup [--full] | restore --to TIME | trails [--json]."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import threading
 
 from devstack import host
 from devstack.autoscale import DEFAULT_TARGETS, UNITS, Autoscaler, Policy
-from devstack.stack import SERVICES, Stack, cluster_test_spec, dev_spec, metrics_port, test_spec
+from devstack.stack import SERVICES, Stack, backup_test_spec, cluster_test_spec, dev_spec, metrics_port, test_spec
 
 
 def add_autoscale_options(parser: argparse.ArgumentParser) -> None:
@@ -94,9 +95,19 @@ def main(argv: list[str] | None = None) -> int:
     owners = sub.add_parser("owners", help="list runs whose two stores disagree on their owner")
     owners.add_argument("--json", action="store_true", help="one JSON document")
     owners.add_argument("--claim", action="store_true", help="claim unclaimed runs for their dashboard row's runner")
+    backup = sub.add_parser("backup", help="back up both stores (a set: PostgreSQL and the CQL store) and print where")
+    backup.add_argument("--full", action="store_true", help="a full set, not incremental on the last")
+    backup.add_argument("--json", action="store_true", help="the set's manifest as JSON")
+    restore = sub.add_parser(
+        "restore", help="restore both stores: PostgreSQL to TIME, the CQL store to its last snapshot before"
+    )
+    restore.add_argument("--to", required=True, metavar="TIME", help="ISO 8601 (UTC unless it has an offset)")
+    restore.add_argument("--json", action="store_true", help="what was done as JSON")
+    trails = sub.add_parser("trails", help="list dashboard rows whose trail is missing or shorter than point_count")
+    trails.add_argument("--json", action="store_true", help="one JSON document")
     args = parser.parse_args(argv)
     # RUNTRACK_STACK=test: the stack scripts/test runs (its own ports and keys), e.g. for a look at it.
-    specs = {"test": test_spec, "test-cluster": cluster_test_spec}
+    specs = {"test": test_spec, "test-cluster": cluster_test_spec, "test-backup": backup_test_spec}
     spec = specs.get(os.environ.get("RUNTRACK_STACK", ""), dev_spec)()
     if args.command == "up" and args.cql_nodes:
         spec = dataclasses.replace(spec, cql_nodes=args.cql_nodes)
@@ -168,6 +179,57 @@ def main(argv: list[str] | None = None) -> int:
                 )
             print(f"{checked} runs checked, {len(found)} disagree")
         return 1 if found else 0
+    elif args.command == "backup":
+        from devstack.backup import backup as take_backup
+
+        host.preflight("dev")
+        m = take_backup(stack, full=args.full)
+        if args.json:
+            print(json.dumps(m, indent=2))
+        else:
+            pg, cql = m["postgres"], m["cql"]
+            print(f"backup set {m['id']} ({cql['kind']}) in {m['seconds']:.1f}s, repository {m['repository']}")
+            print(
+                f"  PostgreSQL: Barman backup {pg['backup_id']} ({pg['kind']}, {pg['size_bytes'] / 2**20:.1f} MiB,"
+                f" {pg['seconds']:.1f}s), WAL archived continuously: restorable to any time since"
+            )
+            print(
+                f"  CQL store:  {m['repository']}/cql/{m['id']} ({cql['files']} files,"
+                f" {cql['size_bytes'] / 2**20:.1f} MiB, {cql['seconds']:.1f}s), matches PostgreSQL at"
+                f" {cql['postgres_lsn']} / {cql['taken_at']}"
+            )
+            print(f"  manifest:   {m['repository']}/sets/{m['id']}.json")
+    elif args.command == "restore":
+        from devstack.backup import parse_time
+        from devstack.backup import restore as do_restore
+
+        host.preflight("dev")
+        done = do_restore(stack, parse_time(args.to))
+        if args.json:
+            print(json.dumps(done, indent=2))
+        else:
+            t = done["timings"]
+            print(f"restored to {done['to']} in {t['total_s']:.1f}s")
+            print(f"  PostgreSQL: from Barman backup {done['postgres_backup']} + WAL ({t['postgres_s']:.1f}s)")
+            print(
+                f"  CQL store:  set(s) {', '.join(done['cql_sets'])}, snapshot of {done['cql_snapshot_taken_at']}"
+                f" ({t['cql_s']:.1f}s)"
+            )
+            for f in done["trail_findings"]:
+                print(f"  {f['run_id']}  {f['kind']:14} point_count={f['point_count']} stored={f['points_stored']}")
+            print(f"  {done['runs_checked']} runs checked, {len(done['trail_findings'])} with a trail missing or short")
+        return 1 if done["trail_findings"] else 0
+    elif args.command == "trails":
+        from devstack.trails import check as check_trails
+
+        checked, trail_findings = check_trails(stack)
+        if args.json:
+            print(json.dumps({"runs_checked": checked, "findings": [f.as_dict() for f in trail_findings]}, indent=2))
+        else:
+            for f in trail_findings:
+                print(f"{f.run_id}  {f.kind:14} point_count={f.point_count} stored={f.points_stored}")
+            print(f"{checked} runs checked, {len(trail_findings)} with a trail missing or short")
+        return 1 if trail_findings else 0
     elif args.command == "down":
         stack.down()
         print("RunTrack is down.")

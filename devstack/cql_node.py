@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 from devstack import procs, tools
@@ -47,6 +48,37 @@ LOGBACK = """<configuration>
 """
 
 
+# Runs nodetool commands (separated by ";") in one JVM: java -cp JARS NodeToolBatch.java JMX_PORT CMD... ; CMD... ;
+NODETOOL_BATCH = """
+import java.io.IOException;
+import java.util.ArrayList;
+import java.util.List;
+import org.apache.cassandra.tools.INodeProbeFactory;
+import org.apache.cassandra.tools.NodeProbe;
+import org.apache.cassandra.tools.NodeTool;
+import org.apache.cassandra.tools.Output;
+
+public class NodeToolBatch implements INodeProbeFactory {
+    public NodeProbe create(String host, int port) throws IOException { return new NodeProbe(host, port); }
+
+    public NodeProbe create(String host, int port, String user, String password) throws IOException {
+        return new NodeProbe(host, port, user, password);
+    }
+
+    public static void main(String[] args) {
+        List<String> command = new ArrayList<>(List.of("-h", "127.0.0.1", "-p", args[0]));
+        for (int i = 1; i < args.length; i++) {
+            if (!args[i].equals(";")) { command.add(args[i]); continue; }
+            int rc = new NodeTool(new NodeToolBatch(), Output.CONSOLE).execute(command.toArray(new String[0]));
+            if (rc != 0) System.exit(rc);
+            command = new ArrayList<>(List.of("-h", "127.0.0.1", "-p", args[0]));
+        }
+        System.exit(0);
+    }
+}
+"""
+
+
 class CqlNode:
     def __init__(
         self,
@@ -60,6 +92,7 @@ class CqlNode:
         address: str = "127.0.0.1",
         seeds: tuple[str, ...] = ("127.0.0.1",),
         in_cluster: bool = False,
+        incremental_backups: bool = False,
     ) -> None:
         self.home, self.log = home, log
         self.native_port, self.storage_port, self.jmx_port = native_port, storage_port, jmx_port
@@ -71,6 +104,36 @@ class CqlNode:
         # to stream yet); a node that restarts rejoins with its own data and catches up by hints.
         self.in_cluster = in_cluster
         self.pid_file = home / "pid"
+        # Every flushed sstable also hard-linked into its table's backups/ directory, which
+        # devstack/cql_backup.py copies into the repository between snapshots.
+        self.incremental_backups = incremental_backups
+
+    @property
+    def data_dir(self) -> Path:
+        """Where the tables' sstables live: data_dir/KEYSPACE/TABLE-ID/."""
+        return self.home / "data" / "data"
+
+    def nodetool(self, *args: str, timeout: float = 600) -> str:
+        """Cassandra's nodetool (its class in the same jars) against this node's JMX port."""
+        return self.nodetool_batch([list(args)], timeout=timeout)
+
+    def nodetool_batch(self, commands: list[list[str]], timeout: float = 600) -> str:
+        """Several nodetool commands in one JVM (each of its own costs seconds to start), in order;
+        stops at the first that fails."""
+        lib = tools.cassandra_lib()
+        source = self.home / "NodeToolBatch.java"
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_text(NODETOOL_BATCH)
+        classpath = os.pathsep.join(sorted(str(p) for p in lib.glob("*.jar")))
+        argv = ["java", "-Xmx256m", *JVM17_OPTIONS, "-cp", classpath, str(source)]
+        argv += [str(self.jmx_port)]
+        for command in commands:
+            argv += [*command, ";"]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        if out.returncode != 0:
+            said = (out.stdout + out.stderr)[-2000:]
+            raise RuntimeError(f"nodetool {commands} on {self.address} failed (exit {out.returncode}): {said}")
+        return out.stdout
 
     def pid(self) -> int | None:
         pid = procs.read_pid(self.pid_file)
@@ -102,6 +165,7 @@ ssl_storage_port: {self.storage_port + 1}
 native_transport_port: {self.native_port}
 start_native_transport: true
 auto_snapshot: false
+incremental_backups: {"true" if self.incremental_backups else "false"}
 concurrent_compactors: 1
 auto_bootstrap: {"false" if self.in_cluster else "true"}
 hinted_handoff_enabled: true

@@ -45,6 +45,8 @@ PROGRAMS: dict[str, Program] = {
     "npm": Program("npm", DEV),
     "go": Program("", DEV | K8S, "Go 1.24 or later from https://go.dev/dl (Debian 12's golang-go is 1.19)"),
     "git": Program("git", DEV | IMAGE),
+    # PostgreSQL's backups (Barman restores a backup's files and WAL with rsync).
+    "rsync": Program("rsync", DEV),
     # The suite's browser tests and the GPX/TCX schemas the exports are checked against.
     "chromium": Program("chromium", TEST),
     "certutil": Program("libnss3-tools", TEST),

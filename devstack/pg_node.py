@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import warnings
 from pathlib import Path
@@ -27,9 +28,19 @@ def _embedded() -> Any:
 
 class PgNode:
     def __init__(
-        self, home: Path, log: Path, *, port: int, database: str = "runtrack", host: str = "127.0.0.1"
+        self,
+        home: Path,
+        log: Path,
+        *,
+        port: int,
+        database: str = "runtrack",
+        host: str = "127.0.0.1",
+        settings: dict[str, str] | None = None,
     ) -> None:
         self.home, self.log, self.port, self.database, self.host = home, log, port, database, host
+        # Server settings given as `-c name=value` at start (they win over postgresql*.conf), e.g.
+        # archive_mode and archive_command for the backups (devstack/backup.py).
+        self.settings = dict(settings or {})
         self.data = home / "data"
         self.sock = home / "sock"
         self.user: str | None = PG_SYSTEM_USER if os.geteuid() == 0 else None
@@ -88,6 +99,7 @@ class PgNode:
                     hba.write(f"host all all {subnet} trust\n")
         self._own(self.sock, self.log)
         options = f"-h {self.host} -p {self.port} -k {self.sock} -c max_connections=300"
+        options += "".join(f" -c {shlex.quote(f'{k}={v}')}" for k, v in self.settings.items())
         self._run("pg_ctl", "-D", str(self.data), "-w", "-t", "60", "-l", str(self.log), "-o", options, "start")
         with psycopg.connect(f"postgresql://postgres@{self.host}:{self.port}/postgres", autocommit=True) as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)).fetchone() is None:

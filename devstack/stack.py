@@ -21,6 +21,7 @@ from devstack import procs, tls, tools
 from devstack.auth import AUDIENCE, ISSUER, LINK_AUDIENCE, LINK_ISSUER, LINK_KEY_ID, LocalIssuer
 from devstack.cql_node import CqlNode
 from devstack.paths import ROOT
+from devstack.pg_backup import pg_backup_settings
 from devstack.pg_node import PgNode
 from edge.config import Auth, Layout, Tls, eds_document, render, to_yaml
 
@@ -58,6 +59,13 @@ class StackSpec:
     replica_settings: dict[str, str] = field(default_factory=dict)
     # Local CQL nodes: 1, or 3 on 127.0.0.1-3 as one cluster (None: as the last `up` left it).
     cql_nodes: int | None = None
+    # Local stores kept for `scripts/dev backup` / `restore`: PostgreSQL archives its WAL, the CQL
+    # node keeps incremental backups (devstack/backup.py); the repository is state/backups.
+    backups: bool = False
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.state / "backups"
 
     @property
     def eds_dir(self) -> Path:
@@ -109,6 +117,30 @@ def dev_spec(env: Mapping[str, str] = os.environ) -> StackSpec:
         base_ports={"tracking": 50110, "summary": 50210},
         scylla_hosts=env.get("SCYLLA_HOSTS") or None,
         database_url=env.get("DATABASE_URL") or None,
+        backups=True,
+    )
+
+
+def backup_test_spec() -> StackSpec:
+    """The stack the restore drills run (tests/integration/test_backup_restore.py): one CQL node, a
+    local PostgreSQL archiving its WAL, one replica of each service, on ports of its own (33xxx; the
+    local Kubernetes cluster's stores take 39042 and 35432)."""
+    state = ROOT / ".dev" / "test-backup"
+    return StackSpec(
+        name="test-backup",
+        state=state,
+        logs=ROOT / ".dev" / "logs" / "test-backup",
+        envoy_port=33080,
+        envoy_admin_port=33901,
+        envoy_tls_port=33443,
+        cql_port=33042,
+        cql_storage_port=33000,
+        cql_jmx_port=33199,
+        pg_port=33432,
+        base_ports={"tracking": 53110, "summary": 53210},
+        replicas={"tracking": 1, "summary": 1},
+        cql_nodes=1,
+        backups=True,
     )
 
 
@@ -199,6 +231,7 @@ class Stack:
                 address=f"127.0.0.{i + 1}",
                 seeds=tuple(f"127.0.0.{k + 1}" for k in range(nodes)),
                 in_cluster=nodes > 1,
+                incremental_backups=s.backups,
             )
             for i in range(nodes)
         ]
@@ -208,6 +241,7 @@ class Stack:
             s.logs / "postgres.log",
             port=s.pg_port,
             database="runtrack_test" if (s.database_url and s.name == "test") else "runtrack",
+            settings=pg_backup_settings(s.backup_dir) if s.backups else None,
         )
         self.envoy_pid_file = self.run_dir / "envoy.pid"
         self.replicas_file = self.run_dir / "replicas.json"
@@ -475,6 +509,10 @@ class Stack:
         if s.database_url is None:
             if not self.pg.pid():
                 say(f"starting PostgreSQL on 127.0.0.1:{s.pg_port}")
+            if s.backups:
+                from devstack.pg_backup import PgBackup
+
+                PgBackup(self.pg, s.backup_dir).prepare()  # where archive_command copies WAL to
             self.pg.start()
         self.migrate()
         ports = self.replica_ports()

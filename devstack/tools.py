@@ -17,6 +17,12 @@ CASSANDRA_VERSION = "5.0.9"
 GRPCURL_VERSION = "v1.9.3"
 GHZ_VERSION = "v0.121.0"
 OPENAPI_GENERATOR_VERSION = "v0.7.1"
+# PostgreSQL's backups: Barman (3.19 is the last release for Python 3.11; PostgreSQL 18 supported since
+# 3.16), in a virtualenv of its own with these exact packages. Barman asks for psycopg2, which builds
+# from source against libpq; psycopg2-binary is the same module prebuilt, so it is installed without
+# its dependencies resolved (--no-deps) and the project's .venv keeps psycopg 3 only.
+BARMAN_VERSION = "3.19.1"
+BARMAN_PACKAGES = (f"barman=={BARMAN_VERSION}", "psycopg2-binary==2.9.13", "python-dateutil==4.0.0", "tzdata==2026.6")
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -68,6 +74,21 @@ def cassandra_lib() -> Path:
     )
     done.write_text(CASSANDRA_VERSION + "\n")
     return lib
+
+
+def barman() -> Path:
+    """Barman's command, installed once per machine into a virtualenv of its own, linked into .venv/bin."""
+    home = cache_dir() / f"barman-{BARMAN_VERSION}"
+    exe, done = home / "bin" / "barman", home / ".complete"
+    if not done.exists():
+        say(f"setup: installing Barman {BARMAN_VERSION} from PyPI into {home} (once per machine)")
+        if home.exists():
+            shutil.rmtree(home)
+        subprocess.run([sys.executable, "-m", "venv", str(home)], check=True, stdout=sys.stderr)
+        pip = [str(home / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps"]
+        subprocess.run([*pip, *BARMAN_PACKAGES], check=True, stdout=sys.stderr)
+        done.write_text("\n".join(BARMAN_PACKAGES) + "\n")
+    return link_into_venv("barman", exe)
 
 
 def _go_tool(name: str, module: str, version: str) -> Path:

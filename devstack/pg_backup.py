@@ -1,0 +1,271 @@
+"""PostgreSQL's backups with Barman: full and incremental base backups (pg_basebackup, and
+pg_combinebackup at restore), WAL archived continuously into the repository, and point-in-time
+restore into the node's data directory.
+
+The node archives each WAL segment with `archive-wal` (a copy into Barman's incoming directory, as
+the PostgreSQL user); `barman archive-wal` files them into the repository at each backup and restore.
+A segment is archived when full, at a backup, at a restore (switched first when the node runs) and
+at the latest after archive_timeout: that is the recovery point when the node is lost.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from devstack import procs, tools
+from devstack.pg_node import PgNode
+
+SERVER = "runtrack"
+# A WAL segment is archived at the latest this long after it began: the recovery point when the node
+# is lost with its disk.
+ARCHIVE_TIMEOUT_S = 60
+RETENTION = "RECOVERY WINDOW OF 7 DAYS"
+
+ARCHIVE_SCRIPT = """#!/bin/sh
+# archive_command: copies WAL segment $1 (%p) as $2 (%f) into Barman's incoming directory, once.
+set -e
+incoming={incoming}
+if [ -f "$incoming/$2" ]; then
+  cmp -s "$1" "$incoming/$2"  # already archived: fine if the same bytes, an error otherwise
+  exit $?
+fi
+cp "$1" {staging}/"$2"
+mv {staging}/"$2" "$incoming/$2"
+"""
+
+
+def _home(backup_dir: Path) -> Path:
+    return backup_dir / "postgres"
+
+
+def _incoming(backup_dir: Path) -> Path:
+    return _home(backup_dir) / SERVER / "incoming"
+
+
+def _archive_script(backup_dir: Path) -> Path:
+    return _home(backup_dir) / "archive-wal"
+
+
+def pg_backup_settings(backup_dir: Path) -> dict[str, str]:
+    """The node's settings for continuous archiving and incremental backups."""
+    return {
+        "wal_level": "replica",
+        "archive_mode": "on",
+        "archive_command": f"{_archive_script(backup_dir)} %p %f",
+        "archive_timeout": str(ARCHIVE_TIMEOUT_S),
+        "summarize_wal": "on",
+    }
+
+
+@dataclass(frozen=True)
+class PgBackupInfo:
+    backup_id: str
+    kind: str  # "full" or "incremental"
+    begin_lsn: str
+    end_lsn: str
+    end_time: str  # ISO 8601, UTC
+    size_bytes: int  # this backup's own files (an incremental's changed blocks only)
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+class PgBackup:
+    def __init__(self, node: PgNode, backup_dir: Path) -> None:
+        self.node, self.backup_dir = node, backup_dir
+        self.home = _home(backup_dir)
+        self.config = self.home / "barman.conf"
+
+    def prepare(self) -> None:
+        """The repository's directories and the node's archive_command, before the node starts."""
+        incoming, staging = _incoming(self.backup_dir), self.home / SERVER / "incoming-staging"
+        for d in (self.home, incoming.parent, incoming, staging):
+            d.mkdir(parents=True, exist_ok=True)
+        script = _archive_script(self.backup_dir)
+        script.write_text(ARCHIVE_SCRIPT.format(incoming=incoming, staging=staging))
+        script.chmod(0o755)
+        if self.node.user is not None:  # the node runs as its own user: it writes there
+            import pwd
+
+            entry = pwd.getpwnam(self.node.user)
+            for d in (incoming, staging):
+                os.chown(d, entry.pw_uid, entry.pw_gid)
+        bin_dir = self.node.bin_dir
+        self.config.write_text(
+            f"""[barman]
+barman_home = {self.home}
+barman_user = {_user()}
+log_file = {self.home / "barman.log"}
+log_level = INFO
+configuration_files_directory = {self.home / "conf.d"}
+
+[{SERVER}]
+description = RunTrack's PostgreSQL
+conninfo = host={self.node.host} port={self.node.port} user=postgres dbname=postgres
+streaming_conninfo = host={self.node.host} port={self.node.port} user=postgres
+backup_method = postgres
+immediate_checkpoint = true
+compression = gzip
+archiver = on
+incoming_wals_directory = {incoming}
+path_prefix = {bin_dir}
+retention_policy = {RETENTION}
+minimum_redundancy = 1
+staging_path = {self.home / "staging"}
+staging_location = local
+"""
+        )
+        (self.home / "conf.d").mkdir(exist_ok=True)
+
+    def barman(self, *args: str, as_json: bool = False) -> str:
+        argv = [str(tools.barman()), "-c", str(self.config), *(["-f", "json"] if as_json else []), *args]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=3600, cwd="/")
+        if out.returncode != 0:
+            raise RuntimeError(f"barman {' '.join(args)} failed:\n{(out.stdout + out.stderr)[-3000:]}")
+        return out.stdout
+
+    def archive_wal(self) -> None:
+        """Files the segments the node archived into the repository."""
+        self.barman("archive-wal", SERVER)
+
+    def switch_wal(self) -> None:
+        """Closes the node's current WAL segment and waits until the repository holds it. A commit is
+        written first: a restore to a time after every other commit finds one after it, and stops."""
+        url = f"postgresql://postgres@{self.node.host}:{self.node.port}/postgres"
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT pg_current_xact_id()")
+        self.barman("switch-wal", "--force", "--archive", "--archive-timeout", "60", SERVER)
+
+    def backups(self) -> list[dict[str, Any]]:
+        listed: list[dict[str, Any]] = json.loads(self.barman("list-backups", SERVER, as_json=True))[SERVER]
+        return [b for b in listed if b.get("status") == "DONE"]
+
+    def show(self, backup_id: str) -> dict[str, Any]:
+        shown: dict[str, Any] = json.loads(self.barman("show-backup", SERVER, backup_id, as_json=True))[SERVER]
+        return shown
+
+    def backup(self, *, full: bool) -> PgBackupInfo:
+        self.archive_wal()
+        incremental = not full and bool(self.backups())
+        started = dt.datetime.now(dt.UTC)
+        self.barman("backup", SERVER, "--wait", *(["--incremental", "latest"] if incremental else []))
+        seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
+        self.archive_wal()
+        # Retention: backups and WAL older than the window go (`cron` runs no archiver with nothing queued).
+        self.barman("cron")
+        info = self.show("latest")
+        base = info["base_backup_information"]
+        return PgBackupInfo(
+            backup_id=info["backup_id"],
+            kind=info.get("backup_type", "full"),
+            begin_lsn=base["begin_lsn"],
+            end_lsn=base["end_lsn"],
+            end_time=dt.datetime.fromtimestamp(int(base["end_time_timestamp"]), dt.UTC).isoformat(),
+            size_bytes=int(base["backup_size_bytes"]),
+            seconds=round(seconds, 2),
+        )
+
+    def backup_before(self, to: dt.datetime) -> str:
+        """The newest backup that ended at or before `to` (a restore replays WAL from its end on)."""
+        done = [b for b in self.backups() if int(b["end_time_timestamp"]) <= to.timestamp()]
+        if not done:
+            raise SystemExit(f"no PostgreSQL backup ended before {to.isoformat()}: nothing to restore from")
+        return str(max(done, key=lambda b: int(b["end_time_timestamp"]))["backup_id"])
+
+    def restore(self, to: dt.datetime) -> tuple[str, str]:
+        """The node's data directory replaced by the backup before `to` plus the archived WAL up to
+        `to`; the node started and promoted. Returns the backup's id and the point reached: `to`, or
+        the end of the archived WAL when it holds no commit after `to` (the node was lost before it
+        wrote one). The node must be stopped."""
+        if self.node.pid():
+            raise RuntimeError("stop PostgreSQL before restoring it")
+        self.archive_wal()
+        backup_id = self.backup_before(to)
+        data = self.node.data
+        aside = data.with_name("data.before-restore")
+        if aside.exists():  # a restore that failed: the data it set aside is the node's own
+            shutil.rmtree(data, ignore_errors=True)
+        elif data.exists():
+            data.rename(aside)
+        reached = to.isoformat()
+        log_from = self.node.log.stat().st_size if self.node.log.exists() else 0
+        try:
+            self._recover(backup_id, "--target-time", to.isoformat())
+        except (subprocess.CalledProcessError, psycopg.OperationalError, RuntimeError):
+            procs.wait_until("PostgreSQL to exit", lambda: self.node.pid() is None, 30)
+            if "recovery ended before configured recovery target was reached" not in _since(self.node.log, log_from):
+                raise
+            # No commit after `to` in the archive: every commit in it is before `to`, so its end is the point.
+            shutil.rmtree(data)
+            self._recover(backup_id)
+            reached = "end of the archived WAL"
+        shutil.rmtree(aside, ignore_errors=True)
+        return backup_id, reached
+
+    def _recover(self, backup_id: str, *target: str) -> None:
+        data = self.node.data
+        action = ("--target-action", "promote") if target else ()  # with no target, it ends at the WAL's end
+        self.barman("recover", SERVER, backup_id, str(data), *target, *action)
+        _chown_tree(data, self.node.user)
+        data.chmod(0o700)
+        # Barman turns archive_command off in the restored configuration; the node's own `-c` settings
+        # win over it, so archiving goes on (a new timeline) as soon as the node is promoted.
+        self.node.start()
+        _wait_promoted(self.node)
+
+
+def _since(log: Path, offset: int) -> str:
+    with open(log, "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
+def _wait_promoted(node: PgNode, timeout: float = 120.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if node.pid() is None:
+            raise RuntimeError(f"the restored PostgreSQL exited (see {node.log})")
+        with psycopg.connect(f"postgresql://postgres@{node.host}:{node.port}/postgres", autocommit=True) as conn:
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+            if row is not None and not row[0]:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"the restored PostgreSQL is still in recovery after {timeout:.0f}s (see {node.log})")
+
+
+def _chown_tree(top: Path, user: str | None) -> None:
+    if user is None:
+        return
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    os.chown(top, entry.pw_uid, entry.pw_gid)
+    for root, dirs, files in os.walk(top):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+
+
+def _user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def current_point(node: PgNode) -> tuple[str, str]:
+    """PostgreSQL's WAL position and clock now: the point a CQL snapshot taken now matches."""
+    with psycopg.connect(f"postgresql://postgres@{node.host}:{node.port}/postgres", autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn()::text, clock_timestamp()").fetchone()
+    assert row is not None
+    return str(row[0]), row[1].astimezone(dt.UTC).isoformat()
