@@ -334,13 +334,23 @@ class PgCluster:
         return []
 
     def primary(self) -> dict[str, Any] | None:
-        """The node that takes writes now: name, address, its postmaster's pid; None during a failover."""
+        """The node that takes writes now: name, address, its postmaster's pid; None during a failover.
+        The leader key outlives a killed primary by up to ttl: the node must also say so itself
+        (Patroni's GET /primary answers 200 on the running leader only)."""
         for member in self.members():
             if member.get("role") == "leader" and member.get("state") == "running":
                 node = next((n for n in self.nodes if n.name == member.get("name")), None)
-                if node is not None:
-                    return {"name": node.name, "address": node.address, "pid": self.postgres_pid(node)}
+                pid = None if node is None else self.postgres_pid(node)
+                if node is not None and pid is not None and self._answers(node, "/primary"):
+                    return {"name": node.name, "address": node.address, "pid": pid}
         return None
+
+    def _answers(self, node: PatroniNode, path: str) -> bool:
+        try:
+            with urllib.request.urlopen(node.rest_url + path, timeout=2) as resp:
+                return int(resp.status) == 200
+        except OSError:  # urllib's HTTPError (503: not the leader) and URLError are OSErrors
+            return False
 
     def status(self) -> dict[str, Any]:
         """What `scripts/dev status --json` says of PostgreSQL."""
