@@ -258,20 +258,23 @@ class PgCluster:
         )
 
     def start(self, timeout: float = 180.0) -> None:
-        """etcd, then the first node (the primary of a new cluster), then the second; returns once a
-        primary takes writes and the other node streams from it as its synchronous standby."""
+        """etcd, then the nodes; returns once a primary takes writes and the other node streams from it
+        as its synchronous standby. A new cluster: the first node first (it runs initdb and leads), the
+        second then copies it. An existing one: both at once, and Patroni decides which leads (the last
+        synchronous pair may only promote one of its own)."""
         self.logs.mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.start_etcd()
-        first, *others = self.nodes
-        self.start_node(first)
-        procs.wait_until(
-            "a PostgreSQL primary (Patroni)",
-            lambda: self.primary() is not None,
-            timeout,
-            log=self.logs / f"patroni-{first.name}.log",
-        )
-        for node in others:
+        first = self.nodes[0]
+        if not (first.data / "PG_VERSION").exists():
+            self.start_node(first)
+            procs.wait_until(
+                "a PostgreSQL primary (Patroni)",
+                lambda: self.primary() is not None,
+                timeout,
+                log=self.logs / f"patroni-{first.name}.log",
+            )
+        for node in self.nodes:
             self.start_node(node)
         self.wait_replicating(timeout)
         with psycopg.connect(multi_host_url([n.address for n in self.nodes], "postgres"), autocommit=True) as conn:
