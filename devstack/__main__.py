@@ -78,9 +78,17 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument(
         "--cql-nodes", type=int, choices=(1, 3), help="local CQL nodes: 1, or 3 on 127.0.0.1-3 as one cluster (RF 3)"
     )
+    up.add_argument(
+        "--pg-nodes",
+        type=int,
+        choices=(1, 2),
+        help="local PostgreSQL: 1, or 2 (a primary and a synchronous standby, failed over by Patroni)",
+    )
     add_autoscale_options(up)
     status = sub.add_parser("status", help="what is running, and each replica's load")
-    status.add_argument("--json", action="store_true", help="every process as JSON")
+    status.add_argument(
+        "--json", action="store_true", help="every process, and which PostgreSQL node is the primary, as JSON"
+    )
     autoscale = sub.add_parser("autoscale", help="set replica counts from the replicas' metrics (foreground)")
     add_autoscale_options(autoscale)
     sub.add_parser("down", help="stop everything scripts/dev started")
@@ -111,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = specs.get(os.environ.get("RUNTRACK_STACK", ""), dev_spec)()
     if args.command == "up" and args.cql_nodes:
         spec = dataclasses.replace(spec, cql_nodes=args.cql_nodes)
+    if args.command == "up" and args.pg_nodes:
+        spec = dataclasses.replace(spec, pg_nodes=args.pg_nodes)
     stack = Stack(spec)
     if args.command == "up":
         host.preflight("dev")
@@ -128,10 +138,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  logs:           {stack.spec.logs}")
     elif args.command == "status":
         if args.json:
-            print(json.dumps(stack.processes(), indent=2))
+            print(json.dumps({"processes": stack.processes(), "postgres": stack.postgres()}, indent=2))
         else:
             for name, where, state in stack.status():
                 print(f"{name:18} {where:24} {state}")
+            primary = stack.postgres()["primary"]
+            if primary is None:
+                print("PostgreSQL primary: none now (a failover under way, or PostgreSQL is down)")
+            elif primary["pid"] is None and primary["address"] != "DATABASE_URL":
+                print(f"PostgreSQL primary: none running ({primary['address']} is stopped)")
+            else:
+                print(f"PostgreSQL primary: {primary['address']} (pid {primary['pid'] or '-'})")
     elif args.command == "autoscale":
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
         chosen = policies(args, parser)

@@ -37,6 +37,10 @@ def _local(stack: Stack) -> None:
         raise SystemExit(f"the {stack.spec.name} stack keeps no backups (StackSpec.backups)")
     if stack.spec.database_url or stack.spec.scylla_hosts:
         raise SystemExit("backup and restore act on the local stores: unset DATABASE_URL and SCYLLA_HOSTS")
+    if stack.pg_cluster is not None:
+        raise SystemExit(
+            "backup and restore cover the one-node PostgreSQL for now: `scripts/dev down`, then `up --pg-nodes 1`"
+        )
 
 
 def pg_backup(stack: Stack) -> PgBackup:

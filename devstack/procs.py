@@ -52,9 +52,21 @@ def read_pid(pid_file: Path) -> int | None:
 
 
 def start(
-    argv: Sequence[str], *, log: Path, pid_file: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None
+    argv: Sequence[str],
+    *,
+    log: Path,
+    pid_file: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    user: str | None = None,
 ) -> int:
-    """Starts `argv` in its own session, output appended to `log`; returns its pid."""
+    """Starts `argv` in its own session, output appended to `log`; returns its pid. As `user`, if named
+    (with that user's own group alone, not root's)."""
+    group: int | None = None
+    if user is not None:
+        import pwd
+
+        group = pwd.getpwnam(user).pw_gid
     log.parent.mkdir(parents=True, exist_ok=True)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
@@ -66,6 +78,9 @@ def start(
             env=dict(env) if env is not None else None,
             cwd=cwd,
             start_new_session=True,
+            user=user,
+            group=group,
+            extra_groups=None if user is None else [],
         )
     pid_file.write_text(f"{proc.pid} {start_time(proc.pid)}\n")
     return proc.pid

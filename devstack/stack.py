@@ -22,6 +22,7 @@ from devstack.auth import AUDIENCE, ISSUER, LINK_AUDIENCE, LINK_ISSUER, LINK_KEY
 from devstack.cql_node import CqlNode
 from devstack.paths import ROOT
 from devstack.pg_backup import pg_backup_settings
+from devstack.pg_cluster import PgCluster
 from devstack.pg_node import PgNode
 from edge.config import Auth, Layout, Tls, eds_document, render, to_yaml
 
@@ -62,6 +63,9 @@ class StackSpec:
     # Local stores kept for `scripts/dev backup` / `restore`: PostgreSQL archives its WAL, the CQL
     # node keeps incremental backups (devstack/backup.py); the repository is state/backups.
     backups: bool = False
+    # Local PostgreSQL: 1 node, or 2 (a primary and a synchronous standby failed over by Patroni; see
+    # devstack/pg_cluster.py) on pg_port and pg_port + 1 (None: as the last `up` left it).
+    pg_nodes: int | None = None
 
     @property
     def backup_dir(self) -> Path:
@@ -190,8 +194,8 @@ def metrics_port(port: int) -> int:
 
 
 def cluster_test_spec() -> StackSpec:
-    """The stack the cluster tests run: three local CQL nodes (RF 3) and a local PostgreSQL, on ports of
-    its own, whatever SCYLLA_HOSTS or DATABASE_URL say."""
+    """The stack the cluster tests run: three local CQL nodes (RF 3) and PostgreSQL as two nodes (a
+    primary and a synchronous standby), on ports of its own, whatever SCYLLA_HOSTS or DATABASE_URL say."""
     state = ROOT / ".dev" / "test-cluster"
     return StackSpec(
         name="test-cluster",
@@ -207,6 +211,7 @@ def cluster_test_spec() -> StackSpec:
         base_ports={"tracking": 52110, "summary": 52210},
         replica_settings={"DRAIN_DELAY_S": "1.5"},
         cql_nodes=3,
+        pg_nodes=2,
     )
 
 
@@ -219,7 +224,7 @@ class Stack:
         self.spec = spec
         s = spec
         self.run_dir = s.state / "run"
-        nodes = s.cql_nodes or self._recorded_cql_nodes()
+        nodes = s.cql_nodes or self._recorded("cql-nodes")
         self.cql_nodes = [
             CqlNode(
                 s.state / "cassandra" if nodes == 1 else s.state / "cql-cluster" / f"node{i + 1}",
@@ -243,6 +248,11 @@ class Stack:
             database="runtrack_test" if (s.database_url and s.name == "test") else "runtrack",
             settings=pg_backup_settings(s.backup_dir) if s.backups else None,
         )
+        self.pg_cluster = (
+            PgCluster(s.state / "pg-cluster", s.logs, self.run_dir, pg_port=s.pg_port, scope=f"runtrack-{s.name}")
+            if (s.pg_nodes or self._recorded("pg-nodes")) == 2
+            else None
+        )
         self.envoy_pid_file = self.run_dir / "envoy.pid"
         self.replicas_file = self.run_dir / "replicas.json"
         self.issuer = LocalIssuer(s.keys_dir)
@@ -250,9 +260,14 @@ class Stack:
         self.link_keys = LocalIssuer(s.keys_dir, prefix="live-", key_id=LINK_KEY_ID)
 
     # ---- addresses -------------------------------------------------------------------------
-    def _recorded_cql_nodes(self) -> int:
-        recorded = self.run_dir / "cql-nodes"
+    def _recorded(self, what: str) -> int:
+        """How many nodes (`cql-nodes`, `pg-nodes`) the last `up` started: 1 unless it said."""
+        recorded = self.run_dir / what
         return int(recorded.read_text()) if recorded.exists() else 1
+
+    @property
+    def pg_nodes(self) -> int:
+        return 1 if self.pg_cluster is None else len(self.pg_cluster.nodes)
 
     @property
     def scylla_hosts(self) -> str:
@@ -264,7 +279,11 @@ class Stack:
 
     @property
     def database_url(self) -> str:
-        return self.spec.database_url or self.pg.url
+        """With two nodes, a libpq URL naming both (target_session_attrs=read-write): a connection goes
+        to the primary, whichever node that is."""
+        if self.spec.database_url:
+            return self.spec.database_url
+        return self.pg.url if self.pg_cluster is None else self.pg_cluster.url
 
     @property
     def envoy_address(self) -> str:
@@ -476,6 +495,8 @@ class Stack:
         out += [(s.cql_storage_port, s.cql_storage_port + 1), (s.cql_jmx_port, s.cql_jmx_port + 200)]
         for base in s.base_ports.values():
             out += [(base, base + 99), (metrics_port(base), metrics_port(base) + 99)]
+        if self.pg_cluster is not None:
+            out += self.pg_cluster.port_ranges()
         return out
 
     def up(self) -> None:
@@ -491,7 +512,7 @@ class Stack:
         self.link_keys.ensure_keys()
         tls.ensure(s.tls_dir)
         if s.scylla_hosts is None:
-            recorded = self._recorded_cql_nodes()
+            recorded = self._recorded("cql-nodes")
             if recorded != len(self.cql_nodes) and Stack(replace(s, cql_nodes=recorded)).cql.pid():
                 raise SystemExit(
                     f"{recorded} CQL node(s) run now: `scripts/dev down` first, then `up` with the new count"
@@ -507,13 +528,7 @@ class Stack:
                 for node in group:
                     node.wait_ready()
         if s.database_url is None:
-            if not self.pg.pid():
-                say(f"starting PostgreSQL on 127.0.0.1:{s.pg_port}")
-            if s.backups:
-                from devstack.pg_backup import PgBackup
-
-                PgBackup(self.pg, s.backup_dir).prepare()  # where archive_command copies WAL to
-            self.pg.start()
+            self.start_postgres()
         self.migrate()
         ports = self.replica_ports()
         for svc in SERVICES:
@@ -526,6 +541,43 @@ class Stack:
                 self.start_replica(svc, port)
         self.start_envoy()
         self.wait_healthy(ports)
+
+    def postgres_running(self) -> bool:
+        if self.pg_cluster is None:
+            return self.pg.pid() is not None
+        c = self.pg_cluster
+        return bool(c.etcd_pid() or any(c.patroni_pid(n) or c.postgres_pid(n) for n in c.nodes))
+
+    def start_postgres(self) -> None:
+        s = self.spec
+        recorded = self._recorded("pg-nodes")
+        if recorded != self.pg_nodes and Stack(replace(s, pg_nodes=recorded)).postgres_running():
+            raise SystemExit(
+                f"{recorded} PostgreSQL node(s) run now: `scripts/dev down` first, then `up` with the new count"
+            )
+        (self.run_dir / "pg-nodes").write_text(str(self.pg_nodes))
+        if self.pg_cluster is None:
+            if not self.pg.pid():
+                say(f"starting PostgreSQL on 127.0.0.1:{s.pg_port}")
+            if s.backups:
+                from devstack.pg_backup import PgBackup
+
+                PgBackup(self.pg, s.backup_dir).prepare()  # where archive_command copies WAL to
+            self.pg.start()
+            return
+        addresses = ", ".join(n.address for n in self.pg_cluster.nodes)
+        say(f"starting PostgreSQL as two nodes (Patroni, synchronous standby) on {addresses}")
+        self.pg_cluster.start()
+
+    def postgres(self) -> dict[str, Any]:
+        """What `scripts/dev status --json` says of PostgreSQL: the primary's pid and address, and with
+        two nodes each one's role."""
+        if self.spec.database_url is not None:
+            return {"nodes": None, "primary": {"address": "DATABASE_URL", "pid": None}}
+        if self.pg_cluster is not None:
+            return self.pg_cluster.status()
+        pid = self.pg.pid()
+        return {"nodes": 1, "primary": {"name": "pg", "address": f"127.0.0.1:{self.spec.pg_port}", "pid": pid}}
 
     # ---- the autoscaler ----------------------------------------------------------------------
     @property
@@ -566,11 +618,15 @@ class Stack:
         for svc in SERVICES:
             for port in ports[svc]:
                 procs.stop(self.replica_pid(svc, port), timeout=20)
-        self.pg.stop()
+        if self.pg_cluster is None:
+            self.pg.stop()
+        else:
+            self.pg_cluster.stop()
         for node in self.cql_nodes:
             node.stop()
         # A later plain `up` starts the documented defaults, not what this one was scaled or set to.
         (self.run_dir / "cql-nodes").unlink(missing_ok=True)
+        (self.run_dir / "pg-nodes").unlink(missing_ok=True)
         self.replicas_file.unlink(missing_ok=True)
 
     # ---- scaling and rollouts, with Envoy running on ----------------------------------------------
@@ -653,7 +709,13 @@ class Stack:
             ]
         else:
             out.append({"kind": "cql-store", "address": f"{s.scylla_hosts}:{s.cql_port}", "pid": None})
-        if s.database_url is None:
+        if s.database_url is None and self.pg_cluster is not None:
+            pg = self.pg_cluster.status()
+            for member in pg["members"]:
+                out.append({"kind": "postgresql"} | {k: member[k] for k in ("address", "pid", "role", "state")})
+                out.append({"kind": "patroni", "address": member["patroni_api"], "pid": member["patroni_pid"]})
+            out.append({"kind": "etcd", "address": pg["etcd"]["address"], "pid": pg["etcd"]["pid"]})
+        elif s.database_url is None:
             out.append({"kind": "postgresql", "address": f"127.0.0.1:{s.pg_port}", "pid": self.pg.pid()})
         else:
             out.append({"kind": "postgresql", "address": "DATABASE_URL", "pid": None})
@@ -693,5 +755,7 @@ class Stack:
                 state += f", envoy: {p['envoy_health']}, metrics :{p['metrics_port']}, {what}"
             if p["kind"] == "envoy":
                 state += f" (admin {p['admin']}, Prometheus: {p['admin']}/stats/prometheus)"
+            if p.get("role"):
+                state += f", {'primary' if p['role'] == 'leader' else p['role']} ({p.get('state')})"
             rows.append((str(p["kind"]), str(p["address"]), state))
         return rows

@@ -10,7 +10,8 @@ Protocol:
    jitter, at least the server's RetryInfo delay, asks GetTrackCursor, drops every point with
    seq <= contiguous_seq and resends the rest on a new stream. Re-sent points overwrite
    themselves, so nothing is stored twice. Any other error is final and raised.
-4. STOP RUN is retried the same way: StopRun is idempotent, so a retry returns the same Run.
+4. STOP RUN is retried the same way: StopRun is idempotent, so a retry returns the same Run. So are
+   UpdateRun and ImportRun, with `retried` (a failover of PostgreSQL answers UNAVAILABLE a while).
 """
 
 from __future__ import annotations
@@ -97,6 +98,29 @@ class Backoff:
 
     def delay(self, attempt: int, at_least_s: float = 0.0) -> float:
         return max(at_least_s, random.uniform(0, min(self.cap_s, self.base_s * 2**attempt)))
+
+
+async def retried(
+    call: Callable[[], Awaitable[T]], backoff: Backoff | None = None, *, on_retry: Callable[[], None] | None = None
+) -> T:
+    """`call()` again after each failure a retry can fix (see `retry_delay`: UNAVAILABLE, e.g. while
+    PostgreSQL fails over to its standby), no sooner than the server's RetryInfo says, until it
+    answers; any other error is raised. For the unary calls a second try cannot do twice: StopRun
+    (idempotent), UpdateRun (its field mask sets values, it adds none), ImportRun (the same file from
+    the same caller answers the same run), and every read."""
+    backoff = backoff or Backoff()
+    attempt = 0
+    while True:
+        try:
+            return await call()
+        except (grpc.aio.AioRpcError, asyncio.CancelledError) as err:
+            wait = retry_delay(err)
+            if wait is None or attempt >= backoff.max_attempts:
+                raise
+            attempt += 1
+            if on_retry is not None:
+                on_retry()
+            await asyncio.sleep(backoff.delay(attempt, wait))
 
 
 # What a live source yields: one point, or several recorded together (one message either way).
@@ -214,14 +238,7 @@ class RunRecorder:
         return await self._retry(lambda: self.summary.StopRun(request))
 
     async def _retry(self, call: Callable[[], Awaitable[T]]) -> T:
-        attempt = 0
-        while True:
-            try:
-                return await call()
-            except (grpc.aio.AioRpcError, asyncio.CancelledError) as err:
-                wait = retry_delay(err)
-                if wait is None or attempt >= self.backoff.max_attempts:
-                    raise
-                attempt += 1
-                self.stats.retries += 1
-                await asyncio.sleep(self.backoff.delay(attempt, wait))
+        def count() -> None:
+            self.stats.retries += 1
+
+        return await retried(call, self.backoff, on_retry=count)

@@ -40,9 +40,13 @@ HERE = Path(__file__).parent
 
 
 # SQLSTATE classes and codes a retry can fix: the connection broke or could not be made, the server
-# is shutting down or out of room, the statement ran over its timeout, a serialization conflict.
+# is shutting down or out of room, the statement ran over its timeout, a serialization conflict, or
+# the node no longer takes writes (25006: a primary demoted in a failover; a new connection finds the
+# new primary, as DATABASE_URL may name every node with target_session_attrs=read-write).
 RETRYABLE_SQLSTATE_CLASSES = ("08", "53", "40")
-RETRYABLE_SQLSTATES = ("57014", "57P01", "57P02", "57P03", "55P03")
+RETRYABLE_SQLSTATES = ("57014", "57P01", "57P02", "57P03", "55P03", "25006")
+# A connection that answered this is not put back in the pool for another call.
+READ_ONLY = "25006"
 
 
 def classify(err: Exception) -> RunTrackError:
@@ -112,8 +116,10 @@ class PgRunStore:
             open=False,
             timeout=s.pg_connect_timeout_s,
             # No check on every checkout (a round trip per call): a connection found broken
-            # fails its call with UNAVAILABLE (retried by Envoy elsewhere) and is discarded.
-            reconnect_timeout=0,  # keep trying to reconnect forever, in the background
+            # fails its call with UNAVAILABLE (retried by Envoy elsewhere) and is discarded, as is
+            # one on a node that no longer takes writes (see _Connection). A new connection is made
+            # on demand; with a multi-host DATABASE_URL it goes to whichever node is primary now.
+            reconnect_timeout=0,  # a failed connect is not retried in the background: the next call asks again
             kwargs={
                 "autocommit": True,
                 "row_factory": dict_row,
@@ -285,16 +291,21 @@ class _Connection:
 
     def __init__(self, pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]) -> None:
         self._cm = pool.connection()
+        self._conn: psycopg.AsyncConnection[DictRow] | None = None
 
     async def __aenter__(self) -> psycopg.AsyncConnection[DictRow]:
         try:
-            return await self._cm.__aenter__()
+            self._conn = await self._cm.__aenter__()
         except (PoolTimeout, psycopg.Error) as err:
             raise classify(err) from err
+        return self._conn
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if isinstance(exc, psycopg.Error) and exc.sqlstate == READ_ONLY and self._conn is not None:
+            # On a node demoted to standby: closed, so that the pool drops it and connects anew.
+            await self._conn.close()
         await self._cm.__aexit__(exc_type, exc, tb)
         if isinstance(exc, psycopg.Error):
             raise classify(exc) from exc

@@ -90,11 +90,19 @@ def build() -> None:
         for b in missing:
             (tmp / b).replace(k8s_bin() / b)
         say(f"built Kubernetes in {time.monotonic() - started:.0f} s")
-    tools_bin().mkdir(parents=True, exist_ok=True)
-    for name, (module, pkg) in TOOLS.items():
-        if (tools_bin() / name).exists():
-            continue
+    for name in TOOLS:
+        tool(name)
+
+
+def tool(name: str) -> Path:
+    """One of TOOLS, built from the Go module proxy when missing (once per machine); its path.
+    The dev stack's `--pg-nodes 2` takes etcd from here too."""
+    exe = tools_bin() / name
+    if not exe.exists():
+        module, pkg = TOOLS[name]
         say(f"building {name} from the Go module proxy, once per machine")
+        tools_bin().mkdir(parents=True, exist_ok=True)
         tmp = tools_bin() / f".{name}.tmp"
         go_build(module, tmp, [pkg])
-        tmp.replace(tools_bin() / name)
+        tmp.replace(exe)
+    return exe

@@ -46,7 +46,10 @@ def test_status_json_lists_every_process_with_its_pid_and_metrics_port(stack):
         timeout=30,
         check=True,
     )
-    processes = json.loads(out.stdout)
+    status = json.loads(out.stdout)
+    processes = status["processes"]
+    assert status["postgres"]["primary"]["pid"] == stack.pg.pid()
+    assert status["postgres"]["primary"]["address"] == f"127.0.0.1:{stack.spec.pg_port}"
     kinds = [p["kind"] for p in processes]
     assert {"cql-node", "postgresql", "envoy", "tracking-replica", "summary-replica"} <= set(kinds)
     for p in processes:

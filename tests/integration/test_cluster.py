@@ -1,25 +1,49 @@
-"""The store as a cluster: three CQL nodes on 127.0.0.1-3 (RF 3, LOCAL_QUORUM), a stack of its own.
+"""The stores as clusters, a stack of its own: three CQL nodes on 127.0.0.1-3 (RF 3, LOCAL_QUORUM),
+and PostgreSQL as two nodes (a primary and a synchronous standby, failed over by Patroni).
 
 Under live streams from many phones (paced, through Envoy, with the reference client): a node
 SIGKILLed and started again, and a rolling restart of all three (each node stopped gracefully and started
 again in turn, which covers a single node's graceful restart). Each time:
 no failed call, no point lost or stored twice (every trail read back), the tracking replicas stay
 SERVING, and the node that was down catches up by itself (read from it alone, the other two down).
+
+PostgreSQL: its primary SIGKILLed (Patroni and postgres) under 200 runners' StopRun, UpdateRun and
+ImportRun calls: every call answered OK is there afterwards, the others answered UNAVAILABLE with
+RetryInfo (and succeed with the reference client's retries), the dashboard reads again within 30 s,
+and the old primary, started again, rejoins as a streaming standby by itself. The standby lost:
+writes go on.
 """
 
 import asyncio
+import contextlib
+import datetime as dt
+import json
 import os
+import random
+import signal
+import subprocess
+import sys
 import time
 import uuid
+from functools import partial
 
+import grpc
+import psycopg
 import pytest
 from cassandra import ConsistencyLevel
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
 from cassandra.policies import WhiteListRoundRobinPolicy
 from cassandra.query import SimpleStatement
+from google.api import httpbody_pb2
+from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.timestamp_pb2 import Timestamp
 
+from devstack.activity_files import gpx_file, synthetic_run
+from devstack.paths import ROOT
 from devstack.stack import Stack, cluster_test_spec
 from devstack.stack import test_spec as one_node_spec
+from runtrack.v1 import summary_pb2, summary_pb2_grpc
+from runtrack_client import Backoff, error_details, retried
 from tests.helpers import token_channel
 from tests.integration.faults import SERVICE, new_run, paced, replica_status, report, stored_trail
 
@@ -178,3 +202,221 @@ async def test_a_rolling_restart_of_all_three_nodes_loses_nothing(cluster, phone
     figures = await under_live_streams(cluster, phone_channel, fault)
     figures.pop("run_ids")
     record("cql_rolling_restart", **figures)
+
+
+# ---- PostgreSQL as two nodes ----------------------------------------------------------------------
+RUNNERS = 200
+RUNNER_USERS = 10
+GPX_TYPE = "application/gpx+xml"
+
+
+def pg_node(cluster, name: str):
+    return next(n for n in cluster.pg_cluster.nodes if n.name == name)
+
+
+def kill_pg_node(cluster, node) -> None:
+    """SIGKILLs a PostgreSQL node: its Patroni's process group, and its postmaster's (every backend
+    with it; Patroni starts postgres in a session of its own)."""
+    pgc = cluster.pg_cluster
+    for pid in (pgc.patroni_pid(node), pgc.postgres_pid(node)):
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+    procs_gone = lambda: pgc.patroni_pid(node) is None and pgc.postgres_pid(node) is None  # noqa: E731
+    deadline = time.monotonic() + 10
+    while not procs_gone():
+        assert time.monotonic() < deadline, f"{node.name} outlived SIGKILL"
+        time.sleep(0.05)
+
+
+def dev_status(cluster, *args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "devstack", "status", *args],
+        cwd=ROOT,
+        env=dict(os.environ, RUNTRACK_STACK=cluster.spec.name),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return out.stdout
+
+
+def stop_request(run_id: str, i: int) -> summary_pb2.StopRunRequest:
+    start = 1_780_000_000 + i * 7200
+    overview = summary_pb2.RunOverview(
+        start_time=Timestamp(seconds=start), end_time=Timestamp(seconds=start + 1800), distance_m=5000 + i
+    )
+    return summary_pb2.StopRunRequest(run_id=run_id, overview=overview)
+
+
+def stored_runs(cluster, run_ids: list[str]) -> dict[str, str]:
+    """run_id -> name, as the primary (whichever node it is now) holds them."""
+    with psycopg.connect(cluster.database_url) as conn:
+        rows = conn.execute(
+            "SELECT run_id::text, coalesce(name, '') FROM runs WHERE run_id = ANY(%s::uuid[])", (run_ids,)
+        ).fetchall()
+    return dict(rows)
+
+
+def test_postgresql_runs_as_a_primary_and_a_synchronous_standby(cluster):
+    pgc = cluster.pg_cluster
+    assert pgc is not None and cluster.pg_nodes == 2
+    p = cluster.spec.pg_port
+    assert cluster.database_url == (
+        f"postgresql://postgres@127.0.0.1:{p},127.0.0.1:{p + 1}/runtrack?target_session_attrs=read-write"
+    )
+    status = json.loads(dev_status(cluster, "--json"))
+    primary = status["postgres"]["primary"]
+    node = next(n for n in pgc.nodes if n.address == primary["address"])
+    assert primary["pid"] == pgc.postgres_pid(node) and primary["pid"]
+    assert sorted(m["role"] for m in status["postgres"]["members"]) == ["leader", "sync_standby"]
+    assert {"cql-node", "postgresql", "patroni", "etcd", "envoy"} <= {p["kind"] for p in status["processes"]}
+    assert f"PostgreSQL primary: {primary['address']} (pid {primary['pid']})" in dev_status(cluster)
+    standby = next(n for n in pgc.nodes if n is not node)
+    assert pgc.replication() == [{"application_name": standby.name, "state": "streaming", "sync_state": "sync"}]
+
+
+async def test_the_standby_lost_writes_go_on(cluster, phone_channel):
+    pgc = cluster.pg_cluster
+    standby = next(n for n in pgc.nodes if n.name != pgc.primary()["name"])
+    summary = summary_pb2_grpc.SummaryServiceStub(phone_channel)
+    await asyncio.to_thread(kill_pg_node, cluster, standby)
+    try:
+        latencies, run_ids = [], []
+        for i in range(10):
+            run_id = str(uuid.uuid4())
+            started = time.monotonic()
+            await summary.StopRun(stop_request(run_id, i), timeout=15)  # no retry: each answers OK
+            latencies.append(time.monotonic() - started)
+            run_ids.append(run_id)
+        assert set(await asyncio.to_thread(stored_runs, cluster, run_ids)) == set(run_ids)
+    finally:
+        await asyncio.to_thread(pgc.start_node, standby)
+    started = time.monotonic()
+    await asyncio.to_thread(pgc.wait_replicating, 120)
+    record(
+        "pg_standby_lost",
+        stop_runs_ok=len(run_ids),
+        first_stop_run_s=round(latencies[0], 2),
+        slowest_stop_run_s=round(max(latencies), 2),
+        standby_back_in_sync_s=round(time.monotonic() - started, 1),
+    )
+
+
+async def test_the_primary_killed_under_load_fails_over_and_keeps_every_acknowledged_write(cluster):
+    pgc = cluster.pg_cluster
+    old = pg_node(cluster, pgc.primary()["name"])
+    acked_stops: set[str] = set()
+    acked_names: dict[str, str] = {}
+    acked_imports: set[str] = set()
+    calls = {"ok": 0}
+    failed: list[tuple[str, str, float | None, bool]] = []  # method, code, RetryInfo delay, retrying runner
+    reads: list[tuple[float, bool]] = []
+    stop = asyncio.Event()
+
+    async def runner(k: int, channel) -> None:
+        summary = summary_pb2_grpc.SummaryServiceStub(channel)
+        retrying = k % 2 == 1  # half the runners retry as the reference client does, half do not
+
+        async def call(method: str, fn):
+            try:
+                answer = await (retried(fn, Backoff(0.2, 2.0, 200)) if retrying else fn())
+            except grpc.aio.AioRpcError as err:
+                failed.append((method, err.code().name, error_details(err)[1], retrying))
+                return None
+            calls["ok"] += 1
+            return answer
+
+        i = 0
+        await asyncio.sleep(random.uniform(0, 2))
+        while not stop.is_set():
+            i += 1
+            run_id = str(uuid.uuid4())
+            if await call("StopRun", partial(summary.StopRun, stop_request(run_id, i), timeout=20)):
+                acked_stops.add(run_id)
+                name = f"runner {k} run {i}"
+                update = summary_pb2.UpdateRunRequest(
+                    run=summary_pb2.Run(run_id=run_id, name=name), update_mask=FieldMask(paths=["name"])
+                )
+                if await call("UpdateRun", partial(summary.UpdateRun, update, timeout=20)):
+                    acked_names[run_id] = name
+            if k % 10 == 0:  # a runner in ten brings in a file too
+                fixes = synthetic_run(20, seed=k * 1000 + i, start=dt.datetime(2026, 5, 1, 7, tzinfo=dt.UTC))
+                body = httpbody_pb2.HttpBody(content_type=GPX_TYPE, data=gpx_file(fixes, name=f"import {k}-{i}"))
+                imported = await call("ImportRun", partial(summary.ImportRun, body, timeout=30))
+                if imported:
+                    acked_imports.add(imported.run_id)
+            await asyncio.sleep(random.uniform(1.0, 2.0))
+
+    async def dashboard(channel, run_id: str) -> None:
+        summary = summary_pb2_grpc.SummaryServiceStub(channel)
+        while not stop.is_set():
+            at = time.monotonic()
+            try:
+                await summary.GetRun(summary_pb2.GetRunRequest(run_id=run_id), timeout=2)
+                await summary.ListRuns(summary_pb2.ListRunsRequest(user_id="me", page_size=5), timeout=2)
+                reads.append((at, True))
+            except grpc.aio.AioRpcError:
+                reads.append((at, False))
+            await asyncio.sleep(0.25)
+
+    async with contextlib.AsyncExitStack() as stack:
+        users = [f"pg-runner-{uuid.uuid4().hex[:8]}" for _ in range(RUNNER_USERS)]
+        channels = [
+            await stack.enter_async_context(token_channel(cluster.envoy_address, cluster.issuer.token(u)))
+            for u in users
+        ]
+        probe = str(uuid.uuid4())
+        await summary_pb2_grpc.SummaryServiceStub(channels[0]).StopRun(stop_request(probe, 0))
+        tasks = [asyncio.create_task(runner(k, channels[k % RUNNER_USERS])) for k in range(RUNNERS)]
+        tasks.append(asyncio.create_task(dashboard(channels[0], probe)))
+        await asyncio.sleep(10)
+        ok_before = calls["ok"]
+        killed_at = time.monotonic()
+        await asyncio.to_thread(kill_pg_node, cluster, old)
+        promoted_s = await asyncio.to_thread(pgc.wait_primary, 60)
+        while True:  # until the dashboard has read again for 3 s in a row
+            last_failed = max((at for at, ok in reads if not ok and at >= killed_at), default=killed_at)
+            if any(ok and at > last_failed + 3 for at, ok in reads):
+                break
+            assert time.monotonic() - killed_at < 60, "the dashboard did not read again within 60 s"
+            await asyncio.sleep(0.5)
+        read_again_s = min(at for at, ok in reads if ok and at > last_failed) - killed_at
+        await asyncio.sleep(5)  # writes on the new primary too
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
+
+    new = pgc.primary()
+    assert new is not None and new["name"] != old.name
+    stored = await asyncio.to_thread(stored_runs, cluster, [*acked_stops, *acked_imports])
+    assert acked_stops <= set(stored), f"{len(acked_stops - set(stored))} acknowledged StopRuns lost"
+    assert acked_imports <= set(stored), f"{len(acked_imports - set(stored))} acknowledged ImportRuns lost"
+    wrong = {r: (n, stored.get(r)) for r, n in acked_names.items() if stored.get(r) != n}
+    assert not wrong, f"acknowledged names not stored: {list(wrong.items())[:5]}"
+    assert calls["ok"] > ok_before, "no call answered OK after the failover"
+    assert failed, "no call failed: was the primary under load?"
+    assert all(code == "UNAVAILABLE" and delay is not None for _, code, delay, _ in failed), sorted(set(failed))
+    assert not [f for f in failed if f[3]], "a call failed despite the reference client's retries"
+    assert read_again_s < 30, f"the dashboard read again {read_again_s:.1f} s after the primary was killed"
+
+    # The old primary's Patroni, started again as a supervisor would: it rejoins as a standby by itself.
+    restarted = time.monotonic()
+    await asyncio.to_thread(pgc.start_node, old)
+    await asyncio.to_thread(pgc.wait_replicating, 120)
+    rejoined_s = time.monotonic() - restarted
+    assert pgc.replication() == [{"application_name": old.name, "state": "streaming", "sync_state": "sync"}]
+    members = {m["name"]: m for m in pgc.members()}
+    assert members[old.name]["role"] == "sync_standby" and members[old.name]["state"] == "streaming"
+    record(
+        "pg_primary_killed",
+        runners=RUNNERS,
+        calls_ok=calls["ok"],
+        calls_unavailable_no_retry=len(failed),
+        calls_failed_with_retries=0,
+        acknowledged_writes=len(acked_stops) + len(acked_names) + len(acked_imports),
+        acknowledged_writes_lost=0,
+        promoted_after_s=round(promoted_s, 1),
+        dashboard_read_again_after_s=round(read_again_s, 1),
+        old_primary_rejoined_s=round(rejoined_s, 1),
+    )

@@ -145,6 +145,8 @@ def test_cql_errors_are_unavailable_only_when_a_retry_can_fix_them(error, retrya
         (psycopg.errors.QueryCanceled("statement timeout"), True),
         (psycopg.errors.AdminShutdown("terminating"), True),
         (psycopg.errors.SerializationFailure("retry"), True),
+        # A primary demoted in a failover: the next connection finds the new one.
+        (psycopg.errors.ReadOnlySqlTransaction("cannot execute INSERT in a read-only transaction"), True),
         (psycopg.errors.UndefinedTable("no such table"), False),
         (psycopg.errors.SyntaxError("syntax"), False),
         (psycopg.errors.InsufficientPrivilege("denied"), False),
