@@ -6,6 +6,7 @@ import asyncio
 import logging
 import secrets
 import uuid
+import weakref
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -47,6 +48,25 @@ RETRYABLE_SQLSTATE_CLASSES = ("08", "53", "40")
 RETRYABLE_SQLSTATES = ("57014", "57P01", "57P02", "57P03", "55P03", "25006")
 # A connection that answered this is not put back in the pool for another call.
 READ_ONLY = "25006"
+
+# Commits the synchronous standby never confirmed: a cancel request ended the primary's wait for it
+# (statement_timeout does not), and PostgreSQL answered success with this WARNING. Such a commit is on the
+# primary only and a failover now would lose it, so the call is not acknowledged: UNAVAILABLE, and
+# the client's retry (every write here is idempotent) answers once the standby has it.
+SYNC_WAIT_CANCELLED = "canceling wait for synchronous replication"
+_UNCONFIRMED: weakref.WeakSet[psycopg.AsyncConnection[DictRow]] = weakref.WeakSet()
+
+
+async def _watch_sync_commits(conn: psycopg.AsyncConnection[DictRow]) -> None:
+    """The pool's `configure`: marks the connection when a commit's synchronous wait was cancelled."""
+    ref = weakref.ref(conn)
+
+    def notice(diag: psycopg.errors.Diagnostic) -> None:
+        held = ref()
+        if held is not None and SYNC_WAIT_CANCELLED in (diag.message_primary or ""):
+            _UNCONFIRMED.add(held)
+
+    conn.add_notice_handler(notice)
 
 
 def classify(err: Exception) -> RunTrackError:
@@ -120,6 +140,7 @@ class PgRunStore:
             # one on a node that no longer takes writes (see _Connection). A new connection is made
             # on demand; with a multi-host DATABASE_URL it goes to whichever node is primary now.
             reconnect_timeout=0,  # a failed connect is not retried in the background: the next call asks again
+            configure=_watch_sync_commits,
             kwargs={
                 "autocommit": True,
                 "row_factory": dict_row,
@@ -306,6 +327,15 @@ class _Connection:
         if isinstance(exc, psycopg.Error) and exc.sqlstate == READ_ONLY and self._conn is not None:
             # On a node demoted to standby: closed, so that the pool drops it and connects anew.
             await self._conn.close()
+        unconfirmed = self._conn is not None and self._conn in _UNCONFIRMED
+        if unconfirmed and self._conn is not None:
+            _UNCONFIRMED.discard(self._conn)
         await self._cm.__aexit__(exc_type, exc, tb)
         if isinstance(exc, psycopg.Error):
             raise classify(exc) from exc
+        if exc is None and unconfirmed:
+            log.warning("commit not confirmed by the synchronous standby: answered UNAVAILABLE")
+            raise Unavailable(
+                "PostgreSQL unavailable: the commit is not confirmed by the synchronous standby",
+                metadata={"store": "postgresql"},
+            )

@@ -304,6 +304,36 @@ async def test_the_standby_lost_writes_go_on(cluster, phone_channel):
     )
 
 
+async def test_a_stalled_standby_is_released_and_writes_go_on(cluster, phone_channel):
+    """The standby stalled (SIGSTOP: still connected, silent): commits wait for it until its Patroni,
+    finding its PostgreSQL unresponsive, has it released from synchronous duty; then StopRun answers OK
+    on the primary alone (Patroni will not fail over to a standby no longer synchronous, so nothing
+    acknowledged can be lost), and the standby, resumed, is synchronous again."""
+    pgc = cluster.pg_cluster
+    standby = next(n for n in pgc.nodes if n.name != pgc.primary()["name"])
+    summary = summary_pb2_grpc.SummaryServiceStub(phone_channel)
+    stalled = os.getpgid(pgc.postgres_pid(standby))
+    os.killpg(stalled, signal.SIGSTOP)
+    try:
+        run_ids, latencies = [str(uuid.uuid4()) for _ in range(5)], []
+        for i, run_id in enumerate(run_ids):
+            started = time.monotonic()
+            await retried(lambda r=run_id, k=i: summary.StopRun(stop_request(r, k), timeout=15), Backoff())
+            latencies.append(time.monotonic() - started)
+        assert set(await asyncio.to_thread(stored_runs, cluster, run_ids)) == set(run_ids)
+    finally:
+        os.killpg(stalled, signal.SIGCONT)
+    started = time.monotonic()
+    await asyncio.to_thread(pgc.wait_replicating, 120)
+    record(
+        "pg_standby_stalled",
+        stop_runs_ok=len(run_ids),
+        first_stop_run_s=round(latencies[0], 2),
+        slowest_stop_run_s=round(max(latencies), 2),
+        standby_back_in_sync_s=round(time.monotonic() - started, 1),
+    )
+
+
 async def test_the_primary_killed_under_load_fails_over_and_keeps_every_acknowledged_write(cluster):
     pgc = cluster.pg_cluster
     old = pg_node(cluster, pgc.primary()["name"])
