@@ -53,7 +53,7 @@ class IngestStream:
         *,
         writer: PointWriter,
         max_pending: int = 800,
-        retry_budget_s: float = 3.0,
+        retry_budget_s: float = 30.0,
         clock_ms: Callable[[], int] = _now_ms,
     ) -> None:
         self.store = store
