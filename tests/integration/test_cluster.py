@@ -5,22 +5,32 @@ SIGKILLed and started again, and a rolling restart of all three (each node stopp
 again in turn, which covers a single node's graceful restart). Each time:
 no failed call, no point lost or stored twice (every trail read back), the tracking replicas stay
 SERVING, and the node that was down catches up by itself (read from it alone, the other two down).
+
+And under many streams that do not resume (as ghz's): 300 at 1 Hz over 20 connections, through
+Envoy to the two tracking replicas, a node lost 12 s in (SIGKILLed, or frozen as a machine that
+dies without closing its connections): every stream ends OK with every point stored.
 """
 
 import asyncio
 import os
+import random
+import signal
+import statistics
 import time
+import urllib.request
 import uuid
 
+import grpc
 import pytest
 from cassandra import ConsistencyLevel
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
 from cassandra.policies import WhiteListRoundRobinPolicy
 from cassandra.query import SimpleStatement
 
-from devstack.stack import Stack, cluster_test_spec
+from devstack.stack import Stack, cluster_test_spec, metrics_port
 from devstack.stack import test_spec as one_node_spec
-from tests.helpers import token_channel
+from runtrack.v1 import tracking_pb2, tracking_pb2_grpc
+from tests.helpers import point, token_channel
 from tests.integration.faults import SERVICE, new_run, paced, replica_status, report, stored_trail
 
 PHONES = 12
@@ -178,3 +188,105 @@ async def test_a_rolling_restart_of_all_three_nodes_loses_nothing(cluster, phone
     figures = await under_live_streams(cluster, phone_channel, fault)
     figures.pop("run_ids")
     record("cql_rolling_restart", **figures)
+
+
+STREAMS = 300  # as in docs/operating.md's ghz line
+CONNECTIONS = 20
+STREAM_POINTS = 40  # one a second
+LOST_AT_S = 12
+
+
+def phone_connections(cluster, token: str) -> list[grpc.aio.Channel]:
+    """CONNECTIONS channels to Envoy, each its own HTTP/2 connection (not one shared subchannel)."""
+    credentials = grpc.composite_channel_credentials(
+        grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP), grpc.access_token_call_credentials(token)
+    )
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    return [grpc.aio.secure_channel(cluster.envoy_address, credentials, options) for _ in range(CONNECTIONS)]
+
+
+async def stream_once(channel, run_id: str, start_ms: int) -> tuple[str, float]:
+    """One RecordTrack stream, a point a second, that does not resume: its status and how long it took."""
+    await asyncio.sleep(random.uniform(0, 1))  # the phones' seconds are not in step
+
+    async def messages():
+        for seq in range(1, STREAM_POINTS + 1):
+            yield tracking_pb2.RecordTrackRequest(
+                run_id=run_id if seq == 1 else "", points=[point(seq, start_ms=start_ms)]
+            )
+            if seq < STREAM_POINTS:
+                await asyncio.sleep(1.0)
+
+    started = time.monotonic()
+    try:
+        reply = await tracking_pb2_grpc.TrackingServiceStub(channel).RecordTrack(messages(), timeout=120)
+    except grpc.aio.AioRpcError as err:
+        return f"{err.code().name}: {err.details()}", time.monotonic() - started
+    assert reply.points_stored == STREAM_POINTS and reply.contiguous_seq == STREAM_POINTS
+    return "OK", time.monotonic() - started
+
+
+def store_retries(cluster) -> dict[str, float]:
+    """runtrack_store_retries_total by call, summed over the tracking replicas."""
+    total: dict[str, float] = {}
+    for port in cluster.replica_ports()["tracking"]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port(port)}/metrics", timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith("runtrack_store_retries_total{"):
+                    call = line.split('call="')[1].split('"')[0]
+                    total[call] = total.get(call, 0.0) + float(line.split()[-1])
+    return total
+
+
+@pytest.mark.parametrize("loss", ["killed", "frozen"])
+async def test_a_node_lost_under_300_streams_that_do_not_resume_fails_none(cluster, loss):
+    assert len(cluster.replica_ports()["tracking"]) == 2
+    for node in cluster.cql_nodes:  # whole again, whatever an earlier test left
+        node.start()
+        node.wait_ready()
+    victim = cluster.cql_nodes[1]  # 127.0.0.2
+    token = cluster.issuer.token(f"runner-{uuid.uuid4().hex[:8]}")
+    channels = phone_connections(cluster, token)
+    run_ids = [str(uuid.uuid4()) for _ in range(STREAMS)]
+    start_ms = (int(time.time()) - 3600) * 1000
+    retries_before = store_retries(cluster)
+    try:
+        streams = [
+            asyncio.create_task(stream_once(channels[i % CONNECTIONS], run_id, start_ms))
+            for i, run_id in enumerate(run_ids)
+        ]
+        await asyncio.sleep(LOST_AT_S)
+        pid = victim.pid()
+        assert pid
+        if loss == "killed":
+            victim.kill()
+        else:  # no reset on its connections: the driver and the other nodes learn of it by timeouts only
+            os.kill(pid, signal.SIGSTOP)
+        ended = await asyncio.wait_for(asyncio.gather(*streams), timeout=150)
+    finally:
+        if loss == "frozen" and victim.pid():
+            victim.kill()
+        for ch in channels:
+            await ch.close()
+    retries = {k: v - retries_before.get(k, 0.0) for k, v in store_retries(cluster).items()}
+    statuses = [status for status, _ in ended]
+    failed = sorted({status for status in statuses if status != "OK"})
+    async with token_channel(cluster.envoy_address, token) as channel:
+        stored = [len(await stored_trail(channel, run_id)) for run_id in run_ids]
+    await asyncio.to_thread(victim.start)
+    await asyncio.to_thread(victim.wait_ready)
+    durations = sorted(seconds for _, seconds in ended)
+    record(
+        f"cql_node_{loss}_under_{STREAMS}_streams",
+        streams=STREAMS,
+        connections=CONNECTIONS,
+        streams_ok=statuses.count("OK"),
+        failures=failed,
+        points_sent=STREAMS * STREAM_POINTS,
+        points_stored=sum(stored),
+        stream_s_median=round(statistics.median(durations), 1),
+        stream_s_slowest=round(durations[-1], 1),
+        store_retries={k: int(v) for k, v in retries.items() if v},
+    )
+    assert statuses.count("OK") == STREAMS, f"{STREAMS - statuses.count('OK')} streams failed: {failed}"
+    assert stored == [STREAM_POINTS] * STREAMS, "a point is missing"
