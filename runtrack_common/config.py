@@ -61,8 +61,12 @@ class Settings:
     # others before it is written.
     write_batch_points: int = 100
     write_linger_ms: int = 50
-    # How long a batch the store did not take is sent again (jittered backoff) before the stream ends.
-    write_retry_budget_s: float = 3.0
+    # How long a batch the store did not take, a stream's claim or its cursor read is sent again (jittered
+    # backoff) before the stream ends: longer than the store takes to convict a lost node (10 to 20 s on
+    # a loaded cluster, while every write still waits on it and one slow live replica times it out) and
+    # than a burst of claims (lightweight transactions) takes to clear, since the points wait in memory
+    # unacknowledged anyway and the phone would only send them again.
+    write_retry_budget_s: float = 30.0
     # A RecordTrack stream that sends nothing for this long is ended (DEADLINE_EXCEEDED).
     stream_idle_timeout_s: float = 300.0
     # A stream ends after about this long (jittered -20 %) with UNAVAILABLE STREAM_LIFETIME and the phone

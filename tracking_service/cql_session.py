@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import cassandra
-from cassandra import ConsistencyLevel, InvalidRequest
+from cassandra import ConsistencyLevel, InvalidRequest, WriteType
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
 from cassandra.connection import ConnectionBusy, ConnectionException
 from cassandra.policies import (
@@ -67,6 +67,33 @@ def classify(err: Exception) -> RunTrackError:
     if isinstance(err, RETRYABLE) or (isinstance(err, ErrorMessage) and err.code == CAS_WRITE_UNKNOWN):
         return Unavailable(f"CQL store unavailable: {type(err).__name__}", metadata={"store": "cql"})
     return Internal(f"CQL store rejected the request: {type(err).__name__}", metadata={"store": "cql"})
+
+
+class IdempotentWriteRetryPolicy(RetryPolicy):  # type: ignore[misc]  # the driver is untyped
+    """The driver's default policy, but a write the coordinator timed out (it heard from too few replicas
+    within its write_request_timeout) is sent once more, to the next node, when it is idempotent.
+
+    A node lost and not yet convicted by the others' failure detector (10 to 20 s on a loaded cluster) is
+    still sent every mutation; the coordinators then need both live replicas for LOCAL_QUORUM, and one
+    slow answer times the write out. The default policy rethrows every such timeout but the batch log's;
+    another coordinator (its own local write, its own queues) often answers at once. The ownership claim
+    (a lightweight transaction) is not idempotent and keeps the default."""
+
+    def on_write_timeout(
+        self,
+        query: Any,
+        consistency: Any,
+        write_type: Any,
+        required_responses: int,
+        received_responses: int,
+        retry_num: int,
+    ) -> tuple[int, Any]:
+        if retry_num == 0 and getattr(query, "is_idempotent", False) and write_type != WriteType.CAS:
+            return self.RETRY_NEXT_HOST, None
+        result: tuple[int, Any] = super().on_write_timeout(
+            query, consistency, write_type, required_responses, received_responses, retry_num
+        )
+        return result
 
 
 def _opt(value: Any) -> Any:
@@ -200,10 +227,11 @@ class CqlSession:
             serial_consistency_level=ConsistencyLevel.LOCAL_SERIAL,
             # Below Envoy's 15 s route timeout: a slow node answers UNAVAILABLE before the call dies.
             request_timeout=s.cql_request_timeout_s,
-            # The driver's default policy: a read timeout retried once when enough replicas answered,
-            # an unavailable coordinator retried on the next host. Only idempotent statements (all but
+            # The driver's default policy (a read timeout retried once when enough replicas answered,
+            # an unavailable coordinator retried on the next host), and an idempotent write that the
+            # coordinator timed out retried once on the next node. Only idempotent statements (all but
             # the ownership claim) are also tried on a second node when the first is slow.
-            retry_policy=RetryPolicy(),
+            retry_policy=IdempotentWriteRetryPolicy(),
             # Rows as dicts: the driver's default builds a new namedtuple class for every answer, which
             # cost a stream's start and end more CPU than all of its other work together.
             row_factory=dict_factory,

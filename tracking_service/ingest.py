@@ -53,7 +53,7 @@ class IngestStream:
         *,
         writer: PointWriter,
         max_pending: int = 800,
-        retry_budget_s: float = 3.0,
+        retry_budget_s: float = 30.0,
         clock_ms: Callable[[], int] = _now_ms,
     ) -> None:
         self.store = store
@@ -162,6 +162,15 @@ class IngestStream:
         """Once every accepted point is durable: the result, with the run's contiguous_seq."""
         await self.drain()
         self._raise_if_failed()
-        cursor = await self.store.cursor(self.result.run_id)
+        run_id = self.result.run_id
+        # Reads and an upsert of the mark, safe to send again: every point is stored by now, and a store
+        # slow to answer (a node lost and not yet known to be) must not turn the stream's end into a
+        # failure that makes the phone send them all again.
+        cursor = await retry_unavailable(
+            lambda: self.store.cursor(run_id),
+            what="cursor",
+            context=f"run_id={run_id}",
+            budget_s=self._retry_budget_s,
+        )
         self.result.contiguous_seq = cursor.contiguous_seq
         return self.result

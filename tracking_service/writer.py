@@ -76,7 +76,7 @@ class PointWriter:
         linger_s: float = 0.05,
         max_inflight: int = 64,
         max_pending_points: int = 50_000,
-        retry_budget_s: float = 3.0,
+        retry_budget_s: float = 30.0,
         retry_base_s: float = 0.1,
         retry_cap_s: float = 1.0,
         on_durable: Callable[[Sequence[tuple[uuid.UUID, Sequence[Point]]]], None] | None = None,

@@ -12,6 +12,10 @@ ImportRun calls: every call answered OK is there afterwards, the others answered
 RetryInfo (and succeed with the reference client's retries), the dashboard reads again within 30 s,
 and the old primary, started again, rejoins as a streaming standby by itself. The standby lost:
 writes go on.
+
+And under many streams that do not resume (as ghz's): 300 at 1 Hz over 20 connections, through
+Envoy to the two tracking replicas, a node lost 12 s in (SIGKILLed, or frozen as a machine that
+dies without closing its connections): every stream ends OK with every point stored.
 """
 
 import asyncio
@@ -20,11 +24,15 @@ import datetime as dt
 import json
 import os
 import random
+import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
+from collections import Counter
 from functools import partial
 
 import grpc
@@ -40,11 +48,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from devstack.activity_files import gpx_file, synthetic_run
 from devstack.paths import ROOT
-from devstack.stack import Stack, cluster_test_spec
+from devstack.stack import Stack, cluster_test_spec, metrics_port
 from devstack.stack import test_spec as one_node_spec
-from runtrack.v1 import summary_pb2, summary_pb2_grpc
+from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from runtrack_client import Backoff, error_details, retried
-from tests.helpers import token_channel
+from tests.helpers import point, token_channel
 from tests.integration.faults import SERVICE, new_run, paced, replica_status, report, stored_trail
 
 PHONES = 12
@@ -450,3 +458,116 @@ async def test_the_primary_killed_under_load_fails_over_and_keeps_every_acknowle
         dashboard_read_again_after_s=round(read_again_s, 1),
         old_primary_rejoined_s=round(rejoined_s, 1),
     )
+
+
+STREAMS = 300  # as in docs/operating.md's ghz line
+CONNECTIONS = 20
+STREAM_POINTS = 40  # one a second
+LOST_AT_S = 12
+
+
+def phone_connections(cluster, token: str) -> list[grpc.aio.Channel]:
+    """CONNECTIONS channels to Envoy, each its own HTTP/2 connection (not one shared subchannel)."""
+    credentials = grpc.composite_channel_credentials(
+        grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP), grpc.access_token_call_credentials(token)
+    )
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    return [grpc.aio.secure_channel(cluster.envoy_address, credentials, options) for _ in range(CONNECTIONS)]
+
+
+async def stream_once(channel, run_id: str, start_ms: int) -> tuple[str, float]:
+    """One RecordTrack stream, a point a second, that does not resume: its status and how long it took."""
+    await asyncio.sleep(random.uniform(0, 1))  # the phones' seconds are not in step
+
+    async def messages():
+        for seq in range(1, STREAM_POINTS + 1):
+            yield tracking_pb2.RecordTrackRequest(
+                run_id=run_id if seq == 1 else "", points=[point(seq, start_ms=start_ms)]
+            )
+            if seq < STREAM_POINTS:
+                await asyncio.sleep(1.0)
+
+    started = time.monotonic()
+    try:
+        reply = await tracking_pb2_grpc.TrackingServiceStub(channel).RecordTrack(messages(), timeout=120)
+    except grpc.aio.AioRpcError as err:
+        return f"{err.code().name}: {err.details()}", time.monotonic() - started
+    assert reply.points_stored == STREAM_POINTS and reply.contiguous_seq == STREAM_POINTS
+    return "OK", time.monotonic() - started
+
+
+async def points_stored(channel, run_id: str) -> int:
+    """How many points of the run the store holds (none: a stream that failed before its claim)."""
+    try:
+        return len(await stored_trail(channel, run_id))
+    except grpc.aio.AioRpcError as err:
+        if err.code() == grpc.StatusCode.NOT_FOUND:
+            return 0
+        raise
+
+
+def store_retries(cluster) -> dict[str, float]:
+    """runtrack_store_retries_total by call, summed over the tracking replicas."""
+    total: dict[str, float] = {}
+    for port in cluster.replica_ports()["tracking"]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port(port)}/metrics", timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith("runtrack_store_retries_total{"):
+                    call = line.split('call="')[1].split('"')[0]
+                    total[call] = total.get(call, 0.0) + float(line.split()[-1])
+    return total
+
+
+@pytest.mark.parametrize("loss", ["killed", "frozen"])
+async def test_a_node_lost_under_300_streams_that_do_not_resume_fails_none(cluster, loss):
+    assert len(cluster.replica_ports()["tracking"]) == 2
+    for node in cluster.cql_nodes:  # whole again, whatever an earlier test left
+        node.start()
+        node.wait_ready()
+    victim = cluster.cql_nodes[1]  # 127.0.0.2
+    token = cluster.issuer.token(f"runner-{uuid.uuid4().hex[:8]}")
+    channels = phone_connections(cluster, token)
+    run_ids = [str(uuid.uuid4()) for _ in range(STREAMS)]
+    start_ms = (int(time.time()) - 3600) * 1000
+    retries_before = store_retries(cluster)
+    try:
+        streams = [
+            asyncio.create_task(stream_once(channels[i % CONNECTIONS], run_id, start_ms))
+            for i, run_id in enumerate(run_ids)
+        ]
+        await asyncio.sleep(LOST_AT_S)
+        pid = victim.pid()
+        assert pid
+        if loss == "killed":
+            victim.kill()
+        else:  # no reset on its connections: the driver and the other nodes learn of it by timeouts only
+            os.kill(pid, signal.SIGSTOP)
+        ended = await asyncio.wait_for(asyncio.gather(*streams), timeout=150)
+    finally:
+        if loss == "frozen" and victim.pid():
+            victim.kill()
+        for ch in channels:
+            await ch.close()
+    retries = {k: v - retries_before.get(k, 0.0) for k, v in store_retries(cluster).items()}
+    statuses = [status for status, _ in ended]
+    # What failed, without the run ids some messages name (`resume from GetTrackCursor (run_id ...)`).
+    failed = Counter(re.sub(r" \(run_id [^)]*\)", "", status) for status in statuses if status != "OK")
+    async with token_channel(cluster.envoy_address, token) as channel:
+        stored = [await points_stored(channel, run_id) for run_id in run_ids]
+    await asyncio.to_thread(victim.start)
+    await asyncio.to_thread(victim.wait_ready)
+    durations = sorted(seconds for _, seconds in ended)
+    record(
+        f"cql_node_{loss}_under_{STREAMS}_streams",
+        streams=STREAMS,
+        connections=CONNECTIONS,
+        streams_ok=statuses.count("OK"),
+        failures=dict(failed),
+        points_sent=STREAMS * STREAM_POINTS,
+        points_stored=sum(stored),
+        stream_s_median=round(statistics.median(durations), 1),
+        stream_s_slowest=round(durations[-1], 1),
+        store_retries={k: int(v) for k, v in retries.items() if v},
+    )
+    assert statuses.count("OK") == STREAMS, f"{STREAMS - statuses.count('OK')} streams failed: {dict(failed)}"
+    assert stored == [STREAM_POINTS] * STREAMS, "a point is missing"

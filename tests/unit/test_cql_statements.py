@@ -1,11 +1,16 @@
 """The CQL statements by name: every block of queries.cql is a field of `Statements` (so a statement
 added to the file without a name in the code, or named in the code and not in the file, fails here
-and not at a replica's first connect), and the lightweight transactions are the ones not resent."""
+and not at a replica's first connect), and the lightweight transactions are the ones not resent (nor
+retried on another node after a coordinator's write timeout)."""
 
 import dataclasses
 
+from cassandra import ConsistencyLevel, WriteType
+from cassandra.policies import RetryPolicy
+from cassandra.query import BatchStatement, BatchType, SimpleStatement
+
 from runtrack_common import queries
-from tracking_service.cql_session import HERE, NOT_IDEMPOTENT, Statements
+from tracking_service.cql_session import HERE, NOT_IDEMPOTENT, IdempotentWriteRetryPolicy, Statements
 
 
 def test_every_statement_of_queries_cql_is_a_named_field():
@@ -18,3 +23,20 @@ def test_only_the_lightweight_transactions_are_not_sent_twice():
     assert {name for name, cql in text.items() if " IF " in cql or cql.rstrip(";").endswith("IF NOT EXISTS")} == set(
         NOT_IDEMPOTENT
     )
+
+
+def test_a_write_the_coordinator_timed_out_goes_once_to_the_next_node_only_when_idempotent():
+    policy = IdempotentWriteRetryPolicy()
+    batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+    batch.is_idempotent = True
+    claim = SimpleStatement("INSERT ... IF NOT EXISTS", is_idempotent=False)
+    quorum = ConsistencyLevel.LOCAL_QUORUM
+
+    def decide(query, write_type, retry_num=0):
+        return policy.on_write_timeout(query, quorum, write_type, 2, 1, retry_num)[0]
+
+    assert decide(batch, WriteType.UNLOGGED_BATCH) == RetryPolicy.RETRY_NEXT_HOST
+    assert decide(SimpleStatement("INSERT", is_idempotent=True), WriteType.SIMPLE) == RetryPolicy.RETRY_NEXT_HOST
+    assert decide(batch, WriteType.UNLOGGED_BATCH, retry_num=1) == RetryPolicy.RETHROW  # then the writer's retries
+    assert decide(claim, WriteType.SIMPLE) == RetryPolicy.RETHROW
+    assert decide(SimpleStatement("UPDATE ... IF", is_idempotent=True), WriteType.CAS) == RetryPolicy.RETHROW

@@ -209,3 +209,28 @@ async def test_a_claim_the_store_did_not_answer_is_sent_again():
     s = IngestStream(store, uuid.uuid4(), writer=writer(store), retry_budget_s=2.0, clock_ms=lambda: NOW)
     await s.claim("u")
     assert store.claims == 3 and store.owners[s.result.run_id] == "u"
+
+
+class SlowCursorAtTheEnd(FakeTrackStore):
+    """The read of the cursor at the stream's end times out twice (a node lost, not yet known to be)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cursor_reads = 0
+
+    async def cursor(self, run_id):
+        self.cursor_reads += 1
+        if self.cursor_reads <= 2:
+            raise Unavailable("CQL store unavailable: OperationTimedOut")
+        return await super().cursor(run_id)
+
+
+async def test_the_cursor_the_store_did_not_answer_at_the_end_is_read_again():
+    store = SlowCursorAtTheEnd()
+    s = IngestStream(store, uuid.uuid4(), writer=writer(store), retry_budget_s=2.0, clock_ms=lambda: NOW)
+    await s.claim("u")
+    await s.add(pts(range(1, 11)))
+    retried = STORE_RETRIES.labels("cursor")._value.get()
+    r = await s.finish()
+    assert r.points_stored == 10 and r.contiguous_seq == 10  # every point stored: the stream ends OK
+    assert STORE_RETRIES.labels("cursor")._value.get() - retried == 2
