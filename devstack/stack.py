@@ -168,6 +168,10 @@ def test_spec(env: Mapping[str, str] = os.environ) -> StackSpec:
         # Short limits so that the tests can watch them act.
         replica_settings={
             "TRACK_STREAM_IDLE_TIMEOUT_S": "4",
+            # A store outage ends the streams after 3 s (the default, 30 s, rides through a lost node
+            # and is what the cluster stack runs): the one-node stack's fault tests watch the phones
+            # resume after an outage longer than that.
+            "TRACK_WRITE_RETRY_BUDGET_S": "3",
             # As the chart's: Envoy asks every second and takes a replica out at its first NOT_SERVING,
             # but under the whole suite on 2 cores an answer can take over a second; with 1.5 s a
             # rollout under the whole suite once failed a unary call after its retries.
