@@ -30,7 +30,9 @@ class Replica:
     def __init__(self) -> None:
         self.tracks = FakeTrackStore()
         self.runs = FakeRunStore()
-        self.tracking = TrackingServicer(self.tracks, Settings(write_linger_ms=5), FakeRunsApi(self.runs))
+        self.tracking = TrackingServicer(
+            self.tracks, Settings(write_linger_ms=5, write_retry_budget_s=1.0), FakeRunsApi(self.runs)
+        )
         self.summary = SummaryServicer(self.runs, FakeTracksApi(self.tracks))
         self.server = grpc.aio.server()
         tracking_pb2_grpc.add_TrackingServiceServicer_to_server(self.tracking, self.server)
