@@ -17,11 +17,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-import psycopg
-
 from devstack.stack import Stack
-
-BATCH = 500
+from devstack.store_scan import rows_with_cql
 
 
 @dataclass(frozen=True)
@@ -42,36 +39,27 @@ class Disagreement:
 
 def check(stack: Stack, *, claim: bool = False) -> tuple[int, list[Disagreement]]:
     """Every dashboard row against the owner of record: (rows checked, disagreements)."""
-    from cassandra.cluster import Cluster as CqlCluster  # scylla-driver
-    from cassandra.concurrent import execute_concurrent_with_args
-
-    with psycopg.connect(stack.database_url) as conn:
-        rows = [(str(r), str(u)) for r, u in conn.execute("SELECT run_id, user_id FROM runs ORDER BY run_id")]
-    cluster = CqlCluster(stack.scylla_hosts.split(","), port=stack.scylla_port)
-    found: list[Disagreement] = []
-    try:
-        session = cluster.connect(stack.spec.keyspace)
-        owner_of = session.prepare("SELECT user_id FROM runs WHERE run_id = ?")
-        claim_run = session.prepare(
-            "INSERT INTO runs (run_id, user_id, created_at) VALUES (?, ?, toTimestamp(now())) IF NOT EXISTS"
-        )
-        for start in range(0, len(rows), BATCH):
-            batch = rows[start : start + BATCH]
-            results = execute_concurrent_with_args(
-                session, owner_of, [(uuid.UUID(r),) for r, _ in batch], concurrency=64, raise_on_first_error=True
+    checked, found = 0, []
+    claim_run = None
+    for (run_id, user_id), result, session in rows_with_cql(
+        stack,
+        "SELECT run_id, user_id FROM runs ORDER BY run_id",
+        "SELECT user_id FROM runs WHERE run_id = ?",
+        concurrency=64,
+    ):
+        checked += 1
+        row = result.one()
+        owner = row[0] if row is not None else None
+        if owner is None and claim:
+            claim_run = claim_run or session.prepare(
+                "INSERT INTO runs (run_id, user_id, created_at) VALUES (?, ?, toTimestamp(now())) IF NOT EXISTS"
             )
-            for (run_id, user_id), (_, result) in zip(batch, results, strict=True):
-                row = result.one()
-                owner = row[0] if row is not None else None
-                if owner is None and claim:
-                    won = session.execute(claim_run, (uuid.UUID(run_id), user_id)).one()
-                    owner = user_id if won[0] else won.user_id
-                    if owner == user_id:
-                        continue
-                if owner is None:
-                    found.append(Disagreement(run_id, "unclaimed", user_id, None))
-                elif owner != user_id:
-                    found.append(Disagreement(run_id, "owner_mismatch", user_id, owner))
-    finally:
-        cluster.shutdown()
-    return len(rows), found
+            won = session.execute(claim_run, (uuid.UUID(run_id), user_id)).one()
+            owner = user_id if won[0] else won.user_id
+            if owner == user_id:
+                continue
+        if owner is None:
+            found.append(Disagreement(run_id, "unclaimed", user_id, None))
+        elif owner != user_id:
+            found.append(Disagreement(run_id, "owner_mismatch", user_id, owner))
+    return checked, found

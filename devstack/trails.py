@@ -11,14 +11,10 @@ this lists each, never leaving it silently half-there.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 
-import psycopg
-
 from devstack.stack import Stack
-
-BATCH = 500
+from devstack.store_scan import rows_with_cql
 
 
 @dataclass(frozen=True)
@@ -35,32 +31,19 @@ class TrailFinding:
 
 def check(stack: Stack) -> tuple[int, list[TrailFinding]]:
     """Every dashboard row against its trail: (rows checked, findings)."""
-    from cassandra.cluster import Cluster as CqlCluster  # scylla-driver
-    from cassandra.concurrent import execute_concurrent_with_args
-
-    with psycopg.connect(stack.database_url) as conn:
-        rows = [
-            (str(r), str(u), int(n))
-            for r, u, n in conn.execute("SELECT run_id, user_id, point_count FROM runs ORDER BY run_id")
-        ]
-    cluster = CqlCluster(stack.scylla_hosts.split(","), port=stack.scylla_port)
-    found: list[TrailFinding] = []
-    try:
-        session = cluster.connect(stack.spec.keyspace)
+    checked, found = 0, []
+    for (run_id, user_id, point_count), result, _ in rows_with_cql(
+        stack,
+        "SELECT run_id, user_id, point_count FROM runs ORDER BY run_id",
+        "SELECT COUNT(*) FROM track_points WHERE run_id = ?",
+        concurrency=16,
         # Right after a restore the node compacts what it loaded: a count may take longer than usual.
-        session.default_timeout = 60
-        count = session.prepare("SELECT COUNT(*) FROM track_points WHERE run_id = ?")
-        for start in range(0, len(rows), BATCH):
-            batch = rows[start : start + BATCH]
-            results = execute_concurrent_with_args(
-                session, count, [(uuid.UUID(r),) for r, _, _ in batch], concurrency=16, raise_on_first_error=True
-            )
-            for (run_id, user_id, point_count), (_, result) in zip(batch, results, strict=True):
-                stored = int(result.one()[0])
-                if stored == 0 and point_count > 0:
-                    found.append(TrailFinding(run_id, "trail_missing", user_id, point_count, 0))
-                elif stored < point_count:
-                    found.append(TrailFinding(run_id, "trail_short", user_id, point_count, stored))
-    finally:
-        cluster.shutdown()
-    return len(rows), found
+        timeout_s=60,
+    ):
+        checked += 1
+        stored = int(result.one()[0])
+        if stored == 0 and point_count > 0:
+            found.append(TrailFinding(run_id, "trail_missing", user_id, point_count, 0))
+        elif stored < point_count:
+            found.append(TrailFinding(run_id, "trail_short", user_id, point_count, stored))
+    return checked, found
