@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from devstack.paths import once_per_machine
+
 
 def alive(pid: int | None) -> bool:
     if not pid:
@@ -176,9 +178,10 @@ def reserve_ports(ranges: list[tuple[int, int]]) -> None:
     it can (as root): a busy machine (thousands of client connections) then never takes a port a
     server of ours is about to listen on. Without root, nothing changes."""
     try:
-        current = RESERVED_PORTS.read_text()
-        wanted = merge_port_ranges(current, ranges)
-        if wanted != current.strip():
-            RESERVED_PORTS.write_text(wanted)
+        with once_per_machine("reserved-ports"):  # read, merged and written by one process at a time
+            current = RESERVED_PORTS.read_text()
+            wanted = merge_port_ranges(current, ranges)
+            if wanted != current.strip():
+                RESERVED_PORTS.write_text(wanted)
     except OSError:
         pass

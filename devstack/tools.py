@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from devstack.paths import VENV_BIN, WEB, WEB_DIST, cache_dir
+from devstack.paths import ROOT, VENV_BIN, WEB, WEB_DIST, cache_dir, once_per_machine
 
 CASSANDRA_VERSION = "5.0.9"
 GRPCURL_VERSION = "v1.9.3"
@@ -51,6 +51,13 @@ def cassandra_lib() -> Path:
     lib, done = home / "lib", home / ".complete"
     if done.exists():
         return lib
+    with once_per_machine(home.name):
+        if not done.exists():
+            _fetch_cassandra(home, lib, done)
+    return lib
+
+
+def _fetch_cassandra(home: Path, lib: Path, done: Path) -> None:
     if shutil.which("mvn") is None or shutil.which("java") is None:
         raise SystemExit("the local CQL node needs a JDK 17 (java) and Maven (mvn) on PATH")
     say(f"setup: fetching Apache Cassandra {CASSANDRA_VERSION} from Maven Central (once per machine)")
@@ -73,47 +80,53 @@ def cassandra_lib() -> Path:
         stdout=sys.stderr,
     )
     done.write_text(CASSANDRA_VERSION + "\n")
-    return lib
 
 
 def barman() -> Path:
     """Barman's command, installed once per machine into a virtualenv of its own, linked into .venv/bin."""
     home = cache_dir() / f"barman-{BARMAN_VERSION}"
     exe, done = home / "bin" / "barman", home / ".complete"
-    if not done.exists():
-        say(f"setup: installing Barman {BARMAN_VERSION} from PyPI into {home} (once per machine)")
-        if home.exists():
-            shutil.rmtree(home)
-        subprocess.run([sys.executable, "-m", "venv", str(home)], check=True, stdout=sys.stderr)
-        pip = [str(home / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps"]
-        subprocess.run([*pip, *BARMAN_PACKAGES], check=True, stdout=sys.stderr)
-        done.write_text("\n".join(BARMAN_PACKAGES) + "\n")
+    with once_per_machine(home.name):
+        if not done.exists():
+            _install_barman(home, done)
     return link_into_venv("barman", exe)
+
+
+def _install_barman(home: Path, done: Path) -> None:
+    say(f"setup: installing Barman {BARMAN_VERSION} from PyPI into {home} (once per machine)")
+    if home.exists():
+        shutil.rmtree(home)
+    subprocess.run([sys.executable, "-m", "venv", str(home)], check=True, stdout=sys.stderr)
+    pip = [str(home / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps"]
+    subprocess.run([*pip, *BARMAN_PACKAGES], check=True, stdout=sys.stderr)
+    done.write_text("\n".join(BARMAN_PACKAGES) + "\n")
 
 
 def _go_tool(name: str, module: str, version: str) -> Path:
     """A Go command built from its module through the Go module proxy, once per machine and
     version, linked into .venv/bin so that it is at hand (`.venv/bin/grpcurl`)."""
     exe = cache_dir() / "bin" / f"{name}-{version}"
-    if not exe.exists():
-        if shutil.which("go") is None:
-            raise SystemExit(f"{name} is installed with Go: put `go` on PATH")
-        say(f"setup: installing {name} {version} through the Go module proxy (once per machine)")
-        with tempfile.TemporaryDirectory() as gobin:
-            env = dict(os.environ, GOBIN=gobin)
-            subprocess.run(["go", "install", f"{module}@{version}"], check=True, stdout=sys.stderr, env=env)
-            exe.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(Path(gobin) / name), exe)
-    return link_into_venv(name, exe)
+    with once_per_machine(exe.name):
+        if not exe.exists():
+            if shutil.which("go") is None:
+                raise SystemExit(f"{name} is installed with Go: put `go` on PATH")
+            say(f"setup: installing {name} {version} through the Go module proxy (once per machine)")
+            with tempfile.TemporaryDirectory() as gobin:
+                env = dict(os.environ, GOBIN=gobin)
+                subprocess.run(["go", "install", f"{module}@{version}"], check=True, stdout=sys.stderr, env=env)
+                exe.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(Path(gobin) / name), exe)
+        return link_into_venv(name, exe)
 
 
 def link_into_venv(name: str, exe: Path) -> Path:
     """Links a cached command into .venv/bin under `name` (so that it is at hand); returns `exe`."""
     link = VENV_BIN / name
     if os.path.realpath(link) != str(exe):
-        if os.path.lexists(link):
-            link.unlink()
-        link.symlink_to(exe)
+        tmp = link.with_name(f".{name}.{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(exe)
+        tmp.replace(link)  # atomic: another process never sees the link missing
     return exe
 
 
@@ -139,14 +152,32 @@ def web() -> Path:
     lock = WEB / "package-lock.json"
     stamp = WEB / "node_modules" / ".runtrack-lock-sha256"
     want = hashlib.sha256(lock.read_bytes()).hexdigest()
-    if not stamp.exists() or stamp.read_text() != want:
-        say("setup: installing the web page's npm packages (npm ci)")
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=WEB, check=True, stdout=sys.stderr
-        )
-        stamp.write_text(want)
-    subprocess.run(["npm", "run", "--silent", "build"], cwd=WEB, check=True, stdout=sys.stderr)
+    # One checkout's page, built by one process at a time; again only when its sources changed.
+    with once_per_machine(f"web-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]}"):
+        if not stamp.exists() or stamp.read_text() != want:
+            say("setup: installing the web page's npm packages (npm ci)")
+            subprocess.run(
+                ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=WEB, check=True, stdout=sys.stderr
+            )
+            stamp.write_text(want)
+        built = WEB_DIST / ".runtrack-sources-sha256"
+        sources = _web_sources_digest()
+        if not built.exists() or built.read_text() != sources:
+            subprocess.run(["npm", "run", "--silent", "build"], cwd=WEB, check=True, stdout=sys.stderr)
+            built.write_text(sources)
     return WEB_DIST
+
+
+def _web_sources_digest() -> str:
+    """What the page's build reads: every file under web/ but its packages and its output, and the
+    tile server's address (web/build.mjs)."""
+    digest = hashlib.sha256(os.environ.get("RUNTRACK_TILE_URL", "").encode() + b"\0")
+    for path in sorted(WEB.rglob("*")):
+        parts = path.relative_to(WEB).parts
+        if parts[0] in ("node_modules", "dist") or not path.is_file():
+            continue
+        digest.update(str(path.relative_to(WEB)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 # The GPX 1.1 and TCX v2 schemas, as Debian's pytrainer package ships them (it validates files with
@@ -168,6 +199,13 @@ def file_schemas() -> Path:
     out = cache_dir() / "schemas"
     if all((out / name).is_file() for name in SCHEMAS):
         return out
+    with once_per_machine("schemas"):
+        if not all((out / name).is_file() for name in SCHEMAS):
+            _fetch_schemas(out)
+    return out
+
+
+def _fetch_schemas(out: Path) -> None:
     say("setup: the GPX and TCX schemas from Debian's pytrainer package (once per machine)")
     with tempfile.TemporaryDirectory() as tmp:
         download = ["apt-get", "download", "pytrainer"]
@@ -182,7 +220,6 @@ def file_schemas() -> Path:
             if hashlib.sha256(data).hexdigest() != sha256:
                 raise SystemExit(f"{deb.name}: {path} is not the schema expected (sha256 differs)")
             (out / name).write_bytes(data)
-    return out
 
 
 def _debian_binary(names: tuple[str, ...], package: str, what: str) -> Path:
@@ -193,6 +230,14 @@ def _debian_binary(names: tuple[str, ...], package: str, what: str) -> Path:
             return Path(found)
     if os.geteuid() != 0:
         raise SystemExit(f"{what} needs {names[0]}: `sudo apt-get install {package}`")
+    with once_per_machine("apt"):
+        return _apt_install(names, package)
+
+
+def _apt_install(names: tuple[str, ...], package: str) -> Path:
+    found = shutil.which(names[0])
+    if found:  # another process installed it meanwhile
+        return Path(found)
     say(f"setup: installing {package} from Debian's packages (once per machine)")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     install = ["apt-get", "install", "-y", "-qq", package]

@@ -9,8 +9,37 @@ import uuid
 
 import pytest
 
+from deploy.k8s import node
 from devstack.stack import Stack, test_spec
 from tests.helpers import token_channel
+
+# `scripts/test` runs two lanes at once (pytest-xdist, --dist loadgroup): one holds every test of the
+# test stack (tests/integration and tests/e2e), the other the stores and the local Kubernetes cluster
+# started by tests of their own, on ports of their own. The pure tests go to whichever is free first.
+# On a machine that has not built Kubernetes' commands yet (about 20 minutes), the three-node cluster's
+# tests join the first lane, so that the build is the second lane's first long step.
+OTHER_STORES = (
+    "tests/k8s/",
+    "tests/integration/test_backup_restore.py",
+    "tests/integration/test_pg_sync_commit.py",
+)
+CQL_CLUSTER = "tests/integration/test_cluster.py"
+KUBERNETES_BUILT = all((node.k8s_bin() / b).exists() for b in node.K8S_BINARIES)
+
+
+def lane(nodeid: str) -> str | None:
+    if nodeid.startswith(OTHER_STORES) or (KUBERNETES_BUILT and nodeid.startswith(CQL_CLUSTER)):
+        return "other-stores"
+    if nodeid.startswith(("tests/integration/", "tests/e2e/")):
+        return "test-stack"
+    return None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        name = lane(item.nodeid)
+        if name:
+            item.add_marker(pytest.mark.xdist_group(name))
 
 
 @pytest.fixture(scope="session")

@@ -29,9 +29,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from deploy.k8s import node
 from devstack import tls, tools
 from devstack.auth import ISSUER, LocalIssuer
-from devstack.paths import DESCRIPTOR_SET, OPENAPI, ROOT, cache_dir
+from devstack.paths import DESCRIPTOR_SET, OPENAPI, ROOT
 from edge.config import (
     K8S_JWKS_FILE,
     K8S_LIVE_JWKS_FILE,
@@ -54,29 +55,16 @@ COMPONENTS = (*REPLICAS, "envoy")
 Objects = list[dict[str, Any]]
 
 
-def _find_helm() -> Path | None:
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    """RUNTRACK_HELM, or helm built from the Go module proxy into the cache (once per machine, as
+    `scripts/k8s up` builds it)."""
     named = os.environ.get("RUNTRACK_HELM")
     if named:
         if not Path(named).is_file():
             pytest.fail(f"RUNTRACK_HELM={named} is not a file")
         return Path(named)
-    cached = cache_dir() / "k8s" / "tools" / "bin" / "helm"
-    if cached.is_file():
-        return cached
-    found = shutil.which("helm")
-    return Path(found) if found else None
-
-
-@pytest.fixture(scope="session")
-def helm() -> Path:
-    found = _find_helm()
-    if found is None:
-        where = cache_dir() / "k8s" / "tools" / "bin" / "helm"
-        message = f"helm not found: set RUNTRACK_HELM or build it into {where} (scripts/k8s up does)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return node.tool("helm")
 
 
 @cache
