@@ -279,6 +279,19 @@ def test_the_store_settings_come_from_values_and_the_url_from_a_secret(render):
     )
 
 
+def test_a_primary_and_its_standbys_are_reached_through_one_multi_host_url_that_follows_writes(render):
+    objects = render({"postgres": {"nodes": ["pg-0.pg:5432", "pg-1.pg:5432"], "user": "rt", "database": "runs"}})
+    assert one(objects, "Secret", "runtrack-postgres")["stringData"]["uri"] == (
+        "postgresql://rt@pg-0.pg:5432,pg-1.pg:5432/runs?target_session_attrs=read-write"
+    )
+    summary = env(one(objects, "Deployment", "summary"))
+    assert summary["DATABASE_URL"] == {"secretKeyRef": {"name": "runtrack-postgres", "key": "uri"}}
+    # One node is not a cluster, and a node is host:port.
+    for nodes in (["pg-0.pg:5432"], ["pg-0.pg", "pg-1.pg"], ["pg-0.pg:5432", "pg-0.pg:5432"]):
+        with pytest.raises(ChartError):
+            render({"postgres": {"nodes": nodes}})
+
+
 def test_a_cloudnativepg_secret_replaces_the_charts_own(render):
     objects = render({"postgres": {"existingSecret": "pg-app", "existingSecretKey": "uri"}})
     assert "Secret" not in {o["kind"] for o in objects}
