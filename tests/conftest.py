@@ -6,6 +6,7 @@ import os
 
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")  # the tests start servers with subprocess
 import uuid
+from typing import Any
 
 import pytest
 
@@ -13,9 +14,9 @@ from deploy.k8s import node
 from devstack.stack import Stack, test_spec
 from tests.helpers import token_channel
 
-# `scripts/test` runs two lanes at once (pytest-xdist, --dist loadgroup): one holds every test of the
-# test stack (tests/integration and tests/e2e), the other the stores and the local Kubernetes cluster
-# started by tests of their own, on ports of their own. The pure tests go to whichever is free first.
+# `scripts/test` runs two lanes at once (pytest-xdist, two workers): one holds every test of the test
+# stack (tests/integration and tests/e2e), the other the stores and the local Kubernetes cluster that
+# tests of their own start, on ports of their own. The pure tests go to whichever is free first.
 # On a machine that has not built Kubernetes' commands yet (about 20 minutes), the three-node cluster's
 # tests join the first lane, so that the build is the second lane's first long step.
 OTHER_STORES = (
@@ -28,6 +29,7 @@ KUBERNETES_BUILT = all((node.k8s_bin() / b).exists() for b in node.K8S_BINARIES)
 
 
 def lane(nodeid: str) -> str | None:
+    """The lane a test runs in, or None: either."""
     if nodeid.startswith(OTHER_STORES) or (KUBERNETES_BUILT and nodeid.startswith(CQL_CLUSTER)):
         return "other-stores"
     if nodeid.startswith(("tests/integration/", "tests/e2e/")):
@@ -35,11 +37,17 @@ def lane(nodeid: str) -> str | None:
     return None
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        name = lane(item.nodeid)
-        if name:
-            item.add_marker(pytest.mark.xdist_group(name))
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's scheduling by scope (each scope's tests on one worker, largest scope first), the
+    scopes being the lanes; a test of neither lane is a scope of its own."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Lanes(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return lane(nodeid) or nodeid
+
+    return Lanes(config, log)
 
 
 @pytest.fixture(scope="session")
