@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 
 from devstack import procs
 from devstack.cql_backup import CqlBackup
-from devstack.pg_backup import PgBackup, current_point
+from devstack.pg_backup import PgBackup, current_point, pg_backup_settings
+from devstack.pg_node import PgNode
 from devstack.stack import SERVICES, Stack, say
 
 T = TypeVar("T")
@@ -37,14 +38,10 @@ def _local(stack: Stack) -> None:
         raise SystemExit(f"the {stack.spec.name} stack keeps no backups (StackSpec.backups)")
     if stack.spec.database_url or stack.spec.scylla_hosts:
         raise SystemExit("backup and restore act on the local stores: unset DATABASE_URL and SCYLLA_HOSTS")
-    if stack.pg_cluster is not None:
-        raise SystemExit(
-            "backup and restore cover the one-node PostgreSQL for now: `scripts/dev down`, then `up --pg-nodes 1`"
-        )
 
 
 def pg_backup(stack: Stack) -> PgBackup:
-    return PgBackup(stack.pg, stack.spec.backup_dir)
+    return stack.pg_backup()
 
 
 def cql_backup(stack: Stack) -> CqlBackup:
@@ -72,7 +69,7 @@ def _at(iso: str) -> dt.datetime:
 def backup(stack: Stack, *, full: bool = False) -> dict[str, Any]:
     """One set of both stores; returns its manifest (also written to sets/SET.json)."""
     _local(stack)
-    if not stack.pg.pid() or not all(n.pid() for n in stack.cql_nodes):
+    if not _pg_serving(stack) or not all(n.pid() for n in stack.cql_nodes):
         raise SystemExit("the stores are not running: `scripts/dev up` first")
     now = dt.datetime.now(dt.UTC)
     done = manifests(stack)
@@ -84,7 +81,7 @@ def backup(stack: Stack, *, full: bool = False) -> dict[str, Any]:
     pgb.prepare()
     pg = pgb.backup(full=full)
     # The PostgreSQL point before the flush: every CQL write acknowledged before it is in the set.
-    lsn, pg_time = current_point(stack.pg)
+    lsn, pg_time = current_point(pgb)
     cql = cql_backup(stack).backup(set_id, full=full)
     manifest = {
         "id": set_id,
@@ -104,6 +101,12 @@ def backup(stack: Stack, *, full: bool = False) -> dict[str, Any]:
     _next_full_marker(stack).unlink(missing_ok=True)
     manifest["removed"] = _retain(stack, now)
     return manifest
+
+
+def _pg_serving(stack: Stack) -> bool:
+    if stack.pg_cluster is None:
+        return stack.pg.pid() is not None
+    return stack.pg_cluster.primary() is not None
 
 
 def _retain(stack: Stack, now: dt.datetime) -> list[str]:
@@ -143,7 +146,7 @@ def restore(stack: Stack, to: dt.datetime) -> dict[str, Any]:
     pgb.backup_before(to)  # refuse before stopping anything
     timings: dict[str, float] = {}
     started = time.monotonic()
-    if stack.pg.pid():
+    if _pg_serving(stack):
         pgb.switch_wal()  # the WAL written until now, into the repository
     ports = stack.replica_ports()
     say("restore: stopping the replicas")
@@ -153,8 +156,12 @@ def restore(stack: Stack, to: dt.datetime) -> dict[str, Any]:
     # PostgreSQL restored while the fresh CQL nodes start (each takes tens of seconds).
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         say(f"restore: PostgreSQL to {to.isoformat()}, meanwhile fresh CQL node(s) for set(s) {', '.join(chain)}")
-        stack.pg.stop()
-        pg_done = pool.submit(_timed, pgb.restore, to)
+        if stack.pg_cluster is None:
+            stack.pg.stop()
+            pg_done = pool.submit(_timed, pgb.restore, to)
+        else:
+            stack.pg_cluster.stop()
+            pg_done = pool.submit(_timed, lambda at: _restore_cluster(stack, at), to)
         t = time.monotonic()
         for node in stack.cql_nodes:
             node.stop()
@@ -193,6 +200,28 @@ def restore(stack: Stack, to: dt.datetime) -> dict[str, Any]:
         "runs_checked": checked,
         "trail_findings": [f.as_dict() for f in findings],
     }
+
+
+def _restore_cluster(stack: Stack, to: dt.datetime) -> tuple[str, str]:
+    """The two-node PostgreSQL restored: into the first node's data directory as one PostgreSQL (as
+    `restore` does a single node: the backup, the WAL to `to`, promoted), stopped, then Patroni on a
+    new etcd takes that data directory over as the primary (its system identifier becomes the
+    cluster's) and the second node, emptied, is copied from it as the synchronous standby."""
+    cluster = stack.pg_cluster
+    assert cluster is not None
+    first, rest = cluster.nodes[0], cluster.nodes[1:]
+    settings = pg_backup_settings(stack.spec.backup_dir) | {
+        "synchronous_standby_names": "",  # Patroni's, in the restored files: nobody to wait for yet
+        "logging_collector": "off",  # the recovery's messages into the log the restore reads
+    }
+    node = PgNode(first.home, stack.spec.logs / "pg-restore.log", port=first.pg_port, settings=settings)
+    done = PgBackup(node, stack.spec.backup_dir).restore(to)
+    node.stop()
+    _wipe(cluster.home / "etcd")
+    for other in rest:
+        _wipe(other.data)
+    cluster.start()
+    return done
 
 
 def _timed(fn: Callable[[dt.datetime], T], arg: dt.datetime) -> tuple[T, float]:

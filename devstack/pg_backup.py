@@ -80,11 +80,34 @@ class PgBackupInfo:
         return self.__dict__.copy()
 
 
+def _conninfo(addresses: list[str], **more: str) -> str:
+    """A libpq keyword string naming every node; with more than one, the connection goes to the node
+    that takes writes (target_session_attrs=read-write), whichever that is now."""
+    hosts, ports = zip(*(a.rsplit(":", 1) for a in addresses), strict=True)
+    words = {"host": ",".join(hosts), "port": ",".join(ports), "user": "postgres", **more}
+    if len(addresses) > 1:
+        words["target_session_attrs"] = "read-write"
+    return " ".join(f"{k}={v}" for k, v in words.items())
+
+
 class PgBackup:
-    def __init__(self, node: PgNode, backup_dir: Path) -> None:
+    """Barman for the stack's PostgreSQL: `node` (one node), or with `addresses` a primary and its
+    standby (Patroni), where every node archives while it is the primary and a base backup is taken
+    from the primary of the moment."""
+
+    def __init__(self, node: PgNode, backup_dir: Path, addresses: list[str] | None = None) -> None:
         self.node, self.backup_dir = node, backup_dir
+        self.addresses = addresses or [f"{node.host}:{node.port}"]
         self.home = _home(backup_dir)
         self.config = self.home / "barman.conf"
+
+    @property
+    def clustered(self) -> bool:
+        return len(self.addresses) > 1
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """A connection to the primary, in autocommit."""
+        return psycopg.connect(_conninfo(self.addresses, dbname="postgres"), autocommit=True)
 
     def prepare(self) -> None:
         """The repository's directories and the node's archive_command, before the node starts."""
@@ -111,8 +134,8 @@ configuration_files_directory = {self.home / "conf.d"}
 
 [{SERVER}]
 description = RunTrack's PostgreSQL
-conninfo = host={self.node.host} port={self.node.port} user=postgres dbname=postgres
-streaming_conninfo = host={self.node.host} port={self.node.port} user=postgres
+conninfo = {_conninfo(self.addresses, dbname="postgres")}
+streaming_conninfo = {_conninfo(self.addresses)}
 backup_method = postgres
 immediate_checkpoint = true
 compression = gzip
@@ -141,8 +164,7 @@ staging_location = local
     def switch_wal(self) -> None:
         """Closes the node's current WAL segment and waits until the repository holds it. A commit is
         written first: a restore to a time after every other commit finds one after it, and stops."""
-        url = f"postgresql://postgres@{self.node.host}:{self.node.port}/postgres"
-        with psycopg.connect(url, autocommit=True) as conn:
+        with self.connect() as conn:
             conn.execute("SELECT pg_current_xact_id()")
         self.barman("switch-wal", "--force", "--archive", "--archive-timeout", "60", SERVER)
 
@@ -187,6 +209,8 @@ staging_location = local
         `to`; the node started and promoted. Returns the backup's id and the point reached: `to`, or
         the end of the archived WAL when it holds no commit after `to` (the node was lost before it
         wrote one). The node must be stopped."""
+        if self.clustered:
+            raise RuntimeError("a restore goes into one node (PgBackup without addresses)")
         if self.node.pid():
             raise RuntimeError("stop PostgreSQL before restoring it")
         self.archive_wal()
@@ -263,9 +287,10 @@ def _user() -> str:
     return pwd.getpwuid(os.geteuid()).pw_name
 
 
-def current_point(node: PgNode) -> tuple[str, str]:
-    """PostgreSQL's WAL position and clock now: the point a CQL snapshot taken now matches."""
-    with psycopg.connect(f"postgresql://postgres@{node.host}:{node.port}/postgres", autocommit=True) as conn:
+def current_point(pgb: PgBackup) -> tuple[str, str]:
+    """PostgreSQL's WAL position and clock now (on the primary): the point a CQL snapshot taken now
+    matches."""
+    with pgb.connect() as conn:
         row = conn.execute("SELECT pg_current_wal_lsn()::text, clock_timestamp()").fetchone()
     assert row is not None
     return str(row[0]), row[1].astimezone(dt.UTC).isoformat()

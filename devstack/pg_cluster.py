@@ -80,8 +80,11 @@ def multi_host_url(addresses: list[str], database: str) -> str:
     return f"postgresql://postgres@{','.join(addresses)}/{database}?target_session_attrs=read-write"
 
 
-def patroni_config(*, scope: str, node: PatroniNode, etcd_port: int, bin_dir: Path) -> dict[str, Any]:
-    """Patroni's YAML for one node, as a dict."""
+def patroni_config(
+    *, scope: str, node: PatroniNode, etcd_port: int, bin_dir: Path, settings: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Patroni's YAML for one node, as a dict; `settings`: more of PostgreSQL's, on every node (the
+    backups' archive_command: whichever node is the primary archives)."""
     return {
         "scope": scope,
         "namespace": "/runtrack/",
@@ -129,6 +132,7 @@ def patroni_config(*, scope: str, node: PatroniNode, etcd_port: int, bin_dir: Pa
                 "unix_socket_directories": str(node.home),
                 "logging_collector": "on",
                 "log_directory": str(node.home / "log"),
+                **(settings or {}),
             },
         },
         "watchdog": {"mode": "off"},
@@ -154,9 +158,18 @@ class PgCluster:
     """Two Patroni nodes and their etcd, under `home`, logging into `logs`, pid files in `run_dir`."""
 
     def __init__(
-        self, home: Path, logs: Path, run_dir: Path, *, pg_port: int, scope: str, database: str = "runtrack"
+        self,
+        home: Path,
+        logs: Path,
+        run_dir: Path,
+        *,
+        pg_port: int,
+        scope: str,
+        database: str = "runtrack",
+        settings: dict[str, str] | None = None,
     ) -> None:
         self.home, self.logs, self.run_dir, self.scope, self.database = home, logs, run_dir, scope, database
+        self.settings = dict(settings or {})
         p = ports(pg_port)
         self.nodes = [
             PatroniNode(f"pg{i}", home / f"pg{i}", pg_port=p[f"pg{i}"], rest_port=p[f"pg{i}-rest"]) for i in (1, 2)
@@ -223,7 +236,9 @@ class PgCluster:
     def _prepare(self, node: PatroniNode, bin_dir: Path) -> None:
         node.home.mkdir(parents=True, exist_ok=True)
         (node.home / "log").mkdir(exist_ok=True)
-        config = patroni_config(scope=self.scope, node=node, etcd_port=self.etcd_port, bin_dir=bin_dir)
+        config = patroni_config(
+            scope=self.scope, node=node, etcd_port=self.etcd_port, bin_dir=bin_dir, settings=self.settings
+        )
         node.config.write_text(to_yaml(config))
         if self.user is not None:
             import pwd

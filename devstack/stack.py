@@ -21,7 +21,7 @@ from devstack import procs, tls, tools
 from devstack.auth import AUDIENCE, ISSUER, LINK_AUDIENCE, LINK_ISSUER, LINK_KEY_ID, LocalIssuer
 from devstack.cql_node import CqlNode
 from devstack.paths import ROOT
-from devstack.pg_backup import pg_backup_settings
+from devstack.pg_backup import PgBackup, pg_backup_settings
 from devstack.pg_cluster import PgCluster
 from devstack.pg_node import PgNode
 from edge.config import Auth, Layout, Tls, eds_document, render, to_yaml
@@ -199,7 +199,8 @@ def metrics_port(port: int) -> int:
 
 def cluster_test_spec() -> StackSpec:
     """The stack the cluster tests run: three local CQL nodes (RF 3) and PostgreSQL as two nodes (a
-    primary and a synchronous standby), on ports of its own, whatever SCYLLA_HOSTS or DATABASE_URL say."""
+    primary and a synchronous standby), both backed up, on ports of its own, whatever SCYLLA_HOSTS or
+    DATABASE_URL say."""
     state = ROOT / ".dev" / "test-cluster"
     return StackSpec(
         name="test-cluster",
@@ -216,6 +217,7 @@ def cluster_test_spec() -> StackSpec:
         replica_settings={"DRAIN_DELAY_S": "1.5"},
         cql_nodes=3,
         pg_nodes=2,
+        backups=True,
     )
 
 
@@ -253,7 +255,14 @@ class Stack:
             settings=pg_backup_settings(s.backup_dir) if s.backups else None,
         )
         self.pg_cluster = (
-            PgCluster(s.state / "pg-cluster", s.logs, self.run_dir, pg_port=s.pg_port, scope=f"runtrack-{s.name}")
+            PgCluster(
+                s.state / "pg-cluster",
+                s.logs,
+                self.run_dir,
+                pg_port=s.pg_port,
+                scope=f"runtrack-{s.name}",
+                settings=pg_backup_settings(s.backup_dir) if s.backups else None,
+            )
             if (s.pg_nodes or self._recorded("pg-nodes")) == 2
             else None
         )
@@ -560,18 +569,22 @@ class Stack:
                 f"{recorded} PostgreSQL node(s) run now: `scripts/dev down` first, then `up` with the new count"
             )
         (self.run_dir / "pg-nodes").write_text(str(self.pg_nodes))
+        if s.backups:
+            self.pg_backup().prepare()  # where archive_command copies WAL to
         if self.pg_cluster is None:
             if not self.pg.pid():
                 say(f"starting PostgreSQL on 127.0.0.1:{s.pg_port}")
-            if s.backups:
-                from devstack.pg_backup import PgBackup
-
-                PgBackup(self.pg, s.backup_dir).prepare()  # where archive_command copies WAL to
             self.pg.start()
             return
         addresses = ", ".join(n.address for n in self.pg_cluster.nodes)
         say(f"starting PostgreSQL as two nodes (Patroni, synchronous standby) on {addresses}")
         self.pg_cluster.start()
+
+    def pg_backup(self) -> PgBackup:
+        """Barman for this stack's PostgreSQL: the node, or every node of the two (the primary's
+        backups and archive, whichever node that is)."""
+        addresses = None if self.pg_cluster is None else [n.address for n in self.pg_cluster.nodes]
+        return PgBackup(self.pg, self.spec.backup_dir, addresses)
 
     def postgres(self) -> dict[str, Any]:
         """What `scripts/dev status --json` says of PostgreSQL: the primary's pid and address, and with

@@ -10,27 +10,24 @@ from typing import Any
 
 import pytest
 
-from deploy.k8s import node
 from devstack.stack import Stack, test_spec
 from tests.helpers import token_channel
 
-# `scripts/test` runs two lanes at once (pytest-xdist, two workers): one holds every test of the test
-# stack (tests/integration and tests/e2e), the other the stores and the local Kubernetes cluster that
-# tests of their own start, on ports of their own. The pure tests go to whichever is free first.
-# On a machine that has not built Kubernetes' commands yet (about 20 minutes), the three-node cluster's
-# tests join the first lane, so that the build is the second lane's first long step.
+# `scripts/test` runs two lanes at once (pytest-xdist, two workers). One holds every test of the test
+# stack (tests/integration and tests/e2e) and the stores as clusters (three CQL nodes, two PostgreSQL
+# nodes: their JVMs beside the test stack's load would make the machine the test); the other the local
+# Kubernetes cluster (built on a fresh machine: about 20 minutes) and the backup drills, on ports of
+# their own. The pure tests go to whichever lane is free first.
 OTHER_STORES = (
     "tests/k8s/",
     "tests/integration/test_backup_restore.py",
     "tests/integration/test_pg_sync_commit.py",
 )
-CQL_CLUSTER = "tests/integration/test_cluster.py"
-KUBERNETES_BUILT = all((node.k8s_bin() / b).exists() for b in node.K8S_BINARIES)
 
 
 def lane(nodeid: str) -> str | None:
     """The lane a test runs in, or None: either."""
-    if nodeid.startswith(OTHER_STORES) or (KUBERNETES_BUILT and nodeid.startswith(CQL_CLUSTER)):
+    if nodeid.startswith(OTHER_STORES):
         return "other-stores"
     if nodeid.startswith(("tests/integration/", "tests/e2e/")):
         return "test-stack"

@@ -148,18 +148,29 @@ async def under_live_streams(cluster, channel, fault) -> dict:
     }
 
 
+def hints_held(node) -> list[str]:
+    """The hint files a node keeps for a node that was down: deleted once delivered."""
+    return sorted(p.name for p in (node.home / "data" / "hints").glob("*.hints"))
+
+
 def assert_caught_up(cluster, node, run_ids: list[str]) -> float:
-    """With the other two nodes down, `node` alone holds every point (hints replayed); seconds it took."""
+    """The others' hints for `node` delivered, then with the other two nodes down, `node` alone holds
+    every point; seconds it took from the end of the fault."""
     others = [n for n in cluster.cql_nodes if n is not node]
+    started = time.monotonic()
+    while any(hints_held(other) for other in others):
+        held = {other.address: hints_held(other) for other in others}
+        assert time.monotonic() - started < 300, f"hints for {node.address} not delivered: {held}"
+        time.sleep(1)
     for other in others:
         other.stop()
     try:
-        started = time.monotonic()
+        reading = time.monotonic()
         while True:
             counts = points_on(node, run_ids)
             if all(n == POINTS for n in counts.values()):
                 return time.monotonic() - started
-            assert time.monotonic() - started < 120, f"node {node.address} holds {counts}"
+            assert time.monotonic() - reading < 60, f"node {node.address} holds {counts}"
             time.sleep(2)
     finally:
         for other in others:  # one at a time, as an operator brings nodes back
@@ -571,3 +582,86 @@ async def test_a_node_lost_under_300_streams_that_do_not_resume_fails_none(clust
     )
     assert statuses.count("OK") == STREAMS, f"{STREAMS - statuses.count('OK')} streams failed: {dict(failed)}"
     assert stored == [STREAM_POINTS] * STREAMS, "a point is missing"
+
+
+def dev(cluster, *args: str) -> dict:
+    """`scripts/dev ARGS --json` against the cluster's stack, its JSON."""
+    out = subprocess.run(
+        [sys.executable, "-m", "devstack", *args, "--json"],
+        cwd=ROOT,
+        env=dict(os.environ, RUNTRACK_STACK=cluster.spec.name),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
+def switch_over(cluster) -> tuple[str, str]:
+    """The primary handed to the standby (Patroni's POST /switchover); (old, new) primary's names."""
+    pgc = cluster.pg_cluster
+    pgc.wait_replicating(120)
+    old = pgc.primary()["name"]
+    new = next(n.name for n in pgc.nodes if n.name != old)
+    request = urllib.request.Request(
+        pgc.nodes[0].rest_url + "/switchover",
+        data=json.dumps({"leader": old, "candidate": new}).encode(),
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        assert resp.status == 200
+    deadline = time.monotonic() + 60
+    while (pgc.primary() or {}).get("name") != new:
+        assert time.monotonic() < deadline, "the switchover did not happen"
+        time.sleep(0.5)
+    return old, new
+
+
+async def test_backups_follow_the_primary_and_a_restore_brings_back_both_nodes(cluster, phone_channel):
+    """Backups of the two-node PostgreSQL are taken from whichever node is the primary, across a
+    change of primary (a new timeline) and incrementally; a restore to a time between them puts the
+    runs stopped before it back, not those after, and leaves a primary and a synchronous standby."""
+    pgc = cluster.pg_cluster
+    pgc.wait_replicating(120)
+    summary = summary_pb2_grpc.SummaryServiceStub(phone_channel)
+    first = dev(cluster, "backup")
+    before = [str(uuid.uuid4()) for _ in range(3)]
+    for i, run_id in enumerate(before):
+        await retried(partial(summary.StopRun, stop_request(run_id, i), timeout=15))
+    await asyncio.sleep(1)
+    to = dt.datetime.now(dt.UTC)
+    await asyncio.sleep(1)
+    old, new = await asyncio.to_thread(switch_over, cluster)
+    after = [str(uuid.uuid4()) for _ in range(3)]
+    for i, run_id in enumerate(after):
+        await retried(partial(summary.StopRun, stop_request(run_id, 10 + i), timeout=15))
+    second = dev(cluster, "backup")
+    assert second["postgres"]["kind"] == "incremental", second["postgres"]
+    assert second["postgres"]["begin_lsn"] != first["postgres"]["begin_lsn"]
+    # The new primary archived its timeline's history: the repository can replay across the change.
+    wals = cluster.spec.backup_dir / "postgres" / "runtrack" / "wals"
+    assert any(wals.glob("*.history")), "no timeline history archived"
+
+    started = time.monotonic()
+    restored = await asyncio.to_thread(dev, cluster, "restore", "--to", to.isoformat())
+    restore_s = time.monotonic() - started
+    assert restored["postgres_reached"] == to.isoformat()
+    await asyncio.to_thread(pgc.wait_replicating, 180)
+    assert sorted(m["role"] for m in pgc.members()) == ["leader", "sync_standby"]
+    stored = stored_runs(cluster, before + after)
+    assert set(stored) == set(before), stored
+    # Writes go on, and wait for the standby again.
+    run_id = str(uuid.uuid4())
+    await retried(partial(summary.StopRun, stop_request(run_id, 20), timeout=15))
+    assert set(stored_runs(cluster, [run_id])) == {run_id}
+    assert pgc.replication()[0]["sync_state"] == "sync"
+    record(
+        "pg_cluster_backup_restore",
+        switched_from=old,
+        switched_to=new,
+        backup_full_s=first["postgres"]["seconds"],
+        backup_incremental_s=second["postgres"]["seconds"],
+        restore_s=round(restore_s, 1),
+        restore_timings=restored["timings"],
+    )

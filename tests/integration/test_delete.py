@@ -26,6 +26,21 @@ async def delete(channel, run_id: str):
     return await summary_pb2_grpc.SummaryServiceStub(channel).DeleteRun(summary_pb2.DeleteRunRequest(run_id=run_id))
 
 
+async def durable(tracking, run_id: str, seq: int, timeout_s: float = 30) -> None:
+    """Until the run's cursor says points 1..seq are stored."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            cursor = await tracking.GetTrackCursor(tracking_pb2.GetTrackCursorRequest(run_id=run_id), timeout=5)
+            if cursor.contiguous_seq >= seq:
+                return
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+        assert asyncio.get_running_loop().time() < deadline, f"points 1..{seq} of {run_id} not stored"
+        await asyncio.sleep(0.1)
+
+
 async def assert_gone(channel, run_id: str) -> None:
     summary, tracking = stubs(channel)
     for call in (
@@ -114,7 +129,7 @@ async def test_a_late_stream_or_stop_run_never_brings_a_deleted_run_back(stack, 
     _, tracking = stubs(channel)
     call = tracking.RecordTrack()
     await call.write(tracking_pb2.RecordTrackRequest(run_id=run_id, points=[point(s) for s in range(1, 21)]))
-    await asyncio.sleep(0.3)  # the first points are durable
+    await durable(tracking, run_id, 20)  # the run exists: its first points are stored
     await delete(channel, run_id)
     # The phone, unaware, goes on writing on its open stream, then ends it.
     for seq in range(21, 41):

@@ -249,7 +249,8 @@ async def test_a_stalled_store_pushes_back_on_the_phone_instead_of_filling_memor
         written_during_stall = written
     finally:
         os.kill(cql_pid, signal.SIGCONT)
-    await asyncio.wait_for(writer, timeout=60)
+    # 400,000 points to store after the stall: a minute or two on a machine shared with other stacks.
+    await asyncio.wait_for(writer, timeout=240)
     seq = 2 + 100 * messages
     await call.done_writing()
     response = await asyncio.wait_for(call, timeout=60)
