@@ -47,6 +47,8 @@ PROGRAMS: dict[str, Program] = {
     "git": Program("git", DEV | IMAGE),
     # PostgreSQL's backups (Barman restores a backup's files and WAL with rsync).
     "rsync": Program("rsync", DEV),
+    # The alerting rules' unit tests (`promtool test rules`, deploy/prometheus/).
+    "promtool": Program("prometheus", TEST),
     # The suite's browser tests and the GPX/TCX schemas the exports are checked against.
     "chromium": Program("chromium", TEST),
     "certutil": Program("libnss3-tools", TEST),

@@ -34,6 +34,7 @@ from runtrack_common.errors import (
     Unavailable,
 )
 from runtrack_common.identity import CALLER_HEADER, LINK_ID_HEADER, LINK_RUN_HEADER, Caller, LinkHolder
+from runtrack_common.metrics import STORE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,8 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], err: Exception, *, 
         err = unexpected(run_id)
     elif isinstance(err, Internal):
         log.error("rpc=%s run_id=%s failed: %s", rpc, run_id, err.message, exc_info=err.__cause__ or err)
+    elif isinstance(err, Unavailable) and "store" in err.metadata:
+        STORE_UNAVAILABLE.labels(err.metadata["store"]).inc()
     await context.abort_with_status(rpc_status.to_status(to_status(err)))
     raise AssertionError("abort_with_status returned")  # it raises; this tells the type checker
 

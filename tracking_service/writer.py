@@ -35,6 +35,11 @@ from tracking_service.store import TrackStore
 log = logging.getLogger(__name__)
 
 POINTS_STORED = Counter("runtrack_points_stored_total", "GPS points written to the CQL store.")
+# Never durable: not in POINT_DURABLE, yet each a point the durability objective missed (docs/slos.md).
+POINTS_NOT_DURABLE = Counter(
+    "runtrack_points_not_durable_total",
+    "GPS points whose write failed after its retries (the stream ends; the phone re-sends them).",
+)
 BATCH_WRITE = Histogram(
     "runtrack_batch_write_seconds",
     "One batch of points written to the CQL store (one round trip).",
@@ -159,6 +164,7 @@ class PointWriter:
         try:
             await self._write_with_retries(list(rows.items()), n)
         except Exception as err:  # noqa: BLE001 (every stream whose points it held is told)
+            POINTS_NOT_DURABLE.inc(n)
             for item in batch:
                 item.sink.failed(len(item.points), err)
         else:

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from deploy import prometheus
 from deploy.k8s import node
 from devstack import tls, tools
 from devstack.auth import ISSUER, LocalIssuer
@@ -732,6 +733,7 @@ def test_wrong_values_are_refused_before_anything_is_installed(render):
         {"hpa": {"tracking": {"targetStreams": 0}}},
         {"postgres": {"url": ""}},
         {"replicaCount": 3},
+        {"prometheusRule": {"runbookUrlPrefix": "runbooks"}},
     ):
         with pytest.raises(ChartError):
             render(values)
@@ -868,3 +870,44 @@ def test_the_per_runner_limits_default_to_envoy_limits_yaml_and_reach_envoys_con
     config = yaml.safe_load(envoy_config(render({"limits": spread})))
     assert cluster(config, "tracking")["lb_policy"] == "LEAST_REQUEST"
     assert cluster(config, "summary")["lb_policy"] == "LEAST_REQUEST"
+
+
+# ---- the alerting rules ---------------------------------------------------------------------------------
+
+
+def _plain_groups() -> list[dict[str, Any]]:
+    return [group for path in prometheus.rule_files() for group in yaml.safe_load(path.read_text())["groups"]]
+
+
+def _by_name(groups: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {group["name"]: group for group in groups}
+
+
+def test_the_chart_links_every_plain_rule_file():
+    linked = {p.name: p.resolve() for p in (CHART / "files" / "prometheus").glob("*.yaml")}
+    assert linked == {p.name: p for p in prometheus.rule_files()}
+
+
+def test_the_prometheus_rule_is_off_unless_asked(render):
+    assert names(render(), "PrometheusRule") == set()
+
+
+def test_the_prometheus_rule_holds_exactly_the_groups_of_the_plain_rule_files(render):
+    rule = one(render({"prometheusRule": {"enabled": True}}), "PrometheusRule", "runtrack")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    groups = rule["spec"]["groups"]
+    assert len(groups) == len(_plain_groups())
+    assert _by_name(groups) == _by_name(_plain_groups())
+
+
+def test_the_prometheus_rule_takes_its_labels_and_runbook_prefix_from_values(render):
+    prefix = "https://git.example.org/runtrack/-/blob/main/"
+    values = {"prometheusRule": {"enabled": True, "labels": {"release": "kps"}, "runbookUrlPrefix": prefix}}
+    rule = one(render(values), "PrometheusRule", "runtrack")
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    alerts = [r for group in rule["spec"]["groups"] for r in group["rules"] if "alert" in r]
+    assert alerts and all(
+        a["annotations"]["runbook_url"] == f"{prefix}{prometheus.RUNBOOKS}/{a['alert']}.md" for a in alerts
+    )
+    plain = json.dumps(_plain_groups(), sort_keys=True).replace(prometheus.RUNBOOK_URL_PREFIX, prefix)
+    assert json.dumps(rule["spec"]["groups"], sort_keys=True) == plain

@@ -2,6 +2,7 @@ import asyncio
 import uuid
 
 import pytest
+from prometheus_client import REGISTRY
 
 from runtrack_common.errors import PermissionDenied, Unavailable
 from tests.unit.fakes import FakeTrackStore
@@ -116,6 +117,17 @@ async def test_a_failed_write_ends_the_stream_with_unavailable():
     await s.drain()
     with pytest.raises(Unavailable, match="resume from GetTrackCursor"):
         await s.add(pts([2]))
+
+
+async def test_points_whose_write_failed_are_counted_as_never_durable():
+    store = FakeTrackStore()
+    s = stream(store)
+    await s.claim("u")
+    before = REGISTRY.get_sample_value("runtrack_points_not_durable_total") or 0.0
+    store.fail_with = Unavailable("store down")
+    await s.add(pts([1, 2, 3]))
+    await s.drain()
+    assert REGISTRY.get_sample_value("runtrack_points_not_durable_total") == before + 3
 
 
 async def test_a_run_claimed_by_someone_else_is_denied():

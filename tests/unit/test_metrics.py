@@ -8,6 +8,7 @@ from prometheus_client import REGISTRY
 
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 from runtrack_common.config import Settings
+from runtrack_common.errors import Unavailable
 from runtrack_common.metrics import ServerMetrics
 from summary_service.servicer import SummaryServicer
 from tests.helpers import caller_channel
@@ -52,6 +53,41 @@ async def test_unary_calls_are_counted_by_status_and_timed(channel):
     assert value("grpc_server_handled_total", **labels, grpc_code="NOT_FOUND") == not_found + 1
     assert value("grpc_server_handled_total", **labels, grpc_code="INVALID_ARGUMENT") == invalid + 1
     assert value("grpc_server_handling_seconds_count", **labels) == timed + 2
+
+
+async def test_each_call_is_timed_under_its_status_with_buckets_at_the_objectives(channel):
+    labels = {"grpc_type": "UNARY", "grpc_service": SUMMARY, "grpc_method": "GetRun"}
+    name = "runtrack_grpc_server_handled_seconds"
+    not_found = value(f"{name}_count", **labels, grpc_code="NOT_FOUND")
+    fast = value(f"{name}_bucket", **labels, grpc_code="NOT_FOUND", le="0.2")
+    with pytest.raises(grpc.aio.AioRpcError):
+        await summary_pb2_grpc.SummaryServiceStub(channel).GetRun(summary_pb2.GetRunRequest(run_id=str(uuid.uuid4())))
+    assert value(f"{name}_count", **labels, grpc_code="NOT_FOUND") == not_found + 1
+    assert value(f"{name}_bucket", **labels, grpc_code="NOT_FOUND", le="0.2") == fast + 1  # a fake store: fast
+    assert REGISTRY.get_sample_value(f"{name}_bucket", {**labels, "grpc_code": "NOT_FOUND", "le": "0.3"}) is not None
+
+
+class UnreachableRunStore(FakeRunStore):
+    async def get_run(self, run_id: uuid.UUID) -> None:
+        raise Unavailable("PostgreSQL unavailable: PoolTimeout", metadata={"store": "postgresql"})
+
+
+async def test_a_call_a_store_did_not_answer_is_counted_under_that_store():
+    tracks, runs = FakeTrackStore(), UnreachableRunStore()
+    server = grpc.aio.server(interceptors=[ServerMetrics()])
+    summary_pb2_grpc.add_SummaryServiceServicer_to_server(SummaryServicer(runs, FakeTracksApi(tracks)), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    before = value("runtrack_store_unavailable_total", store="postgresql")
+    try:
+        async with caller_channel(f"127.0.0.1:{port}", "ada") as ch:
+            stub = summary_pb2_grpc.SummaryServiceStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await stub.GetRun(summary_pb2.GetRunRequest(run_id=str(uuid.uuid4())))
+    finally:
+        await server.stop(None)
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert value("runtrack_store_unavailable_total", store="postgresql") == before + 1
 
 
 async def test_a_stream_counts_its_points_and_how_long_each_took_to_be_durable(channel):
