@@ -24,8 +24,7 @@ from typing import Any, TypeVar
 
 from devstack import procs
 from devstack.cql_backup import CqlBackup
-from devstack.pg_backup import PgBackup, current_point, pg_backup_settings
-from devstack.pg_node import PgNode
+from devstack.pg_backup import PgBackup, current_point
 from devstack.stack import SERVICES, Stack, say
 
 T = TypeVar("T")
@@ -138,6 +137,11 @@ def restore(stack: Stack, to: dt.datetime) -> dict[str, Any]:
     """PostgreSQL to `to` (PITR), the CQL store to its last set at or before `to` (fresh nodes), with
     the replicas stopped meanwhile; then the trails check. Returns what was done."""
     _local(stack)
+    if stack.pg_cluster is not None:
+        raise SystemExit(
+            "restore goes into a one-node PostgreSQL; the two-node one (--pg-nodes 2) is backed up, not yet "
+            "restored by this command (docs/operating.md, Backups and restore)"
+        )
     if to > dt.datetime.now(dt.UTC):
         raise SystemExit(f"{to.isoformat()} is in the future")
     chain = chain_before(stack, to)
@@ -156,12 +160,8 @@ def restore(stack: Stack, to: dt.datetime) -> dict[str, Any]:
     # PostgreSQL restored while the fresh CQL nodes start (each takes tens of seconds).
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         say(f"restore: PostgreSQL to {to.isoformat()}, meanwhile fresh CQL node(s) for set(s) {', '.join(chain)}")
-        if stack.pg_cluster is None:
-            stack.pg.stop()
-            pg_done = pool.submit(_timed, pgb.restore, to)
-        else:
-            stack.pg_cluster.stop()
-            pg_done = pool.submit(_timed, lambda at: _restore_cluster(stack, at), to)
+        stack.pg.stop()
+        pg_done = pool.submit(_timed, pgb.restore, to)
         t = time.monotonic()
         for node in stack.cql_nodes:
             node.stop()
@@ -200,28 +200,6 @@ def restore(stack: Stack, to: dt.datetime) -> dict[str, Any]:
         "runs_checked": checked,
         "trail_findings": [f.as_dict() for f in findings],
     }
-
-
-def _restore_cluster(stack: Stack, to: dt.datetime) -> tuple[str, str]:
-    """The two-node PostgreSQL restored: into the first node's data directory as one PostgreSQL (as
-    `restore` does a single node: the backup, the WAL to `to`, promoted), stopped, then Patroni on a
-    new etcd takes that data directory over as the primary (its system identifier becomes the
-    cluster's) and the second node, emptied, is copied from it as the synchronous standby."""
-    cluster = stack.pg_cluster
-    assert cluster is not None
-    first, rest = cluster.nodes[0], cluster.nodes[1:]
-    settings = pg_backup_settings(stack.spec.backup_dir) | {
-        "synchronous_standby_names": "",  # Patroni's, in the restored files: nobody to wait for yet
-        "logging_collector": "off",  # the recovery's messages into the log the restore reads
-    }
-    node = PgNode(first.home, stack.spec.logs / "pg-restore.log", port=first.pg_port, settings=settings)
-    done = PgBackup(node, stack.spec.backup_dir).restore(to)
-    node.stop()
-    _wipe(cluster.home / "etcd")
-    for other in rest:
-        _wipe(other.data)
-    cluster.start()
-    return done
 
 
 def _timed(fn: Callable[[dt.datetime], T], arg: dt.datetime) -> tuple[T, float]:

@@ -261,7 +261,7 @@ class Stack:
                 self.run_dir,
                 pg_port=s.pg_port,
                 scope=f"runtrack-{s.name}",
-                settings=pg_backup_settings(s.backup_dir) if s.backups else None,
+                settings=pg_backup_settings(s.backup_dir, incremental=False) if s.backups else None,
             )
             if (s.pg_nodes or self._recorded("pg-nodes")) == 2
             else None
