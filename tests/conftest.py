@@ -44,6 +44,14 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         def _split_scope(self, nodeid: str) -> str:
             return lane(nodeid) or nodeid
 
+        def _assign_work_unit(self, node: Any) -> None:
+            # As xdist's, but by position: Schemathesis collects one item per API operation, all under
+            # one node id, and xdist's version (a dict by node id, then list.index) runs only the first.
+            scope, unit = self.workqueue.popitem(last=False)
+            self.assigned_work.setdefault(node, {})[scope] = unit
+            collection = self.registered_collections[node]
+            node.send_runtest_some([i for i, nodeid in enumerate(collection) if unit.get(nodeid) is False])
+
     return Lanes(config, log)
 
 
