@@ -1,10 +1,9 @@
 //go:build tools
 
-// Package tools pins the cluster's DNS server, the chart tool and the manifest checker.
+// Package tools pins the chart tool and the manifest checker.
 package tools
 
 import (
-	_ "github.com/coredns/coredns"
 	_ "github.com/yannh/kubeconform/cmd/kubeconform"
 	_ "helm.sh/helm/v3/cmd/helm"
 )
