@@ -22,9 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
+
 from devstack import procs
 from devstack.cql_backup import CqlBackup
-from devstack.pg_backup import PgBackup, current_point
+from devstack.pg_backup import PgBackup, current_point, pg_backup_settings
+from devstack.pg_node import PgNode
 from devstack.stack import SERVICES, Stack, say
 
 T = TypeVar("T")
@@ -137,17 +140,13 @@ def restore(stack: Stack, to: dt.datetime) -> dict[str, Any]:
     """PostgreSQL to `to` (PITR), the CQL store to its last set at or before `to` (fresh nodes), with
     the replicas stopped meanwhile; then the trails check. Returns what was done."""
     _local(stack)
-    if stack.pg_cluster is not None:
-        raise SystemExit(
-            "restore goes into a one-node PostgreSQL; the two-node one (--pg-nodes 2) is backed up, not yet "
-            "restored by this command (docs/operating.md, Backups and restore)"
-        )
     if to > dt.datetime.now(dt.UTC):
         raise SystemExit(f"{to.isoformat()} is in the future")
     chain = chain_before(stack, to)
     pgb = pg_backup(stack)
     pgb.prepare()
-    pgb.backup_before(to)  # refuse before stopping anything
+    pgb.archive_wal()  # the timelines' histories the nodes archived, into the repository
+    pgb.backup_before(to, pgb.timeline_at(to))  # refuse before stopping anything
     timings: dict[str, float] = {}
     started = time.monotonic()
     if _pg_serving(stack):
@@ -160,8 +159,11 @@ def restore(stack: Stack, to: dt.datetime) -> dict[str, Any]:
     # PostgreSQL restored while the fresh CQL nodes start (each takes tens of seconds).
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         say(f"restore: PostgreSQL to {to.isoformat()}, meanwhile fresh CQL node(s) for set(s) {', '.join(chain)}")
-        stack.pg.stop()
-        pg_done = pool.submit(_timed, pgb.restore, to)
+        if stack.pg_cluster is None:
+            stack.pg.stop()
+            pg_done = pool.submit(_timed, pgb.restore, to)
+        else:
+            pg_done = pool.submit(_timed, lambda at: _restore_cluster(stack, at), to)
         t = time.monotonic()
         for node in stack.cql_nodes:
             node.stop()
@@ -200,6 +202,31 @@ def restore(stack: Stack, to: dt.datetime) -> dict[str, Any]:
         "runs_checked": checked,
         "trail_findings": [f.as_dict() for f in findings],
     }
+
+
+def _restore_cluster(stack: Stack, to: dt.datetime) -> tuple[str, str]:
+    """The two-node PostgreSQL restored: both Patroni nodes stopped; the first node's data directory
+    restored as one PostgreSQL (as a single node is: the backup, the WAL to `to` on the timeline
+    current then, promoted) and stopped; then Patroni, on a fresh cluster state, starts it as the
+    leader and copies the second node, emptied, from it as the synchronous standby."""
+    cluster = stack.pg_cluster
+    assert cluster is not None
+    first = cluster.nodes[0]
+    say("restore: stopping both PostgreSQL nodes (Patroni)")
+    cluster.stop()
+    settings = pg_backup_settings(stack.spec.backup_dir, incremental=False) | {
+        "synchronous_standby_names": "",  # Patroni's, in the restored files: no standby to wait for yet
+        "logging_collector": "off",  # the recovery's messages into the log the restore reads
+    }
+    node = PgNode(first.home, stack.spec.logs / "pg-restore.log", port=first.pg_port, settings=settings)
+    done = PgBackup(node, stack.spec.backup_dir).restore(to)
+    # Barman's recovery settings go: the standby copied from this node would start with them.
+    with psycopg.connect(f"postgresql://postgres@{node.host}:{node.port}/postgres", autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM RESET ALL")
+    node.stop()
+    say(f"restore: Patroni takes {first.name} over as the primary; the other node copied from it")
+    cluster.take_over(first)
+    return done
 
 
 def _timed(fn: Callable[[dt.datetime], T], arg: dt.datetime) -> tuple[T, float]:

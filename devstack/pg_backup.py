@@ -6,11 +6,19 @@ The node archives each WAL segment with `archive-wal` (a copy into Barman's inco
 the PostgreSQL user); `barman archive-wal` files them into the repository at each backup and restore.
 A segment is archived when full, at a backup, at a restore (switched first when the node runs) and
 at the latest after archive_timeout: that is the recovery point when the node is lost.
+
+Timelines: a failover or a switchover starts a new timeline that continues its parent, and a restore
+starts one that branches off where it stopped (the WAL written after that point stays in the
+archive, on the timelines the restore left). A restore to a time follows the timeline that was
+current then: the branch the last restore before that time started (restores.jsonl, beside the
+repository), to its newest descendant that no later restore left behind; and it starts from a backup
+on that timeline's history (one taken on a timeline before its switch point).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import json
 import os
 import shutil
@@ -206,12 +214,65 @@ staging_location = local
             row = conn.execute("SHOW summarize_wal").fetchone()
         return row is not None and row[0] == "on"
 
-    def backup_before(self, to: dt.datetime) -> str:
-        """The newest backup that ended at or before `to` (a restore replays WAL from its end on)."""
+    def backup_before(self, to: dt.datetime, timeline: int | None = None) -> str:
+        """The newest backup that ended at or before `to` (a restore replays WAL from its end on) and,
+        with `timeline`, lies on that timeline's history."""
         done = [b for b in self.backups() if int(b["end_time_timestamp"]) <= to.timestamp()]
-        if not done:
-            raise SystemExit(f"no PostgreSQL backup ended before {to.isoformat()}: nothing to restore from")
-        return str(max(done, key=lambda b: int(b["end_time_timestamp"]))["backup_id"])
+        for b in sorted(done, key=lambda b: int(b["end_time_timestamp"]), reverse=True):
+            if timeline is None:
+                return str(b["backup_id"])
+            base = self.show(str(b["backup_id"]))["base_backup_information"]
+            if on_history(self.histories(), timeline, int(base["timeline"]), lsn(str(base["end_lsn"]))):
+                return str(b["backup_id"])
+        on = "" if timeline is None else f" on timeline {timeline}'s history"
+        raise SystemExit(f"no PostgreSQL backup ended before {to.isoformat()}{on}: nothing to restore from")
+
+    # ---- timelines -------------------------------------------------------------------------------
+    @property
+    def restores_file(self) -> Path:
+        return self.home / "restores.jsonl"
+
+    def restores(self) -> list[dict[str, Any]]:
+        """The restores done, oldest first: when each ended (`at`), to what time, the timeline it began."""
+        if not self.restores_file.exists():
+            return []
+        return [json.loads(line) for line in self.restores_file.read_text().splitlines() if line.strip()]
+
+    def histories(self) -> dict[int, list[tuple[int, int]]]:
+        """Each archived timeline's history: its ancestors, oldest first, each with the LSN where its
+        child began (PostgreSQL's TLI.history files)."""
+        out: dict[int, list[tuple[int, int]]] = {}
+        for path in (self.home / SERVER / "wals").glob("*.history"):
+            raw = path.read_bytes()
+            text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode()
+            entries = []
+            for line in text.splitlines():
+                words = line.split()
+                if len(words) >= 2 and words[0].isdigit():
+                    entries.append((int(words[0]), lsn(words[1])))
+            out[int(path.name.split(".")[0], 16)] = entries
+        return out
+
+    def timeline_at(self, to: dt.datetime) -> int:
+        """The timeline a restore to `to` follows: the newest descendant of the branch current at
+        `to` (the one the last restore before `to` began, else the first) that no restore after `to`
+        left behind."""
+        histories = self.histories()
+        restores = self.restores()
+        before = [r for r in restores if _at(r["at"]) <= to]
+        root = int(before[-1]["timeline"]) if before else 1
+        left = {int(r["timeline"]) for r in restores if _at(r["at"]) > to}
+        candidates = [root] + [
+            tli
+            for tli, history in histories.items()
+            if root in {parent for parent, _ in history} and not left & ({parent for parent, _ in history} | {tli})
+        ]
+        return max(candidates)
+
+    def _record_restore(self, to: dt.datetime, backup_id: str, timeline: int) -> None:
+        entry = {"at": dt.datetime.now(dt.UTC).isoformat(), "to": to.isoformat(), "backup": backup_id}
+        with open(self.restores_file, "a") as f:
+            f.write(json.dumps(entry | {"timeline": timeline}) + "\n")
 
     def restore(self, to: dt.datetime) -> tuple[str, str]:
         """The node's data directory replaced by the backup before `to` plus the archived WAL up to
@@ -223,7 +284,9 @@ staging_location = local
         if self.node.pid():
             raise RuntimeError("stop PostgreSQL before restoring it")
         self.archive_wal()
-        backup_id = self.backup_before(to)
+        timeline = self.timeline_at(to)
+        backup_id = self.backup_before(to, timeline)
+        tli = ("--target-tli", str(timeline))
         data = self.node.data
         aside = data.with_name("data.before-restore")
         if aside.exists():  # a restore that failed: the data it set aside is the node's own
@@ -233,21 +296,23 @@ staging_location = local
         reached = to.isoformat()
         log_from = self.node.log.stat().st_size if self.node.log.exists() else 0
         try:
-            self._recover(backup_id, "--target-time", to.isoformat())
+            self._recover(backup_id, "--target-time", to.isoformat(), *tli)
         except (subprocess.CalledProcessError, psycopg.OperationalError, RuntimeError):
             procs.wait_until("PostgreSQL to exit", lambda: self.node.pid() is None, 30)
             if "recovery ended before configured recovery target was reached" not in _since(self.node.log, log_from):
                 raise
             # No commit after `to` in the archive: every commit in it is before `to`, so its end is the point.
             shutil.rmtree(data)
-            self._recover(backup_id)
+            self._recover(backup_id, *tli)
             reached = "end of the archived WAL"
         shutil.rmtree(aside, ignore_errors=True)
+        self._record_restore(to, backup_id, _timeline_now(self.node))
         return backup_id, reached
 
     def _recover(self, backup_id: str, *target: str) -> None:
         data = self.node.data
-        action = ("--target-action", "promote") if target else ()  # with no target, it ends at the WAL's end
+        # With a time, promoted there; with a timeline only, at the end of its WAL.
+        action = ("--target-action", "promote") if "--target-time" in target else ()
         self.barman("recover", SERVER, backup_id, str(data), *target, *action)
         _chown_tree(data, self.node.user)
         data.chmod(0o700)
@@ -255,6 +320,32 @@ staging_location = local
         # win over it, so archiving goes on (a new timeline) as soon as the node is promoted.
         self.node.start()
         _wait_promoted(self.node)
+
+
+def lsn(text: str) -> int:
+    """A WAL position ("0/60000A0") as a number."""
+    high, low = text.split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def on_history(histories: dict[int, list[tuple[int, int]]], timeline: int, tli: int, end_lsn: int) -> bool:
+    """Whether WAL up to `end_lsn` on timeline `tli` is part of `timeline`'s history: the same timeline,
+    or an ancestor that `timeline`'s line left only after `end_lsn`."""
+    if tli == timeline:
+        return True
+    return any(parent == tli and end_lsn <= switch for parent, switch in histories.get(timeline, []))
+
+
+def _at(iso: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(iso)
+
+
+def _timeline_now(node: PgNode) -> int:
+    """The timeline the (promoted) node writes now."""
+    with psycopg.connect(f"postgresql://postgres@{node.host}:{node.port}/postgres", autocommit=True) as conn:
+        row = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()
+    assert row is not None
+    return int(str(row[0])[:8], 16)
 
 
 def _since(log: Path, offset: int) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -295,6 +296,31 @@ class PgCluster:
         with psycopg.connect(multi_host_url([n.address for n in self.nodes], "postgres"), autocommit=True) as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)).fetchone() is None:
                 conn.execute(f'CREATE DATABASE "{self.database}"')
+
+    def take_over(self, node: PatroniNode, timeout: float = 180.0) -> None:
+        """A fresh cluster state around `node`'s data directory (a restored one, PostgreSQL stopped):
+        etcd's keys of the old cluster removed, every other node's data directory emptied; Patroni then
+        starts `node` alone, finds no cluster in etcd and a data directory that is not empty, and leads
+        with it (its system identifier becomes the cluster's); then the others start, and each, empty,
+        is copied from it (pg_basebackup) and streams as its synchronous standby. The others start only
+        once it leads: an empty node that found no cluster would bootstrap one of its own (initdb)."""
+        self.stop()
+        shutil.rmtree(self.home / "etcd", ignore_errors=True)
+        for other in self.nodes:
+            if other is not node:
+                shutil.rmtree(other.data, ignore_errors=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.start_etcd()
+        self.start_node(node)
+        procs.wait_until(
+            f"{node.name} to lead the restored PostgreSQL (Patroni)",
+            lambda: (self.primary() or {}).get("name") == node.name,
+            timeout,
+            log=self.logs / f"patroni-{node.name}.log",
+        )
+        for other in self.nodes:
+            self.start_node(other)
+        self.wait_replicating(timeout)
 
     def wait_replicating(self, timeout: float = 180.0) -> None:
         """Until one node is the primary and every other one streams from it as a synchronous standby."""
