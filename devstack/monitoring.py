@@ -293,6 +293,12 @@ class Monitoring:
         url = f"{self.prometheus_url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
         return list(http_get_json(url)["data"]["result"])
 
+    def query_range(self, expr: str, start: float, end: float, step_s: float = 1.0) -> list[tuple[float, float]]:
+        """The values of `expr` (one series) from `start` to `end` (Unix times), every `step_s`."""
+        params = urllib.parse.urlencode({"query": expr, "start": start, "end": end, "step": step_s})
+        result = http_get_json(f"{self.prometheus_url}/api/v1/query_range?{params}")["data"]["result"]
+        return [(float(t), float(v)) for t, v in result[0]["values"]] if result else []
+
     def value(self, expr: str) -> float | None:
         """The one value `expr` has now (None: no series)."""
         result = self.query(expr)
