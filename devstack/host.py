@@ -47,8 +47,11 @@ PROGRAMS: dict[str, Program] = {
     "git": Program("git", DEV | IMAGE),
     # PostgreSQL's backups (Barman restores a backup's files and WAL with rsync).
     "rsync": Program("rsync", DEV),
-    # The alerting rules' unit tests (`promtool test rules`, deploy/prometheus/).
+    # The alerting rules' unit tests (`promtool test rules`, deploy/prometheus/), and the alerts fired
+    # for real on the test stack (devstack/monitoring.py: Prometheus with the prometheus package below,
+    # Alertmanager).
     "promtool": Program("prometheus", TEST),
+    "prometheus-alertmanager": Program("prometheus-alertmanager", TEST),
     # The suite's browser tests and the GPX/TCX schemas the exports are checked against.
     "chromium": Program("chromium", TEST),
     "certutil": Program("libnss3-tools", TEST),

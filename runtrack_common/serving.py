@@ -17,6 +17,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from prometheus_client import Gauge
 
 from runtrack.v1 import summary_pb2, tracking_pb2
 from runtrack_common import logs, metrics
@@ -37,6 +38,17 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # A health name that is SERVING while the process runs, whatever its store says: what a liveness probe
 # asks (a store outage takes a replica out of the balancer, it is no reason to restart it).
 LIVENESS = "liveness"
+# What a replica's health probes say of its store: 1 while it answers (SERVING), 0 once two probes in a
+# row failed (NOT_SERVING). Envoy then takes the replica out, so no call fails there any more and
+# `runtrack_store_unavailable_total` stops rising while the store is still down: the store alerts
+# (deploy/prometheus/causes.yaml) read this too.
+STORE_READY = Gauge(
+    "runtrack_store_ready",
+    "1 while this replica's store answers its health probes, 0 while it does not (NOT_SERVING).",
+    ("store",),
+)
+# The store each service's replicas depend on, as `runtrack_store_unavailable_total` names it.
+STORES = {"tracking_service": "cql", "summary_service": "postgresql"}
 # The cycle collector's thresholds (see `main`): a tracking replica's young generation is collected
 # after 100,000 new container objects instead of 700, and the whole heap rarely: with thousands of
 # streams open every collection walked all their objects, and at the default thresholds it took a third
@@ -138,8 +150,12 @@ class Replica:
         on_drain: Callable[[], Awaitable[None]] | None = None,
         on_start: Callable[[], None] | None = None,
         metrics_port: int | None = None,
+        store: str = "",
     ) -> None:
         self.service_name = service_name
+        self.store = store
+        if store:
+            STORE_READY.labels(store).set(0)  # until the first probe answers
         self.settings = settings
         self.port = port
         self.metrics_port = metrics_port
@@ -157,6 +173,8 @@ class Replica:
         if self.draining:
             return
         status = SERVING if serving else NOT_SERVING
+        if self.store:
+            STORE_READY.labels(self.store).set(1 if serving else 0)
         for name in ("", self.service_name):
             await self.health.set(name, status)
         if serving != self.serving:
@@ -291,6 +309,7 @@ def main(
             on_drain=parts.on_drain,
             on_start=parts.on_start,
             metrics_port=args.metrics_port,
+            store=STORES.get(prog, ""),
         ).run()
 
     gc.set_threshold(*gc_thresholds)

@@ -125,3 +125,27 @@ def test_every_counted_method_has_its_series_at_zero_before_its_first_call():
     for m in watch:
         labels = {"grpc_type": "UNARY", "grpc_service": "runtrack.v1.TrackingService", "grpc_method": m.name}
         assert REGISTRY.get_sample_value("grpc_server_started_total", labels) is None
+
+
+class _Store:
+    async def ensure_ready(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_replicas_store_readiness_follows_its_health():
+    """runtrack_store_ready: 0 until the first probe answers, then what the replica's health says (the
+    store alerts read it when Envoy has taken NOT_SERVING replicas out and no call fails there)."""
+    from runtrack_common.serving import STORES, Replica
+
+    assert STORES == {"tracking_service": "cql", "summary_service": "postgresql"}
+    replica = Replica(
+        service_name=TRACKING, settings=Settings(), port=0, backend=_Store(), register=lambda _: None, store="cql"
+    )
+    assert REGISTRY.get_sample_value("runtrack_store_ready", {"store": "cql"}) == 0.0
+    await replica._set_health(True)
+    assert value("runtrack_store_ready", store="cql") == 1.0
+    await replica._set_health(False)
+    assert REGISTRY.get_sample_value("runtrack_store_ready", {"store": "cql"}) == 0.0

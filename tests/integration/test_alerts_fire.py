@@ -1,0 +1,423 @@
+"""The alerts of deploy/prometheus/, fired for real: Prometheus and Alertmanager (Debian's, devstack/
+monitoring.py) run on loopback beside the test stack, scrape its replicas and Envoy every second and
+load the project's rule files with every window and `for:` divided by FACTOR (5m -> 10 s, 1h -> 2 min).
+Each test injects a fault under traffic through Envoy, waits for the alert at a webhook receiver of its
+own (what Alertmanager posts), ends the fault and waits for the same alert posted as resolved.
+
+Each alert's time to fire (from the fault's start) and to resolve (from the fault's end) is printed and
+appended to .dev/logs/test/faults.jsonl; the tests assert the bounds below, generous for a busy machine.
+Alerts no fault of the test stack can raise (kube-state-metrics' ReplicasNotReady and HPAAtMaximum,
+Envoy's overload actions, an expiring certificate) are not here: docs/slos.md says why."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from devstack.monitoring import Monitoring, parse_duration
+from runtrack.v1 import summary_pb2, summary_pb2_grpc
+from tests.integration.faults import new_run, paced, report
+
+# The rules' windows divided by this: a 2-minute `for:` holds 4 s, the shortest range (2m) 4 scrapes.
+FACTOR = 30
+# Seconds from a fault's start to the alert at the receiver, and from its end to the resolution: the
+# shortened `for:` and windows, a scrape and an evaluation a second, Alertmanager's 1 s group wait, and
+# room for a machine running other stacks.
+FIRE_WITHIN_S = 90.0
+RESOLVE_WITHIN_S = 120.0
+# How long a fault is held once its alert fired: the alert must still fire at its end.
+HOLD_S = 8.0
+
+
+@dataclass(frozen=True)
+class Posted:
+    at: float  # time.monotonic() when the receiver got it
+    status: str  # "firing" or "resolved"
+    labels: dict[str, str]
+
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 that keeps every alert Alertmanager posts (its webhook format)."""
+
+    def __init__(self) -> None:
+        self.posted: list[Posted] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                now = time.monotonic()
+                with receiver.lock:
+                    receiver.posted += [Posted(now, a["status"], a["labels"]) for a in body["alerts"]]
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+
+    def seen(self, alertname: str, status: str, after: float, **labels: str) -> list[Posted]:
+        with self.lock:
+            return [
+                p
+                for p in self.posted
+                if p.at >= after
+                and p.status == status
+                and p.labels.get("alertname") == alertname
+                and all(p.labels.get(k) == v for k, v in labels.items())
+            ]
+
+    async def wait(self, alertname: str, status: str, after: float, timeout: float, **labels: str) -> Posted:  # noqa: ASYNC109
+        deadline = time.monotonic() + timeout
+        while not (found := self.seen(alertname, status, after, **labels)):
+            if time.monotonic() > deadline:
+                with self.lock:
+                    posted = [(round(p.at - after, 1), p.status, p.labels.get("alertname")) for p in self.posted]
+                raise AssertionError(f"{alertname} not posted {status} within {timeout:.0f} s; posted: {posted}")
+            await asyncio.sleep(0.2)
+        return found[0]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def monitoring(stack, receiver):
+    mon = Monitoring(stack, receiver.url, factor=FACTOR, scrape_interval_s=1.0)
+    mon.up()
+    yield mon
+    mon.down()
+
+
+async def quiet(monitoring: Monitoring, names: set[str], timeout: float = 120.0) -> None:  # noqa: ASYNC109
+    """Until every target is scraped and none of `names` is pending or firing in Prometheus (a fault
+    of an earlier test has resolved): the next fault's alert is its own."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alerts = await asyncio.to_thread(monitoring.alerts)
+        active = sorted({a["labels"]["alertname"] for a in alerts} & names)
+        scraped = await asyncio.to_thread(monitoring.all_targets_scraped)
+        if not active and scraped:
+            return
+        assert time.monotonic() < deadline, f"still active before the fault: {active}; all targets up: {scraped}"
+        await asyncio.sleep(0.5)
+
+
+@dataclass
+class Measured:
+    alert: str
+    fired_s: float | None = None  # from the fault's start
+    resolved_s: float | None = None  # from the fault's end
+    resolved_during_fault: bool = False
+
+    def figures(self) -> dict[str, Any]:
+        def rounded(x: float | None) -> float | None:
+            return None if x is None else round(x, 1)
+
+        return {
+            "fired_after_s": rounded(self.fired_s),
+            "resolved_after_fault_end_s": rounded(self.resolved_s),
+            "resolved_during_fault": self.resolved_during_fault,
+        }
+
+
+@dataclass
+class Fault:
+    started: float  # Unix time
+    ending: float  # Unix time: its end began (a store's restart)
+    end_took_s: float
+
+
+async def fire_and_resolve(
+    receiver: Receiver,
+    alerts: dict[str, dict[str, str]],
+    start_fault: Callable[[], Any],
+    end_fault: Callable[[], Any],
+    observed: dict[str, dict[str, str]] | None = None,
+) -> tuple[dict[str, Measured], Fault]:
+    """Starts the fault, waits for each alert of `alerts` (name -> labels it must carry) posted firing,
+    holds the fault HOLD_S more, ends it, waits for each posted resolved. The alerts of `observed` are
+    measured if they are posted meanwhile, not waited for. Returns the figures and the fault's times."""
+    observed = observed or {}
+    measured = {name: Measured(name) for name in {**alerts, **observed}}
+    started = time.monotonic()
+    wall = time.time() - started  # Unix time = monotonic + wall
+    await start_fault()
+    try:
+        for name, labels in alerts.items():
+            left = FIRE_WITHIN_S - (time.monotonic() - started)
+            measured[name].fired_s = (await receiver.wait(name, "firing", started, left, **labels)).at - started
+        await asyncio.sleep(HOLD_S)
+    finally:
+        ending = time.monotonic()
+        await end_fault()
+        ended = time.monotonic()
+    for name, labels in alerts.items():
+        fired_at = started + (measured[name].fired_s or 0.0)
+        measured[name].resolved_during_fault = any(
+            p.at <= ending for p in receiver.seen(name, "resolved", fired_at, **labels)
+        )
+        resolved = await receiver.wait(name, "resolved", ending, RESOLVE_WITHIN_S, **labels)
+        measured[name].resolved_s = resolved.at - ending
+    for name, labels in observed.items():
+        firing = receiver.seen(name, "firing", started, **labels)
+        if firing:
+            measured[name].fired_s = firing[0].at - started
+            resolved = receiver.seen(name, "resolved", firing[0].at, **labels)
+            measured[name].resolved_during_fault = any(p.at <= ending for p in resolved)
+            after = [p for p in resolved if p.at > ending]
+            measured[name].resolved_s = after[0].at - ending if after else None
+    return measured, Fault(wall + started, wall + ending, ended - ending)
+
+
+def unavailable_answered(monitoring: Monitoring, store: str, fault: Fault) -> dict[str, Any]:
+    """When, from the fault's start, the replicas last answered a call UNAVAILABLE for `store` while the
+    fault lasted (`runtrack_store_unavailable_total` alone, what the store's alert read before
+    `runtrack_store_ready`), and for how long the replicas saw the store down."""
+    window = f"{parse_duration('2m') // FACTOR}ms"
+    rising = monitoring.query_range(
+        f'sum(rate(runtrack_store_unavailable_total{{store="{store}"}}[{window}])) > 0', fault.started, fault.ending
+    )
+    down = monitoring.query_range(f'max(runtrack_store_ready{{store="{store}"}}) == 0', fault.started, fault.ending)
+    return {
+        "fault_lasted_s": round(fault.ending - fault.started, 1),
+        "unavailable_answers_rising_s": [
+            round(rising[0][0] - fault.started, 1),
+            round(rising[-1][0] - fault.started, 1),
+        ]
+        if rising
+        else None,
+        "no_replica_reaching_store_s": [round(down[0][0] - fault.started, 1), round(down[-1][0] - fault.started, 1)]
+        if down
+        else None,
+    }
+
+
+def figures(measured: dict[str, Measured]) -> dict[str, Any]:
+    return {name: m.figures() for name, m in measured.items()}
+
+
+def held(measured: dict[str, Measured], alerts: dict[str, dict[str, str]]) -> list[str]:
+    """The alerts of `alerts` Alertmanager posted as resolved while their fault still lasted."""
+    return [name for name in alerts if measured[name].resolved_during_fault]
+
+
+# ---- traffic -----------------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def phones(channel, n: int, interval_s: float, points: int = 2000) -> AsyncIterator[list]:
+    """`n` runs recorded through Envoy, a point every `interval_s` each, resuming after every failure,
+    until the block ends (then cancelled)."""
+    runs = [new_run(channel, points) for _ in range(n)]
+    uploads = [asyncio.create_task(r.upload(paced(pts, interval_s))) for r, pts in runs]
+    try:
+        yield runs
+    finally:
+        for task in uploads:
+            task.cancel()
+        await asyncio.gather(*uploads, return_exceptions=True)
+
+
+def overview(i: int) -> summary_pb2.RunOverview:
+    start = 1_780_000_000 + i * 7200
+    return summary_pb2.RunOverview(
+        start_time=Timestamp(seconds=start), end_time=Timestamp(seconds=start + 1800), distance_m=5000, point_count=1800
+    )
+
+
+@asynccontextmanager
+async def stop_runs(channel, per_s: float, deadline_s: float = 2.0) -> AsyncIterator[dict[str, int]]:
+    """StopRun of a new run `per_s` times a second through Envoy, each given `deadline_s`, until the block
+    ends; yields the count of each status."""
+    stub = summary_pb2_grpc.SummaryServiceStub(channel)
+    codes: dict[str, int] = {}
+    calls: set[asyncio.Task[None]] = set()
+
+    async def one(i: int) -> None:
+        try:
+            await stub.StopRun(
+                summary_pb2.StopRunRequest(run_id=str(uuid.uuid4()), overview=overview(i)), timeout=deadline_s
+            )
+            code = "OK"
+        except grpc.aio.AioRpcError as err:
+            code = err.code().name
+        codes[code] = codes.get(code, 0) + 1
+
+    async def pace() -> None:
+        i = 0
+        while True:
+            task = asyncio.create_task(one(i))
+            calls.add(task)
+            task.add_done_callback(calls.discard)
+            i += 1
+            await asyncio.sleep(1 / per_s)
+
+    pacer = asyncio.create_task(pace())
+    try:
+        yield codes
+    finally:
+        pacer.cancel()
+        await asyncio.gather(pacer, *calls, return_exceptions=True)
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its children (PostgreSQL's postmaster and its backends)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(") ", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                children.append(int(entry))
+    return [pid, *children]
+
+
+def signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+# ---- the faults --------------------------------------------------------------------------------------
+
+
+async def test_the_cql_node_stopped_fires_cql_store_unreachable_and_it_resolves_once_it_is_back(
+    stack, channel, monitoring, receiver
+):
+    ns = {"namespace": monitoring.namespace}
+    wanted = {"CQLStoreUnreachable": ns}
+    observed = {"StoreRetriesRising": ns, "PointsDurableBudgetBurn": ns | {"long_window": "1h"}}
+    await quiet(monitoring, set(wanted))
+
+    async def stop() -> None:
+        await asyncio.to_thread(stack.cql.stop)
+
+    async def start() -> None:
+        await asyncio.to_thread(stack.cql.start)
+        await asyncio.to_thread(stack.cql.wait_ready)
+
+    async with phones(channel, 6, 0.1):
+        await asyncio.sleep(2.0)
+        measured, fault = await fire_and_resolve(receiver, wanted, stop, start, observed)
+    await asyncio.to_thread(stack.wait_healthy, stack.replica_ports())
+    seen = await asyncio.to_thread(unavailable_answered, monitoring, "cql", fault)
+    report(stack, "alerts_cql_node_stopped", node_restart_s=round(fault.end_took_s, 1), **seen, **figures(measured))
+    assert not held(measured, wanted), "resolved while the node was still down"
+
+
+async def test_postgresql_stalled_fires_postgresql_unreachable(stack, channel, monitoring, receiver):
+    """PostgreSQL SIGSTOPped, its backends too (connected, silent) under StopRun calls through Envoy, each
+    given 10 s: a replica's pool fills with stuck calls, the next wait for a connection and are answered
+    UNAVAILABLE; the replicas turn NOT_SERVING and Envoy answers instead. The StopRun objective's
+    page is measured when it is posted."""
+    ns = {"namespace": monitoring.namespace}
+    wanted = {"PostgreSQLUnreachable": ns}
+    observed = {"StopRunBudgetBurn": ns | {"long_window": "1h"}}
+    await quiet(monitoring, set(wanted) | set(observed))
+    stalled: list[int] = []
+
+    async def stall() -> None:
+        pid = stack.pg.pid()
+        assert pid, "PostgreSQL does not run"
+        stalled.extend(process_tree(pid))
+        signal_all(stalled, signal.SIGSTOP)
+
+    async def resume() -> None:
+        signal_all(stalled, signal.SIGCONT)
+
+    async with stop_runs(channel, per_s=4, deadline_s=10.0) as codes:
+        await asyncio.sleep(3.0)  # the objective's windows see good calls first
+        measured, fault = await fire_and_resolve(receiver, wanted, stall, resume, observed)
+    await asyncio.to_thread(stack.wait_healthy, stack.replica_ports())
+    seen = await asyncio.to_thread(unavailable_answered, monitoring, "postgresql", fault)
+    report(stack, "alerts_postgresql_stalled", stop_runs=codes, **seen, **figures(measured))
+    assert not held(measured, wanted), "resolved while PostgreSQL was still stalled"
+
+
+async def test_summary_replicas_sigkilled_fire_service_down_and_replica_down(stack, channel, monitoring, receiver):
+    ns = {"namespace": monitoring.namespace}
+    ports = list(stack.replica_ports()["summary"])
+    wanted = {
+        "ServiceDown": ns | {"component": "summary"},
+        "ReplicaDown": ns | {"component": "summary", "pod": f"summary-{ports[0]}"},
+    }
+    await quiet(monitoring, set(wanted))
+
+    async def kill() -> None:
+        for port in ports:
+            os.kill(stack.replica_pid("summary", port), signal.SIGKILL)
+
+    async def restart() -> None:
+        for port in ports:
+            await asyncio.to_thread(stack.wait_stopped, "summary", port)
+            await asyncio.to_thread(stack.start_replica, "summary", port)
+        await asyncio.to_thread(stack.wait_healthy, stack.replica_ports())
+
+    async with stop_runs(channel, per_s=2):
+        measured, fault = await fire_and_resolve(receiver, wanted, kill, restart)
+    report(stack, "alerts_summary_replicas_killed", replicas_restart_s=round(fault.end_took_s, 1), **figures(measured))
+    assert not held(measured, wanted), "resolved while the replicas were dead"
+
+
+async def test_one_runner_flooding_streams_fires_streams_shed(stack, channel, monitoring, receiver):
+    """One runner opens many RecordTrack streams at once; a tracking replica with a stream limit (the
+    chart's TRACK_SHED_ABOVE_STREAMS) sheds the newest, which resume through Envoy, again and again
+    while the flood lasts."""
+    ns = {"namespace": monitoring.namespace}
+    wanted = {"StreamsShed": ns}
+    await quiet(monitoring, set(wanted))
+    limited = await asyncio.to_thread(stack.add_replica, "tracking", {"TRACK_SHED_ABOVE_STREAMS": "4"})
+    flood: list[Any] = []
+    try:
+        await asyncio.to_thread(monitoring.write_targets)
+        await asyncio.to_thread(monitoring.wait_scraped)
+
+        async def start() -> None:
+            flood.append(phones(channel, 30, 0.2))
+            await flood[0].__aenter__()
+
+        async def end() -> None:
+            await flood[0].__aexit__(None, None, None)
+
+        measured, _ = await fire_and_resolve(receiver, wanted, start, end)
+    finally:
+        await asyncio.to_thread(stack.retire_replica, "tracking", limited)
+        await asyncio.to_thread(monitoring.write_targets)
+    report(stack, "alerts_one_runner_flooding", **figures(measured))
+    assert not held(measured, wanted), "resolved while the flood went on"
