@@ -624,46 +624,22 @@ def switch_over(cluster) -> tuple[str, str]:
     return old, new
 
 
-async def test_backups_follow_the_primary_across_a_change_of_primary(cluster, phone_channel):
+async def test_backups_follow_the_primary_and_a_restore_to_a_time_brings_both_nodes_back(cluster, phone_channel):
     """Backups of the two-node PostgreSQL are taken from whichever node is the primary, across a
     change of primary (a new timeline, whose history the new primary archives; full base backups: no
-    WAL summarizer to hold a promotion back)."""
-    pgc = cluster.pg_cluster
-    pgc.wait_replicating(120)
-    summary = summary_pb2_grpc.SummaryServiceStub(phone_channel)
-    first = dev(cluster, "backup")
-    old, new = await asyncio.to_thread(switch_over, cluster)
-    run_ids = [str(uuid.uuid4()) for _ in range(3)]
-    for i, run_id in enumerate(run_ids):
-        await retried(partial(summary.StopRun, stop_request(run_id, 10 + i), timeout=15))
-    second = dev(cluster, "backup")
-    assert (first["postgres"]["kind"], second["postgres"]["kind"]) == ("full", "full")
-    assert second["postgres"]["begin_lsn"] != first["postgres"]["begin_lsn"]
-    wals = cluster.spec.backup_dir / "postgres" / "runtrack" / "wals"
-    assert any(wals.glob("*.history")), "no timeline history archived"
-    assert set(stored_runs(cluster, run_ids)) == set(run_ids)
-    record(
-        "pg_cluster_backups",
-        switched_from=old,
-        switched_to=new,
-        backup_before_s=first["postgres"]["seconds"],
-        backup_after_s=second["postgres"]["seconds"],
-    )
-
-
-async def test_a_restore_to_a_time_brings_both_nodes_back_at_that_time(cluster, phone_channel):
-    """`scripts/dev restore --to TIME` on the two-node PostgreSQL: runs written, a backup, the time
-    noted, the primary handed to the standby (a new timeline: TIME lies on the one before), more runs
-    written and one of the first deleted; after the restore the first runs are there (the deleted one
-    too), the later ones are not, both nodes run (a primary and its synchronous standby), StopRun
-    through Envoy works, and a backup of the restored cluster is taken from its new timeline."""
+    WAL summarizer to hold a promotion back). Then `scripts/dev restore --to TIME`: runs written, a
+    backup, the time noted, the primary handed to the standby (TIME lies on the timeline before), more
+    runs written, a backup, one of the first runs deleted; after the restore the first runs are there
+    (the deleted one too), the later ones are not, both nodes run (a primary and its synchronous
+    standby), StopRun through Envoy works, and a backup of the restored cluster is taken from its new
+    timeline."""
     pgc = cluster.pg_cluster
     pgc.wait_replicating(120)
     summary = summary_pb2_grpc.SummaryServiceStub(phone_channel)
     early = [str(uuid.uuid4()) for _ in range(3)]
     for i, run_id in enumerate(early):
         await retried(partial(summary.StopRun, stop_request(run_id, 20 + i), timeout=15))
-    dev(cluster, "backup")
+    first = dev(cluster, "backup")
     await asyncio.sleep(1)
     to = dt.datetime.now(dt.UTC)
     await asyncio.sleep(1)
@@ -671,6 +647,11 @@ async def test_a_restore_to_a_time_brings_both_nodes_back_at_that_time(cluster, 
     later = [str(uuid.uuid4()) for _ in range(2)]
     for i, run_id in enumerate(later):
         await retried(partial(summary.StopRun, stop_request(run_id, 30 + i), timeout=15))
+    second = dev(cluster, "backup")
+    assert (first["postgres"]["kind"], second["postgres"]["kind"]) == ("full", "full")
+    assert second["postgres"]["begin_lsn"] != first["postgres"]["begin_lsn"]
+    wals = cluster.spec.backup_dir / "postgres" / "runtrack" / "wals"
+    assert any(wals.glob("*.history")), "no timeline history archived"
     await retried(partial(summary.DeleteRun, summary_pb2.DeleteRunRequest(run_id=early[0]), timeout=15))
     assert set(stored_runs(cluster, early + later)) == {*early[1:], *later}
 
@@ -702,6 +683,8 @@ async def test_a_restore_to_a_time_brings_both_nodes_back_at_that_time(cluster, 
         "pg_cluster_restore",
         switched_from=old,
         switched_to=new,
+        backup_before_s=first["postgres"]["seconds"],
+        backup_after_s=second["postgres"]["seconds"],
         restore_s=round(restore_s, 1),
         postgres_s=restored["timings"]["postgres_s"],
         total_s=restored["timings"]["total_s"],
