@@ -136,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
             f"  CQL store:      {stack.scylla_hosts} port {stack.scylla_port}\n  PostgreSQL:     {stack.database_url}"
         )
         print(f"  logs:           {stack.spec.logs}")
+        print(
+            "  dashboards:     .venv/bin/python -m devstack.monitoring up  (Prometheus and Alertmanager on this "
+            "stack; prints each dashboard's queries as a Prometheus graph page)"
+        )
     elif args.command == "status":
         if args.json:
             print(json.dumps({"processes": stack.processes(), "postgres": stack.postgres()}, indent=2))

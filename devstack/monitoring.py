@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from deploy import grafana
 from deploy import prometheus as rules
 from devstack import procs
 from devstack.stack import SERVICES, Stack, StackSpec, metrics_port
@@ -351,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Prometheus:   {mon.prometheus_url}  (alerts: {mon.prometheus_url}/alerts)", file=sys.stderr)
     print(f"Alertmanager: {mon.alertmanager_url}", file=sys.stderr)
     print(f"config, rules: {mon.dir}; logs: {stack.spec.logs}/{{prometheus,alertmanager}}.log", file=sys.stderr)
+    for path in grafana.files():  # the chart's Grafana dashboards, as Prometheus's own graph pages
+        print(f"dashboard {path.stem}: {grafana.graph_url(mon.prometheus_url, path.stem)}", file=sys.stderr)
     return 0
 
 

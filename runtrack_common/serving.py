@@ -156,6 +156,7 @@ class Replica:
         self.store = store
         if store:
             STORE_READY.labels(store).set(0)  # until the first probe answers
+            metrics.STORE_UNAVAILABLE.labels(store)  # at 0: a rate over it is 0, not missing
         self.settings = settings
         self.port = port
         self.metrics_port = metrics_port

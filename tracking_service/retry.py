@@ -23,6 +23,9 @@ STORE_RETRIES = Counter(
     "Store calls sent again within a stream after the store did not answer (safe to repeat).",
     ("call",),
 )
+# The calls retried (`what` below), each counted from 0: a rate over them is 0, not missing.
+for _call in ("write", "cursor", "claim", "deleted_by"):
+    STORE_RETRIES.labels(_call)
 
 
 async def retry_unavailable(

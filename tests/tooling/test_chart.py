@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from deploy import prometheus
+from deploy import grafana, prometheus
 from deploy.k8s import node
 from devstack import tls, tools
 from devstack.auth import ISSUER, LocalIssuer
@@ -911,3 +911,24 @@ def test_the_prometheus_rule_takes_its_labels_and_runbook_prefix_from_values(ren
     )
     plain = json.dumps(_plain_groups(), sort_keys=True).replace(prometheus.RUNBOOK_URL_PREFIX, prefix)
     assert json.dumps(rule["spec"]["groups"], sort_keys=True) == plain
+
+
+# ---- the Grafana dashboards -------------------------------------------------------------------------------
+
+
+def test_the_chart_links_every_dashboard():
+    linked = {p.name: p.resolve() for p in (CHART / "files" / "grafana").glob("*.json")}
+    assert linked == {p.name: p for p in grafana.files()}
+
+
+def test_the_dashboards_are_off_unless_asked(render):
+    assert not [o for o in render() if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("runtrack-dash")]
+
+
+def test_each_dashboard_is_a_configmap_labelled_for_grafanas_sidecar(render):
+    objects = render({"dashboards": {"enabled": True, "labels": {"grafana_dashboard": "1", "team": "runs"}}})
+    for path in grafana.files():
+        config_map = one(objects, "ConfigMap", f"runtrack-dashboard-{path.stem}")
+        assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert config_map["metadata"]["labels"]["team"] == "runs"
+        assert json.loads(config_map["data"][f"runtrack-{path.stem}.json"]) == grafana.load(path)
