@@ -183,27 +183,49 @@ class Replica:
         self.serving = serving
 
     async def _probe_forever(self) -> None:
+        """The store probed every interval; two failed probes in a row make the replica NOT_SERVING. A
+        probe that has not answered within its timeout has failed, and is not waited for: against a
+        store that holds its connections open and silent (a stopped process, a frozen machine) the
+        driver's cancellation can itself take tens of seconds. It runs on meanwhile, and the next
+        probe is that same one, still pending, until it ends: one probe in flight at a time."""
         failures = 0
-        while not self._stop.is_set():
-            try:
-                await asyncio.wait_for(
-                    self.backend.ensure_ready(), timeout=max(2.0, self.settings.health_probe_interval_s * 3)
-                )
-                self._last_error = ""
-                failures = 0
-                await self._set_health(True)
-            except Exception as err:  # noqa: BLE001 (any failure means: not able to serve now)
-                failures += 1
-                if repr(err) != self._last_error:
-                    log.warning("store not ready service=%s error=%r", self.service_name, err)
-                    self._last_error = repr(err)
+        pending: asyncio.Task[None] | None = None
+        timeout = max(2.0, self.settings.health_probe_interval_s * 3)
+        try:
+            while not self._stop.is_set():
+                ok, pending = await self._probe_once(pending, timeout)
+                failures = 0 if ok else failures + 1
                 # Two in a row: one slow probe (a store node restarting, a busy machine) is not an outage.
                 if failures >= 2:
                     await self._set_health(False)
-            try:
-                await asyncio.wait_for(self._stop.wait(), timeout=self.settings.health_probe_interval_s)
-            except TimeoutError:
-                pass
+                try:
+                    await asyncio.wait_for(self._stop.wait(), timeout=self.settings.health_probe_interval_s)
+                except TimeoutError:
+                    pass
+        finally:
+            if pending is not None:
+                pending.cancel()
+
+    async def _probe_once(
+        self, pending: asyncio.Task[None] | None, within_s: float
+    ) -> tuple[bool, asyncio.Task[None] | None]:
+        """Waits up to `within_s` for the pending probe, or a new one; whether it answered, and the probe
+        if it is still pending."""
+        probe = pending or asyncio.create_task(self.backend.ensure_ready())
+        done, _ = await asyncio.wait({probe}, timeout=within_s)
+        err: BaseException | None
+        if not done:
+            err = TimeoutError(f"the store did not answer the health probe within {within_s:.1f}s")
+        else:
+            err = asyncio.CancelledError() if probe.cancelled() else probe.exception()
+        if err is None:
+            self._last_error = ""
+            await self._set_health(True)
+            return True, None
+        if repr(err) != self._last_error:
+            log.warning("store not ready service=%s error=%r", self.service_name, err)
+            self._last_error = repr(err)
+        return False, None if done else probe
 
     def request_stop(self) -> None:
         self._stop.set()

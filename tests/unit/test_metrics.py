@@ -1,5 +1,7 @@
 """The grpc_server_* families and the tracking metrics, from a grpc.aio server in-process."""
 
+import asyncio
+import time
 import uuid
 
 import grpc
@@ -149,3 +151,46 @@ async def test_a_replicas_store_readiness_follows_its_health():
     assert value("runtrack_store_ready", store="cql") == 1.0
     await replica._set_health(False)
     assert REGISTRY.get_sample_value("runtrack_store_ready", {"store": "cql"}) == 0.0
+
+
+class _SilentStore:
+    """A store whose probes never answer, and whose cancellation takes long (a connection to a stopped
+    PostgreSQL: the driver's cancel request waits on it too)."""
+
+    def __init__(self) -> None:
+        self.probes = 0
+
+    async def ensure_ready(self) -> None:
+        self.probes += 1
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await asyncio.shield(asyncio.sleep(8))
+            raise
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_store_that_never_answers_makes_the_replica_not_serving_within_two_probe_timeouts():
+    from runtrack_common.serving import Replica
+
+    store = _SilentStore()
+    settings = Settings(health_probe_interval_s=0.2)  # a probe's timeout: max(2 s, 3 intervals) = 2 s
+    replica = Replica(
+        service_name=TRACKING, settings=settings, port=0, backend=store, register=lambda _: None, store="cql"
+    )
+    await replica._set_health(True)
+    started = time.monotonic()
+    probing = asyncio.create_task(replica._probe_forever())
+    try:
+        while replica.serving:
+            assert time.monotonic() - started < 10, "still SERVING 10 s after the store went silent"
+            await asyncio.sleep(0.05)
+        assert time.monotonic() - started < 5.5  # two 2 s timeouts and an interval, not the 8 s cancellation
+        assert store.probes == 1, "one probe in flight at a time"
+        assert REGISTRY.get_sample_value("runtrack_store_ready", {"store": "cql"}) == 0.0
+    finally:
+        replica.request_stop()
+        probing.cancel()
+        await asyncio.gather(probing, return_exceptions=True)
