@@ -8,10 +8,11 @@ import time
 import uuid
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack import procs
-from runtrack.v1 import tracking_pb2, tracking_pb2_grpc
+from runtrack.v1 import summary_pb2, tracking_pb2, tracking_pb2_grpc
 from runtrack_client import Backoff, RunRecorder
 from tests.helpers import point
 
@@ -97,3 +98,11 @@ def busiest_replica(stack, svc: str) -> int:
     """The port of the replica of `svc` with the most requests open, as Envoy's admin says."""
     active = stack.host_stat("rq_active")[svc]
     return max(active, key=lambda port: int(active[port]))
+
+
+def overview(i: int) -> summary_pb2.RunOverview:
+    """A half-hour run's overview, the `i`-th of a series two hours apart."""
+    start = 1_780_000_000 + i * 7200
+    return summary_pb2.RunOverview(
+        start_time=Timestamp(seconds=start), end_time=Timestamp(seconds=start + 1800), distance_m=5000, point_count=1800
+    )

@@ -26,11 +26,11 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 
+from bench.sampling import with_descendants
 from devstack.monitoring import Monitoring, parse_duration
 from runtrack.v1 import summary_pb2, summary_pb2_grpc
-from tests.integration.faults import new_run, paced, report
+from tests.integration.faults import new_run, overview, paced, report
 
 # The rules' windows divided by this: a 2-minute `for:` holds 4 s, the shortest range (2m) 4 scrapes.
 FACTOR = 30
@@ -249,13 +249,6 @@ async def phones(channel, n: int, interval_s: float, points: int = 2000) -> Asyn
         await asyncio.gather(*uploads, return_exceptions=True)
 
 
-def overview(i: int) -> summary_pb2.RunOverview:
-    start = 1_780_000_000 + i * 7200
-    return summary_pb2.RunOverview(
-        start_time=Timestamp(seconds=start), end_time=Timestamp(seconds=start + 1800), distance_m=5000, point_count=1800
-    )
-
-
 @asynccontextmanager
 async def stop_runs(channel, per_s: float, deadline_s: float = 2.0) -> AsyncIterator[dict[str, int]]:
     """StopRun of a new run `per_s` times a second through Envoy, each given `deadline_s`, until the block
@@ -289,21 +282,6 @@ async def stop_runs(channel, per_s: float, deadline_s: float = 2.0) -> AsyncIter
     finally:
         pacer.cancel()
         await asyncio.gather(pacer, *calls, return_exceptions=True)
-
-
-def process_tree(pid: int) -> list[int]:
-    """`pid` and its children (PostgreSQL's postmaster and its backends)."""
-    children = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(") ", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == pid:
-                children.append(int(entry))
-    return [pid, *children]
 
 
 def signal_all(pids: list[int], sig: int) -> None:
@@ -355,7 +333,7 @@ async def test_postgresql_stalled_fires_postgresql_unreachable(stack, channel, m
     async def stall() -> None:
         pid = stack.pg.pid()
         assert pid, "PostgreSQL does not run"
-        stalled.extend(process_tree(pid))
+        stalled.extend(with_descendants([pid]))  # the postmaster and its backends
         signal_all(stalled, signal.SIGSTOP)
 
     async def resume() -> None:

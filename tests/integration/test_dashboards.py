@@ -12,12 +12,11 @@ import uuid
 
 import grpc
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from deploy import grafana
 from devstack.monitoring import Monitoring
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
-from tests.integration.faults import new_run, paced
+from tests.integration.faults import new_run, overview, paced
 
 # Seconds of traffic before the queries: their windows (1m and 5m rates) need two scrapes or more.
 TRAFFIC_S = 20.0
@@ -29,13 +28,6 @@ def monitoring(stack):
     mon.up()
     yield mon
     mon.down()
-
-
-def overview(i: int) -> summary_pb2.RunOverview:
-    start = 1_780_000_000 + i * 7200
-    return summary_pb2.RunOverview(
-        start_time=Timestamp(seconds=start), end_time=Timestamp(seconds=start + 1800), distance_m=5000, point_count=1800
-    )
 
 
 async def dashboard_calls(channel, until: asyncio.Event) -> dict[str, int]:

@@ -87,4 +87,4 @@ def test_each_dashboard_has_a_prometheus_graph_page_of_its_queries():
 def test_a_whole_number_bucket_is_matched_as_either_client_writes_it():
     """prometheus_client writes le="1.0", other clients le="1": a query matching one form finds no data."""
     for query in grafana.queries():
-        assert not re.search(r'le="\d+"', query.expr), f"{query.dashboard}/{query.panel}: le=~\"1|1\\\\.0\""
+        assert not re.search(r'le="\d+"', query.expr), f'{query.dashboard}/{query.panel}: le=~"1|1\\\\.0"'
