@@ -28,7 +28,7 @@ from runtrack_common.errors import (
     Violations,
 )
 from runtrack_common.identity import Caller, LinkHolder
-from runtrack_common.ids import parse_run_id
+from runtrack_common.ids import parse_run_id, parse_time
 from runtrack_common.status import maps_errors
 from tracking_service import tracks
 from tracking_service.convert import link_to_proto, point_from_proto, points_to_proto, zones_to_proto
@@ -375,15 +375,15 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         request: tracking_pb2.CreateLiveLinkRequest,
         context: Context[tracking_pb2.CreateLiveLinkRequest, tracking_pb2.LiveLink],
     ) -> tracking_pb2.LiveLink:
-        links = self._links()
         caller = status.caller_of(context)
         found = Violations()
         run_id = found.check(lambda: parse_run_id(request.run_id))
         now = dt.datetime.now(dt.UTC)
         expire_at = None
         if request.HasField("expire_time"):
+            requested = found.check(lambda: parse_time(request.expire_time, "expire_time"))
             try:
-                expire_at = link_expiry(request.expire_time.ToDatetime(dt.UTC), now)
+                expire_at = link_expiry(requested, now)
             except ValueError as err:
                 found.add("expire_time", str(err))
         url = request.webhook_url.strip()
@@ -391,7 +391,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
             found.add("webhook_url", rule)
         found.raise_if_any()
         assert run_id is not None
-        made = await links.create(caller, run_id, expire_at, url, now)
+        made = await self._links().create(caller, run_id, expire_at, url, now)
         out = link_to_proto(str(run_id), made.row, made.link)
         out.url, out.token, out.webhook_secret = made.url, made.token, made.link.webhook_secret
         return out
@@ -458,7 +458,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         context: Context[tracking_pb2.MarkRunStoppedRequest, Empty],
     ) -> Empty:
         run_id = parse_run_id(request.run_id)
-        at = request.stop_time.ToDatetime(dt.UTC) if request.HasField("stop_time") else dt.datetime.now(dt.UTC)
+        at = parse_time(request.stop_time, "stop_time") if request.HasField("stop_time") else dt.datetime.now(dt.UTC)
         await self._links().mark_stopped(status.caller_of(context), run_id, at)
         return Empty()
 

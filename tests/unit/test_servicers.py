@@ -159,6 +159,27 @@ async def test_drain_flushes_open_streams_and_ends_them_unavailable(replica, cha
     assert sorted(replica.tracks.points[uuid.UUID(run_id)]) == [1, 2]
 
 
+@pytest.mark.parametrize("seconds, nanos", [(2**62, 0), (-(2**62), 0), (0, -1), (253_402_300_800, 0)])
+async def test_a_time_a_timestamp_cannot_hold_is_invalid_argument_naming_its_field(channel, seconds, nanos):
+    stub = tracking_pb2_grpc.TrackingServiceStub(channel)
+    bad_time = Timestamp(seconds=seconds, nanos=nanos)
+    calls = {
+        "stop_time": stub.MarkRunStopped(
+            tracking_pb2.MarkRunStoppedRequest(run_id=str(uuid.uuid4()), stop_time=bad_time)
+        ),
+        "expire_time": stub.CreateLiveLink(
+            tracking_pb2.CreateLiveLinkRequest(run_id=str(uuid.uuid4()), expire_time=bad_time)
+        ),
+    }
+    for field, call in calls.items():
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        bad = detail(err.value, error_details_pb2.BadRequest)
+        assert [v.field for v in bad.field_violations] == [field]
+        assert "between 0001-01-01" in bad.field_violations[0].description
+
+
 async def test_stop_run_names_every_broken_rule_of_the_request(channel):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await summary_pb2_grpc.SummaryServiceStub(channel).StopRun(summary_pb2.StopRunRequest(run_id="nope"))
