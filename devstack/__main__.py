@@ -136,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
             f"  CQL store:      {stack.scylla_hosts} port {stack.scylla_port}\n  PostgreSQL:     {stack.database_url}"
         )
         print(f"  logs:           {stack.spec.logs}")
+        if stack.traces is not None:
+            print(
+                f"  traces:         {stack.traces.ui}  (Jaeger's API; send `x-client-trace-id` to have a call traced)"
+            )
         print(
             "  dashboards:     .venv/bin/python -m devstack.monitoring up  (Prometheus and Alertmanager on this "
             "stack; prints each dashboard's queries as a Prometheus graph page)"

@@ -24,7 +24,8 @@ from devstack.paths import ROOT
 from devstack.pg_backup import PgBackup, pg_backup_settings
 from devstack.pg_cluster import PgCluster
 from devstack.pg_node import PgNode
-from edge.config import Auth, Layout, Tls, eds_document, render, to_yaml
+from devstack.traces import Collector
+from edge.config import Auth, Layout, Tls, Tracing, eds_document, render, to_yaml
 
 SERVICES = ("tracking", "summary")
 # A replica on port P serves its Prometheus metrics on P + METRICS_PORT_OFFSET.
@@ -66,6 +67,12 @@ class StackSpec:
     # Local PostgreSQL: 1 node, or 2 (a primary and a synchronous standby failed over by Patroni; see
     # devstack/pg_cluster.py) on pg_port and pg_port + 1 (None: as the last `up` left it).
     pg_nodes: int | None = None
+    # Traces: Jaeger on loopback taking OTLP/gRPC on this port (its UI on traces_ui_port), Envoy and
+    # the replicas sending it theirs (devstack/traces.py). None: no traces.
+    otlp_port: int | None = None
+    traces_ui_port: int = 16686
+    # The share of requests Envoy traces unasked, in percent.
+    trace_sampling_percent: float = 1.0
 
     @property
     def backup_dir(self) -> Path:
@@ -102,6 +109,11 @@ class StackSpec:
                 sds_path=str(tls.files(self.tls_dir).sds.relative_to(ROOT)),
                 watched_dir=str(tls.files(self.tls_dir).sds.parent.relative_to(ROOT)),
             ),
+            tracing=(
+                Tracing("127.0.0.1", self.otlp_port, sampling_percent=self.trace_sampling_percent)
+                if self.otlp_port is not None
+                else None
+            ),
         )
 
 
@@ -122,6 +134,8 @@ def dev_spec(env: Mapping[str, str] = os.environ) -> StackSpec:
         scylla_hosts=env.get("SCYLLA_HOSTS") or None,
         database_url=env.get("DATABASE_URL") or None,
         backups=True,
+        otlp_port=_env_int(env, "OTLP_PORT", 4317),
+        traces_ui_port=_env_int(env, "TRACES_UI_PORT", 16686),
     )
 
 
@@ -165,6 +179,10 @@ def test_spec(env: Mapping[str, str] = os.environ) -> StackSpec:
         scylla_hosts=env.get("SCYLLA_HOSTS") or None,
         database_url=env.get("DATABASE_URL") or None,
         keyspace="runtrack_test" if env.get("SCYLLA_HOSTS") else "runtrack",
+        otlp_port=14317,
+        traces_ui_port=16696,
+        # Only the calls a test asks for (`x-client-trace-id`): what is traced is then known.
+        trace_sampling_percent=0.0,
         # Short limits so that the tests can watch them act.
         replica_settings={
             "TRACK_STREAM_IDLE_TIMEOUT_S": "4",
@@ -266,6 +284,11 @@ class Stack:
             if (s.pg_nodes or self._recorded("pg-nodes")) == 2
             else None
         )
+        self.traces = (
+            Collector(s.state, s.logs / "jaeger.log", s.otlp_port, s.traces_ui_port)
+            if s.otlp_port is not None
+            else None
+        )
         self.envoy_pid_file = self.run_dir / "envoy.pid"
         self.replicas_file = self.run_dir / "replicas.json"
         self.issuer = LocalIssuer(s.keys_dir)
@@ -331,6 +354,7 @@ class Stack:
                 LIVE_WEBHOOK_ALLOW_PRIVATE="1",
                 PYTHONUNBUFFERED="1",
             )
+            | ({"OTEL_EXPORTER_OTLP_ENDPOINT": self.traces.endpoint} if self.traces is not None else {})
             | self.cluster_settings()
             | self.spec.replica_settings
         )
@@ -510,6 +534,8 @@ class Stack:
             out += [(base, base + 99), (metrics_port(base), metrics_port(base) + 99)]
         if self.pg_cluster is not None:
             out += self.pg_cluster.port_ranges()
+        if s.otlp_port is not None:
+            out += [(s.otlp_port, s.otlp_port), (s.traces_ui_port - 1, s.traces_ui_port)]
         return out
 
     def up(self) -> None:
@@ -542,6 +568,8 @@ class Stack:
                     node.wait_ready()
         if s.database_url is None:
             self.start_postgres()
+        if self.traces is not None:
+            self.traces.start()
         self.migrate()
         ports = self.replica_ports()
         for svc in SERVICES:
@@ -635,6 +663,8 @@ class Stack:
         for svc in SERVICES:
             for port in ports[svc]:
                 procs.stop(self.replica_pid(svc, port), timeout=20)
+        if self.traces is not None:
+            self.traces.stop()
         if self.pg_cluster is None:
             self.pg.stop()
         else:
@@ -754,6 +784,8 @@ class Stack:
                 )
         out.append({"kind": "envoy", "address": self.envoy_address, "pid": self.envoy_pid(), "admin": self.admin_url})
         out.append({"kind": "autoscaler", "address": "-", "pid": self.autoscaler_pid()})
+        if self.traces is not None:
+            out.append({"kind": "traces", "address": self.traces.ui, "pid": self.traces.pid()})
         return out
 
     def status(self) -> list[tuple[str, str, str]]:

@@ -68,6 +68,8 @@ DNS_CLUSTER = "type.googleapis.com/envoy.extensions.clusters.dns.v3.DnsCluster"
 CARES = "type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig"
 HEALTH_CHECK = "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck"
 TLS_CONTEXT = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+OTEL_TRACER = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
+TRACES_CLUSTER = "traces"
 
 
 @dataclass(frozen=True)
@@ -373,6 +375,22 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Tracing:
+    """Envoy's span of every request it traces, sent over OTLP/gRPC to a collector, and W3C trace
+    context (`traceparent`) passed on to the replicas, whose spans join it. Envoy alone decides which
+    requests are traced: `sampling_percent` of them, and of those that carry `x-client-trace-id` (a
+    developer tracing one call) `client_sampling_percent`; a caller's own sampled `traceparent` keeps
+    its trace id but forces nothing."""
+
+    address: str
+    port: int = 4317
+    sampling_percent: float = 1.0
+    client_sampling_percent: float = 100.0
+    # A name to resolve (a Service in a cluster) rather than an address.
+    dns: bool = False
+
+
+@dataclass(frozen=True)
 class Layout:
     listen_port: int = 8080
     admin_port: int = 9901
@@ -444,6 +462,8 @@ class Layout:
     # on the local stacks, whose tests and benchmarks drive one runner hard on purpose; the limits'
     # own test runs a second Envoy with edge/limits.yaml.
     limits: Limits | None = None
+    # None: Envoy traces nothing and passes no trace context on.
+    tracing: Tracing | None = None
 
 
 # What a failed request's log line says: which replica (and how many tries) it went to, and why it
@@ -1084,6 +1104,40 @@ def _jwks_cluster(remote: RemoteJwks) -> dict[str, Any]:
     }
 
 
+def _tracing(t: Tracing) -> dict[str, Any]:
+    return {
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": OTEL_TRACER,
+                "grpc_service": {"envoy_grpc": {"cluster_name": TRACES_CLUSTER}, "timeout": "1s"},
+                "service_name": "envoy",
+            },
+        },
+        "random_sampling": {"value": t.sampling_percent},
+        "client_sampling": {"value": t.client_sampling_percent},
+    }
+
+
+def _traces_cluster(t: Tracing) -> dict[str, Any]:
+    """The collector Envoy sends its spans to (OTLP over gRPC, so HTTP/2)."""
+    return {
+        "name": TRACES_CLUSTER,
+        **({"cluster_type": _dns_cluster_type(30, logical=True)} if t.dns else {"type": "STATIC"}),
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": HTTP_OPTIONS,
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": TRACES_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _addr(t.port, t.address)}}]}],
+        },
+    }
+
+
 def _ready_check(path: str) -> dict[str, Any]:
     """Envoy answers `path` itself (no token, no replica): 200 while it takes traffic, 503 once
     told to fail its health checks."""
@@ -1218,6 +1272,7 @@ def render(layout: Layout) -> dict[str, Any]:
             "mappers": [*_method_not_allowed_replies(), *(m for r in layout.local_replies for m in _local_replies(r))]
         },
         "access_log": [_failure_log()],
+        **({"tracing": _tracing(layout.tracing)} if layout.tracing is not None else {}),
         "route_config": {
             "name": "runtrack",
             "max_direct_response_body_size_bytes": MAX_STATIC_BYTES,
@@ -1257,6 +1312,7 @@ def render(layout: Layout) -> dict[str, Any]:
             "clusters": [
                 *(_cluster(c, layout) for c in layout.clusters),
                 *([_jwks_cluster(remote)] if (remote := _remote_jwks(layout)) is not None else []),
+                *([_traces_cluster(layout.tracing)] if layout.tracing is not None else []),
             ],
         },
     }

@@ -7,6 +7,7 @@ API through Envoy with the caller's own token, so the other side applies its own
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
@@ -14,6 +15,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from runtrack_common import tracing
 from runtrack_common.errors import (
     FailedPrecondition,
     Internal,
@@ -76,7 +78,8 @@ class PublicApi:
     @property
     def channel(self) -> grpc.aio.Channel:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.address)
+            # With traces on, each call carries the caller's trace on (`traceparent`) as a client span.
+            self._channel = grpc.aio.insecure_channel(self.address, interceptors=tracing.client_interceptors() or None)
         return self._channel
 
     async def call(
@@ -87,10 +90,14 @@ class PublicApi:
         *,
         timeout_s: float | None = None,
     ) -> Response:
+        metadata: tuple[tuple[str, str], ...] = (("authorization", caller.authorization),)
+        if tracing.recording():
+            # Envoy decides afresh which requests it traces: a traced call's own calls ask to be.
+            metadata += ((tracing.ASK_HEADER, str(uuid.uuid4())),)
         try:
             return await method(
                 request,
-                metadata=(("authorization", caller.authorization),),
+                metadata=metadata,
                 timeout=self.timeout_s if timeout_s is None else timeout_s,
             )
         except grpc.aio.AioRpcError as err:

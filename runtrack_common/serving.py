@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from prometheus_client import Gauge
 
 from runtrack.v1 import summary_pb2, tracking_pb2
-from runtrack_common import logs, metrics
+from runtrack_common import logs, metrics, tracing
 from runtrack_common.aborts import ReleaseAborts
 from runtrack_common.config import Settings
 from runtrack_common.malformed import MalformedRequests
@@ -63,8 +63,9 @@ SHORT_CALLS_GC_THRESHOLDS = (10_000, 50, 100)
 def interceptors() -> list[grpc.aio.ServerInterceptor]:
     """A replica's, outermost first: ReleaseAborts must see every handler's AbortError; MalformedRequests
     reads a unary call's request as a stream of one message, and the metrics (inside it) still count the
-    call by its method's kind (not one refused there)."""
-    return [ReleaseAborts(), MalformedRequests(), metrics.ServerMetrics()]
+    call by its method's kind (not one refused there). With traces on, the call's span encloses them all,
+    so that every line they log carries its trace id."""
+    return [*tracing.server_interceptors(), ReleaseAborts(), MalformedRequests(), metrics.ServerMetrics()]
 
 
 def file_containing_symbol(pool: descriptor_pool.DescriptorPool, name: str) -> FileDescriptor:
@@ -286,6 +287,7 @@ class Replica:
         await server.stop(s.shutdown_grace_s)
         probe.cancel()
         await self.backend.close()
+        tracing.shutdown()
         log.info("stopped service=%s", self.service_name)
 
 
@@ -314,6 +316,7 @@ def main(
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus text at /metrics on this port")
     args = parser.parse_args()
     logs.setup(f"{prog}:{args.port}")
+    tracing.setup(prog, f"{prog}:{args.port}")
 
     async def serve() -> None:
         # Built inside the loop: the stores create asyncio primitives.

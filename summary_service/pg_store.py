@@ -17,7 +17,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from runtrack_common import queries
+from runtrack_common import queries, tracing
 from runtrack_common.config import Settings
 from runtrack_common.errors import Internal, InvalidArgument, RunTrackError, Unavailable
 from summary_service.analysis import MAX_RUNNING_MPS
@@ -58,7 +58,8 @@ _UNCONFIRMED: weakref.WeakSet[psycopg.AsyncConnection[DictRow]] = weakref.WeakSe
 
 
 async def _watch_sync_commits(conn: psycopg.AsyncConnection[DictRow]) -> None:
-    """The pool's `configure`: marks the connection when a commit's synchronous wait was cancelled."""
+    """The pool's `configure`: marks the connection when a commit's synchronous wait was cancelled; its
+    statements traced when traces are on."""
     ref = weakref.ref(conn)
 
     def notice(diag: psycopg.errors.Diagnostic) -> None:
@@ -67,6 +68,7 @@ async def _watch_sync_commits(conn: psycopg.AsyncConnection[DictRow]) -> None:
             _UNCONFIRMED.add(held)
 
     conn.add_notice_handler(notice)
+    tracing.instrument_pg_connection(conn)
 
 
 def classify(err: Exception) -> RunTrackError:

@@ -25,7 +25,7 @@ from cassandra.pool import NoConnectionsAvailable
 from cassandra.protocol import ErrorMessage, IsBootstrappingErrorMessage, OverloadedErrorMessage
 from cassandra.query import UNSET_VALUE, BatchStatement, PreparedStatement, dict_factory
 
-from runtrack_common import queries
+from runtrack_common import queries, tracing
 from runtrack_common.config import Settings
 from runtrack_common.errors import Internal, RunTrackError, Unavailable
 
@@ -102,7 +102,28 @@ def _opt(value: Any) -> Any:
 
 
 async def _execute(session: Session, statement: Any, params: Any = None, *, all_pages: bool = False) -> list[Any]:
-    """Runs a statement on the driver's threads and awaits it on the event loop."""
+    """Runs a statement on the driver's threads and awaits it on the event loop; a span of its own
+    inside a traced call."""
+    if not tracing.recording():
+        return await _run(session, statement, params, all_pages)
+    operation, query = _operation(statement)
+    with tracing.store_span("cassandra", operation, query):
+        return await _run(session, statement, params, all_pages)
+
+
+def _operation(statement: Any) -> tuple[str, str]:
+    """A statement's verb and CQL text (its markers, never its values), as a span names them."""
+    if isinstance(statement, BatchStatement):
+        return "BATCH", ""
+    if isinstance(statement, str):
+        query = statement
+    else:
+        prepared = getattr(statement, "prepared_statement", None)  # a bound statement
+        query = getattr(prepared or statement, "query_string", "") or ""
+    return (query.split(None, 1)[0].upper() if query else "QUERY"), query
+
+
+async def _run(session: Session, statement: Any, params: Any, all_pages: bool) -> list[Any]:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[list[Any]] = loop.create_future()
     rows: list[Any] = []

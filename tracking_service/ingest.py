@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter
 
+from runtrack_common import tracing
 from runtrack_common.errors import Unavailable
 from tracking_service.domain import MAX_REJECTIONS_LISTED, Point, Rejection, rejection_reason
 from tracking_service.retry import retry_unavailable
@@ -68,6 +69,8 @@ class IngestStream:
         self._settled: asyncio.Event | None = None  # set when _pending falls to a waiter's mark
         self._wait_below = 0
         self._failure: Exception | None = None
+        # Made inside the RecordTrack call: its span, when the call is traced (the writer's spans join it).
+        self.trace = tracing.current()
 
     async def claim(self, user_id: str) -> None:
         """Binds the run to `user_id` (the first claim wins); refused for a deleted run."""

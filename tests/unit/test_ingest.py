@@ -4,6 +4,7 @@ import uuid
 import pytest
 from prometheus_client import REGISTRY
 
+from runtrack_common import tracing
 from runtrack_common.errors import PermissionDenied, Unavailable
 from tests.unit.fakes import FakeTrackStore
 from tracking_service.domain import Point
@@ -246,3 +247,53 @@ async def test_the_cursor_the_store_did_not_answer_at_the_end_is_read_again():
     r = await s.finish()
     assert r.points_stored == 10 and r.contiguous_seq == 10  # every point stored: the stream ends OK
     assert STORE_RETRIES.labels("cursor")._value.get() - retried == 2
+
+
+@pytest.fixture
+def spans():
+    """Spans recorded in memory by the SDK, as a replica with traces on records them."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(provider)
+    yield provider.get_tracer("test"), exporter
+    tracing.uninstall()
+
+
+async def test_a_batch_holding_traced_streams_points_is_one_span_in_the_first_linked_to_the_others(spans):
+    tracer, exporter = spans
+    store = FakeTrackStore()
+    w = writer(store, batch=100, linger=0.05)
+    with tracer.start_as_current_span("stream a") as a:
+        traced_a = stream(store, w=w)
+    with tracer.start_as_current_span("stream b") as b:
+        traced_b = stream(store, w=w)
+    plain = stream(store, w=w)  # made outside any traced call
+    assert plain.trace is None
+    for s in (traced_a, traced_b, plain):
+        await s.claim("u")
+    await traced_a.add(pts([1]))
+    await traced_a.add(pts([2]))
+    await traced_b.add(pts([1]))
+    await plain.add(pts([1]))
+    await asyncio.gather(*(s.finish() for s in (traced_a, traced_b, plain)))
+    assert store.batches == [4]
+    writes = [s for s in exporter.get_finished_spans() if s.name == "write points"]
+    assert len(writes) == 1
+    assert writes[0].parent.span_id == a.get_span_context().span_id
+    assert [link.context.span_id for link in writes[0].links] == [b.get_span_context().span_id]
+    assert writes[0].attributes["runtrack.points"] == 4 and writes[0].attributes["runtrack.runs"] == 3
+
+
+async def test_a_batch_of_untraced_streams_records_no_span(spans):
+    _tracer, exporter = spans
+    store = FakeTrackStore()
+    s = stream(store)
+    await s.claim("u")
+    await s.add(pts([1, 2]))
+    await s.finish()
+    assert exporter.get_finished_spans() == ()

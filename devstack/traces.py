@@ -1,0 +1,168 @@
+"""Where a local stack's traces go: Jaeger (v2, the OpenTelemetry Collector with Jaeger's storage and UI),
+built once per machine from the Go module proxy (the module in devstack/gomod/jaeger pins it), on
+loopback: OTLP/gRPC in from Envoy and the replicas, traces kept in memory, the UI and its HTTP API out.
+
+    http://127.0.0.1:16686            the developer's stack's traces (`scripts/dev up` prints it)
+    http://127.0.0.1:16696            the test stack's
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from devstack import procs
+from devstack.paths import ROOT, cache_dir, once_per_machine
+
+# The module version of Jaeger's repository that holds Jaeger v2's `cmd/jaeger`.
+JAEGER_MODULE_VERSION = "v1.75.0"
+GOMOD = ROOT / "devstack" / "gomod" / "jaeger"
+# Traces kept (the oldest let go first): a developer's afternoon, bounded.
+MAX_TRACES = 20_000
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def jaeger() -> Path:
+    """The Jaeger command, built when missing (once per machine and version; ~3 min of 2 cores)."""
+    exe = cache_dir() / "bin" / f"jaeger-{JAEGER_MODULE_VERSION}"
+    if exe.exists():
+        return exe
+    with once_per_machine(exe.name):
+        if not exe.exists():
+            if shutil.which("go") is None:
+                raise SystemExit("Jaeger is built with Go: put `go` on PATH")
+            say(f"setup: building Jaeger ({JAEGER_MODULE_VERSION}) from the Go module proxy, once per machine")
+            exe.parent.mkdir(parents=True, exist_ok=True)
+            tmp = exe.with_name(f".{exe.name}.tmp")
+            env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=mod")
+            started, cpu = time.monotonic(), _children_cpu()
+            build = ["nice", "-n", "10", "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp)]
+            built = subprocess.run(
+                [*build, "github.com/jaegertracing/jaeger/cmd/jaeger"],
+                cwd=GOMOD,
+                env=env,
+                stdout=sys.stderr,
+                check=False,
+            )
+            if built.returncode != 0:
+                raise SystemExit("building Jaeger failed (see above)")
+            say(f"built jaeger in {time.monotonic() - started:.0f} s, {_children_cpu() - cpu:.0f} s of CPU")
+            tmp.replace(exe)
+    return exe
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass(frozen=True)
+class Collector:
+    """One Jaeger for one stack: OTLP/gRPC on `otlp_port`, the UI and API on `ui_port` (its gRPC query
+    API on `ui_port - 1`)."""
+
+    state: Path
+    log: Path
+    otlp_port: int
+    ui_port: int
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state / "run" / "jaeger.pid"
+
+    @property
+    def endpoint(self) -> str:
+        """What the replicas' OTEL_EXPORTER_OTLP_ENDPOINT says."""
+        return f"http://127.0.0.1:{self.otlp_port}"
+
+    @property
+    def ui(self) -> str:
+        return f"http://127.0.0.1:{self.ui_port}"
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "service": {
+                "extensions": ["jaeger_storage", "jaeger_query"],
+                "pipelines": {
+                    "traces": {
+                        "receivers": ["otlp"],
+                        "processors": ["batch"],
+                        "exporters": ["jaeger_storage_exporter"],
+                    }
+                },
+                # Its own metrics off: they would take port 8888, whichever stack asked first.
+                "telemetry": {"metrics": {"level": "none"}, "logs": {"level": "warn"}},
+            },
+            "extensions": {
+                "jaeger_storage": {"backends": {"memstore": {"memory": {"max_traces": MAX_TRACES}}}},
+                "jaeger_query": {
+                    "storage": {"traces": "memstore"},
+                    "http": {"endpoint": f"127.0.0.1:{self.ui_port}"},
+                    "grpc": {"endpoint": f"127.0.0.1:{self.ui_port - 1}"},
+                },
+            },
+            "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": f"127.0.0.1:{self.otlp_port}"}}}},
+            "processors": {"batch": {}},
+            "exporters": {"jaeger_storage_exporter": {"trace_storage": "memstore"}},
+        }
+
+    def pid(self) -> int | None:
+        pid = procs.read_pid(self.pid_file)
+        return pid if procs.alive(pid) else None
+
+    def start(self) -> int:
+        running = self.pid()
+        if running:
+            return running
+        exe = jaeger()
+        config = self.state / "run" / "jaeger.yaml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+        pid = procs.start([str(exe), "--config", str(config)], log=self.log, pid_file=self.pid_file, cwd=ROOT)
+        procs.wait_until("Jaeger", lambda: procs.port_open(self.otlp_port) and self.ready(), 60, log=self.log, pid=pid)
+        return pid
+
+    def stop(self) -> None:
+        procs.stop(self.pid(), timeout=10)
+
+    def ready(self) -> bool:
+        try:
+            self._get("/api/services")
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def _get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.ui + path, timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def trace(self, trace_id: str) -> list[dict[str, Any]]:
+        """The spans Jaeger holds of one trace, each with its `service` (empty while it holds none)."""
+        try:
+            data = self._get(f"/api/traces/{trace_id}")
+        except urllib.error.HTTPError as err:
+            if err.code == 404:
+                return []
+            raise
+        spans: list[dict[str, Any]] = []
+        for t in data.get("data") or []:
+            processes = t.get("processes", {})
+            for span in t.get("spans", []):
+                service = processes.get(span.get("processID"), {}).get("serviceName", "")
+                spans.append(span | {"service": service})
+        return spans
