@@ -605,6 +605,11 @@ def main(argv: list[str] | None = None) -> int:
         "--seconds", type=float, default=30.0, help="seconds each phone streams (at least the ramp plus 20)"
     )
     ph.add_argument("--ramp-rate", type=float, default=250.0, help="phones starting per second (default 250)")
+    trc = sub.add_parser("traces", help="CPU per point with traces on at the default sampling, against off")
+    trc.add_argument("--phones", type=int, default=2000, help="phones at 1 Hz (default 2000)")
+    trc.add_argument("--seconds", type=float, default=40.0, help="seconds each phone streams (default 40)")
+    trc.add_argument("--rounds", type=int, default=2, help="rounds of off then on (default 2)")
+    trc.add_argument("--ramp-rate", type=float, default=250.0, help="phones starting per second (default 250)")
     w = sub.add_parser("watch", help="live runs followed by spectators with WatchRun, against none")
     w.add_argument("--runs", type=int, default=1000, help="live runs, one phone each at 1 Hz (default 1000)")
     w.add_argument("--watchers", type=int, default=0, help="spectators, spread over the runs (default 10 per run)")
@@ -674,6 +679,10 @@ def main(argv: list[str] | None = None) -> int:
         first = args.start or args.step
         steps = list(range(first, args.max + 1, args.step)) or [args.max]
         bench_phones.run(stack, steps, args.seconds, ROOT / ".dev" / "bench", args.ramp_rate)
+    elif args.what == "traces":
+        from bench import traces as bench_traces
+
+        bench_traces.run(stack, args.phones, args.seconds, args.rounds, ROOT / ".dev" / "bench", args.ramp_rate)
     elif args.what == "watch":
         from bench import watch as bench_watch
 

@@ -96,6 +96,8 @@ def components(stack: Stack) -> dict[str, list[int]]:
         pid = node.pid()
         if pid:
             out["cql"].append(pid)
+    if stack.traces is not None and (pid := stack.traces.pid()):
+        out["traces"] = [pid]  # the collector (Jaeger), when the stack runs one
     return out
 
 

@@ -383,9 +383,9 @@ class Tracing:
     its trace id but forces nothing."""
 
     address: str
-    port: int = 4317
-    sampling_percent: float = 1.0
-    client_sampling_percent: float = 100.0
+    port: int | str = 4317  # a str: the chart's placeholder
+    sampling_percent: float | str = 1.0
+    client_sampling_percent: float | str = 100.0
     # A name to resolve (a Service in a cluster) rather than an address.
     dns: bool = False
 
@@ -1436,6 +1436,15 @@ JWKS_CA_FILE = "__JWKS_CA_FILE__"
 # Where the plaintext listener binds: every interface when the chart's envoy.plaintext is true, else
 # the pod's own loopback (nothing outside the pod reaches it; the Service has no plaintext port).
 PLAINTEXT_ADDRESS = "__PLAINTEXT_ADDRESS__"
+# Traces: the chart's `tracing` values (the collector's host and port, Envoy's sampling). With no
+# collector named, the chart puts 0 % in both shares: Envoy traces nothing and sends nowhere.
+K8S_TRACING = Tracing(
+    "__TRACES_HOST__",
+    "__TRACES_PORT__",
+    "__TRACE_SAMPLING_PERCENT__",
+    "__TRACE_CLIENT_SAMPLING_PERCENT__",
+    dns=True,
+)
 # The per-runner limits: numbers from the chart's `limits` values.
 K8S_LIMITS = Limits(
     Bucket("__LIMIT_CALLS_PER_SECOND__", "__LIMIT_CALLS_BURST__"),
@@ -1458,6 +1467,7 @@ K8S_PLACEHOLDERS = (
     JWKS_PORT,
     JWKS_CA_FILE,
     PLAINTEXT_ADDRESS,
+    *dataclasses.astuple(K8S_TRACING)[:4],
     # Every value of K8S_LIMITS (its buckets' too) is a placeholder.
     *(v for f in dataclasses.astuple(K8S_LIMITS) for v in (f if isinstance(f, tuple) else (f,))),
 )
@@ -1510,6 +1520,7 @@ def k8s_layout(*, remote_jwks: bool = False, paths: ImagePaths = ImagePaths()) -
         tls=Tls(K8S_TLS_PORT, K8S_TLS_SDS, K8S_TLS_DIR),
         plaintext_address=PLAINTEXT_ADDRESS,
         limits=K8S_LIMITS,
+        tracing=K8S_TRACING,
         # The chart's envoy.resources.limits.memory is 256Mi: shedding starts well before the kill.
         max_heap_bytes=200 * 1024 * 1024,
     )

@@ -168,6 +168,10 @@ def test_the_charts_envoy_configs_hold_every_placeholder_the_chart_replaces():
         "__LIMIT_WATCH_STREAMS_PER_RUNNER__",
         "__LIMIT_STREAMS_PER_CONNECTION__",
         "__LIMIT_STREAM_LB_POLICY__",
+        "__TRACES_HOST__",
+        "__TRACES_PORT__",
+        "__TRACE_SAMPLING_PERCENT__",
+        "__TRACE_CLIENT_SAMPLING_PERCENT__",
     }
     templates = "".join(p.read_text() for p in (CHART / "templates").rglob("*.yaml"))
     for placeholder in K8S_PLACEHOLDERS:
@@ -376,6 +380,7 @@ def test_the_drain_hook_fails_envoys_readiness_and_drains_its_listener(tmp_path)
     hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"].endswith(("health_check", "router"))]
     hcm["route_config"]["virtual_hosts"][0]["routes"] = []
     hcm["http2_protocol_options"]["max_concurrent_streams"] = 100  # the chart's placeholder
+    hcm.pop("tracing")  # its collector's cluster is one of those left out
     config["static_resources"]["clusters"] = []
     (tmp_path / "envoy.yaml").write_text(yaml.safe_dump(config))
     envoy = subprocess.Popen(
@@ -932,3 +937,40 @@ def test_each_dashboard_is_a_configmap_labelled_for_grafanas_sidecar(render):
         assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
         assert config_map["metadata"]["labels"]["team"] == "runs"
         assert json.loads(config_map["data"][f"runtrack-{path.stem}.json"]) == grafana.load(path)
+
+
+def _hcm_tracing(config: dict[str, Any]) -> dict[str, Any]:
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    return dict(hcm["tracing"])
+
+
+def test_traces_are_off_unless_a_collector_is_named_then_envoy_and_the_replicas_send_there(render):
+    off = render()
+    tracing = _hcm_tracing(yaml.safe_load(envoy_config(off)))
+    assert tracing["random_sampling"] == {"value": 0} and tracing["client_sampling"] == {"value": 0}
+    for name in REPLICAS:
+        assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env(one(off, "Deployment", name))
+
+    on = render({"tracing": {"collector": "otel.observability.svc.cluster.local:4317", "samplingPercent": 5}})
+    config = yaml.safe_load(envoy_config(on))
+    tracing = _hcm_tracing(config)
+    assert tracing["random_sampling"] == {"value": 5} and tracing["client_sampling"] == {"value": 100}
+    assert tracing["provider"]["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] == "traces"
+    (endpoint,) = cluster(config, "traces")["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert endpoint["endpoint"]["address"]["socket_address"] == {
+        "address": "otel.observability.svc.cluster.local",
+        "port_value": 4317,
+    }
+    for name in REPLICAS:
+        assert env(one(on, "Deployment", name))["OTEL_EXPORTER_OTLP_ENDPOINT"] == (
+            "http://otel.observability.svc.cluster.local:4317"
+        )
+
+
+def test_a_collector_that_is_not_host_and_port_is_refused(helm):
+    out = subprocess.run(
+        [str(helm), "template", "t", str(CHART), "--set", "tracing.collector=http://otel:4317"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode != 0 and "/tracing/collector" in out.stderr, out.stderr[-500:]
