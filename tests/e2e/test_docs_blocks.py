@@ -30,10 +30,11 @@ def on_the_test_stack(code: str, stack) -> str:
         f"127.0.0.1:{dev.envoy_tls_port}": f"127.0.0.1:{stack.spec.envoy_tls_port}",
         f"127.0.0.1:{dev.envoy_port}": f"127.0.0.1:{stack.spec.envoy_port}",
         f"127.0.0.1:{dev.envoy_admin_port}": f"127.0.0.1:{stack.spec.envoy_admin_port}",
+        f"127.0.0.1:{dev.traces_ui_port}": f"127.0.0.1:{stack.spec.traces_ui_port}",
         ".dev/tls/ca.pem": str(stack.tls_ca),
     }.items():
         code = code.replace(local, test)
-    ports = f"{dev.envoy_tls_port}|{dev.envoy_port}|{dev.envoy_admin_port}"
+    ports = f"{dev.envoy_tls_port}|{dev.envoy_port}|{dev.envoy_admin_port}|{dev.traces_ui_port}"
     left = re.findall(rf"localhost|\b(?:{ports})\b|\.dev/tls/", code)
     assert not left, f"the block would reach the local stack, not the test stack: {left}"
     return code
