@@ -8,7 +8,8 @@ nothing that comes without one (its own store probes). `OTEL_TRACES_SAMPLER` and
 
 A RecordTrack stream is one call, so one trace for its whole life: its server span, the store requests
 of its start, and a span per batch of its points the writer stored (see `tracking_service/writer.py`),
-never one per point. Off, or for an unsampled call, nothing here costs more than a context lookup.
+never one per point. On a point's path, an unsampled stream costs a context lookup per store request;
+per call, the gRPC instrumentation's (non-recording) span around it.
 """
 
 from __future__ import annotations
@@ -30,10 +31,6 @@ ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 ASK_HEADER = "x-client-trace-id"
 _provider: Any = None
 _tracer: trace.Tracer = trace.NoOpTracer()
-
-
-def enabled() -> bool:
-    return _provider is not None
 
 
 def setup(service_name: str, instance: str, env: Mapping[str, str] = os.environ) -> bool:
