@@ -119,11 +119,8 @@ def trace_id() -> str | None:
 
 
 @contextmanager
-def store_span(system: str, operation: str, statement: str = "") -> Iterator[Span | None]:
-    """A client span for one store request, inside a recorded call only (a context lookup otherwise)."""
-    if not trace.get_current_span().is_recording():
-        yield None
-        return
+def store_span(system: str, operation: str, statement: str = "") -> Iterator[Span]:
+    """A client span for one store request (the caller asks `recording()` first: only a traced call's)."""
     attributes = {"db.system": system, "db.operation": operation}
     if statement:
         attributes["db.statement"] = statement

@@ -4,14 +4,12 @@ What `cluster.py` and `netpol.py` both need, so that neither imports the other."
 
 from __future__ import annotations
 
-import os
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
+from devstack import gobuild
 from devstack.paths import ROOT, cache_dir, once_per_machine
 
 K8S_VERSION = "v1.34.4"
@@ -69,18 +67,8 @@ def tools_bin() -> Path:
 
 
 def go_build(module: str, out: Path, packages: list[str], ldflags: str = "-s -w") -> None:
-    """Builds and says what it cost: wall time and CPU time (the cold suite's largest share)."""
-    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=mod")
-    # Niced: it may build beside running services (the test suite's other lane), which come first.
-    build: list[str | Path] = ["nice", "-n", "10", "go", "build", "-trimpath", "-ldflags", ldflags, "-o", out]
-    started, cpu = time.monotonic(), _children_cpu()
-    run(*build, *packages, cwd=GOMOD / module, env=env)
-    say(f"built {module} in {time.monotonic() - started:.0f} s, {_children_cpu() - cpu:.0f} s of CPU")
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    """Builds `packages` of the wrapper module deploy/k8s/gomod/<module> into `out`."""
+    gobuild.go_build(GOMOD / module, out, packages, ldflags)
 
 
 def build() -> None:
