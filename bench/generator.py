@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from devstack.paths import ROOT, cache_dir
+from devstack.paths import ROOT, cache_dir, once_per_machine
 from devstack.tools import link_into_venv
 
 NAME = "phonegen"
@@ -38,18 +38,24 @@ def version() -> str:
     return found.group(1)
 
 
+def _build(exe: Path) -> None:
+    if shutil.which("go") is None:
+        raise SystemExit(f"{NAME} is built with Go: put `go` on PATH")
+    say(f"setup: building {NAME} {version()} through the Go module proxy (once per machine)")
+    exe.parent.mkdir(parents=True, exist_ok=True)
+    tmp = exe.with_name(f".{exe.name}.tmp")
+    env = dict(os.environ, CGO_ENABLED="0")
+    build = ["go", "build", "-trimpath", "-buildvcs=false", "-o", str(tmp), "."]
+    subprocess.run(build, cwd=SOURCE, check=True, stdout=sys.stderr, env=env)
+    tmp.replace(exe)
+
+
 def phonegen() -> Path:
     """The generator, built from bench/phonegen once per machine and version, linked into
     .venv/bin so that it is at hand (`.venv/bin/phonegen`)."""
     exe = cache_dir() / "bin" / f"{NAME}-{version()}"
     if not exe.exists():
-        if shutil.which("go") is None:
-            raise SystemExit(f"{NAME} is built with Go: put `go` on PATH")
-        say(f"setup: building {NAME} {version()} through the Go module proxy (once per machine)")
-        exe.parent.mkdir(parents=True, exist_ok=True)
-        tmp = exe.with_name(f".{exe.name}.tmp")
-        env = dict(os.environ, CGO_ENABLED="0")
-        build = ["go", "build", "-trimpath", "-buildvcs=false", "-o", str(tmp), "."]
-        subprocess.run(build, cwd=SOURCE, check=True, stdout=sys.stderr, env=env)
-        tmp.replace(exe)
+        with once_per_machine(exe.name):
+            if not exe.exists():
+                _build(exe)
     return link_into_venv(NAME, exe)

@@ -73,6 +73,9 @@ class StackSpec:
     traces_ui_port: int = 16686
     # The share of requests Envoy traces unasked, in percent.
     trace_sampling_percent: float = 1.0
+    # Jaeger started by `up` (False: only when a caller asks, `Stack.start_traces`; until then the
+    # replicas' and Envoy's exporters find no collector and drop what they would send).
+    traces_at_up: bool = True
 
     @property
     def backup_dir(self) -> Path:
@@ -183,6 +186,9 @@ def test_spec(env: Mapping[str, str] = os.environ) -> StackSpec:
         traces_ui_port=16696,
         # Only the calls a test asks for (`x-client-trace-id`): what is traced is then known.
         trace_sampling_percent=0.0,
+        # Started by the tests that read traces: on a fresh machine Jaeger is then built beside the
+        # first tests (tests/prebuild.py) instead of before them.
+        traces_at_up=False,
         # Short limits so that the tests can watch them act.
         replica_settings={
             "TRACK_STREAM_IDLE_TIMEOUT_S": "4",
@@ -568,7 +574,7 @@ class Stack:
                     node.wait_ready()
         if s.database_url is None:
             self.start_postgres()
-        if self.traces is not None:
+        if self.traces is not None and s.traces_at_up:
             self.traces.start()
         self.migrate()
         ports = self.replica_ports()
@@ -582,6 +588,13 @@ class Stack:
                 self.start_replica(svc, port)
         self.start_envoy()
         self.wait_healthy(ports)
+
+    def start_traces(self) -> Collector:
+        """The stack's Jaeger, started (and built, once per machine) if it is not running."""
+        if self.traces is None:
+            raise SystemExit("this stack has no traces (its spec names no OTLP port)")
+        self.traces.start()
+        return self.traces
 
     def postgres_running(self) -> bool:
         if self.pg_cluster is None:

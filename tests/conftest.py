@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")  # the tests start servers with subprocess
+import signal
+import subprocess
+import sys
 import uuid
 from typing import Any
 
 import pytest
 
+from devstack.paths import ROOT
 from devstack.stack import Stack, test_spec
 from tests.helpers import token_channel
 
@@ -53,6 +57,41 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             node.send_runtest_some([i for i, nodeid in enumerate(collection) if unit.get(nodeid) is False])
 
     return Lanes(config, log)
+
+
+PREBUILD_LOG = ROOT / ".dev" / "logs" / "prebuild.log"
+_prebuild: subprocess.Popen[bytes] | None = None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A session holding the Kubernetes tests builds what its later tests need while its first ones
+    run (tests/prebuild.py; one lane's worth, whichever lane layout), at the lowest CPU priority."""
+    global _prebuild
+    if os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0" or session.config.option.collectonly:
+        return
+    if os.environ.get("RUNTRACK_PREBUILD") == "0" or not any(i.nodeid.startswith("tests/k8s/") for i in session.items):
+        return
+    PREBUILD_LOG.parent.mkdir(parents=True, exist_ok=True)
+    with open(PREBUILD_LOG, "ab") as log:
+        _prebuild = subprocess.Popen(
+            ["nice", "-n", "19", sys.executable, "-m", "tests.prebuild"],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A build still going when the session ends (its tests deselected or failed early) is stopped;
+    what it finished stays in the cache."""
+    if _prebuild is not None and _prebuild.poll() is None:
+        os.killpg(_prebuild.pid, signal.SIGTERM)
+        try:
+            _prebuild.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(_prebuild.pid, signal.SIGKILL)
+            _prebuild.wait()
 
 
 @pytest.fixture(scope="session")

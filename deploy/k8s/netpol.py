@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from devstack import host
+from devstack.paths import once_per_machine
 from devstack.pki import kubeconfig
 
 if TYPE_CHECKING:
@@ -68,14 +69,17 @@ def build() -> None:
 
     if binary().exists():
         return
-    say(f"building kube-router {version()} from the Go module proxy, once per machine")
-    started = time.monotonic()
-    binary().parent.mkdir(parents=True, exist_ok=True)
-    tmp = binary().parent / f".{NAME}.tmp"
-    ld = f"-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version={version()}"
-    go_build(MODULE, tmp, [PACKAGE], ld)
-    tmp.replace(binary())
-    say(f"built kube-router in {time.monotonic() - started:.0f} s")
+    with once_per_machine(f"k8s-tool-{NAME}"):
+        if binary().exists():
+            return
+        say(f"building kube-router {version()} from the Go module proxy, once per machine")
+        started = time.monotonic()
+        binary().parent.mkdir(parents=True, exist_ok=True)
+        tmp = binary().parent / f".{NAME}.tmp"
+        ld = f"-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version={version()}"
+        go_build(MODULE, tmp, [PACKAGE], ld)
+        tmp.replace(binary())
+        say(f"built kube-router in {time.monotonic() - started:.0f} s")
 
 
 def credentials(cluster: Cluster) -> Path:

@@ -146,6 +146,8 @@ CHECKS: dict[str, Callable[[Ran], None]] = {
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.where for b in BLOCKS])
 def test_the_block_runs(block: Block, stack, demo_shell, root_left_as_found) -> None:
+    if f"127.0.0.1:{dev_spec({}).traces_ui_port}" in block.code:
+        stack.start_traces()  # the test stack starts Jaeger for the blocks that read it
     code = on_the_test_stack(block.code, stack)
     out = bash(code, demo_shell)
     assert out.returncode == 0, f"{block.where} exited {out.returncode}:\n{out.stderr}"

@@ -67,6 +67,12 @@ def log_lines(stack, containing: str) -> list[str]:
     ]
 
 
+@pytest.fixture(autouse=True)
+def collector(stack):
+    """The test stack starts Jaeger only for the tests that read it."""
+    return stack.start_traces()
+
+
 @pytest.fixture
 def runner(stack):
     user = f"tracer-{uuid.uuid4().hex[:8]}"
