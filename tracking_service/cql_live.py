@@ -12,8 +12,7 @@ from cassandra.query import BatchStatement, BatchType
 
 from tracking_service.cql_session import CqlSession, _execute, _execute_batch
 from tracking_service.cql_store import _point, _utc, point_values
-from tracking_service.domain import Point
-from tracking_service.live import FEED_SHARDS, FeedRow, LinkRecord, LiveRow, feed_shard
+from tracking_service.live import FEED_SHARDS, DurablePoints, FeedRow, LinkRecord, LiveRow, feed_shard
 from tracking_service.webhooks import OUTBOX_SHARDS, Delivery, outbox_shard
 
 
@@ -69,14 +68,15 @@ class CqlLiveStore:
 
     # ---- the live feed ----------------------------------------------------------------------
 
-    async def feed_points(self, bucket: int, rows: Sequence[tuple[uuid.UUID, Sequence[Point]]]) -> None:
+    async def feed_points(self, bucket: int, rows: Sequence[DurablePoints]) -> None:
         statement = BatchStatement(batch_type=BatchType.UNLOGGED)
         statement.is_idempotent = True
         insert = self.cql.q.feed_point
-        for run_id, points in rows:
-            shard = feed_shard(run_id)
-            for p in points:
-                statement.add(insert, (bucket, shard, *point_values(run_id, p)))
+        for row in rows:
+            shard = feed_shard(row.run_id)
+            arrived_at = dt.datetime.fromtimestamp(row.arrived_at, dt.UTC)
+            for p in row.points:
+                statement.add(insert, (bucket, shard, *point_values(row.run_id, p), arrived_at))
         await _execute_batch(self.cql.ready(), statement)
 
     async def feed_event(self, bucket: int, run_id: uuid.UUID, event: str) -> None:
@@ -87,7 +87,13 @@ class CqlLiveStore:
         pages = await asyncio.gather(
             *(_execute(session, self.cql.q.feed_read, (bucket, shard), all_pages=True) for shard in range(FEED_SHARDS))
         )
-        return [FeedRow(r["run_id"], r["event"], _point(r) if not r["event"] else None) for page in pages for r in page]
+        return [
+            FeedRow(r["run_id"], r["event"], None)
+            if r["event"]
+            else FeedRow(r["run_id"], "", _point(r), _utc(r["arrived_at"]).timestamp() if r["arrived_at"] else None)
+            for page in pages
+            for r in page
+        ]
 
     async def mark_watched(self, run_ids: Sequence[uuid.UUID]) -> None:
         statement = BatchStatement(batch_type=BatchType.UNLOGGED)

@@ -27,14 +27,14 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from runtrack.v1 import tracking_pb2
 from runtrack_common.config import Settings
 from runtrack_common.errors import RunTrackError, Unauthenticated, Unavailable
 from tracking_service.convert import point_to_proto
 from tracking_service.domain import Point
-from tracking_service.live import ENDED, LIVE, LiveRow, Movement, SeqSet, ZoneTrim, next_state
+from tracking_service.live import ENDED, LIVE, DurablePoints, FeedRow, LiveRow, Movement, SeqSet, ZoneTrim, next_state
 from tracking_service.privacy import Zone
 from tracking_service.store import LiveStore, TrackStore
 from tracking_service.webhooks import Delivery, Webhooks
@@ -49,6 +49,14 @@ FEED_READS = Counter("runtrack_live_feed_reads_total", "Reads of the live feed (
 FEED_POINTS = Counter("runtrack_live_feed_points_total", "Points this replica copied to the live feed.")
 WATCH_EVENTS = Counter("runtrack_watch_events_sent_total", "RunEvents sent to watchers.")
 WATCH_POINTS = Counter("runtrack_watch_points_sent_total", "Points sent to watchers (a point to 10 watchers: 10).")
+# The live-following objective's measure (docs/slos.md): observed once per point and replica holding its
+# watchers, not per watcher (they are all handed it at the same moment). Only the points the feed brings
+# carry their arrival; the few a direct read of the run brings (a watch's first seconds, a gap) do not.
+WATCH_LAG = Histogram(
+    "runtrack_live_point_lag_seconds",
+    "A followed run's point: its arrival at the replica that took it to its hand-over to the watchers.",
+    buckets=(0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0),
+)
 PAGE = 1000
 # How many of a run's newest points a replica reads when it starts following it (the stall window).
 RECENT = 600
@@ -140,7 +148,7 @@ class WatchedRun:
     watches: set[Watch] = field(default_factory=set)
     ready: asyncio.Future[None] | None = None
     # Points from the feed not yet sent (a lower seq still missing), and since when one is missing.
-    pending: dict[int, Point] = field(default_factory=dict)
+    pending: dict[int, FeedRow] = field(default_factory=dict)
     gap_since: float | None = None
     # Wall-clock seconds: read the run itself until (the writers learn it is followed), and next at.
     direct_until: float = 0.0
@@ -313,23 +321,23 @@ class LiveHub:
 
     # ---- the writers' side: copying followed runs' durable points to the feed ---------------------
 
-    def published(self, rows: Sequence[tuple[uuid.UUID, Sequence[Point]]]) -> None:
+    def published(self, rows: Sequence[DurablePoints]) -> None:
         """A batch is durable (the writer calls this, once per batch): the points of runs someone
         follows go to the feed, in the background."""
         if self._watched_task is None or self._watched_task.done():
             self._watched_task = asyncio.create_task(self._refresh_watched())
         if not self.watched:
             return
-        followed = [(run_id, points) for run_id, points in rows if run_id in self.watched]
+        followed = [row for row in rows if row.run_id in self.watched]
         if followed:
             task = asyncio.create_task(self._feed(followed))
             self._feeding.add(task)
             task.add_done_callback(self._feeding.discard)
 
-    async def _feed(self, rows: Sequence[tuple[uuid.UUID, Sequence[Point]]]) -> None:
+    async def _feed(self, rows: Sequence[DurablePoints]) -> None:
         try:
             await self.store.feed_points(int(time.time()), rows)
-            FEED_POINTS.inc(sum(len(points) for _, points in rows))
+            FEED_POINTS.inc(sum(len(row.points) for row in rows))
         except Exception as err:  # noqa: BLE001 (the followers' reconciling read brings the points)
             log.warning("live feed write failed runs=%d: %s", len(rows), err)
 
@@ -394,7 +402,7 @@ class LiveHub:
             if row.point is None:
                 run.refresh = True
             elif row.point.seq not in run.sent:
-                run.pending[row.point.seq] = row.point
+                run.pending[row.point.seq] = row
         if check:  # every state poll: a zone set or removed reaches open watches within one
             await self._refresh_zones([r for r in runs if any(w.trim is not None for w in r.watches)])
         gate = asyncio.Semaphore(CONCURRENT_READS)
@@ -424,12 +432,16 @@ class LiveHub:
         s = self.settings
         try:
             released: list[Point] = []
+            arrivals: list[float] = []
             for seq in [seq for seq in run.pending if seq in run.sent]:
                 del run.pending[seq]
             while run.sent.floor + 1 in run.pending:  # in seq order, without a gap
-                p = run.pending.pop(run.sent.floor + 1)
-                released.append(p)
-                run.sent.add(p.seq)
+                row = run.pending.pop(run.sent.floor + 1)
+                assert row.point is not None, "only points wait in pending"
+                released.append(row.point)
+                run.sent.add(row.point.seq)
+                if row.arrived_at is not None:
+                    arrivals.append(row.arrived_at)
             if run.pending and run.gap_since is None:
                 run.gap_since = now
             elif not run.pending:
@@ -446,6 +458,10 @@ class LiveHub:
             if released:
                 run.movement.add(released, now)
                 self._fan_out(run, PointsReleased(released, points_event(str(run.run_id), released), run.sent.floor))
+                if run.watches:
+                    handed = time.time()
+                    for arrived_at in arrivals:
+                        WATCH_LAG.observe(max(0.0, handed - arrived_at))
             if run.refresh or now >= run.refresh_at:
                 async with gate:
                     await self._refresh(run, now)
@@ -460,7 +476,7 @@ class LiveHub:
         """Everything stored after the floor not sent yet (a late point included), with what the feed
         holds beyond a gap; then the floor moves up to the highest seq seen: a seq still missing is
         given up on (a point the phone never sent, or rejected)."""
-        by_seq = {seq: p for seq, p in run.pending.items() if seq not in run.sent}
+        by_seq = {seq: row.point for seq, row in run.pending.items() if seq not in run.sent and row.point is not None}
         cursor = run.sent.floor
         while True:
             page = await self.tracks.points_after(run.run_id, cursor, PAGE)

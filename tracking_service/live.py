@@ -35,6 +35,19 @@ class FeedRow:
     run_id: uuid.UUID
     event: str
     point: Point | None
+    # When the point reached the replica that took it (wall-clock seconds; None for an event, or a row
+    # written before the column existed): what the watchers' lag is measured from.
+    arrived_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DurablePoints:
+    """A run's points made durable by one write, and when the first of them reached the replica
+    (wall-clock seconds): what the writer tells the hub, and the hub copies to the feed."""
+
+    run_id: uuid.UUID
+    points: Sequence[Point]
+    arrived_at: float
 
 
 @dataclass(frozen=True, slots=True)

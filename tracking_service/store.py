@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from tracking_service.domain import Cursor, Point
-from tracking_service.live import FeedRow, LinkRecord, LiveRow
+from tracking_service.live import DurablePoints, FeedRow, LinkRecord, LiveRow
 from tracking_service.privacy import Zone
 
 
@@ -68,8 +68,9 @@ class LiveStore(Protocol):
     async def mark_live_deleted(self, run_id: uuid.UUID, at: dt.datetime, link_ids: Sequence[str]) -> None:
         """State DELETED, and the links gone."""
 
-    async def feed_points(self, bucket: int, rows: Sequence[tuple[uuid.UUID, Sequence[Point]]]) -> None:
-        """Copies durable points of followed runs to the feed's partitions of second `bucket`."""
+    async def feed_points(self, bucket: int, rows: Sequence[DurablePoints]) -> None:
+        """Copies durable points of followed runs (with when they arrived) to the feed's partitions
+        of second `bucket`."""
 
     async def feed_event(self, bucket: int, run_id: uuid.UUID, event: str) -> None: ...
 

@@ -31,6 +31,7 @@ from prometheus_client import Counter, Histogram
 from runtrack_common import tracing
 from runtrack_common.errors import Unavailable
 from tracking_service.domain import Point
+from tracking_service.live import DurablePoints
 from tracking_service.retry import retry_unavailable
 from tracking_service.store import TrackStore
 
@@ -89,7 +90,7 @@ class PointWriter:
         retry_budget_s: float = 30.0,
         retry_base_s: float = 0.1,
         retry_cap_s: float = 1.0,
-        on_durable: Callable[[Sequence[tuple[uuid.UUID, Sequence[Point]]]], None] | None = None,
+        on_durable: Callable[[Sequence[DurablePoints]], None] | None = None,
     ) -> None:
         self.store = store
         # Told of each batch once durable (the live feed), without waiting.
@@ -163,8 +164,10 @@ class PointWriter:
 
     async def _write(self, batch: list[_Item], n: int) -> None:
         rows: dict[uuid.UUID, list[Point]] = {}
+        arrived: dict[uuid.UUID, float] = {}  # each run's first arrival in the batch
         for item in batch:
             rows.setdefault(item.run_id, []).extend(item.points)
+            arrived.setdefault(item.run_id, item.arrived)
         start = time.monotonic()
         try:
             # The traced streams among them (few: one in a hundred by default): the write shows in their traces.
@@ -185,7 +188,8 @@ class PointWriter:
                     POINT_DURABLE.observe(durable - item.arrived)
                 item.sink.written(len(item.points))
             if self.on_durable is not None:
-                self.on_durable(list(rows.items()))
+                wall = time.time() - durable  # the monotonic clock's reading on the wall clock
+                self.on_durable([DurablePoints(r, points, arrived[r] + wall) for r, points in rows.items()])
         finally:
             self._inflight -= 1
             if self._pending:
