@@ -2,6 +2,7 @@
 through Envoy with a sampled W3C `traceparent` leaves one trace holding Envoy's spans, the replicas'
 and their stores', and the replicas' log lines for it carry its trace id beside the run id."""
 
+import asyncio
 import datetime as dt
 import random
 import time
@@ -12,7 +13,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_s
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
-from tests.helpers import point, token_channel
+from tests.helpers import http_json, point, token_channel
 from tests.integration.test_dashboard import overview
 
 START = dt.datetime(2026, 3, 2, 7, 0, tzinfo=dt.UTC)
@@ -172,3 +173,34 @@ async def test_a_callers_sampled_traceparent_forces_no_trace_envoy_alone_decides
     spans_of(stack, later_id, lambda spans: {"summary_service", "tracking_service"} <= {s["service"] for s in spans})
     assert stack.traces.trace(trace_id) == []
     assert any(f"trace_id={trace_id}" in line for line in log_lines(stack, f"run_id={run_id}"))
+
+
+async def test_over_json_too_a_sampled_traceparent_forces_nothing_and_x_client_trace_id_asks(stack, runner):
+    """The dashboard's path (JSON through Envoy's transcoder), from the caller's side: the same decision
+    as over gRPC. A sampled `traceparent` alone leaves no trace; with `x-client-trace-id` the call is
+    traced through Envoy into the summary replica and its store."""
+    _user, token = runner
+    body = {
+        "overview": {
+            "startTime": "2026-03-02T07:00:00Z",
+            "endTime": "2026-03-02T07:30:00Z",
+            "distanceM": 5000,
+            "movingTime": "1770s",
+        }
+    }
+    unasked_id, unasked = traced(ask=False)
+    asked_id, asked = traced()
+    for metadata in (unasked, asked):
+        status, answer = await asyncio.to_thread(
+            http_json,
+            stack.envoy_address,
+            "POST",
+            f"/v1/runs/{uuid.uuid4()}:stop",
+            body,
+            token=token,
+            headers=dict(metadata),
+        )
+        assert status == 200, answer
+    spans = spans_of(stack, asked_id, lambda spans: {"envoy", "summary_service"} <= {s["service"] for s in spans})
+    assert any(s["service"] == "summary_service" and "StopRun" in s["operationName"] for s in spans), summary(spans)
+    assert stack.traces.trace(unasked_id) == []
