@@ -464,6 +464,10 @@ class Layout:
     limits: Limits | None = None
     # None: Envoy traces nothing and passes no trace context on.
     tracing: Tracing | None = None
+    # A listener on listen_address that serves the admin's /stats/prometheus and nothing else (GET
+    # only), for a Prometheus that cannot reach the admin port on loopback (a pod's). None: no such
+    # listener (the local stacks' Prometheus reads the admin port itself).
+    stats_port: int | None = None
 
 
 # What a failed request's log line says: which replica (and how many tries) it went to, and why it
@@ -1299,6 +1303,8 @@ def render(layout: Layout) -> dict[str, Any]:
         ],
     }
     listeners = []
+    if layout.stats_port is not None:
+        listeners.append(_stats_listener(layout.stats_port, layout))
     if layout.plaintext:
         listeners.append(_listener("public", layout.listen_port, layout, hcm, layout.plaintext_address))
     if layout.tls is not None:
@@ -1313,6 +1319,7 @@ def render(layout: Layout) -> dict[str, Any]:
                 *(_cluster(c, layout) for c in layout.clusters),
                 *([_jwks_cluster(remote)] if (remote := _remote_jwks(layout)) is not None else []),
                 *([_traces_cluster(layout.tracing)] if layout.tracing is not None else []),
+                *([_admin_cluster(layout.admin_port)] if layout.stats_port is not None else []),
             ],
         },
     }
@@ -1360,6 +1367,57 @@ def _listener(name: str, port: int, layout: Layout, hcm: dict[str, Any], address
         "filter_chains": [
             {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
         ],
+    }
+
+
+ADMIN_CLUSTER = "admin"
+STATS_PATH = "/stats/prometheus"
+
+
+def _stats_listener(port: int, layout: Layout) -> dict[str, Any]:
+    """Envoy's metrics for a scraper outside the pod: a GET of STATS_PATH goes to the admin on
+    loopback; any other path or method gets 404, so nothing else of the admin (its POSTs that fail
+    health checks, drain listeners or quit) is reachable from here."""
+    hcm = {
+        "@type": HCM,
+        "stat_prefix": "stats",
+        "codec_type": "AUTO",
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "REJECT_REQUEST",
+        "route_config": {
+            "name": "stats",
+            "virtual_hosts": [
+                {
+                    "name": "stats",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {
+                                "path": STATS_PATH,
+                                "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+                            },
+                            "route": {"cluster": ADMIN_CLUSTER, "timeout": "5s"},
+                        },
+                        {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
+                    ],
+                }
+            ],
+        },
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+    }
+    return _listener("stats", port, layout, hcm)
+
+
+def _admin_cluster(admin_port: int) -> dict[str, Any]:
+    return {
+        "name": ADMIN_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": ADMIN_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _addr(admin_port)}}]}],
+        },
     }
 
 
@@ -1488,6 +1546,8 @@ K8S_READY_PATH = "/healthz"
 K8S_TLS_DIR = "/etc/runtrack/tls"
 K8S_TLS_SDS = "/etc/runtrack/tls-sds/sds.yaml"
 K8S_TLS_PORT = 8443
+# Envoy's /stats/prometheus for the cluster's Prometheus (the chart's pod annotations name it).
+K8S_STATS_PORT = 9902
 
 
 @dataclass(frozen=True)
@@ -1521,6 +1581,7 @@ def k8s_layout(*, remote_jwks: bool = False, paths: ImagePaths = ImagePaths()) -
         plaintext_address=PLAINTEXT_ADDRESS,
         limits=K8S_LIMITS,
         tracing=K8S_TRACING,
+        stats_port=K8S_STATS_PORT,
         # The chart's envoy.resources.limits.memory is 256Mi: shedding starts well before the kill.
         max_heap_bytes=200 * 1024 * 1024,
     )

@@ -59,6 +59,12 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return Lanes(config, log)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that read traces (marked `traces`) run last, in their order: on a fresh machine the
+    test stack's Jaeger is built meanwhile (tests/prebuild.py) instead of holding up the first tests."""
+    items.sort(key=lambda item: item.get_closest_marker("traces") is not None)
+
+
 PREBUILD_LOG = ROOT / ".dev" / "logs" / "prebuild.log"
 _prebuild: subprocess.Popen[bytes] | None = None
 

@@ -1,9 +1,9 @@
 """What the suite's later tests build, built ahead while its first tests run: `python -m tests.prebuild`,
 started by tests/conftest.py at the lowest CPU priority when the session holds the Kubernetes tests.
 
-On a fresh machine the later tests need commands built from the Go module proxy (Jaeger, etcd,
-Kubernetes' own, the cluster's tools, the phone generator) and the cluster's images: about 15 minutes
-of two cores if each test builds what it needs when it gets there. The test stack's tests leave a
+On a fresh machine the later tests need commands built from the Go module proxy (etcd, Kubernetes'
+own, the cluster's tools, the phone generator, Jaeger) and the cluster's images: about 20 minutes of
+two cores if each test builds what it needs when it gets there. The test stack's tests leave a
 core idle most of the time, so this builds then, below them. Each step is the call the test itself
 makes (each holds a machine-wide lock and skips what is built): a test that gets there first waits
 for the step in progress, and on a warm machine this takes a second."""
@@ -25,13 +25,13 @@ def steps() -> list[tuple[str, Callable[[], Any]]]:
     from devstack import tools, traces
 
     return [
-        ("Jaeger", traces.jaeger),
-        ("Barman", tools.barman),
-        ("etcd", lambda: node.tool("etcd")),
+        ("Barman", tools.barman),  # the backup drills
+        ("etcd", lambda: node.tool("etcd")),  # PostgreSQL as two nodes
         ("Kubernetes' commands and the cluster's tools", node.build),
         ("kube-router", netpol.build),
         ("the phone generator", phonegen),
         ("the images", images.build_all),
+        ("Jaeger", traces.jaeger),  # the tests that read traces run last (tests/conftest.py)
     ]
 
 

@@ -144,9 +144,17 @@ CHECKS: dict[str, Callable[[Ran], None]] = {
 }
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=[b.where for b in BLOCKS])
+def reads_traces(block: Block) -> bool:
+    return f"127.0.0.1:{dev_spec({}).traces_ui_port}" in block.code
+
+
+@pytest.mark.parametrize(
+    "block",
+    [pytest.param(b, marks=pytest.mark.traces) if reads_traces(b) else b for b in BLOCKS],
+    ids=[b.where for b in BLOCKS],
+)
 def test_the_block_runs(block: Block, stack, demo_shell, root_left_as_found) -> None:
-    if f"127.0.0.1:{dev_spec({}).traces_ui_port}" in block.code:
+    if reads_traces(block):
         stack.start_traces()  # the test stack starts Jaeger for the blocks that read it
     code = on_the_test_stack(block.code, stack)
     out = bash(code, demo_shell)

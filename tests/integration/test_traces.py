@@ -16,6 +16,8 @@ from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb
 from tests.helpers import http_json, point, token_channel
 from tests.integration.test_dashboard import overview
 
+pytestmark = pytest.mark.traces
+
 START = dt.datetime(2026, 3, 2, 7, 0, tzinfo=dt.UTC)
 
 

@@ -9,6 +9,8 @@ import json
 import re
 import subprocess
 import time
+import urllib.error
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,6 +187,48 @@ def test_the_hpas_read_the_replicas_own_metrics(k8s: Cluster) -> None:
             break
         assert time.monotonic() < deadline, f"custom metrics {values}, pods {want}"
         time.sleep(3)
+
+
+def _http(url: str, method: str = "GET") -> tuple[int, str]:
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return resp.status, resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(errors="replace")
+
+
+def test_prometheus_scrapes_envoys_own_stats_and_their_port_offers_nothing_else_of_the_admin(k8s: Cluster) -> None:
+    """Envoy's admin stays on the pod's loopback; its /stats/prometheus is served on the stats port,
+    which the cluster's Prometheus scrapes. From the scraper's side (the node), the admin's other pages
+    and its POSTs (fail the health check, drain, quit) answer 404 there, and Envoy stays ready."""
+    envoys = pods(k8s, "envoy")
+    names = {p["metadata"]["name"] for p in envoys}
+    for pod in envoys:
+        base = f"http://{pod['status']['podIP']}:9902"
+        status_code, text = _http(base + "/stats/prometheus")
+        assert status_code == 200 and "envoy_server_live" in text and "envoy_cluster_upstream_rq" in text
+        for method, path in [
+            ("POST", "/healthcheck/fail"),
+            ("POST", "/drain_listeners"),
+            ("POST", "/quitquitquit"),
+            ("GET", "/config_dump"),
+            ("GET", "/stats"),
+            ("POST", "/stats/prometheus"),
+            ("GET", "/stats/prometheus/../config_dump"),
+        ]:
+            assert _http(base + path, method)[0] in (400, 404), f"{method} {path} reached the admin"
+    deadline = time.monotonic() + 60
+    while True:
+        raw = _http(f"http://127.0.0.1:{k8smod.PROMETHEUS_PORT}/api/v1/query?query=envoy_server_live")[1]
+        scraped = {r["metric"].get("pod") for r in json.loads(raw)["data"]["result"] if r["value"][1] == "1"}
+        if names <= scraped:
+            break
+        assert time.monotonic() < deadline, f"Prometheus has envoy_server_live for {scraped}, pods {names}"
+        time.sleep(3)
+    time.sleep(6)  # a failed health check would show within the readiness probe's 2 x 2 s
+    assert all(p["metadata"]["name"] in names for p in pods(k8s, "envoy")), "an Envoy pod left"
+    assert all(c["ready"] for p in pods(k8s, "envoy") for c in p["status"]["containerStatuses"])
 
 
 def test_the_readme_demo_through_the_clusters_envoy(k8s: Cluster, k8s_envoy: str) -> None:

@@ -557,6 +557,38 @@ def test_tls_is_required_and_a_certificate_given_as_values_becomes_the_charts_se
     assert {"name": "tls", "secret": {"secretName": "envoy-tls"}} in pod["volumes"]
 
 
+def test_envoys_stats_port_is_scraped_from_where_prometheus_is_and_nothing_else(render):
+    objects = render({"networkPolicy": {"scrapeFrom": ["10.0.0.1/32"]}})
+    template = one(objects, "Deployment", "envoy")["spec"]["template"]
+    notes = template["metadata"]["annotations"]
+    assert (notes["prometheus.io/scrape"], notes["prometheus.io/port"], notes["prometheus.io/path"]) == (
+        "true",
+        "9902",
+        "/stats/prometheus",
+    )
+    (container,) = template["spec"]["containers"]
+    assert {"name": "stats", "containerPort": 9902, "protocol": "TCP"} in container["ports"]
+    rules = one(objects, "NetworkPolicy", "envoy")["spec"]["ingress"]
+    (stats,) = [r for r in rules if r["ports"][0]["port"] == 9902]
+    assert stats["from"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
+    config = yaml.safe_load(envoy_config(objects))
+    (listener,) = [x for x in config["static_resources"]["listeners"] if x["name"] == "stats"]
+    routes = listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    assert routes[0]["match"]["path"] == "/stats/prometheus" and routes[0]["route"]["cluster"] == "admin"
+    assert routes[1] == {"match": {"prefix": "/"}, "direct_response": {"status": 404}}
+    (admin,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "admin"]
+    address = admin["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert address["socket_address"] == {
+        "address": "127.0.0.1",
+        "port_value": config["admin"]["address"]["socket_address"]["port_value"],
+    }
+    # Without sources, no rule; without scraping, no annotations.
+    rules = one(render({"networkPolicy": {"scrapeFrom": []}}), "NetworkPolicy", "envoy")["spec"]["ingress"]
+    assert 9902 not in [r["ports"][0]["port"] for r in rules]
+    template = one(render({"prometheus": {"scrape": False}}), "Deployment", "envoy")["spec"]["template"]
+    assert "prometheus.io/scrape" not in template["metadata"].get("annotations", {})
+
+
 def test_only_envoy_and_the_node_reach_the_replicas(render):
     objects = render({"networkPolicy": {"scrapeFrom": ["10.0.0.1/32", "10.0.0.2/32"]}})
     for name in REPLICAS:
