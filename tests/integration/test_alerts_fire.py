@@ -344,8 +344,26 @@ async def test_postgresql_stalled_fires_postgresql_unreachable(stack, channel, m
         measured, fault = await fire_and_resolve(receiver, wanted, stall, resume, observed)
     await asyncio.to_thread(stack.wait_healthy, stack.replica_ports())
     seen = await asyncio.to_thread(unavailable_answered, monitoring, "postgresql", fault)
-    report(stack, "alerts_postgresql_stalled", stop_runs=codes, **seen, **figures(measured))
+    # While no replica reached PostgreSQL, Envoy answered the calls itself: the objective counts those
+    # answers (its error ratio stays near 1), it does not go blank for want of replica events.
+    down = seen["no_replica_reaching_store_s"]
+    assert down, f"the replicas never saw PostgreSQL down: {seen}"
+    ratio = await asyncio.to_thread(
+        monitoring.query_range,
+        'slo:sli_error:ratio_rate5m{slo="stop-run"}',
+        fault.started + down[0] + 2,
+        fault.started + down[1],
+    )
+    report(
+        stack,
+        "alerts_postgresql_stalled",
+        stop_runs=codes,
+        stop_run_error_ratio=ratio[-5:],
+        **seen,
+        **figures(measured),
+    )
     assert not held(measured, wanted), "resolved while PostgreSQL was still stalled"
+    assert len(ratio) >= 3 and all(v >= 0.9 for _t, v in ratio), f"the StopRun objective while Envoy answered: {ratio}"
 
 
 async def test_summary_replicas_sigkilled_fire_service_down_and_replica_down(stack, channel, monitoring, receiver):
