@@ -21,7 +21,7 @@ import shutil
 import sys
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,9 @@ class Monitoring:
     factor: float = 1.0
     scrape_interval_s: float = 1.0
     group_wait_s: float = 1.0
+    # More Envoys to scrape beside the stack's (a test's own: one near its heap limit, one serving a
+    # certificate about to expire), by pod name: their admin ports.
+    extra_envoys: dict[str, int] = field(default_factory=dict)
 
     @property
     def spec(self) -> StackSpec:
@@ -162,12 +165,33 @@ class Monitoring:
             for port in ports[svc]
         ]
 
+    def envoy_targets(self) -> list[dict[str, Any]]:
+        """The stack's Envoy and the extra ones, each as a pod, by their admin ports."""
+        envoys = {"envoy": self.spec.envoy_admin_port, **self.extra_envoys}
+        return [
+            {
+                "targets": [f"127.0.0.1:{port}"],
+                "labels": {"namespace": self.namespace, "component": "envoy", "pod": pod},
+            }
+            for pod, port in envoys.items()
+        ]
+
     def write_targets(self) -> None:
-        """Rewrites the replicas' file (Prometheus reads it again within a scrape interval): after a scale."""
+        """Rewrites the target files (Prometheus reads them again within a scrape interval): after a
+        scale, or an Envoy added."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / ".targets.json.tmp"
-        tmp.write_text(json.dumps(self.targets(), indent=1))
-        tmp.replace(self.dir / "targets.json")
+        for name, targets in (("targets.json", self.targets()), ("envoys.json", self.envoy_targets())):
+            tmp = self.dir / f".{name}.tmp"
+            tmp.write_text(json.dumps(targets, indent=1))
+            tmp.replace(self.dir / name)
+
+    def scrape_envoy(self, pod: str, admin_port: int | None) -> None:
+        """Adds an Envoy to scrape (None: stops scraping it)."""
+        if admin_port is None:
+            self.extra_envoys.pop(pod, None)
+        else:
+            self.extra_envoys[pod] = admin_port
+        self.write_targets()
 
     def write_rules(self) -> list[Path]:
         out = []
@@ -199,12 +223,7 @@ class Monitoring:
                 {
                     "job_name": "envoy",
                     "metrics_path": "/stats/prometheus",
-                    "static_configs": [
-                        {
-                            "targets": [f"127.0.0.1:{self.spec.envoy_admin_port}"],
-                            "labels": {"namespace": self.namespace, "component": "envoy", "pod": "envoy"},
-                        }
-                    ],
+                    "file_sd_configs": [{"files": [str(self.dir / "envoys.json")], "refresh_interval": interval}],
                 },
             ],
         }
@@ -319,7 +338,7 @@ class Monitoring:
             health = self.scrape_health()
         except OSError:
             return False
-        wanted = {t["labels"]["pod"] for t in self.targets()} | {"envoy"}
+        wanted = {t["labels"]["pod"] for t in [*self.targets(), *self.envoy_targets()]}
         return wanted <= set(health) and all(health[pod] == "up" for pod in wanted)
 
     def wait_scraped(self, timeout: float = 30.0) -> None:

@@ -46,9 +46,15 @@ def _name(cn: str, orgs: tuple[str, ...] = ()) -> x509.Name:
 
 
 def _builder(
-    subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey, *, ca: bool
+    subject: x509.Name,
+    issuer: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool,
+    valid_days: float = VALID_DAYS,
 ) -> x509.CertificateBuilder:
-    """What every certificate here has: names, key, a random serial, ten years from five minutes ago."""
+    """What every certificate here has: names, key, a random serial, ten years (or `valid_days`) from
+    five minutes ago."""
     now = dt.datetime.now(dt.UTC)
     return (
         x509.CertificateBuilder()
@@ -57,7 +63,7 @@ def _builder(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
+        .not_valid_after(now + dt.timedelta(days=valid_days))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
 
@@ -93,6 +99,7 @@ class Pki:
         client: bool = False,
         dns: tuple[str, ...] = (),
         ips: tuple[str, ...] = (),
+        valid_days: float = VALID_DAYS,
     ) -> Pair:
         pair = Pair(self.dir / f"{name}.crt", self.dir / f"{name}.key")
         if pair.cert.exists() and pair.key.exists():
@@ -104,7 +111,7 @@ class Pki:
             [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
         )
         builder = (
-            _builder(_name(cn, orgs), ca_cert.subject, key, ca=False)
+            _builder(_name(cn, orgs), ca_cert.subject, key, ca=False, valid_days=valid_days)
             .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True)
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         )

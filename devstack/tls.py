@@ -15,7 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from devstack.pki import Pki
+from devstack.pki import VALID_DAYS, Pki
 
 SECRET_NAME = "runtrack-server"
 SERVER_NAMES = ("localhost",)
@@ -73,19 +73,22 @@ def ensure(directory: Path) -> TlsFiles:
     return f
 
 
-def rotate(directory: Path) -> TlsFiles:
-    """A new server certificate (a new key and serial) that Envoy picks up without a restart."""
+def rotate(directory: Path, valid_days: float = VALID_DAYS) -> TlsFiles:
+    """A new server certificate (a new key and serial, valid for `valid_days`) that Envoy picks up
+    without a restart."""
     f = files(directory)
     pki = Pki(directory / "pki")
     for stale in (pki.dir / "server.crt", pki.dir / "server.key"):
         stale.unlink(missing_ok=True)
-    _issue(pki, f)
+    _issue(pki, f, valid_days)
     _move_sds_into_place(f)
     return f
 
 
-def _issue(pki: Pki, f: TlsFiles) -> None:
-    pair = pki.issue("server", pki.ca("ca"), cn="localhost", server=True, dns=SERVER_NAMES, ips=SERVER_IPS)
+def _issue(pki: Pki, f: TlsFiles, valid_days: float = VALID_DAYS) -> None:
+    pair = pki.issue(
+        "server", pki.ca("ca"), cn="localhost", server=True, dns=SERVER_NAMES, ips=SERVER_IPS, valid_days=valid_days
+    )
     f.cert.parent.mkdir(parents=True, exist_ok=True)
     # Moved into place, so that Envoy never reads a half-written file.
     for src, dst in ((pair.cert, f.cert), (pair.key, f.key)):

@@ -17,11 +17,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from deploy.k8s import netpol
 from deploy.k8s.node import (
@@ -38,6 +41,7 @@ from deploy.k8s.node import (
     ETCD_PORT,
     GOMOD,
     K8S_VERSION,
+    KSM_PORT,
     NAMESPACE,
     NODE_IP,
     NODE_NAME,
@@ -52,6 +56,7 @@ from deploy.k8s.node import (
     k8s_bin,
     run,
     say,
+    tool,
     tools_bin,
 )
 from devstack import host, procs, tls
@@ -529,13 +534,22 @@ state = "{self.containerd_state}"
             ],
             env={"PYTHONPATH": str(ROOT)},
         )
+        self.write_rules()
         config = {
             "global": {"scrape_interval": "5s", "evaluation_interval": "5s", "scrape_timeout": "4s"},
+            # deploy/prometheus/'s rules (write_rules): the alerts are Prometheus's own here, no Alertmanager.
+            "rule_files": [str(self.rules_dir / "*.yaml")],
             "scrape_configs": [
                 {
                     "job_name": "runtrack-pods",
                     "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "5s"}],
-                }
+                },
+                {
+                    # Its series name their objects' namespace and names: kept as they are.
+                    "job_name": "kube-state-metrics",
+                    "honor_labels": True,
+                    "static_configs": [{"targets": [f"127.0.0.1:{KSM_PORT}"]}],
+                },
             ],
         }
         path = self.state / "prometheus.yml"
@@ -550,6 +564,39 @@ state = "{self.containerd_state}"
                 f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}",
             ],
             changed=changed,
+        )
+
+    @property
+    def rules_dir(self) -> Path:
+        return self.state / "prometheus-rules"
+
+    def write_rules(self, factor: float = 1.0) -> None:
+        """deploy/prometheus/'s rule files as the cluster's Prometheus loads them: as shipped, or with
+        every window and `for:` divided by `factor` (devstack/monitoring.py) so that a test sees an
+        alert of minutes fire in seconds; a running Prometheus loads them again (SIGHUP)."""
+        from deploy.prometheus import rule_files
+        from devstack.monitoring import shorten
+
+        self.rules_dir.mkdir(parents=True, exist_ok=True)
+        for path in rule_files():
+            doc = yaml.safe_load(path.read_text())
+            _write(self.rules_dir / path.name, yaml.safe_dump(shorten(doc, factor) if factor != 1 else doc))
+        if pid := self.pid("prometheus"):
+            os.kill(pid, signal.SIGHUP)
+
+    def start_kube_state_metrics(self) -> None:
+        """The Deployments' and HPAs' state as metrics (ReplicasNotReady, HPAAtMaximum read them)."""
+        self._start(
+            "kube-state-metrics",
+            [
+                tool("kube-state-metrics"),
+                f"--kubeconfig={self.admin_kubeconfig}",
+                "--host=127.0.0.1",
+                f"--port={KSM_PORT}",
+                "--telemetry-host=127.0.0.1",
+                f"--telemetry-port={KSM_PORT + 1}",
+                "--resources=deployments,horizontalpodautoscalers",
+            ],
         )
 
     def start_adapter(self, certs: dict[str, Pair]) -> None:
@@ -635,6 +682,7 @@ state = "{self.containerd_state}"
                 (ETCD_PORT, ETCD_PORT + 20),
                 (API_PORT, ADAPTER_PORT),
                 (PROMETHEUS_PORT, PROMETHEUS_PORT),
+                (KSM_PORT, KSM_PORT + 1),
                 (CQL_PORT - 2042, CQL_PORT - 2041),  # the CQL node's storage ports
                 (CQL_PORT - 1843, CQL_PORT - 1843),  # its JMX port
                 (CQL_PORT, CQL_PORT),
@@ -653,6 +701,7 @@ state = "{self.containerd_state}"
         self.start_kube_proxy()
         self.start_coredns()
         self.start_stores()
+        self.start_kube_state_metrics()
         self.start_prometheus()
         self.start_adapter(certs)
         self.wait_node_ready()
@@ -756,6 +805,7 @@ state = "{self.containerd_state}"
         for name in (
             "prometheus-adapter",
             "prometheus",
+            "kube-state-metrics",
             "pod-discovery",
             "coredns",
             "kube-router",
@@ -868,6 +918,7 @@ PROCESSES = (
     "kube-router",
     "coredns",
     "prometheus",
+    "kube-state-metrics",
     "prometheus-adapter",
 )
 

@@ -34,6 +34,8 @@ ETCD_PORT = 23790
 API_PORT = 6443
 ADAPTER_PORT = 6444
 PROMETHEUS_PORT = 19090
+# kube-state-metrics: its metrics, and its own.
+KSM_PORT = 19092
 CQL_PORT = 39042
 PG_PORT = 35432
 
@@ -44,6 +46,7 @@ TOOLS = {  # binary -> (wrapper module, package)
     "kubeconform": ("tools", "github.com/yannh/kubeconform/cmd/kubeconform"),
     "coredns": ("coredns", "."),  # only the plugins the cluster's Corefile names
     "prometheus-adapter": ("adapter", "sigs.k8s.io/prometheus-adapter/cmd/adapter"),
+    "kube-state-metrics": ("ksm", "k8s.io/kube-state-metrics/v2"),
 }
 PAUSE_IMAGE = "docker.io/runtrack/pause:3.10"
 

@@ -6,12 +6,14 @@ own (what Alertmanager posts), ends the fault and waits for the same alert poste
 
 Each alert's time to fire (from the fault's start) and to resolve (from the fault's end) is printed and
 appended to .dev/logs/test/faults.jsonl; the tests assert the bounds below, generous for a busy machine.
-Alerts no fault of the test stack can raise (kube-state-metrics' ReplicasNotReady and HPAAtMaximum,
-Envoy's overload actions, an expiring certificate) are not here: docs/slos.md says why."""
+Envoy's own alerts are raised on Envoys of the tests' own beside the stack's, scraped too: one near its
+heap limit, one serving a certificate about to expire. Alerts no fault of the test stack can raise
+(kube-state-metrics' ReplicasNotReady and HPAAtMaximum) are not here: docs/slos.md says why."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -28,8 +30,11 @@ import grpc
 import pytest
 
 from bench.sampling import with_descendants
+from devstack import procs, tls
 from devstack.monitoring import Monitoring, parse_duration
+from edge.config import Tls
 from runtrack.v1 import summary_pb2, summary_pb2_grpc
+from tests.integration import test_overload as overload
 from tests.integration.faults import new_run, overview, paced, report
 
 # The rules' windows divided by this: a 2-minute `for:` holds 4 s, the shortest range (2m) 4 scrapes.
@@ -41,6 +46,7 @@ FIRE_WITHIN_S = 90.0
 RESOLVE_WITHIN_S = 120.0
 # How long a fault is held once its alert fired: the alert must still fire at its end.
 HOLD_S = 8.0
+MiB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -417,3 +423,86 @@ async def test_one_runner_flooding_streams_fires_streams_shed(stack, channel, mo
         await asyncio.to_thread(monitoring.write_targets)
     report(stack, "alerts_one_runner_flooding", **figures(measured))
     assert not held(measured, wanted), "resolved while the flood went on"
+
+
+# ---- Envoy's own alerts, on Envoys of the test's own (scraped beside the stack's) ------------------------
+
+
+async def test_envoy_near_its_heap_limit_fires_envoy_overload_action_active(stack, monitoring, receiver, token):
+    """A third Envoy whose heap limit is 64 MiB above what it holds idle, filled by imported files it must
+    hold whole (never finished, as in tests/integration/test_overload.py) until it sheds memory and stops
+    keep-alive: the ticket fires while it stays there, and resolves once the files are given up."""
+    pod = "envoy-heap"
+    pid, _address, admin = await asyncio.to_thread(overload._start, stack, 11)
+    baseline = overload._allocated(admin)
+    procs.stop(pid, timeout=10)
+    pid, address, admin = await asyncio.to_thread(overload._start, stack, 11, max_heap_bytes=baseline + 64 * MiB)
+    bodies: list = []
+    try:
+        monitoring.scrape_envoy(pod, admin)
+        wanted = {"EnvoyOverloadActionActive": {"namespace": monitoring.namespace, "pod": pod, "severity": "ticket"}}
+        await quiet(monitoring, set(wanted))
+
+        def fill() -> None:
+            bodies.extend(overload._open_body(address, token) for _ in range(12))
+            for step in range(12 * 15):  # 1 MiB at a time; past keep-alive's 92 %, short of refusing (95 %)
+                overload._feed(bodies[step % len(bodies)], MiB)
+                time.sleep(0.6 if overload._pressure(admin) >= 85 else 0.05)
+                if overload._action(admin, "disable_http_keepalive") == 1:
+                    return
+            raise AssertionError(f"the heap reached {overload._pressure(admin)} % of its limit only")
+
+        async def release() -> None:
+            for s in bodies:
+                s.close()
+
+        measured, _fault = await fire_and_resolve(receiver, wanted, lambda: asyncio.to_thread(fill), release)
+        shares = {a: overload._action(admin, a) for a in overload.ACTIONS}
+        report(stack, "alerts_envoy_overload", actions_after=shares, **figures(measured))
+        assert not held(measured, wanted), "resolved while the heap was still full"
+    finally:
+        for s in bodies:
+            s.close()
+        monitoring.scrape_envoy(pod, None)
+        procs.stop(pid, timeout=10)
+
+
+async def test_a_certificate_about_to_expire_fires_certificate_expiring_soon_and_its_rotation_resolves_it(
+    stack, monitoring, receiver
+):
+    """A third Envoy serving TLS from a directory of its own: its certificate rotated (SDS, no restart) to
+    one that expires in a day fires the page (under 2 days) and the ticket (under 14); rotated again to a
+    ten-year one, both resolve."""
+    pod = "envoy-expiring"
+    directory = stack.spec.state / "tls-expiring"
+    tls.ensure(directory)
+    files = tls.rotate(directory)  # ten years, as every certificate of the stacks
+    layout = dataclasses.replace(
+        stack.spec.layout,
+        listen_port=stack.spec.envoy_port + 12,
+        admin_port=stack.spec.envoy_admin_port + 12,
+        tls=Tls(stack.spec.envoy_tls_port + 12, str(files.sds), str(files.sds.parent)),
+    )
+    pid = await asyncio.to_thread(stack.start_envoy, layout, "envoy-expiring")
+    try:
+        await asyncio.to_thread(
+            procs.wait_until, "Envoy's TLS listener", lambda: procs.port_open(stack.spec.envoy_tls_port + 12), 20
+        )
+        monitoring.scrape_envoy(pod, layout.admin_port)
+        ns = {"namespace": monitoring.namespace, "pod": pod}
+        wanted = {"CertificateExpiringSoon": ns | {"severity": "page"}}
+        await quiet(monitoring, set(wanted))
+        started = time.monotonic()
+        measured, _fault = await fire_and_resolve(
+            receiver,
+            wanted,
+            lambda: asyncio.to_thread(tls.rotate, directory, 1.0),
+            lambda: asyncio.to_thread(tls.rotate, directory),
+        )
+        ticket = receiver.seen("CertificateExpiringSoon", "firing", started, **ns, severity="ticket")
+        report(stack, "alerts_certificate_expiring", ticket_fired=bool(ticket), **figures(measured))
+        assert ticket, "the 14-day ticket did not fire for a certificate expiring in a day"
+        assert not held(measured, wanted), "resolved while the certificate still expired in a day"
+    finally:
+        monitoring.scrape_envoy(pod, None)
+        procs.stop(pid, timeout=10)
