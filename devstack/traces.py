@@ -59,6 +59,8 @@ class Collector:
     log: Path
     otlp_port: int
     ui_port: int
+    # Where OTLP is taken (the local cluster's pods reach the node's bridge address); the API stays on loopback.
+    otlp_host: str = "127.0.0.1"
 
     @property
     def pid_file(self) -> Path:
@@ -67,7 +69,7 @@ class Collector:
     @property
     def endpoint(self) -> str:
         """What the replicas' OTEL_EXPORTER_OTLP_ENDPOINT says."""
-        return f"http://127.0.0.1:{self.otlp_port}"
+        return f"http://{self.otlp_host}:{self.otlp_port}"
 
     @property
     def ui(self) -> str:
@@ -95,7 +97,7 @@ class Collector:
                     "grpc": {"endpoint": f"127.0.0.1:{self.ui_port - 1}"},
                 },
             },
-            "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": f"127.0.0.1:{self.otlp_port}"}}}},
+            "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": f"{self.otlp_host}:{self.otlp_port}"}}}},
             "processors": {"batch": {}},
             "exporters": {"jaeger_storage_exporter": {"trace_storage": "memstore"}},
         }
@@ -113,7 +115,13 @@ class Collector:
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(yaml.safe_dump(self.config(), sort_keys=False))
         pid = procs.start([str(exe), "--config", str(config)], log=self.log, pid_file=self.pid_file, cwd=ROOT)
-        procs.wait_until("Jaeger", lambda: procs.port_open(self.otlp_port) and self.ready(), 60, log=self.log, pid=pid)
+        procs.wait_until(
+            "Jaeger",
+            lambda: procs.port_open(self.otlp_port, self.otlp_host) and self.ready(),
+            60,
+            log=self.log,
+            pid=pid,
+        )
         return pid
 
     def stop(self) -> None:

@@ -51,6 +51,8 @@ from deploy.k8s.node import (
     PROMETHEUS_PORT,
     RELEASE,
     SERVICE_CIDR,
+    TRACES_OTLP_PORT,
+    TRACES_UI_PORT,
     VALUES_LOCAL,
     build,
     k8s_bin,
@@ -65,6 +67,7 @@ from devstack.cql_node import CqlNode
 from devstack.paths import ROOT
 from devstack.pg_node import PgNode
 from devstack.pki import Pair, Pki, b64, kubeconfig
+from devstack.traces import Collector
 
 
 class Cluster:
@@ -89,6 +92,7 @@ class Cluster:
             seeds=(NODE_IP,),
         )
         self.pg = PgNode(self.state / "postgres", self.logs / "postgres.log", port=PG_PORT, host=NODE_IP)
+        self.traces = Collector(self.state, self.logs / "jaeger.log", TRACES_OTLP_PORT, TRACES_UI_PORT, NODE_IP)
         # The dev stack's signing key: `scripts/dev token` signs what the cluster's Envoy accepts.
         self.issuer = LocalIssuer(ROOT / ".dev" / "keys")
         self.link_keys = LocalIssuer(ROOT / ".dev" / "keys", prefix="live-", key_id=LINK_KEY_ID)
@@ -683,6 +687,8 @@ state = "{self.containerd_state}"
                 (API_PORT, ADAPTER_PORT),
                 (PROMETHEUS_PORT, PROMETHEUS_PORT),
                 (KSM_PORT, KSM_PORT + 1),
+                (TRACES_OTLP_PORT, TRACES_OTLP_PORT),
+                (TRACES_UI_PORT - 1, TRACES_UI_PORT),
                 (CQL_PORT - 2042, CQL_PORT - 2041),  # the CQL node's storage ports
                 (CQL_PORT - 1843, CQL_PORT - 1843),  # its JMX port
                 (CQL_PORT, CQL_PORT),
@@ -701,6 +707,7 @@ state = "{self.containerd_state}"
         self.start_kube_proxy()
         self.start_coredns()
         self.start_stores()
+        self.traces.start()
         self.start_kube_state_metrics()
         self.start_prometheus()
         self.start_adapter(certs)
@@ -819,6 +826,7 @@ state = "{self.containerd_state}"
         procs.stop(self.pid("containerd"), timeout=15)
         procs.stop(self.pid("kube-apiserver"), timeout=15)
         procs.stop(self.pid("etcd"), timeout=15)
+        self.traces.stop()
         self.pg.stop()
         self.cql.stop()
 
@@ -919,6 +927,7 @@ PROCESSES = (
     "coredns",
     "prometheus",
     "kube-state-metrics",
+    "jaeger",
     "prometheus-adapter",
 )
 

@@ -36,6 +36,10 @@ ADAPTER_PORT = 6444
 PROMETHEUS_PORT = 19090
 # kube-state-metrics: its metrics, and its own.
 KSM_PORT = 19092
+# Jaeger, the cluster's traces: OTLP/gRPC on the node's bridge address (the pods send there; the chart's
+# tracing.collector in values-local.yaml), its API on loopback.
+TRACES_OTLP_PORT = 24317
+TRACES_UI_PORT = 26686
 CQL_PORT = 39042
 PG_PORT = 35432
 

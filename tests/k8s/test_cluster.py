@@ -26,6 +26,8 @@ from runtrack.v1 import summary_pb2, summary_pb2_grpc
 from runtrack_client import Backoff, RunRecorder
 from tests.helpers import point, run_readme_demo, without_analysis
 from tests.integration.faults import stored_trail
+from tests.integration.test_dashboard import overview
+from tests.integration.test_traces import START, spans_of, summary, tag, traced
 
 REPORT = ROOT / ".dev" / "logs" / "k8s" / "k8s-tests.jsonl"
 
@@ -229,6 +231,24 @@ def test_prometheus_scrapes_envoys_own_stats_and_their_port_offers_nothing_else_
     time.sleep(6)  # a failed health check would show within the readiness probe's 2 x 2 s
     assert all(p["metadata"]["name"] in names for p in pods(k8s, "envoy")), "an Envoy pod left"
     assert all(c["ready"] for p in pods(k8s, "envoy") for c in p["status"]["containerStatuses"])
+
+
+async def test_a_call_that_asks_is_traced_from_the_clusters_envoy_through_both_services_into_its_jaeger(
+    k8s: Cluster, k8s_envoy: str
+) -> None:
+    """The chart's tracing on the cluster: Envoy's OpenTelemetry tracer and both services send to the
+    cluster's Jaeger (tracing.collector in values-local.yaml, let out by the egress policies). A StopRun
+    that asks (`x-client-trace-id`) is one trace: Envoy, the summary pod and its PostgreSQL statements,
+    and the tracking pod it calls through Envoy."""
+    token = issuer().token(f"tracer-{uuid.uuid4().hex[:8]}")
+    trace_id, metadata = traced()
+    async with token_channel(k8s_envoy, token) as channel:
+        await summary_pb2_grpc.SummaryServiceStub(channel).StopRun(
+            summary_pb2.StopRunRequest(run_id=str(uuid.uuid4()), overview=overview(START)), metadata=metadata
+        )
+    every = {"envoy", "summary_service", "tracking_service"}
+    spans = await asyncio.to_thread(spans_of, k8s, trace_id, lambda spans: every <= {s["service"] for s in spans}, 60.0)
+    assert any(tag(s, "db.system") == "postgresql" for s in spans), summary(spans)
 
 
 def test_the_readme_demo_through_the_clusters_envoy(k8s: Cluster, k8s_envoy: str) -> None:
