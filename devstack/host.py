@@ -56,6 +56,9 @@ PROGRAMS: dict[str, Program] = {
     "chromium": Program("chromium", TEST),
     "certutil": Program("libnss3-tools", TEST),
     "apt-get": Program("apt", TEST | K8S | IMAGE),
+    # What the later tests need, built while the first run, below them (tests/conftest.py).
+    "chrt": Program("util-linux", TEST),
+    "ionice": Program("util-linux", TEST),
     "dpkg-deb": Program("dpkg", TEST),
     # Images built without a Docker daemon or a registry, and checked in a containerd of their own.
     "mmdebstrap": Program("mmdebstrap", IMAGE),
