@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,9 @@ def _operation(statement: Any) -> tuple[str, str]:
     return (query.split(None, 1)[0].upper() if query else "QUERY"), query
 
 
+_NO_PAGE_YET = object()
+
+
 async def _run(session: Session, statement: Any, params: Any, all_pages: bool) -> list[Any]:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[list[Any]] = loop.create_future()
@@ -137,14 +141,24 @@ async def _run(session: Session, statement: Any, params: Any, all_pages: bool) -
             done.set_result(result)
 
     response = session.execute_async(statement, params)
+    lock = threading.Lock()
+    taken: list[Any] = [_NO_PAGE_YET]  # the paging state after the last page taken
 
     def on_page(page: list[Any] | None) -> None:
-        if page:  # writes answer with no rows
-            rows.extend(page)
-        if all_pages and response.has_more_pages:
-            response.start_fetching_next_page()
-        else:
-            loop.call_soon_threadsafe(settle, rows, None)
+        # With speculative execution the driver runs the callbacks once per answer: when both attempts
+        # answer, the same page comes twice (a rolling restart of the nodes showed a trail read back
+        # twice over). A page whose paging state is the one after the last page taken is that page again.
+        with lock:
+            state = response._paging_state
+            if state == taken[0]:
+                return
+            taken[0] = state
+            if page:  # writes answer with no rows
+                rows.extend(page)
+            if all_pages and state is not None:
+                response.start_fetching_next_page()
+            else:
+                loop.call_soon_threadsafe(settle, list(rows), None)
 
     def on_error(exc: BaseException) -> None:
         loop.call_soon_threadsafe(settle, None, exc)
