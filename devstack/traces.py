@@ -9,6 +9,7 @@ loopback: OTLP/gRPC in from Envoy and the replicas, traces kept in memory, the U
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import urllib.error
@@ -114,7 +115,9 @@ class Collector:
         config = self.state / "run" / "jaeger.yaml"
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(yaml.safe_dump(self.config(), sort_keys=False))
-        pid = procs.start([str(exe), "--config", str(config)], log=self.log, pid_file=self.pid_file, cwd=ROOT)
+        # Its own traces off: it would send them to 127.0.0.1:4317 (the developer's Jaeger, or no one).
+        env = dict(os.environ, OTEL_TRACES_EXPORTER="none", OTEL_SDK_DISABLED="true")
+        pid = procs.start([str(exe), "--config", str(config)], log=self.log, pid_file=self.pid_file, cwd=ROOT, env=env)
         procs.wait_until(
             "Jaeger",
             lambda: procs.port_open(self.otlp_port, self.otlp_host) and self.ready(),

@@ -1114,7 +1114,8 @@ def _tracing(t: Tracing) -> dict[str, Any]:
             "name": "envoy.tracers.opentelemetry",
             "typed_config": {
                 "@type": OTEL_TRACER,
-                "grpc_service": {"envoy_grpc": {"cluster_name": TRACES_CLUSTER}, "timeout": "1s"},
+                # An export is not retried: on a busy machine 1 s lost a batch of spans now and then.
+                "grpc_service": {"envoy_grpc": {"cluster_name": TRACES_CLUSTER}, "timeout": "5s"},
                 "service_name": "envoy",
             },
         },

@@ -37,7 +37,7 @@ def traced(ask: bool = True) -> tuple[str, tuple[tuple[str, str], ...]]:
     return format(context.trace_id, "032x"), tuple(carrier.items())
 
 
-def spans_of(stack, trace_id: str, enough, timeout_s: float = 20.0) -> list[dict]:
+def spans_of(stack, trace_id: str, enough, timeout_s: float = 30.0) -> list[dict]:
     """The trace's spans once `enough(spans)` holds (the exporters send in batches, every few seconds)."""
     deadline = time.monotonic() + timeout_s
     spans: list[dict] = []
