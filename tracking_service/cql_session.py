@@ -155,10 +155,12 @@ async def _run(session: Session, statement: Any, params: Any, all_pages: bool) -
             taken[0] = state
             if page:  # writes answer with no rows
                 rows.extend(page)
-            if all_pages and state is not None:
-                response.start_fetching_next_page()
-            else:
-                loop.call_soon_threadsafe(settle, list(rows), None)
+            more = all_pages and state is not None
+            result = None if more else list(rows)
+        if more:
+            response.start_fetching_next_page()
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
 
     def on_error(exc: BaseException) -> None:
         loop.call_soon_threadsafe(settle, None, exc)
