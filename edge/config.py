@@ -1304,12 +1304,12 @@ def render(layout: Layout) -> dict[str, Any]:
         ],
     }
     listeners = []
-    if layout.stats_port is not None:
-        listeners.append(_stats_listener(layout.stats_port, layout))
     if layout.plaintext:
         listeners.append(_listener("public", layout.listen_port, layout, hcm, layout.plaintext_address))
     if layout.tls is not None:
         listeners.append(_tls_listener(layout.tls, layout, hcm))
+    if layout.stats_port is not None:
+        listeners.append(_stats_listener(layout.stats_port, layout))
     return {
         "node": {"id": "runtrack-envoy", "cluster": "runtrack"},
         "admin": {"address": _addr(layout.admin_port)},

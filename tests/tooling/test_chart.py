@@ -320,7 +320,7 @@ def test_envoy_is_ready_by_its_own_health_answer_on_the_listener(render):
     assert c["readinessProbe"]["httpGet"] == {"path": K8S_READY_PATH, "port": "https", "scheme": "HTTPS"}
     assert c["command"] == ["envoy"]
     assert c["args"][:2] == ["-c", "/etc/envoy/envoy.yaml"]
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"https": 8443, "http": 8080}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"https": 8443, "http": 8080, "stats": 9902}
 
 
 def test_the_grace_period_covers_the_prestop_sleep_the_drain_and_the_shutdown(render):
@@ -511,7 +511,7 @@ def test_envoy_is_a_node_port_over_tls_and_plaintext_only_when_asked(render, tmp
     assert [(p["name"], p["port"], p["nodePort"]) for p in spec["ports"]] == [("https", 8443, 31443)]
     pod = one(objects, "Deployment", "envoy")["spec"]["template"]["spec"]
     assert {"name": "tls", "secret": {"secretName": "runtrack-tls"}} in pod["volumes"]
-    assert [p["name"] for p in container(one(objects, "Deployment", "envoy"))["ports"]] == ["https", "http"]
+    assert [p["name"] for p in container(one(objects, "Deployment", "envoy"))["ports"]] == ["https", "http", "stats"]
     probe = container(one(objects, "Deployment", "envoy"))["readinessProbe"]["httpGet"]
     assert (probe["port"], probe["scheme"]) == ("https", "HTTPS")
     config = yaml.safe_load(envoy_config(objects))
