@@ -58,6 +58,8 @@ def test_status_json_lists_every_process_with_its_pid_and_metrics_port(stack):
             assert p["pid"] == stack.replica_pid(p["kind"].split("-")[0], port)
             assert p["metrics_port"] == metrics_port(port) and p["envoy_health"] == "healthy"
             assert p["load"] is not None
+        elif p["kind"] == "traces":  # the test stack starts Jaeger for the tests that read traces (run last)
+            assert p["pid"] or not stack.spec.traces_at_up, p
         elif p["kind"] != "autoscaler":
             assert p["pid"], p
 
