@@ -95,6 +95,15 @@ def shorten(groups: dict[str, Any], factor: float) -> dict[str, Any]:
     return out
 
 
+def rendered_rules(factor: float = 1.0) -> dict[str, dict[str, Any]]:
+    """deploy/prometheus/'s rule files by name, as shipped or `shorten`ed by `factor`."""
+    out = {}
+    for path in rules.rule_files():
+        doc = yaml.safe_load(path.read_text())
+        out[path.name] = shorten(doc, factor) if factor != 1 else doc
+    return out
+
+
 def shortest_window_ms(groups: dict[str, Any]) -> int:
     return min(
         (parse_duration(m.group(1)) for g in groups["groups"] for r in g["rules"] for m in _RANGE.finditer(r["expr"])),
@@ -195,15 +204,13 @@ class Monitoring:
 
     def write_rules(self) -> list[Path]:
         out = []
-        for path in rules.rule_files():
-            doc = yaml.safe_load(path.read_text())
-            rendered = shorten(doc, self.factor) if self.factor != 1 else doc
+        for name, rendered in rendered_rules(self.factor).items():
             shortest = shortest_window_ms(rendered)
             if shortest and shortest < 4 * self.scrape_interval_s * 1000:
                 raise ValueError(
-                    f"{path.name} shortened {self.factor:g} times has a {shortest} ms window: fewer than 4 scrapes"
+                    f"{name} shortened {self.factor:g} times has a {shortest} ms window: fewer than 4 scrapes"
                 )
-            target = self.dir / "rules" / path.name
+            target = self.dir / "rules" / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(yaml.safe_dump(rendered, sort_keys=False, width=1000))
             out.append(target)

@@ -578,13 +578,11 @@ state = "{self.containerd_state}"
         """deploy/prometheus/'s rule files as the cluster's Prometheus loads them: as shipped, or with
         every window and `for:` divided by `factor` (devstack/monitoring.py) so that a test sees an
         alert of minutes fire in seconds; a running Prometheus loads them again (SIGHUP)."""
-        from deploy.prometheus import rule_files
-        from devstack.monitoring import shorten
+        from devstack.monitoring import rendered_rules
 
         self.rules_dir.mkdir(parents=True, exist_ok=True)
-        for path in rule_files():
-            doc = yaml.safe_load(path.read_text())
-            _write(self.rules_dir / path.name, yaml.safe_dump(shorten(doc, factor) if factor != 1 else doc))
+        for name, doc in rendered_rules(factor).items():
+            _write(self.rules_dir / name, yaml.safe_dump(doc))
         if pid := self.pid("prometheus"):
             os.kill(pid, signal.SIGHUP)
 
