@@ -49,9 +49,9 @@ PROGRAMS: dict[str, Program] = {
     "rsync": Program("rsync", DEV),
     # The alerting rules' unit tests (`promtool test rules`, deploy/prometheus/), and the alerts fired
     # for real on the test stack (devstack/monitoring.py: Prometheus with the prometheus package below,
-    # Alertmanager).
+    # Alertmanager) and on the local cluster.
     "promtool": Program("prometheus", TEST),
-    "prometheus-alertmanager": Program("prometheus-alertmanager", TEST),
+    "prometheus-alertmanager": Program("prometheus-alertmanager", K8S),
     # The suite's browser tests and the GPX/TCX schemas the exports are checked against.
     "chromium": Program("chromium", TEST),
     "certutil": Program("libnss3-tools", TEST),
@@ -69,7 +69,7 @@ PROGRAMS: dict[str, Program] = {
     "ctr": Program("containerd", IMAGE),
     "runc": Program("runc", IMAGE),
     # The local Kubernetes cluster: its node's runtime, network and kernel modules, the pause image
-    # built from source, and Prometheus.
+    # built from source, and Prometheus (Alertmanager above).
     "/usr/lib/cni/bridge": Program("containernetworking-plugins", K8S),
     "prometheus": Program("prometheus", K8S),
     "conntrack": Program("conntrack", K8S),

@@ -116,6 +116,27 @@ def http_get_json(url: str, timeout: float = 5.0) -> Any:
         return json.loads(resp.read())
 
 
+def alertmanager_config(webhook: str | None, group_wait_s: float = 1.0) -> dict[str, Any]:
+    """Alertmanager's configuration: every alert posted to `webhook` (None: kept in Alertmanager, on its
+    own page) as it fires and as it resolves."""
+    wait = format_duration(round(group_wait_s * 1000))
+    receiver: dict[str, Any] = {"name": "runtrack"}
+    if webhook:
+        receiver["webhook_configs"] = [{"url": webhook, "send_resolved": True}]
+    return {
+        "route": {
+            "receiver": "runtrack",
+            # Each alert (each label set) a group of its own: its firing and its resolution posted
+            # as they happen, not batched with another alert's.
+            "group_by": ["..."],
+            "group_wait": wait,
+            "group_interval": wait,
+            "repeat_interval": "1h",
+        },
+        "receivers": [receiver],
+    }
+
+
 @dataclass
 class Monitoring:
     """Prometheus and Alertmanager for `stack`, alerts posted to `webhook` (none: kept in Alertmanager)."""
@@ -236,22 +257,7 @@ class Monitoring:
         }
 
     def alertmanager_config(self) -> dict[str, Any]:
-        wait = format_duration(round(self.group_wait_s * 1000))
-        receiver: dict[str, Any] = {"name": "runtrack"}
-        if self.webhook:
-            receiver["webhook_configs"] = [{"url": self.webhook, "send_resolved": True}]
-        return {
-            "route": {
-                "receiver": "runtrack",
-                # Each alert (each label set) a group of its own: its firing and its resolution posted
-                # as they happen, not batched with another alert's.
-                "group_by": ["..."],
-                "group_wait": wait,
-                "group_interval": wait,
-                "repeat_interval": "1h",
-            },
-            "receivers": [receiver],
-        }
+        return alertmanager_config(self.webhook, self.group_wait_s)
 
     # ---- the processes ----------------------------------------------------------------------------
     def up(self, timeout: float = 60.0) -> None:

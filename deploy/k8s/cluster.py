@@ -30,6 +30,7 @@ from deploy.k8s import netpol
 from deploy.k8s.node import (
     ADAPTER_PORT,
     ADAPTER_RULES,
+    ALERTMANAGER_PORT,
     API_PORT,
     API_SERVICE_IP,
     BRIDGE,
@@ -541,8 +542,9 @@ state = "{self.containerd_state}"
         self.write_rules()
         config = {
             "global": {"scrape_interval": "5s", "evaluation_interval": "5s", "scrape_timeout": "4s"},
-            # deploy/prometheus/'s rules (write_rules): the alerts are Prometheus's own here, no Alertmanager.
+            # deploy/prometheus/'s rules (write_rules), their alerts sent to the cluster's Alertmanager.
             "rule_files": [str(self.rules_dir / "*.yaml")],
+            "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{ALERTMANAGER_PORT}"]}]}]},
             "scrape_configs": [
                 {
                     "job_name": "runtrack-pods",
@@ -566,9 +568,39 @@ state = "{self.containerd_state}"
                 f"--storage.tsdb.path={self.state / 'prometheus'}",
                 "--storage.tsdb.retention.time=6h",
                 f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}",
+                # A firing alert sent again every evaluation, not every minute.
+                "--rules.alert.resend-delay=5s",
             ],
             changed=changed,
         )
+
+    @property
+    def alertmanager_yml(self) -> Path:
+        return self.state / "alertmanager.yml"
+
+    def start_alertmanager(self) -> None:
+        """Alertmanager on loopback; its alerts stay on its own page until route_alerts names a webhook."""
+        if not self.alertmanager_yml.exists():
+            self.route_alerts(None)
+        self._start(
+            "alertmanager",
+            [
+                "prometheus-alertmanager",
+                f"--config.file={self.alertmanager_yml}",
+                f"--storage.path={self.state / 'alertmanager'}",
+                f"--web.listen-address=127.0.0.1:{ALERTMANAGER_PORT}",
+                "--cluster.listen-address=",  # one Alertmanager, no peers to gossip with
+            ],
+        )
+
+    def route_alerts(self, webhook: str | None) -> None:
+        """Alertmanager posts every alert, firing and resolved, to `webhook` (None: to no one); a running
+        one reads its configuration again (SIGHUP)."""
+        from devstack.monitoring import alertmanager_config
+
+        _write(self.alertmanager_yml, yaml.safe_dump(alertmanager_config(webhook), sort_keys=False))
+        if pid := self.pid("alertmanager"):
+            os.kill(pid, signal.SIGHUP)
 
     @property
     def rules_dir(self) -> Path:
@@ -684,6 +716,7 @@ state = "{self.containerd_state}"
                 (ETCD_PORT, ETCD_PORT + 20),
                 (API_PORT, ADAPTER_PORT),
                 (PROMETHEUS_PORT, PROMETHEUS_PORT),
+                (ALERTMANAGER_PORT, ALERTMANAGER_PORT),
                 (KSM_PORT, KSM_PORT + 1),
                 (TRACES_OTLP_PORT, TRACES_OTLP_PORT),
                 (TRACES_UI_PORT - 1, TRACES_UI_PORT),
@@ -707,6 +740,7 @@ state = "{self.containerd_state}"
         self.start_stores()
         self.traces.start()
         self.start_kube_state_metrics()
+        self.start_alertmanager()
         self.start_prometheus()
         self.start_adapter(certs)
         self.wait_node_ready()
@@ -810,6 +844,7 @@ state = "{self.containerd_state}"
         for name in (
             "prometheus-adapter",
             "prometheus",
+            "alertmanager",
             "kube-state-metrics",
             "pod-discovery",
             "coredns",
@@ -895,6 +930,7 @@ def status(cluster: Cluster) -> dict[str, Any]:
         "deployments": {},
         "processes": {name: cluster.pid(name) for name in PROCESSES},
         "prometheus": f"http://127.0.0.1:{PROMETHEUS_PORT}",
+        "alertmanager": f"http://127.0.0.1:{ALERTMANAGER_PORT}",
         "kubeconfig": str(cluster.admin_kubeconfig),
     }
     if not cluster.pid("kube-apiserver"):
@@ -924,6 +960,7 @@ PROCESSES = (
     "kube-router",
     "coredns",
     "prometheus",
+    "alertmanager",
     "kube-state-metrics",
     "jaeger",
     "prometheus-adapter",

@@ -34,6 +34,8 @@ ETCD_PORT = 23790
 API_PORT = 6443
 ADAPTER_PORT = 6444
 PROMETHEUS_PORT = 19090
+# Alertmanager, where the cluster's Prometheus sends its alerts (Cluster.route_alerts names a webhook).
+ALERTMANAGER_PORT = 19095
 # kube-state-metrics: its metrics, and its own.
 KSM_PORT = 19092
 # Jaeger, the cluster's traces: OTLP/gRPC on the node's bridge address (the pods send there; the chart's

@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import os
 import signal
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc
@@ -34,6 +31,7 @@ from devstack import procs, tls
 from devstack.monitoring import Monitoring, parse_duration
 from edge.config import Tls
 from runtrack.v1 import summary_pb2, summary_pb2_grpc
+from tests.alert_receiver import Receiver
 from tests.integration import test_overload as overload
 from tests.integration.faults import new_run, overview, paced, report
 
@@ -47,67 +45,6 @@ RESOLVE_WITHIN_S = 120.0
 # How long a fault is held once its alert fired: the alert must still fire at its end.
 HOLD_S = 8.0
 MiB = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Posted:
-    at: float  # time.monotonic() when the receiver got it
-    status: str  # "firing" or "resolved"
-    labels: dict[str, str]
-
-
-class Receiver:
-    """An HTTP server on 127.0.0.1 that keeps every alert Alertmanager posts (its webhook format)."""
-
-    def __init__(self) -> None:
-        self.posted: list[Posted] = []
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                now = time.monotonic()
-                with receiver.lock:
-                    receiver.posted += [Posted(now, a["status"], a["labels"]) for a in body["alerts"]]
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
-
-    def seen(self, alertname: str, status: str, after: float, **labels: str) -> list[Posted]:
-        with self.lock:
-            return [
-                p
-                for p in self.posted
-                if p.at >= after
-                and p.status == status
-                and p.labels.get("alertname") == alertname
-                and all(p.labels.get(k) == v for k, v in labels.items())
-            ]
-
-    async def wait(self, alertname: str, status: str, after: float, timeout: float, **labels: str) -> Posted:  # noqa: ASYNC109
-        deadline = time.monotonic() + timeout
-        while not (found := self.seen(alertname, status, after, **labels)):
-            if time.monotonic() > deadline:
-                with self.lock:
-                    posted = [(round(p.at - after, 1), p.status, p.labels.get("alertname")) for p in self.posted]
-                raise AssertionError(f"{alertname} not posted {status} within {timeout:.0f} s; posted: {posted}")
-            await asyncio.sleep(0.2)
-        return found[0]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")

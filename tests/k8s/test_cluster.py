@@ -164,6 +164,9 @@ def test_the_chart_installs_and_every_pod_is_ready(k8s: Cluster) -> None:
         [str(ROOT / "scripts" / "k8s"), "status", "--json"], capture_output=True, text=True, check=True
     ).stdout
     assert json.loads(out)["envoy_address"] == info["envoy_address"]
+    # Every host process of the cluster runs, Alertmanager among them.
+    stopped = [name for name, pid in info["processes"].items() if not pid]
+    assert not stopped and "alertmanager" in info["processes"], stopped
 
 
 def test_the_hpas_read_the_replicas_own_metrics(k8s: Cluster) -> None:
