@@ -2,11 +2,11 @@
 started by tests/conftest.py at the lowest CPU priority when the session holds the Kubernetes tests.
 
 On a fresh machine the later tests need commands built from the Go module proxy (etcd, Kubernetes'
-own, the cluster's tools, the phone generator, Jaeger) and the cluster's images: about 20 minutes of
-two cores if each test builds what it needs when it gets there. The test stack's tests leave a
-core idle most of the time, so this builds then, below them. Each step is the call the test itself
-makes (each holds a machine-wide lock and skips what is built): a test that gets there first waits
-for the step in progress, and on a warm machine this takes a second."""
+own, the cluster's tools, the phone generator, Toxiproxy, Jaeger), the Kotlin phone (Maven) and the
+cluster's images: about 20 minutes of two cores if each test builds what it needs when it gets there.
+The test stack's tests leave a core idle most of the time, so this builds then, below them. Each step
+is the call the test itself makes (each holds a machine-wide lock and skips what is built): a test
+that gets there first waits for the step in progress, and on a warm machine this takes a second."""
 
 from __future__ import annotations
 
@@ -22,11 +22,13 @@ def steps() -> list[tuple[str, Callable[[], Any]]]:
     from bench.generator import phonegen
     from deploy.images import build as images
     from deploy.k8s import netpol, node
-    from devstack import tools, traces
+    from devstack import phone, tools, toxiproxy, traces
 
     return [
         ("Barman", tools.barman),  # the backup drills
         ("etcd", lambda: node.tool("etcd")),  # PostgreSQL as two nodes
+        ("Toxiproxy", toxiproxy.toxiproxy_bin),  # the phone's network faults
+        ("the Kotlin phone", phone.classpath),
         ("Kubernetes' commands and the cluster's tools", node.build),
         ("kube-router", netpol.build),
         ("the phone generator", phonegen),
