@@ -12,6 +12,8 @@ scripts/bench auth        the cost of the token check: GetRun and 1-point stream
                           jwt_authn, against a second Envoy without it (same replicas), interleaved
 scripts/bench watch       live runs followed by spectators (WatchRun through Envoy): latency from a
                           point to every watcher, CPU per point with and without watchers
+scripts/bench phone       the Kotlin phone library (scripts/phone) through Toxiproxy: CPU and bytes on
+                          the wire per point against a short run's, one point as protobuf and JSON, the jar
 scripts/bench imports     memory per import of a 16 MiB GPX and TCX and a FIT of 100,000 records, as a
                           multiple of the file (no stack); four at once under the summary pod's cap
 
@@ -637,6 +639,10 @@ def main(argv: list[str] | None = None) -> int:
     tr = sub.add_parser("trim", help="a stranger's read of a trail trimmed by privacy zones, against the owner's")
     tr.add_argument("--points", type=int, default=100_000, help="points in the trail (default 100,000)")
     tr.add_argument("--repeats", type=int, default=3, help="reads of each kind, the median reported (default 3)")
+    pho = sub.add_parser("phone", help="the Kotlin phone library's CPU and bytes on the wire per point, its jar")
+    pho.add_argument("--minutes", type=float, default=20.0, help="the measured route (one fix a second)")
+    pho.add_argument("--baseline-minutes", type=float, default=2.0, help="the short route taken away")
+    pho.add_argument("--rate", type=float, default=20.0, help="fixes recorded a second")
     a = sub.add_parser("auth")
     a.add_argument("--calls", type=int, default=2000, help="GetRun calls per round (streams: a quarter)")
     a.add_argument("--rounds", type=int, default=3)
@@ -713,6 +719,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import trim as bench_trim
 
         bench_trim.run(stack, args.points, args.repeats, ROOT / ".dev" / "bench")
+    elif args.what == "phone":
+        from bench import phone as bench_phone
+
+        bench_phone.run(stack, args.minutes, args.baseline_minutes, args.rate, ROOT / ".dev" / "bench")
     elif args.what == "auth":
         asyncio.run(bench_auth(stack, args.calls, args.rounds))
     elif args.cql_nodes == 3:
