@@ -1,9 +1,11 @@
 package dev.runtrack.client
 
 import io.grpc.ManagedChannel
+import io.grpc.Status
 import io.grpc.stub.AbstractStub
 import io.grpc.Metadata
 import io.grpc.okhttp.OkHttpChannelBuilder
+import kotlinx.coroutines.CancellationException
 import java.security.KeyStore
 import java.security.cert.CertificateFactory
 import javax.net.ssl.SSLContext
@@ -53,6 +55,20 @@ private val AUTHORIZATION = Metadata.Key.of("authorization", Metadata.ASCII_STRI
 
 internal suspend fun Tokens.headers(refresh: Boolean = false): Metadata =
     Metadata().apply { bearer(refresh)?.let { put(AUTHORIZATION, "Bearer $it") } }
+
+/**
+ * [call] with the caller's token; answered UNAUTHENTICATED (the token expired, or was revoked), once
+ * more with a token the hook was asked to refresh. Envoy refuses such a call before any replica sees
+ * it, so the second try cannot do anything twice.
+ */
+internal suspend fun <T> Tokens.authorized(call: suspend (Metadata) -> T): T = try {
+    call(headers())
+} catch (error: CancellationException) {
+    throw error
+} catch (error: Exception) {
+    if (errorDetails(error)?.code != Status.Code.UNAUTHENTICATED) throw error
+    call(headers(refresh = true))
+}
 
 /** The stub with a deadline [timeout] from now: a call on a connection that died fails instead of hanging. */
 internal fun <S : AbstractStub<S>> S.within(timeout: Duration): S =

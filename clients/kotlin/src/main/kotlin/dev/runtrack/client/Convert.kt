@@ -36,7 +36,7 @@ internal fun Fix.toTrackPoint(seq: Int, afterPause: Boolean): TrackPoint {
     }
 }
 
-/** The point as the overview reads it (times to the microsecond, as the server keeps them). */
+/** The point as the overview reads it, times in microseconds (the trail the server stores keeps milliseconds: CQL `timestamp`). */
 fun TrackPoint.toSample(): Sample = Sample(
     seq = seq,
     timeUs = time.seconds * 1_000_000 + time.nanos / 1_000,

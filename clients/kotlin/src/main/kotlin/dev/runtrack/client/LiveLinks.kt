@@ -25,28 +25,30 @@ class LiveLinks(
 
     /**
      * A new link to follow [runId] until [expireTime] (default: an hour after the run stops), posting
-     * its state changes to [webhookUrl] if given. Sent once: a retry could make a second link.
+     * its state changes to [webhookUrl] if given. Sent once (again only after UNAUTHENTICATED, which made
+     * nothing, with a refreshed token): a retry could make a second link.
      */
-    suspend fun create(runId: String, expireTime: Instant? = null, webhookUrl: String = ""): LiveLink =
-        tracking.within(callTimeout).createLiveLink(
-            createLiveLinkRequest {
-                this.runId = runId
-                expireTime?.let { this.expireTime = it.toTimestamp() }
-                this.webhookUrl = webhookUrl
-            },
-            tokens.headers(),
-        )
+    suspend fun create(runId: String, expireTime: Instant? = null, webhookUrl: String = ""): LiveLink {
+        val request = createLiveLinkRequest {
+            this.runId = runId
+            expireTime?.let { this.expireTime = it.toTimestamp() }
+            this.webhookUrl = webhookUrl
+        }
+        return tokens.authorized { tracking.within(callTimeout).createLiveLink(request, it) }
+    }
 
     /** The run's links, oldest first, without their tokens. */
     suspend fun list(runId: String): List<LiveLink> =
-        retrying(backoff) { tracking.within(callTimeout).listLiveLinks(listLiveLinksRequest { this.runId = runId }, tokens.headers()).linksList }
+        retrying(backoff) {
+            tokens.authorized { tracking.within(callTimeout).listLiveLinks(listLiveLinksRequest { this.runId = runId }, it).linksList }
+        }
 
     /** Revokes a link, retried until the server answers; a link found gone on a retry was revoked by an earlier try. */
     suspend fun revoke(runId: String, linkId: String) {
         var tried = false
         retrying(backoff) {
             try {
-                tracking.within(callTimeout).deleteLiveLink(deleteLiveLinkRequest { this.runId = runId; this.linkId = linkId }, tokens.headers())
+                tokens.authorized { tracking.within(callTimeout).deleteLiveLink(deleteLiveLinkRequest { this.runId = runId; this.linkId = linkId }, it) }
             } catch (error: Exception) {
                 if (!(tried && errorDetails(error)?.code == Status.Code.NOT_FOUND)) throw error
             } finally {

@@ -274,7 +274,7 @@ class RunRecorder(
 
     private suspend fun sendStop(request: StopRunRequest): Run {
         val answer = retrying(settings.stopBackoff, onRetry = { error, _ -> failed(error, Connection.BACKING_OFF) }) {
-            summary.within(settings.callTimeout).stopRun(request, tokens.headers())
+            tokens.authorized { summary.within(settings.callTimeout).stopRun(request, it) }
         }
         commands.send(Command.Stopped)
         return answer
