@@ -124,7 +124,20 @@ async def check_run(stack, phone: Phone, run_id: str) -> dict[str, float]:
     assert ov.point_count == an.point_count == phone.points
     assert ov.distance_m > 100 and abs(ov.distance_m - an.distance_m) <= 0.005 * an.distance_m, (ov, an)
     assert abs(ov.elevation_gain_m - an.elevation_gain_m) <= max(0.005 * an.elevation_gain_m, 0.01), (ov, an)
-    return {"distance_m": round(ov.distance_m, 1), "server_distance_m": round(an.distance_m, 1)}
+    return {
+        "received_by_server": received(stack, run_id),
+        "distance_m": round(ov.distance_m, 1),
+        "server_distance_m": round(an.distance_m, 1),
+    }
+
+
+def received(stack, run_id: str) -> int:
+    """Points the tracking replicas received for the run over all its streams, sent twice included (each
+    stream's end is logged with its count)."""
+    found = re.compile(rf"run_id={run_id} received=(\d+)")
+    return sum(
+        int(m.group(1)) for log in stack.spec.logs.glob("tracking-*.log") for m in found.finditer(log.read_text())
+    )
 
 
 async def cut_mid_run(proxy: Proxy, phone: Phone) -> None:
