@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,6 +26,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from devstack import phone as phone_cli
+from devstack import procs
 from devstack.paths import ROOT
 from devstack.stack import Stack
 from devstack.toxiproxy import Toxiproxy
@@ -35,17 +35,11 @@ from runtrack.v1 import tracking_pb2
 KOTLIN = ROOT / "clients" / "kotlin"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def record(stack: Stack, toxiproxy: Toxiproxy, minutes: float, rate: float, work: Path) -> dict[str, float]:
     """One run of `scripts/phone record` through a fresh proxy: its points, CPU seconds, wall seconds and
     the bytes each way."""
     name = f"bench-phone-{time.monotonic_ns()}"
-    proxy = toxiproxy.create_proxy(name, _free_port(), stack.envoy_tls_address)
+    proxy = toxiproxy.create_proxy(name, procs.free_port(), stack.envoy_tls_address)
     argv = [str(ROOT / "scripts" / "phone"), "record", "--minutes", repr(minutes), "--rate", repr(rate)]
     argv += ["--endpoint", proxy.listen, "--ca", str(stack.tls_ca), "--queue", str(work / f"{name}.db")]
     argv += ["--user", f"bench-phone-{os.getpid()}"]
@@ -101,7 +95,7 @@ def run(stack: Stack, minutes: float, baseline_minutes: float, rate: float, out_
     )
     with tempfile.TemporaryDirectory(prefix="bench-phone-") as tmp:
         work = Path(tmp)
-        toxiproxy = Toxiproxy(work, stack.spec.logs / "bench-toxiproxy.log", api_port=_free_port()).start()
+        toxiproxy = Toxiproxy(work, stack.spec.logs / "bench-toxiproxy.log", api_port=procs.free_port()).start()
         try:
             base = record(stack, toxiproxy, baseline_minutes, rate, work)
             full = record(stack, toxiproxy, minutes, rate, work)

@@ -119,6 +119,13 @@ def _reap(pid: int) -> None:
         pass
 
 
+def free_port() -> int:
+    """A loopback TCP port no one listens on now (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)

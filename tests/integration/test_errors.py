@@ -3,7 +3,6 @@ stores' failures classified, and the tools engineers use (grpcurl, ghz) working 
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import uuid
@@ -72,12 +71,6 @@ def test_every_json_error_is_a_status_body_with_error_info(stack, path, code, re
     assert (info["domain"], info["reason"]) == ("runtrack", reason)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _wait_serving(port: int, log) -> None:
     for _ in range(120):
         if await replica_status(port, SERVICE["tracking"]) == "SERVING":
@@ -89,7 +82,7 @@ async def _wait_serving(port: int, log) -> None:
 async def test_a_statement_the_store_rejects_is_internal_logged_once_and_never_retried(stack, user_id):
     """A tracking replica whose table was dropped under it: every write is rejected by the CQL node."""
     keyspace = f"runtrack_broken_{uuid.uuid4().hex[:8]}"
-    port = _free_port()
+    port = procs.free_port()
     log = stack.spec.logs / f"tracking-broken-{port}.log"
     env = dict(stack.replica_env(), SCYLLA_KEYSPACE=keyspace)
     stack.migrate({"SCYLLA_KEYSPACE": keyspace})

@@ -5,7 +5,6 @@ a restart. The commands apply what is missing only, and a second run applies not
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 import uuid
 from collections.abc import Iterator
@@ -24,19 +23,13 @@ from tests.integration.faults import SERVICE, replica_status
 from tracking_service.migrate import statements
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def said(log: Path) -> str:
     return log.read_text()
 
 
 @contextmanager
 def replica(stack, svc: str, env: dict[str, str]) -> Iterator[tuple[int, Path]]:
-    port = _free_port()
+    port = procs.free_port()
     log = stack.spec.logs / f"{svc}-unmigrated-{port}.log"
     pid = procs.start(
         [sys.executable, "-m", f"{svc}_service", "--port", str(port)],

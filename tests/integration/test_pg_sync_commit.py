@@ -11,12 +11,12 @@ standby never comes (`synchronous_standby_names` names one that does not exist),
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
 
 import psycopg
 import pytest
 
+from devstack import procs
 from devstack.paths import ROOT
 from devstack.pg_node import PgNode
 from runtrack_common.config import Settings
@@ -26,19 +26,13 @@ from summary_service.migrate import migrate
 from summary_service.pg_store import PgRunStore
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def waiting_node():
     home = ROOT / ".dev" / "test" / f"pg-sync-{uuid.uuid4().hex[:6]}"
     node = PgNode(
         home,
         ROOT / ".dev" / "logs" / "test" / "pg-sync.log",
-        port=_free_port(),
+        port=procs.free_port(),
     )
     node.start()
     try:

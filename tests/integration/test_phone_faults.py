@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from devstack import procs
 from devstack.paths import ROOT
 from devstack.phone import classpath
 from devstack.toxiproxy import Proxy, Toxiproxy
@@ -41,12 +42,6 @@ RATE_HZ = 2.0  # fixes recorded a second: a generated minute is recorded in 30 s
 PHONE_TIMEOUT_S = 300.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module", autouse=True)
 def phone_built() -> None:
     """The Kotlin phone compiled before any phone starts: the faults are timed from a phone's start."""
@@ -55,7 +50,7 @@ def phone_built() -> None:
 
 @pytest.fixture(scope="module")
 def toxiproxy(stack) -> Iterator[Toxiproxy]:
-    server = Toxiproxy(stack.spec.state, stack.spec.logs / "toxiproxy.log", api_port=free_port())
+    server = Toxiproxy(stack.spec.state, stack.spec.logs / "toxiproxy.log", api_port=procs.free_port())
     server.start()
     yield server
     server.stop()
@@ -194,7 +189,7 @@ def connections(toxiproxy: Toxiproxy, proxy: Proxy) -> int:
 async def test_phones_through_cuts_a_slow_link_and_resets_store_every_point_once(stack, toxiproxy, tmp_path) -> None:
     phones: list[tuple[Phone, Proxy, Callable[[Proxy, Phone], Awaitable[None]]]] = []
     for name, (minutes, fault, _) in FAULTS.items():
-        port = free_port()
+        port = procs.free_port()
         proxy = toxiproxy.create_proxy(f"phone-{name}", port, stack.envoy_tls_address)
         phone = Phone(
             name,

@@ -12,7 +12,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -31,7 +30,7 @@ from cryptography.x509.oid import NameOID
 
 from deploy import grafana, prometheus
 from deploy.k8s import node
-from devstack import tls, tools
+from devstack import procs, tls, tools
 from devstack.auth import ISSUER, LocalIssuer
 from devstack.paths import DESCRIPTOR_SET, OPENAPI, ROOT
 from edge.config import (
@@ -349,12 +348,6 @@ def test_envoy_drains_before_it_stops(render):
     assert no_shell["lifecycle"]["preStop"] == {"sleep": {"seconds": 7}}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=2) as answer:
@@ -366,7 +359,7 @@ def _get(url: str) -> int:
 def test_the_drain_hook_fails_envoys_readiness_and_drains_its_listener(tmp_path):
     """The hook against a real Envoy (the Kubernetes config, on free loopback ports): /healthz turns
     503 at once, the hook waits the drain time, and the listener is closed by then."""
-    listen, admin = _free_port(), _free_port()
+    listen, admin = procs.free_port(), procs.free_port()
     text = outputs()[ENVOY_YAML]
     config = yaml.safe_load(text)
     assert config["admin"]["address"]["socket_address"]["port_value"] == 9901

@@ -4,22 +4,15 @@ Patroni's own validator, and what the stacks make of `--pg-nodes`."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 from dataclasses import replace
 from pathlib import Path
 
-from devstack import pg_cluster
+from devstack import pg_cluster, procs
 from devstack.paths import VENV_BIN
 from devstack.pg_cluster import TIMINGS, PatroniNode, multi_host_url, patroni_config, ports
 from devstack.stack import Stack, cluster_test_spec, dev_spec
 from devstack.stack import test_spec as stack_spec_for_tests
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def config(tmp_path: Path, pg_port: int = 25432, rest_port: int = 25442) -> dict:
@@ -56,7 +49,7 @@ def test_patronis_own_validator_takes_the_configuration(tmp_path):
     bin_dir says. It refuses a loopback connect_address, meant for nodes on several machines (here
     both nodes are on this one, and 127.0.0.1 is the point), and an etcd that does not answer now."""
     bin_dir = Path(pg_cluster._embedded()._commands.POSTGRES_BIN_PATH)
-    doc = config(tmp_path, pg_port=free_port(), rest_port=free_port())
+    doc = config(tmp_path, pg_port=procs.free_port(), rest_port=procs.free_port())
     doc["postgresql"]["bin_dir"] = str(bin_dir)
     path = tmp_path / "patroni.yml"
     path.write_text(pg_cluster.to_yaml(doc))
