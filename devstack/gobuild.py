@@ -1,15 +1,18 @@
 """Commands built from the Go module proxy, once per machine: a wrapper module of the project's (its
-go.mod and go.sum pin every version) and `go build` in it. Used for Jaeger (devstack/traces.py) and the
-local Kubernetes cluster's commands (deploy/k8s/node.py)."""
+go.mod and go.sum pin every version) and `go build` in it. Used for Jaeger (devstack/traces.py),
+Toxiproxy (devstack/toxiproxy.py) and the local Kubernetes cluster's commands (deploy/k8s/)."""
 
 from __future__ import annotations
 
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from devstack.paths import once_per_machine
 
 
 def go_build(module_dir: Path, out: Path, packages: list[str], ldflags: str = "-s -w") -> None:
@@ -25,6 +28,23 @@ def go_build(module_dir: Path, out: Path, packages: list[str], ldflags: str = "-
         file=sys.stderr,
         flush=True,
     )
+
+
+def command(exe: Path, what: str, module_dir: Path, packages: list[str], ldflags: str = "-s -w") -> Path:
+    """`exe`, built from `module_dir` when missing: once per machine (a lock named after it), into a
+    temporary file moved into place only once complete."""
+    if exe.exists():
+        return exe
+    with once_per_machine(exe.name):
+        if not exe.exists():
+            if shutil.which("go") is None:
+                raise SystemExit(f"{what} is built with Go: put `go` on PATH")
+            print(f"setup: building {what} from the Go module proxy, once per machine", file=sys.stderr, flush=True)
+            exe.parent.mkdir(parents=True, exist_ok=True)
+            tmp = exe.with_name(f".{exe.name}.tmp")
+            go_build(module_dir, tmp, packages, ldflags)
+            tmp.replace(exe)
+    return exe
 
 
 def _children_cpu() -> float:

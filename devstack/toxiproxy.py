@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import sys
 import threading
 import urllib.error
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack import gobuild, procs
-from devstack.paths import ROOT, cache_dir, once_per_machine
+from devstack.paths import ROOT, cache_dir
 
 TOXIPROXY_VERSION = "v2.12.0"
 GOMOD = ROOT / "devstack" / "gomod" / "toxiproxy"
@@ -44,20 +43,13 @@ def say(msg: str) -> None:
 
 def toxiproxy_bin() -> Path:
     """toxiproxy-server, built when missing (once per machine and version; about a CPU-minute cold)."""
-    exe = cache_dir() / "bin" / f"toxiproxy-server-{TOXIPROXY_VERSION}"
-    if exe.exists():
-        return exe
-    with once_per_machine(exe.name):
-        if not exe.exists():
-            if shutil.which("go") is None:
-                raise SystemExit("Toxiproxy is built with Go: put `go` on PATH")
-            say(f"setup: building Toxiproxy ({TOXIPROXY_VERSION}) from the Go module proxy, once per machine")
-            exe.parent.mkdir(parents=True, exist_ok=True)
-            tmp = exe.with_name(f".{exe.name}.tmp")
-            version = f"-s -w -X github.com/Shopify/toxiproxy/v2.Version={TOXIPROXY_VERSION}"
-            gobuild.go_build(GOMOD, tmp, [PACKAGE], ldflags=version)
-            tmp.replace(exe)
-    return exe
+    return gobuild.command(
+        cache_dir() / "bin" / f"toxiproxy-server-{TOXIPROXY_VERSION}",
+        f"Toxiproxy ({TOXIPROXY_VERSION})",
+        GOMOD,
+        [PACKAGE],
+        ldflags=f"-s -w -X github.com/Shopify/toxiproxy/v2.Version={TOXIPROXY_VERSION}",
+    )
 
 
 class ToxiproxyError(RuntimeError):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import urllib.error
 import urllib.request
@@ -21,7 +20,7 @@ from typing import Any
 import yaml
 
 from devstack import gobuild, procs
-from devstack.paths import ROOT, cache_dir, once_per_machine
+from devstack.paths import ROOT, cache_dir
 
 # The module version of Jaeger's repository that holds Jaeger v2's `cmd/jaeger`.
 JAEGER_MODULE_VERSION = "v1.75.0"
@@ -36,19 +35,12 @@ def say(msg: str) -> None:
 
 def jaeger() -> Path:
     """The Jaeger command, built when missing (once per machine and version; ~8 CPU-minutes cold)."""
-    exe = cache_dir() / "bin" / f"jaeger-{JAEGER_MODULE_VERSION}"
-    if exe.exists():
-        return exe
-    with once_per_machine(exe.name):
-        if not exe.exists():
-            if shutil.which("go") is None:
-                raise SystemExit("Jaeger is built with Go: put `go` on PATH")
-            say(f"setup: building Jaeger ({JAEGER_MODULE_VERSION}) from the Go module proxy, once per machine")
-            exe.parent.mkdir(parents=True, exist_ok=True)
-            tmp = exe.with_name(f".{exe.name}.tmp")
-            gobuild.go_build(GOMOD, tmp, ["github.com/jaegertracing/jaeger/cmd/jaeger"])
-            tmp.replace(exe)
-    return exe
+    return gobuild.command(
+        cache_dir() / "bin" / f"jaeger-{JAEGER_MODULE_VERSION}",
+        f"Jaeger ({JAEGER_MODULE_VERSION})",
+        GOMOD,
+        ["github.com/jaegertracing/jaeger/cmd/jaeger"],
+    )
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,10 @@ the API server with a client certificate of its own, bound to a read-only Cluste
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from devstack import host
-from devstack.paths import once_per_machine
+from devstack import gobuild, host
 from devstack.pki import kubeconfig
 
 if TYPE_CHECKING:
@@ -65,21 +63,10 @@ def version() -> str:
 
 def build() -> None:
     """Builds kube-router when it is missing (about two minutes on two cores, once per machine)."""
-    from deploy.k8s.node import go_build, say
+    from deploy.k8s.node import GOMOD
 
-    if binary().exists():
-        return
-    with once_per_machine(f"k8s-tool-{NAME}"):
-        if binary().exists():
-            return
-        say(f"building kube-router {version()} from the Go module proxy, once per machine")
-        started = time.monotonic()
-        binary().parent.mkdir(parents=True, exist_ok=True)
-        tmp = binary().parent / f".{NAME}.tmp"
-        ld = f"-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version={version()}"
-        go_build(MODULE, tmp, [PACKAGE], ld)
-        tmp.replace(binary())
-        say(f"built kube-router in {time.monotonic() - started:.0f} s")
+    ld = f"-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version={version()}"
+    gobuild.command(binary(), f"kube-router {version()}", GOMOD / MODULE, [PACKAGE], ld)
 
 
 def credentials(cluster: Cluster) -> Path:

@@ -108,15 +108,5 @@ def _build_kubernetes() -> None:
 def tool(name: str) -> Path:
     """One of TOOLS, built from the Go module proxy when missing (once per machine); its path.
     The dev stack's `--pg-nodes 2` takes etcd from here too."""
-    exe = tools_bin() / name
-    if exe.exists():
-        return exe
-    with once_per_machine(f"k8s-tool-{name}"):
-        if not exe.exists():
-            module, pkg = TOOLS[name]
-            say(f"building {name} from the Go module proxy, once per machine")
-            tools_bin().mkdir(parents=True, exist_ok=True)
-            tmp = tools_bin() / f".{name}.tmp"
-            go_build(module, tmp, [pkg])
-            tmp.replace(exe)
-    return exe
+    module, pkg = TOOLS[name]
+    return gobuild.command(tools_bin() / name, name, GOMOD / module, [pkg])
