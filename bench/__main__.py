@@ -10,6 +10,7 @@ scripts/bench day         a day of runners compressed into --minutes (default 10
                           JSON and a chart under .dev/bench/
 scripts/bench auth        the cost of the token check: GetRun and 1-point streams through Envoy with
                           jwt_authn, against a second Envoy without it (same replicas), interleaved
+scripts/bench phones --compare REF   the same on commit REF, then on this checkout (bench/compare.py)
 scripts/bench watch       live runs followed by spectators (WatchRun through Envoy): latency from a
                           point to every watcher, CPU per point with and without watchers
 scripts/bench phone       the Kotlin phone library (scripts/phone) through Toxiproxy: CPU and bytes on
@@ -607,6 +608,11 @@ def main(argv: list[str] | None = None) -> int:
         "--seconds", type=float, default=30.0, help="seconds each phone streams (at least the ramp plus 20)"
     )
     ph.add_argument("--ramp-rate", type=float, default=250.0, help="phones starting per second (default 250)")
+    ph.add_argument(
+        "--compare",
+        metavar="REF",
+        help="the same bench on commit REF (a worktree of its own, its own stack), then on this checkout; both printed",
+    )
     trc = sub.add_parser("traces", help="CPU per point with traces on at the default sampling, against off")
     trc.add_argument("--phones", type=int, default=2000, help="phones at 1 Hz (default 2000)")
     trc.add_argument("--seconds", type=float, default=40.0, help="seconds each phone streams (default 40)")
@@ -654,6 +660,11 @@ def main(argv: list[str] | None = None) -> int:
         from bench import imports as bench_imports
 
         bench_imports.run(ROOT / ".dev" / "bench")
+        return 0
+    if args.what == "phones" and args.compare:
+        from bench import compare
+
+        compare.run(args.compare, compare.bench_args(list(sys.argv[1:] if argv is None else argv)))
         return 0
     stack = Stack(dev_spec())
     stack.up()
