@@ -51,7 +51,8 @@ WATCH_EVENTS = Counter("runtrack_watch_events_sent_total", "RunEvents sent to wa
 WATCH_POINTS = Counter("runtrack_watch_points_sent_total", "Points sent to watchers (a point to 10 watchers: 10).")
 # The live-following objective's measure (docs/slos.md): observed once per point and replica holding its
 # watchers, not per watcher (they are all handed it at the same moment). Only the points the feed brings
-# carry their arrival; the few a direct read of the run brings (a watch's first seconds, a gap) do not.
+# carry their arrival (also when a direct read behind a gap hands them over); those only a direct read of
+# the run finds (a watch's first seconds, seconds of the feed a late cycle no longer reads) do not.
 WATCH_LAG = Histogram(
     "runtrack_live_point_lag_seconds",
     "A followed run's point: its arrival at the replica that took it to its hand-over to the watchers.",
@@ -452,8 +453,13 @@ class LiveHub:
                 or (run.gap_since is not None and now - run.gap_since >= GAP_WAIT_S)
             )
             if direct:
+                # The feed's rows this read releases (behind a gap: a stalled replica's late points)
+                # keep their arrival: the objective sees how late they reached the watchers.
+                waiting = {seq: row.arrived_at for seq, row in run.pending.items() if row.arrived_at is not None}
                 async with gate:
-                    released += await self._read_run(run)
+                    read = await self._read_run(run)
+                released += read
+                arrivals += [waiting[p.seq] for p in read if p.seq in waiting]
                 run.reconcile_at = now + s.live_reconcile_s
             if released:
                 run.movement.add(released, now)

@@ -1,10 +1,13 @@
 """The pure logic of following a run: the stall watch, the state machine, what a spectator may see
 of points still arriving, a link's life, and the webhook's signature and target rules."""
 
+import asyncio
 import dataclasses
 import datetime as dt
 import http.server
 import threading
+import time
+import uuid
 
 import pytest
 from hypothesis import given
@@ -283,3 +286,41 @@ def test_the_sent_set_holds_exactly_what_was_added_and_stays_compact(seqs, give_
     assert all(seq > sent.floor + 1 for seq in sent.above), "the floor has passed every contiguous seq"
     sent.advance_to(give_up_to)
     assert all((seq in sent) == (seq in model or seq <= give_up_to) for seq in range(1, 62))
+
+
+async def test_feed_points_a_gap_read_hands_over_are_measured_from_their_arrival():
+    """A replica that stalled: the feed's rows wait behind a seq the feed never brought; once the gap
+    has waited, a read of the run hands everything over, and the feed's points count in the
+    live-following objective with their lag since arrival (the stall is not hidden from it)."""
+    from prometheus_client import REGISTRY
+
+    from runtrack_common.config import Settings
+    from tests.unit.fakes import FakeTrackStore
+    from tracking_service.hub import GAP_WAIT_S, LiveHub, PointsReleased, Watch, WatchedRun
+    from tracking_service.live import FeedRow
+
+    tracks = FakeTrackStore()
+    run_id = uuid.uuid4()
+    points = walk(5, 3.0)
+    await tracks.write_points(run_id, points)
+    settings = Settings()
+    hub = LiveHub(tracks, None, settings, None)  # type: ignore[arg-type]  # the direct read needs only the trail
+    run = WatchedRun(run_id, "owner", [], Movement(settings.live_stall_s, settings.live_stall_m))
+    run.sent = SeqSet(1)
+    watch = Watch(run, None, None)
+    run.watches.add(watch)
+    now = time.time()
+    for p in points[2:]:  # seq 2 never came through the feed
+        run.pending[p.seq] = FeedRow(run_id, "", p, arrived_at=now - 6.0)
+    run.gap_since = now - GAP_WAIT_S
+    run.reconcile_at = run.refresh_at = now + 60.0
+
+    def lag(what: str) -> float:
+        return REGISTRY.get_sample_value(f"runtrack_live_point_lag_seconds_{what}") or 0.0
+
+    count, total = lag("count"), lag("sum")
+    await hub._advance(run, now, False, asyncio.Semaphore(1))
+    item = watch.queue.get_nowait()
+    assert isinstance(item, PointsReleased) and [p.seq for p in item.points] == [2, 3, 4, 5]
+    assert lag("count") - count == 3, "the three feed points, not the one only the read found"
+    assert lag("sum") - total >= 3 * 6.0
