@@ -18,8 +18,8 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,8 @@ from bench.sampling import with_descendants
 from devstack import procs, tls
 from devstack.monitoring import Monitoring, parse_duration
 from edge.config import Tls
-from runtrack.v1 import summary_pb2, summary_pb2_grpc
+from runtrack.v1 import summary_pb2, summary_pb2_grpc, tracking_pb2, tracking_pb2_grpc
+from runtrack_common.identity import CALLER_HEADER
 from tests.alert_receiver import Receiver
 from tests.integration import test_overload as overload
 from tests.integration.faults import new_run, overview, paced, report
@@ -62,13 +63,21 @@ def monitoring(stack, receiver):
     mon.down()
 
 
-async def quiet(monitoring: Monitoring, names: set[str], timeout: float = 120.0) -> None:  # noqa: ASYNC109
-    """Until every target is scraped and none of `names` is pending or firing in Prometheus (a fault
-    of an earlier test has resolved): the next fault's alert is its own."""
+async def quiet(monitoring: Monitoring, alerts: set[str] | dict[str, dict[str, str]], timeout: float = 120.0) -> None:  # noqa: ASYNC109
+    """Until every target is scraped and none of `alerts` (names, or names with the labels an alert must
+    carry: an objective's other window pairs may still fire) is pending or firing in Prometheus (a
+    fault of an earlier test has resolved): the next fault's alert is its own."""
+    wanted = alerts if isinstance(alerts, dict) else {key: {} for key in alerts}
     deadline = time.monotonic() + timeout
     while True:
-        alerts = await asyncio.to_thread(monitoring.alerts)
-        active = sorted({a["labels"]["alertname"] for a in alerts} & names)
+        active = sorted(
+            {
+                a["labels"]["alertname"]
+                for a in await asyncio.to_thread(monitoring.alerts)
+                if a["labels"]["alertname"] in wanted
+                and all(a["labels"].get(k) == v for k, v in wanted[a["labels"]["alertname"]].items())
+            }
+        )
         scraped = await asyncio.to_thread(monitoring.all_targets_scraped)
         if not active and scraped:
             return
@@ -193,18 +202,14 @@ async def phones(channel, n: int, interval_s: float, points: int = 2000) -> Asyn
 
 
 @asynccontextmanager
-async def stop_runs(channel, per_s: float, deadline_s: float = 2.0) -> AsyncIterator[dict[str, int]]:
-    """StopRun of a new run `per_s` times a second through Envoy, each given `deadline_s`, until the block
-    ends; yields the count of each status."""
-    stub = summary_pb2_grpc.SummaryServiceStub(channel)
+async def paced_calls(call: Callable[[int], Awaitable[Any]], per_s: float) -> AsyncIterator[dict[str, int]]:
+    """`call(i)` `per_s` times a second, each on its own, until the block ends; yields the count of each status."""
     codes: dict[str, int] = {}
     calls: set[asyncio.Task[None]] = set()
 
     async def one(i: int) -> None:
         try:
-            await stub.StopRun(
-                summary_pb2.StopRunRequest(run_id=str(uuid.uuid4()), overview=overview(i)), timeout=deadline_s
-            )
+            await call(i)
             code = "OK"
         except grpc.aio.AioRpcError as err:
             code = err.code().name
@@ -225,6 +230,25 @@ async def stop_runs(channel, per_s: float, deadline_s: float = 2.0) -> AsyncIter
     finally:
         pacer.cancel()
         await asyncio.gather(pacer, *calls, return_exceptions=True)
+
+
+def stop_runs(channel, per_s: float, deadline_s: float = 2.0) -> AbstractAsyncContextManager[dict[str, int]]:
+    """StopRun of a new run `per_s` times a second through Envoy, each given `deadline_s`."""
+    stub = summary_pb2_grpc.SummaryServiceStub(channel)
+    return paced_calls(
+        lambda i: stub.StopRun(
+            summary_pb2.StopRunRequest(run_id=str(uuid.uuid4()), overview=overview(i)), timeout=deadline_s
+        ),
+        per_s,
+    )
+
+
+def get_runs(
+    channel, run_id: str, per_s: float, deadline_s: float = 2.0
+) -> AbstractAsyncContextManager[dict[str, int]]:
+    """The dashboard reading run `run_id` (GetRun) `per_s` times a second through Envoy, each given `deadline_s`."""
+    stub = summary_pb2_grpc.SummaryServiceStub(channel)
+    return paced_calls(lambda i: stub.GetRun(summary_pb2.GetRunRequest(run_id=run_id), timeout=deadline_s), per_s)
 
 
 def signal_all(pids: list[int], sig: int) -> None:
@@ -262,15 +286,21 @@ async def test_the_cql_node_stopped_fires_cql_store_unreachable_and_it_resolves_
     assert not held(measured, wanted), "resolved while the node was still down"
 
 
-async def test_postgresql_stalled_fires_postgresql_unreachable(stack, channel, monitoring, receiver):
-    """PostgreSQL SIGSTOPped, its backends too (connected, silent) under StopRun calls through Envoy, each
-    given 10 s: a replica's pool fills with stuck calls, the next wait for a connection and are answered
-    UNAVAILABLE; the replicas turn NOT_SERVING and Envoy answers instead. The StopRun objective's
-    page is measured when it is posted."""
+async def test_postgresql_stalled_fires_postgresql_unreachable_and_the_dashboards_objective(
+    stack, channel, monitoring, receiver
+):
+    """PostgreSQL SIGSTOPped, its backends too (connected, silent) under StopRun calls and the dashboard's
+    GetRun through Envoy, each given 10 s: a replica's pool fills with stuck calls, the next wait for a
+    connection and are answered UNAVAILABLE; the replicas turn NOT_SERVING and Envoy answers instead.
+    The dashboard reads' objective pages; the StopRun objective's page is measured when it is posted."""
     ns = {"namespace": monitoring.namespace}
-    wanted = {"PostgreSQLUnreachable": ns}
+    wanted = {"PostgreSQLUnreachable": ns, "DashboardReadsBudgetBurn": ns | {"long_window": "1h"}}
     observed = {"StopRunBudgetBurn": ns | {"long_window": "1h"}}
-    await quiet(monitoring, set(wanted) | set(observed))
+    read = str(uuid.uuid4())
+    await summary_pb2_grpc.SummaryServiceStub(channel).StopRun(
+        summary_pb2.StopRunRequest(run_id=read, overview=overview(0)), timeout=10
+    )
+    await quiet(monitoring, wanted | observed)
     stalled: list[int] = []
 
     async def stall() -> None:
@@ -282,25 +312,31 @@ async def test_postgresql_stalled_fires_postgresql_unreachable(stack, channel, m
     async def resume() -> None:
         signal_all(stalled, signal.SIGCONT)
 
-    async with stop_runs(channel, per_s=4, deadline_s=10.0) as codes:
-        await asyncio.sleep(3.0)  # the objective's windows see good calls first
+    async with (
+        stop_runs(channel, per_s=4, deadline_s=10.0) as codes,
+        get_runs(channel, read, per_s=4, deadline_s=10.0) as reads,
+    ):
+        await asyncio.sleep(3.0)  # the objectives' windows see good calls first
         measured, fault = await fire_and_resolve(receiver, wanted, stall, resume, observed)
     await asyncio.to_thread(stack.wait_healthy, stack.replica_ports())
     seen = await asyncio.to_thread(unavailable_answered, monitoring, "postgresql", fault)
     # While no replica reached PostgreSQL, Envoy answered the calls itself: the objective counts those
-    # answers (its error ratio stays near 1), it does not go blank for want of replica events.
+    # answers (its error ratio stays near 1), it does not go blank for want of replica events. Read once
+    # the ratio's window (5m shortened) holds the fault alone.
     down = seen["no_replica_reaching_store_s"]
     assert down, f"the replicas never saw PostgreSQL down: {seen}"
+    window_s = parse_duration("5m") / 1000 / FACTOR
     ratio = await asyncio.to_thread(
         monitoring.query_range,
         'slo:sli_error:ratio_rate5m{slo="stop-run"}',
-        fault.started + down[0] + 2,
+        fault.started + max(down[0] + 2, window_s),
         fault.started + down[1],
     )
     report(
         stack,
         "alerts_postgresql_stalled",
         stop_runs=codes,
+        get_runs=reads,
         stop_run_error_ratio=ratio[-5:],
         **seen,
         **figures(measured),
@@ -360,6 +396,73 @@ async def test_one_runner_flooding_streams_fires_streams_shed(stack, channel, mo
         await asyncio.to_thread(monitoring.write_targets)
     report(stack, "alerts_one_runner_flooding", **figures(measured))
     assert not held(measured, wanted), "resolved while the flood went on"
+
+
+async def test_a_replica_holding_watchers_starved_fires_live_following_budget_burn(
+    stack, channel, user_id, monitoring, receiver
+):
+    """Runs recorded through Envoy, each followed by its runner on a third tracking replica (straight to
+    it, as Envoy would route a watcher there). That replica is starved: stopped 6 s, let run 3 s, again
+    and again while the fault lasts, as a node short of CPU would be. The other replicas keep storing
+    the points; the starved one hands each burst to its watchers seconds after it arrived, and the
+    live-following objective's page fires; let run again, it resolves."""
+    ns = {"namespace": monitoring.namespace}
+    wanted = {"LiveFollowingBudgetBurn": ns | {"long_window": "1h"}}
+    await quiet(monitoring, wanted)
+    async with phones(channel, 6, 0.2) as runs:  # their streams open on the stack's two replicas
+        watched = await asyncio.to_thread(stack.add_replica, "tracking")
+        pid = stack.replica_pid("tracking", watched)
+        received: dict[str, int] = {}
+
+        async def follow(ch: grpc.aio.Channel, run_id: str) -> None:
+            call = tracking_pb2_grpc.TrackingServiceStub(ch).WatchRun(
+                tracking_pb2.WatchRunRequest(run_id=run_id), metadata=((CALLER_HEADER, user_id),)
+            )
+            async for event in call:
+                received[run_id] = received.get(run_id, 0) + len(event.points.points)
+
+        starving: list[asyncio.Task[None]] = []
+
+        async def starve() -> None:
+            while True:
+                os.kill(pid, signal.SIGSTOP)
+                await asyncio.sleep(6.0)
+                os.kill(pid, signal.SIGCONT)
+                await asyncio.sleep(3.0)
+
+        async def start() -> None:
+            starving.append(asyncio.create_task(starve()))
+
+        async def end() -> None:
+            starving[0].cancel()
+            await asyncio.gather(starving[0], return_exceptions=True)
+            os.kill(pid, signal.SIGCONT)
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{watched}") as direct:
+            watchers = [asyncio.create_task(follow(direct, r.run_id)) for r, _ in runs]
+            try:
+                await asyncio.to_thread(monitoring.write_targets)
+                await asyncio.to_thread(monitoring.wait_scraped)
+                await asyncio.to_thread(
+                    procs.wait_until, "points at every watcher", lambda: len(received) == len(runs), 30
+                )
+                before = dict(received)
+                measured, _ = await fire_and_resolve(receiver, wanted, start, end)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+                for task in watchers:
+                    task.cancel()
+                await asyncio.gather(*watchers, return_exceptions=True)
+                await asyncio.to_thread(stack.retire_replica, "tracking", watched)
+                await asyncio.to_thread(monitoring.write_targets)
+    report(
+        stack,
+        "alerts_watchers_replica_starved",
+        points_to_watchers_meanwhile=sum(received.values()) - sum(before.values()),
+        **figures(measured),
+    )
+    assert all(received[r] > before[r] for r in before), "the starved replica's watchers got nothing meanwhile"
+    assert not held(measured, wanted), "resolved while the replica was still starved"
 
 
 # ---- Envoy's own alerts, on Envoys of the test's own (scraped beside the stack's) ------------------------
