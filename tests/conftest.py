@@ -17,14 +17,15 @@ from devstack.paths import ROOT
 from devstack.stack import Stack, test_spec
 from tests.helpers import token_channel
 
-# `scripts/test` runs two lanes at once (pytest-xdist, two workers). One holds every test of the test
-# stack (tests/integration and tests/e2e) and the stores as clusters (three CQL nodes, two PostgreSQL
-# nodes: their JVMs beside the test stack's load would make the machine the test); the other the local
-# Kubernetes cluster (built on a fresh machine: about 20 minutes) and the backup drills, on ports of
-# their own. The pure tests go to whichever lane is free first.
+# `RUNTRACK_TEST_LANES=2 scripts/test` runs two lanes at once (pytest-xdist, two workers). One holds every
+# test of the test stack (tests/integration and tests/e2e); the other the stores as clusters (three CQL
+# nodes, two PostgreSQL nodes), the backup drills and then the local Kubernetes cluster (built on a
+# fresh machine while the stores' tests run), each on ports of its own. The pure tests go to whichever
+# lane is free first.
 OTHER_STORES = (
     "tests/k8s/",
     "tests/integration/test_backup_restore.py",
+    "tests/integration/test_cluster.py",
     "tests/integration/test_pg_sync_commit.py",
 )
 
