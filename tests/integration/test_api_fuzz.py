@@ -218,8 +218,8 @@ def as_the_document_states(case) -> None:
     judges a case again once it changed: one that breaks nothing else is then a valid one). The
     rules are met on the fields' JSON names: their proto names (`time_zone`), which the document
     allows too, are left out of a body that has rules."""
-    if _has_integral_float(case.body):
-        case.body = _integral_floats_as_ints(case.body)
+    if (body := _integral_floats_as_ints(case.body)) is not None:
+        case.body = body
     rules = RULES_BY_OPERATION.get(case.operation.label, [])
     if rules and isinstance(case.body, dict):
         case.body = _without_proto_names(case.body)
@@ -230,28 +230,29 @@ def as_the_document_states(case) -> None:
             pass  # a value of another type than the document's: the case is invalid anyway
 
 
-def _has_integral_float(value: object) -> bool:
+def _integral_floats_as_ints(value: object) -> object | None:
+    """`value` with every `0.0` as `0`, or None when it holds none (the case is left as it is). The JSON
+    API reads JSON as protobuf does, where 1.0 is the integer 1, but the document's dialect (OpenAPI 3.0,
+    JSON Schema draft 4) calls 1.0 no integer. Sent as it is, a case whose only fault was an integral
+    float would be judged invalid and then accepted. Schemathesis judges the case again once it has
+    changed."""
     if isinstance(value, float):
-        return value.is_integer()
+        return int(value) if value.is_integer() else None
     if isinstance(value, dict):
-        return any(_has_integral_float(v) for v in value.values())
+        items = {k: _integral_floats_as_ints(v) for k, v in value.items()}
+        return (
+            None
+            if all(v is None for v in items.values())
+            else {k: value[k] if v is None else v for k, v in items.items()}
+        )
     if isinstance(value, list):
-        return any(_has_integral_float(v) for v in value)
-    return False
-
-
-def _integral_floats_as_ints(value: object) -> object:
-    """`0.0` sent as `0`. The JSON API reads JSON as protobuf does, where 1.0 is the integer 1, but the
-    document's dialect (OpenAPI 3.0, JSON Schema draft 4) calls 1.0 no integer. Sent as it is, a case
-    whose only fault was an integral float would be judged invalid and then accepted. Schemathesis judges
-    the case again once it has changed."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _integral_floats_as_ints(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_integral_floats_as_ints(v) for v in value]
-    return value
+        found = [_integral_floats_as_ints(v) for v in value]
+        return (
+            None
+            if all(v is None for v in found)
+            else [o if v is None else v for o, v in zip(value, found, strict=True)]
+        )
+    return None
 
 
 def _without_proto_names(body: dict) -> dict:
